@@ -1,0 +1,232 @@
+//! fake-envoy: the listeners of an Istio sidecar, without Envoy.
+//!
+//! Outbound (15001) and inbound (15006) listeners read the connection's
+//! original destination (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST after a NAT
+//! REDIRECT; the accepted socket's local address when there was none, as
+//! under TPROXY), add a hop to the probe line and forward it the way Envoy
+//! would: outbound to the original destination, or to the endpoint of a
+//! configured service VIP; inbound from the passthrough source (127.0.0.6) to
+//! the original destination. A probe that comes back to a listener it already
+//! passed is a loop: it is answered as such and closed, never left to hang.
+//! Admin, stats and health listeners are plain terminal servers.
+//!
+//! It runs as the proxy uid/gid (1337) inside the pod's network namespace, so
+//! the rules under test see its upstream connections as the proxy's own.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use sidecheck_wire::{read_line, stub, Answer, End, Hop, Probe};
+
+const USAGE: &str = "usage: fake-envoy [options]
+  --outbound ADDR:PORT     outbound capture listener (default 0.0.0.0:15001)
+  --inbound ADDR:PORT      inbound capture listener (default 0.0.0.0:15006)
+  --serve NAME=ADDR:PORT   a terminal listener answering as NAME (repeatable)
+  --route VIP:PORT=IP:PORT outbound cluster: connections to VIP:PORT go to IP:PORT (repeatable)
+  --passthrough4 IP        source of inbound upstream connections, IPv4 (default 127.0.0.6)
+  --passthrough6 IP        the same for IPv6 (default ::6)
+  --timeout-ms N           upstream connect and answer budget (default 2000)";
+
+struct Config {
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    serve: Vec<(String, SocketAddr)>,
+    routes: HashMap<SocketAddr, SocketAddr>,
+    passthrough4: Ipv4Addr,
+    passthrough6: Ipv6Addr,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut cfg = Config {
+        outbound: "0.0.0.0:15001".parse().unwrap(),
+        inbound: "0.0.0.0:15006".parse().unwrap(),
+        serve: Vec::new(),
+        routes: HashMap::new(),
+        passthrough4: Ipv4Addr::new(127, 0, 0, 6),
+        passthrough6: "::6".parse().unwrap(),
+        timeout: Duration::from_millis(2000),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let v = args.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("{flag}: `{s}` is not ADDRESS:PORT"));
+        match flag.as_str() {
+            "--outbound" => cfg.outbound = addr(&v)?,
+            "--inbound" => cfg.inbound = addr(&v)?,
+            "--serve" => cfg.serve.push(stub::parse_named_addr(&v)?),
+            "--route" => {
+                let (vip, ep) = v.split_once('=').ok_or_else(|| format!("--route `{v}` is not VIP:PORT=IP:PORT"))?;
+                cfg.routes.insert(addr(vip)?, addr(ep)?);
+            }
+            "--passthrough4" => cfg.passthrough4 = v.parse().map_err(|_| format!("--passthrough4 `{v}` is not an IPv4 address"))?,
+            "--passthrough6" => cfg.passthrough6 = v.parse().map_err(|_| format!("--passthrough6 `{v}` is not an IPv6 address"))?,
+            "--timeout-ms" => {
+                cfg.timeout = Duration::from_millis(v.parse().map_err(|_| format!("--timeout-ms `{v}` is not a number"))?)
+            }
+            _ => return Err(format!("unknown option `{flag}`")),
+        }
+    }
+    Ok(cfg)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    fn role(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+fn main() {
+    let cfg = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fake-envoy: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    stub::exit_with_parent();
+    let outbound = stub::bind_or_exit("fake-envoy", cfg.outbound);
+    let inbound = stub::bind_or_exit("fake-envoy", cfg.inbound);
+    let terminals: Vec<_> = cfg
+        .serve
+        .iter()
+        .map(|(name, a)| (name.clone(), stub::bind_or_exit("fake-envoy", *a)))
+        .collect();
+    for (name, l) in terminals {
+        stub::serve_terminal(l, name, cfg.timeout);
+    }
+    let cfg: &'static Config = Box::leak(Box::new(cfg));
+    thread::spawn(move || accept_loop(inbound, Direction::Inbound, cfg));
+    stub::announce_ready();
+    accept_loop(outbound, Direction::Outbound, cfg);
+}
+
+fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        thread::spawn(move || {
+            let _ = proxy(conn, dir, cfg);
+        });
+    }
+}
+
+/// The destination the client asked for before NAT changed it.
+fn original_dst(conn: &TcpStream) -> io::Result<SocketAddr> {
+    let local = conn.local_addr()?;
+    let got = match local {
+        SocketAddr::V4(_) => getsockopt(&conn.as_fd(), sockopt::OriginalDst).map(|sa| {
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                u16::from_be(sa.sin_port),
+            ))
+        }),
+        SocketAddr::V6(_) => getsockopt(&conn.as_fd(), sockopt::Ip6tOriginalDst).map(|sa| {
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sa.sin6_addr.s6_addr),
+                u16::from_be(sa.sin6_port),
+                0,
+                0,
+            ))
+        }),
+    };
+    // ENOENT: no NAT entry, so nothing was rewritten (TPROXY, or a direct
+    // connection): the local address is the destination the client used.
+    Ok(got.unwrap_or(local))
+}
+
+fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
+    conn.set_read_timeout(Some(cfg.timeout))?;
+    conn.set_write_timeout(Some(cfg.timeout))?;
+    let port = conn.local_addr()?.port();
+    let mut reader = BufReader::new(&conn);
+    let line = read_line(&mut reader)?;
+    let mut probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let role = dir.role().to_string();
+    let reply = |probe: Probe, end: End| (&conn).write_all(Answer { probe, end }.to_line().as_bytes());
+
+    if probe.has_passed(port) || probe.hops.len() >= sidecheck_wire::MAX_HOPS {
+        return reply(probe, End::Loop { role, port });
+    }
+    let dst = original_dst(&conn)?;
+    probe.hops.push(Hop { role: role.clone(), port, original_dst: dst });
+    let upstream_addr = match dir {
+        Direction::Outbound => *cfg.routes.get(&dst).unwrap_or(&dst),
+        Direction::Inbound => dst,
+    };
+    // Nested proxies answer sooner than the ones in front of them, so an
+    // error from deep in the chain reaches the client before it gives up.
+    let budget = cfg.timeout.saturating_sub(cfg.timeout / 8 * probe.hops.len() as u32);
+    match forward(&probe, upstream_addr, dir, cfg, budget) {
+        Ok(answer_line) => (&conn).write_all(answer_line.as_bytes()),
+        Err(e) => {
+            let message = format!("{upstream_addr} {e}");
+            reply(probe, End::Error { role, port, message })
+        }
+    }
+}
+
+fn forward(probe: &Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
+    let upstream = match dir {
+        Direction::Outbound => TcpStream::connect_timeout(&to, budget / 2)?,
+        Direction::Inbound => {
+            let source = match to.ip() {
+                IpAddr::V4(_) => SocketAddr::new(cfg.passthrough4.into(), 0),
+                IpAddr::V6(_) => SocketAddr::new(cfg.passthrough6.into(), 0),
+            };
+            connect_from(source, to, budget / 2)?
+        }
+    };
+    upstream.set_read_timeout(Some(budget))?;
+    upstream.set_write_timeout(Some(budget))?;
+    (&upstream).write_all(probe.to_line().as_bytes())?;
+    let mut reader = BufReader::new(&upstream);
+    read_line(&mut reader).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(e.kind(), format!("no answer within {} ms", budget.as_millis()))
+        }
+        _ => e,
+    })
+}
+
+/// Connect from a fixed source address, as Envoy's inbound passthrough does.
+fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if source.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(source))?;
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stream = TcpStream::from(fd);
+    wait_connected(&stream, timeout)?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn wait_connected(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    if poll(&mut fds, ms)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {} ms", timeout.as_millis())));
+    }
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

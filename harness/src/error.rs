@@ -1,0 +1,50 @@
+//! The one error type of the harness library. Every message says what was
+//! being done, where (namespace, file, line), and what to do next.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("run as root: sudo cargo test (or sudo sidecheck ...): {what} creates network namespaces, which needs root")]
+    NotRoot { what: String },
+
+    #[error("`{tool}` is not installed or not on PATH: install the Debian/Ubuntu package `{package}` (apt-get install -y {package}, or run ci/setup)")]
+    ToolMissing { tool: String, package: String },
+
+    #[error("{file}:{line}:{column}: {message}")]
+    ScenarioSyntax { file: String, line: usize, column: usize, message: String },
+
+    #[error("{file}: {message}")]
+    ScenarioInvalid { file: String, message: String },
+
+    #[error("{message}")]
+    Config { message: String },
+
+    #[error("rules from {origin} did not apply in namespace {namespace}: {tool} {status}:\n{output}\nFix the rules (line numbers above are the tool's, counted in {origin}) and run again.")]
+    RulesDidNotApply { origin: String, namespace: String, tool: String, status: String, output: String },
+
+    #[error("{doing} in namespace {namespace}: {detail}")]
+    Netlink { doing: String, namespace: String, detail: String },
+
+    #[error("{stub} did not start in namespace {namespace}: {detail}")]
+    StubFailed { stub: String, namespace: String, detail: String },
+
+    #[error("{doing}: {source}")]
+    Io { doing: String, #[source] source: std::io::Error },
+
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+}
+
+impl Error {
+    pub fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let doing = doing.into();
+        move |source| Error::Io { doing, source }
+    }
+
+    pub fn config(message: impl Into<String>) -> Error {
+        Error::Config { message: message.into() }
+    }
+}

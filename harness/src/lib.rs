@@ -1,0 +1,32 @@
+//! sidecheck: proves with real packets in Linux network namespaces what a
+//! service mesh's traffic-capture rules do to every kind of connection.
+//!
+//! The pieces, in the order a run uses them: [`registry`] owns the run (lock,
+//! stale sweep, signal cleanup); [`topology`] builds the namespaces;
+//! [`rules`] generates and installs the rules under test; [`stubs`] starts
+//! fake-envoy and fake-istiod; [`probe`] runs app servers and probe clients;
+//! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
+//! [`session`] ties them together.
+
+pub mod error;
+pub mod probe;
+pub mod registry;
+pub mod report;
+pub mod rules;
+pub mod scenario;
+pub mod session;
+pub mod stubs;
+pub mod topology;
+pub mod verdict;
+
+pub use error::{Error, Result};
+pub use session::{Session, SessionConfig};
+
+/// Fails with the message every root-needing entry point gives.
+pub fn require_root(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::NotRoot { what: what.to_string() })
+    }
+}

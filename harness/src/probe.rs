@@ -1,0 +1,160 @@
+//! Probe clients and the app servers they reach.
+//!
+//! Both live in the harness process. A socket belongs for good to the
+//! namespace it was created in, and iptables' owner match (and nft's
+//! `meta skuid`) looks at the credentials the socket was *created* with. So a
+//! short-lived thread enters the namespace, takes the probe's uid/gid as its
+//! filesystem ids and groups (per-thread syscalls, not glibc's process-wide
+//! setuid), creates the socket and exits; the connection then runs as an
+//! ordinary async task. That is what an app running under that uid would
+//! look like to the kernel, without a process per probe.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use sidecheck_wire::{Answer, End, Probe};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use crate::topology::Namespace;
+use crate::{Error, Result};
+
+/// Deadlines for one probe connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub answer: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // fake-envoy gives up on an upstream within 2 s, so a broken hop is
+        // reported by the proxy before the client stops waiting.
+        Timeouts { connect: Duration::from_secs(2), answer: Duration::from_secs(3) }
+    }
+}
+
+/// How a probe connection went, from the client's side.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// Someone at the end of the chain answered.
+    Answered(Answer),
+    /// The client could not complete its side: what it was doing, and why.
+    Failed { stage: String, detail: String },
+}
+
+/// Create a TCP socket in `ns` owned by `uid`/`gid` (no supplementary groups).
+pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool) -> Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    ns.run(move || -> std::io::Result<OwnedFd> {
+        // Raw syscalls: these act on this thread only, and the thread ends
+        // right after, so no other code ever runs with these ids.
+        unsafe {
+            let groups = [gid];
+            if libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::syscall(libc::SYS_setfsgid, gid);
+            libc::syscall(libc::SYS_setfsuid, uid);
+            if libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32 != uid {
+                return Err(std::io::Error::other(format!("could not take fsuid {uid}")));
+            }
+        }
+        let family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        Ok(socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?)
+    })?
+    .map_err(Error::io(format!("creating a socket as uid {uid} gid {gid} in namespace {}", ns.name())))
+}
+
+/// Connect `fd` to `to`, send probe `id`, and read the answer.
+pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Observation {
+    let failed = |stage: &str, detail: String| Observation::Failed { stage: stage.into(), detail };
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let started = Instant::now();
+    let stream = match timeout(t.connect, socket.connect(to)).await {
+        Err(_) => {
+            return failed(
+                "connect",
+                format!("no answer to the SYN for {to} within {} ms: a rule dropped it, or it was sent where nothing replies", t.connect.as_millis()),
+            )
+        }
+        Ok(Err(e)) => return failed("connect", format!("{to}: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    match timeout(t.answer, exchange(stream, id)).await {
+        Err(_) => failed(
+            "answer",
+            format!(
+                "connected to {to} after {} ms, then no answer within {} ms: whatever accepted it is not a sidecheck stub",
+                started.elapsed().as_millis(),
+                t.answer.as_millis()
+            ),
+        ),
+        Ok(Err(detail)) => failed("answer", format!("{to}: {detail}")),
+        Ok(Ok(answer)) if answer.probe.id != id => {
+            failed("answer", format!("{to}: answer is for probe {} instead of {id}", answer.probe.id))
+        }
+        Ok(Ok(answer)) => Observation::Answered(answer),
+    }
+}
+
+async fn exchange(mut stream: TcpStream, id: u64) -> std::result::Result<Answer, String> {
+    stream.write_all(Probe::new(id).to_line().as_bytes()).await.map_err(|e| format!("sending the probe: {e}"))?;
+    let line = read_line(&mut stream).await?;
+    Answer::parse(&line).map_err(|e| format!("unreadable answer `{}`: {e}", line.trim_end()))
+}
+
+async fn read_line(stream: &mut TcpStream) -> std::result::Result<String, String> {
+    let mut reader = BufReader::new(stream).take(sidecheck_wire::MAX_LINE as u64 + 1);
+    let mut line = String::new();
+    match reader.read_line(&mut line).await {
+        Ok(0) => Err("the connection was closed without an answer".into()),
+        Ok(_) if !line.ends_with('\n') => Err("the answer was cut off".into()),
+        Ok(_) => Ok(line),
+        Err(e) => Err(format!("reading the answer: {e}")),
+    }
+}
+
+/// An app server: answers every probe as `name`. Runs until dropped.
+pub struct AppServer {
+    task: JoinHandle<()>,
+}
+
+impl AppServer {
+    /// Listen on `0.0.0.0:port` in `ns`. Must be called inside the runtime.
+    pub fn start(ns: &Namespace, name: &str, port: u16, io_timeout: Duration) -> Result<AppServer> {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let std_listener = ns
+            .run(move || std::net::TcpListener::bind(addr))?
+            .map_err(Error::io(format!("listening on {addr} in namespace {} for {name}", ns.name())))?;
+        std_listener.set_nonblocking(true).map_err(Error::io("making a listener non-blocking"))?;
+        let listener = TcpListener::from_std(std_listener).map_err(Error::io("registering a listener"))?;
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, peer)) = listener.accept().await else { continue };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let _ = timeout(io_timeout, answer(conn, peer, &name, port)).await;
+                });
+            }
+        });
+        Ok(AppServer { task })
+    }
+}
+
+async fn answer(mut conn: TcpStream, peer: SocketAddr, name: &str, port: u16) -> std::result::Result<(), String> {
+    let line = read_line(&mut conn).await?;
+    let probe = Probe::parse(&line).map_err(|e| e.to_string())?;
+    let answer = Answer { probe, end: End::Server { name: name.into(), port, peer } };
+    conn.write_all(answer.to_line().as_bytes()).await.map_err(|e| e.to_string())
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

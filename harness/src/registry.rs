@@ -1,0 +1,197 @@
+//! Who owns what: every run holds a lock file under `/run/sidecheck/`, and
+//! names everything it creates after it. The lock is an `flock`, which the
+//! kernel drops when the process dies, even by SIGKILL, so the next run (or
+//! `sidecheck clean`) can tell a dead run's leftovers from a live run's
+//! resources without trusting pids, and sweep only the former.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::{Error, Result};
+
+pub const RUN_DIR: &str = "/run/sidecheck";
+/// Where `ip netns` (and netns-rs) bind-mount named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+/// Every resource name starts with this; nothing else on the host does.
+pub const NAME_PREFIX: &str = "sidecheck-";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs alive in this process, for the signal handler.
+static LIVE: Mutex<Vec<LiveRun>> = Mutex::new(Vec::new());
+
+struct LiveRun {
+    prefix: String,
+    pids: Vec<i32>,
+}
+
+/// One run's ownership of its resources. Dropping it removes whatever is
+/// still named after it: the safety net under the owners' own Drops.
+pub struct RunGuard {
+    prefix: String,
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl RunGuard {
+    pub fn acquire() -> Result<RunGuard> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(RUN_DIR)
+            .map_err(Error::io(format!("creating {RUN_DIR}")))?;
+        let prefix = format!("{NAME_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let lock_path = Path::new(RUN_DIR).join(format!("{prefix}.lock"));
+        // Lock a temporary file, then rename it: a sweeper never sees this
+        // run's lock file unlocked.
+        let tmp = Path::new(RUN_DIR).join(format!(".{prefix}.lock.tmp"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(Error::io(format!("creating lock file {}", tmp.display())))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| Error::Io { doing: format!("locking {}", tmp.display()), source: e.into() })?;
+        fs::rename(&tmp, &lock_path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), lock_path.display())))?;
+        let dir = Path::new(RUN_DIR).join(&prefix);
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        LIVE.lock().unwrap().push(LiveRun { prefix: prefix.clone(), pids: Vec::new() });
+        Ok(RunGuard { prefix, dir, lock_path, _lock: lock })
+    }
+
+    /// Start of every name this run gives: namespaces are `<prefix>-<host>`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A directory only this run uses (stub binaries live here).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Remember a child so that a signal kills it before the process exits.
+    pub fn register_pid(&self, pid: i32) {
+        if let Some(run) = LIVE.lock().unwrap().iter_mut().find(|r| r.prefix == self.prefix) {
+            run.pids.push(pid);
+        }
+    }
+
+}
+
+/// A child of run `prefix` was reaped: the signal handler must not kill its pid.
+pub fn forget_pid(prefix: &str, pid: i32) {
+    if let Some(run) = LIVE.lock().unwrap().iter_mut().find(|r| r.prefix == prefix) {
+        run.pids.retain(|p| *p != pid);
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        remove_run_resources(&self.prefix);
+        let _ = fs::remove_file(&self.lock_path);
+        LIVE.lock().unwrap().retain(|r| r.prefix != self.prefix);
+    }
+}
+
+/// Unmount and delete one named namespace, as `ip netns del` does.
+pub fn remove_netns(name: &str) -> std::io::Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Namespaces currently named after `prefix`.
+pub fn namespaces_of(prefix: &str) -> Vec<String> {
+    let want = format!("{prefix}-");
+    let Ok(entries) = fs::read_dir(NETNS_DIR) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&want))
+        .collect()
+}
+
+fn remove_run_resources(prefix: &str) -> usize {
+    let names = namespaces_of(prefix);
+    for name in &names {
+        let _ = remove_netns(name);
+    }
+    let _ = fs::remove_dir_all(Path::new(RUN_DIR).join(prefix));
+    names.len()
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub runs: usize,
+    pub namespaces: usize,
+}
+
+/// Remove what dead runs left: every lock file nobody holds, with the
+/// namespaces and directory named after it. Live runs are never touched.
+pub fn sweep_stale() -> Swept {
+    let mut swept = Swept::default();
+    let Ok(entries) = fs::read_dir(RUN_DIR) else { return swept };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(prefix) = name.strip_suffix(".lock").filter(|p| p.starts_with(NAME_PREFIX)) else { continue };
+        let Ok(file) = File::open(entry.path()) else { continue };
+        let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
+        swept.runs += 1;
+        swept.namespaces += remove_run_resources(prefix);
+        let _ = fs::remove_file(entry.path());
+    }
+    swept
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread
+/// started after it) and handle them on a thread of their own: kill the
+/// children of every live run, remove its namespaces, exit 128+signal. Call it
+/// first thing in `main`, before any other thread exists.
+pub fn install_signal_cleanup() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().map_err(|e| Error::Io { doing: "blocking signals".into(), source: e.into() })?;
+    std::thread::Builder::new()
+        .name("signal-cleanup".into())
+        .spawn(move || {
+            let sig = set.wait().unwrap_or(Signal::SIGTERM);
+            let runs = std::mem::take(&mut *LIVE.lock().unwrap());
+            for run in &runs {
+                for pid in &run.pids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                remove_run_resources(&run.prefix);
+                let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("{}.lock", run.prefix)));
+            }
+            eprintln!("sidecheck: interrupted by {sig}; removed {} run(s)", runs.len());
+            std::process::exit(128 + sig as i32);
+        })
+        .map_err(Error::io("starting the signal thread"))?;
+    Ok(())
+}
+
+/// For children: undo the signal mask they inherit from a blocked thread.
+pub fn unblock_signals_in_child() {
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+}

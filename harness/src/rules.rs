@@ -1,0 +1,341 @@
+//! The rules under test: the built-in Istio reference generator, and
+//! installing a rule set inside the pod namespace (and nowhere else).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::topology::Namespace;
+use crate::{Error, Result};
+
+/// Which iptables front end installs a restore file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// iptables-nft-restore: the rules land in nf_tables (Debian's default).
+    Nft,
+    /// iptables-legacy-restore: the rules land in the legacy x_tables.
+    Legacy,
+}
+
+impl Backend {
+    pub fn restore_tool(self) -> &'static str {
+        match self {
+            Backend::Nft => "iptables-nft-restore",
+            Backend::Legacy => "iptables-legacy-restore",
+        }
+    }
+
+    pub fn save_tool(self) -> &'static str {
+        match self {
+            Backend::Nft => "iptables-nft-save",
+            Backend::Legacy => "iptables-legacy-save",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+}
+
+/// The two shapes of Istio's sidecar rules the built-in generator writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// What the sidecar injector runs today: `! --dport 15008` on the lo
+    /// redirect rules, all protocols jump to ISTIO_OUTPUT, no port-22 exclusion.
+    Current,
+    /// The nine-rule shape of the era the well-known flow article describes:
+    /// TCP-only OUTPUT jump, port 22 excluded inbound, no tunnel-port guard.
+    Classic,
+}
+
+/// What the reference generator is asked to do; the fields mirror
+/// `istio-iptables` flags (`-p`, `-z`, `-u`, `-g`, `-i '*'`, `-d`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IstioCapture {
+    pub shape: Shape,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub tunnel_port: u16,
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
+    /// Inbound ports not captured (`-d`), in the order given.
+    pub inbound_exclude: Vec<u16>,
+    /// Passthrough source Envoy uses for inbound upstream connections.
+    pub inbound_passthrough: std::net::Ipv4Addr,
+}
+
+impl IstioCapture {
+    /// `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`
+    pub fn default_for(shape: Shape) -> IstioCapture {
+        IstioCapture {
+            shape,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            tunnel_port: 15008,
+            proxy_uid: 1337,
+            proxy_gid: 1337,
+            inbound_exclude: vec![15090, 15021, 15020],
+            inbound_passthrough: std::net::Ipv4Addr::new(127, 0, 0, 6),
+        }
+    }
+
+    /// iptables-restore input for the nat table.
+    pub fn to_restore(&self) -> String {
+        let classic = self.shape == Shape::Classic;
+        let (uid, gid) = (self.proxy_uid, self.proxy_gid);
+        // The lo redirect rules skip the HBONE tunnel port in the current shape.
+        let lo_guard = if classic { String::new() } else { format!(" -p tcp -m tcp ! --dport {}", self.tunnel_port) };
+        let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+        for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
+            let _ = writeln!(r, ":{chain} - [0:0]");
+        }
+        r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+        r.push_str(if classic { "-A OUTPUT -p tcp -j ISTIO_OUTPUT\n" } else { "-A OUTPUT -j ISTIO_OUTPUT\n" });
+        // Inbound: the tunnel port, (ssh in the classic shape), the excluded
+        // ports, then everything else to the inbound listener.
+        let mut skip = vec![self.tunnel_port];
+        if classic {
+            skip.push(22);
+        }
+        skip.extend(self.inbound_exclude.iter().copied().filter(|p| *p != self.tunnel_port));
+        for port in skip {
+            let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {port} -j RETURN");
+        }
+        r.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
+        let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
+        // Outbound, the nine rules in Istio's order.
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -s {}/32 -o lo -j RETURN", self.inbound_passthrough);
+        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo{lo_guard} -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo{lo_guard} -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {gid} -j RETURN");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {gid} -j RETURN");
+        r.push_str("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
+        r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
+        let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+        r.push_str("COMMIT\n");
+        r
+    }
+}
+
+/// Where the rules under test come from.
+#[derive(Clone, Debug)]
+pub enum RuleSource {
+    /// The built-in reference generator.
+    Builtin(IstioCapture),
+    /// An iptables-restore file (IPv4).
+    RestoreFile(PathBuf),
+}
+
+impl RuleSource {
+    /// How reports name the source.
+    pub fn describe(&self) -> String {
+        match self {
+            RuleSource::Builtin(c) => format!(
+                "built-in Istio rules ({} shape)",
+                match c.shape {
+                    Shape::Current => "current",
+                    Shape::Classic => "classic",
+                }
+            ),
+            RuleSource::RestoreFile(p) => p.display().to_string(),
+        }
+    }
+
+    /// The restore text, read before any namespace exists so a missing file
+    /// costs nothing to report.
+    pub fn restore_text(&self) -> Result<String> {
+        match self {
+            RuleSource::Builtin(c) => Ok(c.to_restore()),
+            RuleSource::RestoreFile(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.clone(), source })?;
+                if text.trim().is_empty() {
+                    return Err(Error::config(format!("rules file {} is empty", p.display())));
+                }
+                Ok(text)
+            }
+        }
+    }
+}
+
+/// Find `tool` on PATH (and the sbin directories sudo's secure_path has),
+/// or say which package provides it.
+pub fn find_tool(tool: &str, package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(tool);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::ToolMissing { tool: tool.into(), package: package.into() })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Output of a command run inside a namespace.
+pub struct Ran {
+    pub status: std::process::ExitStatus,
+    pub output: String,
+}
+
+/// Run `program args` inside `ns` with `stdin` fed to it, bounded by `timeout`
+/// (killed after it), output (stdout+stderr) capped at 64 KiB.
+pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Result<Ran> {
+    let fd = ns.raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setns and sigprocmask are async-signal-safe; nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::registry::unblock_signals_in_child();
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    let doing = format!("running {} in namespace {}", program.display(), ns.name());
+    let mut child = cmd.spawn().map_err(Error::io(doing.clone()))?;
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let collect = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                use std::io::Read;
+                let _ = r.take(64 * 1024).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = collect(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = collect(child.stderr.take().map(|s| Box::new(s) as _));
+    // Wait on a thread so the deadline is a channel timeout, not a poll loop.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(timeout) {
+        Ok(status) => status.map_err(Error::io(doing.clone()))?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv();
+            return Err(Error::config(format!(
+                "{doing}: still running after {} s, killed; raise the timeout if it is just slow",
+                timeout.as_secs_f32()
+            )));
+        }
+    };
+    let _ = writer.join();
+    let mut output = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    output.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+    Ok(Ran { status, output })
+}
+
+/// Install a restore file into `ns` with the backend's restore tool.
+pub fn install(ns: &Namespace, backend: Backend, text: &str, origin: &str, timeout: Duration) -> Result<()> {
+    let tool = find_tool(backend.restore_tool(), "iptables")?;
+    let ran = run_in(ns, &tool, &[], text, timeout)?;
+    if ran.status.success() {
+        return Ok(());
+    }
+    Err(Error::RulesDidNotApply {
+        origin: origin.to_string(),
+        namespace: ns.name().to_string(),
+        tool: backend.restore_tool().to_string(),
+        status: ran.status.to_string(),
+        output: ran.output.trim_end().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules_of(text: &str, chain: &str) -> Vec<String> {
+        let prefix = format!("-A {chain} ");
+        text.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn classic_shape_is_the_nine_rule_set_of_the_baseline() {
+        let text = IstioCapture::default_for(Shape::Classic).to_restore();
+        let out = rules_of(&text, "ISTIO_OUTPUT");
+        assert_eq!(out.len(), 9);
+        assert_eq!(out[0], "-s 127.0.0.6/32 -o lo -j RETURN");
+        assert_eq!(out[1], "! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT");
+        assert_eq!(out[3], "-m owner --uid-owner 1337 -j RETURN");
+        assert_eq!(out[8], "-j ISTIO_REDIRECT");
+        let inbound = rules_of(&text, "ISTIO_INBOUND");
+        // 15008, 22, 15090, 15021, 15020, catch-all: the catch-all is rule 6, 15090 rule 3.
+        assert_eq!(inbound.len(), 6);
+        assert_eq!(inbound[2], "-p tcp -m tcp --dport 15090 -j RETURN");
+        assert_eq!(inbound[5], "-p tcp -j ISTIO_IN_REDIRECT");
+        assert!(text.contains("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n"));
+    }
+
+    #[test]
+    fn current_shape_guards_the_tunnel_port_and_drops_ssh() {
+        let text = IstioCapture::default_for(Shape::Current).to_restore();
+        let out = rules_of(&text, "ISTIO_OUTPUT");
+        assert_eq!(out.len(), 9);
+        assert_eq!(
+            out[1],
+            "! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT"
+        );
+        let inbound = rules_of(&text, "ISTIO_INBOUND");
+        assert_eq!(inbound.len(), 5);
+        assert_eq!(inbound[1], "-p tcp -m tcp --dport 15090 -j RETURN");
+        assert_eq!(inbound[4], "-p tcp -j ISTIO_IN_REDIRECT");
+        assert!(!text.contains("--dport 22 "));
+        assert!(text.contains("-A OUTPUT -j ISTIO_OUTPUT\n"));
+    }
+
+    #[test]
+    fn settings_reach_the_rules() {
+        let mut c = IstioCapture::default_for(Shape::Current);
+        c.outbound_port = 16001;
+        c.inbound_port = 16006;
+        c.proxy_uid = 3;
+        c.proxy_gid = 4;
+        let text = c.to_restore();
+        assert!(text.contains("REDIRECT --to-ports 16001"));
+        assert!(text.contains("REDIRECT --to-ports 16006"));
+        assert!(text.contains("--uid-owner 3 -j RETURN"));
+        assert!(text.contains("--gid-owner 4 -j RETURN"));
+        assert!(!text.contains("1337"));
+    }
+
+    #[test]
+    fn missing_tool_names_the_package() {
+        let e = find_tool("sidecheck-no-such-tool", "iptables").unwrap_err().to_string();
+        assert!(e.contains("apt-get install -y iptables"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_empty_rule_files_are_reported_by_path() {
+        let e = RuleSource::RestoreFile("/nonexistent/x.rules".into()).restore_text().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.rules"), "{e}");
+        let dir = std::env::temp_dir().join(format!("sidecheck-rules-test-{}", std::process::id()));
+        std::fs::write(&dir, "\n").unwrap();
+        let e = RuleSource::RestoreFile(dir.clone()).restore_text().unwrap_err().to_string();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(e.contains("is empty"), "{e}");
+    }
+}

@@ -1,0 +1,323 @@
+//! Scenarios: one traffic flow per YAML file, schema-checked (unknown keys
+//! are errors, reported with file:line:column).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::topology::{Host, TopologyConfig};
+use crate::{Error, Result};
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_scenarios.rs"));
+}
+
+/// A scenario file as written.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Which of the six flows (DESIGN.md's table) this checks.
+    pub flow: u8,
+    pub description: String,
+    pub source: Source,
+    pub destination: Destination,
+    pub expect: Expect,
+}
+
+/// Who opens the connection.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub host: Host,
+    /// The uid the connecting socket is created with (owner match sees it).
+    pub uid: u32,
+    /// Defaults to `uid`.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Who this stands for (app, envoy, pilot-agent, prometheus): documentation.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Where it connects: exactly one of `host`, `service`, `address`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// A host of the topology, or `localhost` (127.0.0.1 in the source's namespace).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// A service by name: its VIP.
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+/// What must happen.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Proxy listener ports passed, in order, then the port of the server
+    /// that answered.
+    pub ports: Vec<u16>,
+    /// Name of the server that must answer (local-app, remote-app,
+    /// envoy-admin, envoy-stats, envoy-health, istiod).
+    pub server: String,
+    /// The rule path in the article's notation, for the built-in default rules.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A loaded scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Trial name: `istio::type1-remote-to-local`.
+    pub name: String,
+    /// Where it came from, for messages.
+    pub file: String,
+    pub spec: Spec,
+}
+
+impl Scenario {
+    pub fn parse(name: String, file: String, text: &str) -> Result<Scenario> {
+        if text.trim().is_empty() {
+            return Err(Error::ScenarioInvalid { file, message: "the file is empty: a scenario needs flow, description, source, destination and expect".into() });
+        }
+        let spec: Spec = serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => Error::ScenarioSyntax { file: file.clone(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            None => Error::ScenarioInvalid { file: file.clone(), message: e.to_string() },
+        })?;
+        let invalid = |message: String| Error::ScenarioInvalid { file: file.clone(), message };
+        if spec.expect.ports.is_empty() {
+            return Err(invalid("expect.ports is empty: list the proxy ports passed, then the server's port".into()));
+        }
+        let d = &spec.destination;
+        let given = [d.host.is_some(), d.service.is_some(), d.address.is_some()].iter().filter(|x| **x).count();
+        if given != 1 {
+            return Err(invalid(format!("destination: give exactly one of host, service, address (found {given})")));
+        }
+        if let Some(h) = &d.host {
+            if h != "localhost" && Host::parse(h).is_none() {
+                return Err(invalid(format!(
+                    "destination.host `{h}` is not a host: use one of localhost, {}",
+                    Host::ALL.map(Host::name).join(", ")
+                )));
+            }
+        }
+        if spec.source.host == Host::Node {
+            return Err(invalid("source.host: the node only bridges pods; connect from a pod".into()));
+        }
+        if !(1..=6).contains(&spec.flow) {
+            return Err(invalid(format!("flow {} is not one of the six flows (1-6)", spec.flow)));
+        }
+        Ok(Scenario { name, file, spec })
+    }
+
+    /// The gid the probe socket is created with.
+    pub fn gid(&self) -> u32 {
+        self.spec.source.gid.unwrap_or(self.spec.source.uid)
+    }
+
+    /// The address the probe connects to, in this topology.
+    pub fn target(&self, topo: &TopologyConfig) -> Result<SocketAddr> {
+        let d = &self.spec.destination;
+        let ip = if let Some(h) = &d.host {
+            match Host::parse(h) {
+                Some(host) => topo.address(host),
+                None => Ipv4Addr::LOCALHOST,
+            }
+        } else if let Some(s) = &d.service {
+            topo.service(s)
+                .ok_or_else(|| Error::ScenarioInvalid {
+                    file: self.file.clone(),
+                    message: format!(
+                        "destination.service `{s}` is not a service of the topology (known: {})",
+                        topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                })?
+                .vip
+        } else {
+            d.address.expect("validated: one destination kind")
+        };
+        Ok(SocketAddr::new(ip.into(), d.port))
+    }
+}
+
+/// `a/b/c.yaml` under root `r` -> `a::b::c`; a file directly in the root takes
+/// the root's own name as its first part, so `scenarios/istio` and
+/// `scenarios` name the same file alike.
+fn trial_name(root_name: &str, rel: &Path) -> String {
+    let mut parts: Vec<String> = rel.with_extension("").iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    if parts.len() == 1 {
+        parts.insert(0, root_name.to_string());
+    }
+    parts.join("::")
+}
+
+fn check_unique(list: &[Scenario]) -> Result<()> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for s in list {
+        if let Some(other) = seen.insert(&s.name, &s.file) {
+            return Err(Error::config(format!(
+                "two scenarios are both named {}: {} and {}; rename one of them",
+                s.name, other, s.file
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The scenarios built into the binary (the repository's `scenarios/`).
+pub fn builtin() -> Result<Vec<Scenario>> {
+    let list = builtin::BUILTIN
+        .iter()
+        .map(|(rel, text)| Scenario::parse(trial_name("scenarios", Path::new(rel)), format!("scenarios/{rel}"), text))
+        .collect::<Result<Vec<_>>>()?;
+    check_unique(&list)?;
+    Ok(list)
+}
+
+/// Every `*.yaml` / `*.yml` below `dir`, sorted by name.
+pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
+    let meta = std::fs::metadata(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    if !meta.is_dir() {
+        return Err(Error::config(format!("--scenarios {}: not a directory of scenario files", dir.display())));
+    }
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    if files.is_empty() {
+        return Err(Error::config(format!(
+            "no scenario files (*.yaml) in {}: point --scenarios at a directory holding some",
+            dir.display()
+        )));
+    }
+    files.sort();
+    let root_name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "scenarios".into());
+    let mut list = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let rel = path.strip_prefix(dir).unwrap_or(&path);
+        list.push(Scenario::parse(trial_name(&root_name, rel), path.display().to_string(), &text)?);
+    }
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    check_unique(&list)?;
+    Ok(list)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "flow: 2
+description: app to remote
+source: { host: local-pod, uid: 1000 }
+destination: { host: remote-pod, port: 9090 }
+expect:
+  ports: [15001, 9090]
+  server: remote-app
+";
+
+    fn parse(text: &str) -> Result<Scenario> {
+        Scenario::parse("t::x".into(), "x.yaml".into(), text)
+    }
+
+    #[test]
+    fn builtin_set_has_the_six_flows_and_both_flow6_variants() {
+        let list = builtin().unwrap();
+        let names: Vec<_> = list.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.len() >= 7, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("istio::")), "{names:?}");
+        for flow in 1..=6 {
+            assert!(list.iter().any(|s| s.spec.flow == flow), "flow {flow} missing");
+        }
+        assert_eq!(list.iter().filter(|s| s.spec.flow == 6).count(), 2);
+        assert!(list.iter().all(|s| s.spec.expect.path.is_some()), "every built-in scenario states its path");
+        let topo = TopologyConfig::default();
+        for s in &list {
+            s.target(&topo).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_good_file_parses_and_resolves() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.gid(), 1000);
+        assert_eq!(s.target(&TopologyConfig::default()).unwrap(), "10.244.0.20:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let text = GOOD.replace("  server: remote-app", "  server: remote-app\n  sever: typo");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:8:3: "), "{e}");
+        assert!(e.contains("unknown field `sever`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_malformed_yaml_have_locations() {
+        let e = parse(&GOOD.replace("uid: 1000", "uid: alice")).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:3:"), "{e}");
+        let e = parse("flow: [1\n").unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:"), "{e}");
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn destination_needs_exactly_one_kind() {
+        let e = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ host: remote-pod, service: local-app, port: 9090 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exactly one of host, service, address (found 2)"), "{e}");
+        let e = parse(&GOOD.replace("host: remote-pod", "host: mars")).unwrap_err().to_string();
+        assert!(e.contains("`mars` is not a host"), "{e}");
+        let s = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ service: nope, port: 80 }")).unwrap();
+        let e = s.target(&TopologyConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("not a service of the topology (known: local-app)"), "{e}");
+    }
+
+    #[test]
+    fn names_follow_directories() {
+        assert_eq!(trial_name("istio", Path::new("a.yaml")), "istio::a");
+        assert_eq!(trial_name("scenarios", Path::new("istio/a.yaml")), "istio::a");
+        assert_eq!(trial_name("x", Path::new("p/q/a.yml")), "p::q::a");
+    }
+
+    #[test]
+    fn directory_errors_are_explicit() {
+        let base = std::env::temp_dir().join(format!("sidecheck-scen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("a")).unwrap();
+        let e = load_dir(&base).unwrap_err().to_string();
+        assert!(e.contains("no scenario files"), "{e}");
+        std::fs::write(base.join("a/x.yaml"), GOOD).unwrap();
+        std::fs::create_dir_all(base.join("b/a")).unwrap();
+        std::fs::write(base.join("b/a/x.yaml"), GOOD).unwrap();
+        // a/x.yaml and b/a/x.yaml are a::x and b::a::x: distinct.
+        assert_eq!(load_dir(&base).unwrap().len(), 2);
+        std::fs::write(base.join("x.yaml"), GOOD).unwrap();
+        std::fs::create_dir_all(base.join(base.file_name().unwrap())).unwrap();
+        std::fs::write(base.join(base.file_name().unwrap()).join("x.yaml"), GOOD).unwrap();
+        let e = load_dir(&base).unwrap_err().to_string();
+        assert!(e.contains("both named"), "{e}");
+        let e = load_dir(&base.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

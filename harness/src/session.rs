@@ -1,0 +1,232 @@
+//! A session: one topology with one rule set installed and the stubs
+//! running, reused by every probe against that rule set.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+
+use crate::probe::{self, AppServer, Observation, Timeouts};
+use crate::registry::{self, RunGuard};
+use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
+use crate::scenario::Scenario;
+use crate::stubs::{Stub, StubProcess};
+use crate::topology::{Host, Topology, TopologyConfig};
+use crate::verdict::{self, TrialResult};
+use crate::{Error, Result};
+
+/// Where the sidecar listens and who it runs as.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub uid: u32,
+    pub gid: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub stats_port: u16,
+    pub health_port: u16,
+    pub passthrough: std::net::Ipv4Addr,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            uid: 1337,
+            gid: 1337,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            admin_port: 15000,
+            stats_port: 15090,
+            health_port: 15021,
+            passthrough: std::net::Ipv4Addr::new(127, 0, 0, 6),
+        }
+    }
+}
+
+/// Everything a session is built from.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub rules: RuleSource,
+    pub backend: Backend,
+    pub topology: TopologyConfig,
+    pub proxy: ProxySettings,
+    /// Ports the app in the local pod serves (as `local-app`).
+    pub local_app_ports: Vec<u16>,
+    /// Ports the app in the remote pod serves (as `remote-app`).
+    pub remote_app_ports: Vec<u16>,
+    pub istiod_ports: Vec<u16>,
+    /// The uid fake-istiod runs as (any unprivileged one).
+    pub istiod_uid: u32,
+    pub probe_timeouts: Timeouts,
+    pub stub_ready_timeout: Duration,
+    pub rules_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            rules: RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
+            backend: Backend::Nft,
+            topology: TopologyConfig::default(),
+            proxy: ProxySettings::default(),
+            local_app_ports: vec![8080],
+            remote_app_ports: vec![9090],
+            istiod_ports: vec![15010, 15012, 15014, 15017],
+            istiod_uid: 65534,
+            probe_timeouts: Timeouts::default(),
+            stub_ready_timeout: Duration::from_secs(5),
+            rules_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+static PROBE_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// A probe id no other probe of any process running now shares.
+fn next_probe_id() -> u64 {
+    (u64::from(std::process::id()) << 32) | PROBE_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+pub struct Session {
+    // Field order is drop order: servers and stubs, then the runtime (its
+    // tasks hold sockets in the namespaces), then the namespaces, then the
+    // run's lock.
+    _apps: Vec<AppServer>,
+    _stubs: Vec<StubProcess>,
+    rt: Runtime,
+    topology: Topology,
+    config: SessionConfig,
+    run: RunGuard,
+}
+
+impl Session {
+    /// Check everything that can be checked before touching the system, so
+    /// that bad input costs nothing and leaves nothing behind.
+    pub fn preflight(config: &SessionConfig, scenarios: &[Scenario]) -> Result<String> {
+        config.topology.validate()?;
+        for s in scenarios {
+            s.target(&config.topology)?;
+        }
+        let text = config.rules.restore_text()?;
+        rules::find_tool(config.backend.restore_tool(), "iptables")?;
+        Ok(text)
+    }
+
+    pub fn start(config: SessionConfig) -> Result<Session> {
+        crate::require_root("building the test topology")?;
+        let rules_text = Self::preflight(&config, &[])?;
+        registry::sweep_stale();
+        let run = RunGuard::acquire()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(Error::io("starting the async runtime"))?;
+        let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
+
+        let pod = topology.ns(Host::LocalPod);
+        rules::install(pod, config.backend, &rules_text, &config.rules.describe(), config.rules_timeout)?;
+
+        let mut stubs = Vec::new();
+        let envoy_exe = Stub::FakeEnvoy.install(&run)?;
+        let p = &config.proxy;
+        let mut args = vec![
+            "--outbound".into(),
+            format!("0.0.0.0:{}", p.outbound_port),
+            "--inbound".into(),
+            format!("0.0.0.0:{}", p.inbound_port),
+            "--serve".into(),
+            format!("envoy-admin=127.0.0.1:{}", p.admin_port),
+            "--serve".into(),
+            format!("envoy-stats=0.0.0.0:{}", p.stats_port),
+            "--serve".into(),
+            format!("envoy-health=0.0.0.0:{}", p.health_port),
+            "--passthrough4".into(),
+            p.passthrough.to_string(),
+            "--timeout-ms".into(),
+            config.probe_timeouts.connect.as_millis().to_string(),
+        ];
+        for s in &config.topology.services {
+            args.push("--route".into());
+            args.push(format!("{}:{}={}:{}", s.vip, s.port, topology.address(s.endpoint), s.target_port));
+        }
+        stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, p.uid, p.gid, &args, config.stub_ready_timeout)?);
+
+        let istiod_exe = Stub::FakeIstiod.install(&run)?;
+        let mut args: Vec<String> = Vec::new();
+        for port in &config.istiod_ports {
+            args.push("--listen".into());
+            args.push(format!("0.0.0.0:{port}"));
+        }
+        let istiod_ns = topology.ns(Host::Istiod);
+        let uid = config.istiod_uid;
+        stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, uid, uid, &args, config.stub_ready_timeout)?);
+
+        let io = config.probe_timeouts.answer;
+        let apps = {
+            let _ctx = rt.enter();
+            let mut apps = Vec::new();
+            for port in &config.local_app_ports {
+                apps.push(AppServer::start(pod, "local-app", *port, io)?);
+            }
+            for port in &config.remote_app_ports {
+                apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", *port, io)?);
+            }
+            apps
+        };
+        Ok(Session { _apps: apps, _stubs: stubs, rt, topology, config, run })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The run's name prefix (every namespace name starts with it).
+    pub fn prefix(&self) -> &str {
+        self.run.prefix()
+    }
+
+    /// Run every scenario's probe at once (ids keep them apart) and judge each.
+    pub fn run(&self, scenarios: &[Scenario]) -> Vec<TrialResult> {
+        let prepared: Vec<_> = scenarios.iter().map(|s| self.prepare(s)).collect();
+        let t = self.config.probe_timeouts;
+        let observations: Vec<(Observation, u64)> = self.rt.block_on(async move {
+            let tasks: Vec<_> = prepared
+                .into_iter()
+                .map(|p| {
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let obs = match p {
+                            Ok((fd, to)) => probe::run(fd, to, next_probe_id(), t).await,
+                            Err(e) => Observation::Failed { stage: "setup".into(), detail: e.to_string() },
+                        };
+                        (obs, started.elapsed().as_millis() as u64)
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(task.await.unwrap_or_else(|e| {
+                    (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, 0)
+                }));
+            }
+            out
+        });
+        scenarios
+            .iter()
+            .zip(observations)
+            .map(|(s, (obs, ms))| verdict::judge(s, &obs, ms))
+            .collect()
+    }
+
+    fn prepare(&self, s: &Scenario) -> Result<(std::os::fd::OwnedFd, std::net::SocketAddr)> {
+        let to = s.target(&self.topology.config)?;
+        let ns = self.topology.ns(s.spec.source.host);
+        let fd = probe::client_socket(ns, s.spec.source.uid, s.gid(), to.is_ipv6())?;
+        Ok((fd, to))
+    }
+}

@@ -1,0 +1,162 @@
+//! The stub processes: fake-envoy in the local pod (as the proxy uid/gid,
+//! since iptables' owner match sees the socket creator) and fake-istiod in
+//! the istiod namespace. Their binaries are embedded in the harness at build
+//! time and written to the run's directory, so `sidecheck` needs nothing
+//! beside it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::registry::RunGuard;
+use crate::topology::Namespace;
+use crate::{Error, Result};
+
+const FAKE_ENVOY: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-envoy"));
+const FAKE_ISTIOD: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-istiod"));
+
+/// Which stub.
+#[derive(Clone, Copy, Debug)]
+pub enum Stub {
+    FakeEnvoy,
+    FakeIstiod,
+}
+
+impl Stub {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stub::FakeEnvoy => "fake-envoy",
+            Stub::FakeIstiod => "fake-istiod",
+        }
+    }
+
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Stub::FakeEnvoy => FAKE_ENVOY,
+            Stub::FakeIstiod => FAKE_ISTIOD,
+        }
+    }
+
+    /// Write the binary into the run's directory (mode 0755: the proxy uid
+    /// must be able to execute it).
+    pub fn install(self, run: &RunGuard) -> Result<PathBuf> {
+        let path = run.dir().join(self.name());
+        std::fs::write(&path, self.bytes()).map_err(Error::io(format!("writing {}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::io(format!("making {} executable", path.display())))?;
+        Ok(path)
+    }
+}
+
+/// A running stub. Dropping it kills and reaps it. Its stdin is a pipe we
+/// hold: if the harness dies, the stub sees EOF and exits by itself.
+pub struct StubProcess {
+    name: String,
+    child: Child,
+    _stdin: ChildStdin,
+    pid: i32,
+    run_prefix: String,
+}
+
+impl StubProcess {
+    /// Start `exe args` in `ns` as `uid:gid` and wait (at most `timeout`) for
+    /// its READY line. If it exits first, its stderr is the error.
+    pub fn start(
+        run: &RunGuard,
+        stub: Stub,
+        exe: &Path,
+        ns: &Namespace,
+        uid: u32,
+        gid: u32,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<StubProcess> {
+        let fd = ns.raw_fd();
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir("/");
+        // SAFETY: only async-signal-safe calls between fork and exec. The ids
+        // are dropped here rather than with Command::uid/gid because std
+        // drops them before pre_exec runs, and setns needs root.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::registry::unblock_signals_in_child();
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let failed = |detail: String| Error::StubFailed {
+            stub: stub.name().into(),
+            namespace: ns.name().into(),
+            detail,
+        };
+        let mut child = cmd.spawn().map_err(|e| failed(format!("could not start {}: {e}", exe.display())))?;
+        let pid = child.id() as i32;
+        run.register_pid(pid);
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let mut proc = StubProcess {
+            name: stub.name().into(),
+            child,
+            _stdin: stdin,
+            pid,
+            run_prefix: run.prefix().into(),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(line) if line.trim() == sidecheck_wire::stub::READY => {
+                // Keep draining stderr so a chatty stub never blocks on a full pipe.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+                });
+                Ok(proc)
+            }
+            Ok(_) => {
+                let _ = proc.child.wait();
+                let mut err = String::new();
+                let _ = stderr.take(8192).read_to_string(&mut err);
+                let hint = if err.contains("Address already in use") {
+                    "\nSomething in that namespace already listens on a port the stubs need: change the port in the settings."
+                } else {
+                    ""
+                };
+                Err(failed(format!("it exited before it was ready: {}{hint}", err.trim())))
+            }
+            Err(_) => Err(failed(format!("no READY line within {} ms", timeout.as_millis()))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is still running (a crashed stub makes every verdict suspect).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for StubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        crate::registry::forget_pid(&self.run_prefix, self.pid);
+    }
+}

@@ -1,0 +1,415 @@
+//! The sandbox: one network namespace per host, pods wired to a bridge in the
+//! `node` namespace by veth pairs. Veths are created inside `node` with their
+//! peer born directly in the pod namespace, so nothing is ever created in, or
+//! added to, the root namespace. Netlink sockets are opened on a short-lived
+//! thread that entered the namespace (setns is per thread; a socket stays in
+//! the namespace it was created in), so no async worker thread ever changes
+//! namespace.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use netns_rs::NetNs;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::remove_netns;
+use crate::{Error, Result};
+
+/// The hosts of the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Host {
+    Node,
+    LocalPod,
+    RemotePod,
+    Prometheus,
+    Istiod,
+}
+
+impl Host {
+    pub const ALL: [Host; 5] = [Host::Node, Host::LocalPod, Host::RemotePod, Host::Prometheus, Host::Istiod];
+    pub const PODS: [Host; 4] = [Host::LocalPod, Host::RemotePod, Host::Prometheus, Host::Istiod];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Host::Node => "node",
+            Host::LocalPod => "local-pod",
+            Host::RemotePod => "remote-pod",
+            Host::Prometheus => "prometheus",
+            Host::Istiod => "istiod",
+        }
+    }
+
+    /// The node-side end of the pod's veth (names live inside `node`, so they
+    /// cannot collide with another run's).
+    fn veth(self) -> &'static str {
+        match self {
+            Host::LocalPod => "veth-local",
+            Host::RemotePod => "veth-remote",
+            Host::Prometheus => "veth-prom",
+            Host::Istiod => "veth-istiod",
+            Host::Node => "br0",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Host> {
+        Host::ALL.into_iter().find(|h| h.name() == s)
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A ClusterIP-style service: connections to `vip:port` are meant for
+/// `endpoint:target_port`. Envoy's outbound listener resolves them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub endpoint: Host,
+    pub target_port: u16,
+}
+
+/// Addresses and services, with Kubernetes-like defaults.
+#[derive(Clone, Debug)]
+pub struct TopologyConfig {
+    pub pod_cidr: (Ipv4Addr, u8),
+    pub addresses: BTreeMap<Host, Ipv4Addr>,
+    pub service_cidr: (Ipv4Addr, u8),
+    pub services: Vec<Service>,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        let addresses = [
+            (Host::Node, [10, 244, 0, 1]),
+            (Host::LocalPod, [10, 244, 0, 10]),
+            (Host::RemotePod, [10, 244, 0, 20]),
+            (Host::Prometheus, [10, 244, 0, 30]),
+            (Host::Istiod, [10, 244, 0, 40]),
+        ]
+        .into_iter()
+        .map(|(h, a)| (h, Ipv4Addr::from(a)))
+        .collect();
+        TopologyConfig {
+            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 24),
+            addresses,
+            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            services: vec![Service {
+                name: "local-app".into(),
+                vip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 8080,
+                endpoint: Host::LocalPod,
+                target_port: 8080,
+            }],
+        }
+    }
+}
+
+pub fn in_cidr(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
+impl TopologyConfig {
+    pub fn address(&self, host: Host) -> Ipv4Addr {
+        self.addresses[&host]
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Catch settings that would build a topology where probes cannot mean
+    /// what they claim.
+    pub fn validate(&self) -> Result<()> {
+        let (_, plen) = self.pod_cidr;
+        let (_, slen) = self.service_cidr;
+        if !(8..=30).contains(&plen) || !(8..=30).contains(&slen) {
+            return Err(Error::config("pod and service CIDR prefix lengths must be between 8 and 30"));
+        }
+        let mut seen = BTreeMap::new();
+        for host in Host::ALL {
+            let addr = *self
+                .addresses
+                .get(&host)
+                .ok_or_else(|| Error::config(format!("no address for host {host}")))?;
+            if !in_cidr(addr, self.pod_cidr) {
+                return Err(Error::config(format!(
+                    "address {addr} of {host} is outside the pod CIDR {}/{plen}",
+                    self.pod_cidr.0
+                )));
+            }
+            if let Some(other) = seen.insert(addr, host) {
+                return Err(Error::config(format!("{other} and {host} both have address {addr}")));
+            }
+        }
+        if in_cidr(self.service_cidr.0, self.pod_cidr) || in_cidr(self.pod_cidr.0, self.service_cidr) {
+            return Err(Error::config("the pod CIDR and the service CIDR overlap"));
+        }
+        for s in &self.services {
+            if !in_cidr(s.vip, self.service_cidr) {
+                return Err(Error::config(format!(
+                    "service {}: VIP {} is outside the service CIDR {}/{slen}: pick a VIP inside it, or widen the CIDR",
+                    s.name, s.vip, self.service_cidr.0
+                )));
+            }
+            if s.endpoint == Host::Node {
+                return Err(Error::config(format!("service {}: its endpoint must be a pod, not the node", s.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One named network namespace, bind-mounted under /run/netns like
+/// `ip netns add` does (so a person can `ip netns exec` into a kept one).
+/// Dropping it unmounts and deletes it.
+pub struct Namespace {
+    name: String,
+    ns: Option<NetNs>,
+}
+
+impl Namespace {
+    pub fn create(name: &str) -> Result<Namespace> {
+        let ns = NetNs::new(name).map_err(|e| Error::Netlink {
+            doing: "creating the namespace".into(),
+            namespace: name.into(),
+            detail: format!("{e}; is /run/netns writable and are you root?"),
+        })?;
+        Ok(Namespace { name: name.to_string(), ns: Some(ns) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ns.as_ref().expect("namespace used after removal").file().as_fd()
+    }
+
+    /// Run `f` on a fresh thread inside this namespace. Sockets it creates
+    /// belong to the namespace for good, whichever thread uses them later.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let fd = self.fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+                    doing: format!("entering namespace {}", self.name),
+                    source: e.into(),
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::config(format!("a thread working in namespace {} panicked", self.name))))
+        })
+    }
+
+    /// For `pre_exec`: move a forked child into this namespace.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd().as_raw_fd()
+    }
+
+    /// Write a namespaced sysctl (`/proc/sys/net/...` resolves against the
+    /// namespace of the thread that opens it).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| std::fs::write(&path, value))?
+            .map_err(Error::io(format!("setting {key}={value} in namespace {}", self.name)))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Close our handle first, then unmount: the kernel frees the
+        // namespace (and its veth ends) once nothing refers to it.
+        drop(self.ns.take());
+        let _ = remove_netns(&self.name);
+    }
+}
+
+/// The built topology. Dropping it removes every namespace.
+pub struct Topology {
+    pub config: TopologyConfig,
+    namespaces: BTreeMap<Host, Namespace>,
+}
+
+fn netlink_err(doing: impl Into<String>, ns: &Namespace) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let doing = doing.into();
+    let namespace = ns.name().to_string();
+    move |e| Error::Netlink { doing, namespace, detail: e.to_string() }
+}
+
+/// The index a veth peer gets in its fresh pod namespace: lo is always 1.
+const POD_ETH0_INDEX: u32 = 2;
+const LO_INDEX: u32 = 1;
+
+impl Topology {
+    /// Build the namespaces and links. Must run inside a tokio runtime (the
+    /// netlink connections are tasks on it).
+    pub async fn build(prefix: &str, config: TopologyConfig) -> Result<Topology> {
+        config.validate()?;
+        let mut namespaces = BTreeMap::new();
+        for host in Host::ALL {
+            namespaces.insert(host, Namespace::create(&format!("{prefix}-{}", host.name()))?);
+        }
+        let topo = Topology { config, namespaces };
+        topo.wire().await?;
+        Ok(topo)
+    }
+
+    /// A netlink connection whose socket lives in `host`'s namespace. The
+    /// socket is made on a thread inside the namespace; the connection is
+    /// registered with the runtime here, outside it.
+    async fn netlink(&self, host: Host) -> Result<rtnetlink::Handle> {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+        let ns = self.ns(host);
+        let fd = ns
+            .run(|| {
+                // SAFETY: plain socket(2); the fd is owned right away.
+                let fd = unsafe {
+                    libc::socket(libc::PF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+                };
+                if fd < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }
+            })?
+            .map_err(Error::io(format!("opening a netlink socket in namespace {}", ns.name())))?;
+        // SAFETY: the fd is a netlink socket we own and hand over.
+        let socket = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(fd.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(conn);
+        Ok(handle)
+    }
+
+    async fn wire(&self) -> Result<()> {
+        let node_ns = self.ns(Host::Node);
+        let node = self.netlink(Host::Node).await?;
+        let (_, plen) = self.config.pod_cidr;
+        node.link()
+            .change(LinkUnspec::new_with_index(LO_INDEX).up().build())
+            .execute()
+            .await
+            .map_err(netlink_err("setting lo up", node_ns))?;
+        node.link()
+            .add(LinkBridge::new("br0").up().build())
+            .execute()
+            .await
+            .map_err(netlink_err("creating bridge br0", node_ns))?;
+        let br0 = link_index(&node, "br0").await.map_err(netlink_err("looking up br0", node_ns))?;
+        node.address()
+            .add(br0, self.config.address(Host::Node).into(), plen)
+            .execute()
+            .await
+            .map_err(netlink_err("adding the node address to br0", node_ns))?;
+
+        for pod in Host::PODS {
+            let pod_ns = self.ns(pod);
+            let peer = LinkUnspec::new_with_name("eth0")
+                .index(POD_ETH0_INDEX)
+                .setns_by_fd(pod_ns.raw_fd())
+                .build();
+            let veth = LinkVeth::new(pod.veth(), "eth0")
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .controller(br0)
+                .up()
+                .build();
+            node.link()
+                .add(veth)
+                .execute()
+                .await
+                .map_err(netlink_err(format!("creating veth {} with peer eth0 in {}", pod.veth(), pod_ns.name()), node_ns))?;
+
+            let h = self.netlink(pod).await?;
+            h.link()
+                .change(LinkUnspec::new_with_index(LO_INDEX).up().build())
+                .execute()
+                .await
+                .map_err(netlink_err("setting lo up", pod_ns))?;
+            // Not at creation: the kernel refuses IFF_UP on a peer born in
+            // another namespace (ENOTCONN).
+            h.link()
+                .change(LinkUnspec::new_with_index(POD_ETH0_INDEX).up().build())
+                .execute()
+                .await
+                .map_err(netlink_err("setting eth0 up", pod_ns))?;
+            h.address()
+                .add(POD_ETH0_INDEX, self.config.address(pod).into(), plen)
+                .execute()
+                .await
+                .map_err(netlink_err("adding the pod address to eth0", pod_ns))?;
+            let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(self.config.address(Host::Node)).build();
+            h.route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(netlink_err("adding the default route via the node", pod_ns))?;
+        }
+        Ok(())
+    }
+
+    pub fn ns(&self, host: Host) -> &Namespace {
+        &self.namespaces[&host]
+    }
+
+    pub fn address(&self, host: Host) -> Ipv4Addr {
+        self.config.address(host)
+    }
+
+    /// Namespace names, for `ip netns exec` hints.
+    pub fn namespace_names(&self) -> Vec<&str> {
+        self.namespaces.values().map(|n| n.name()).collect()
+    }
+}
+
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> std::result::Result<u32, rtnetlink::Error> {
+    use futures_util::TryStreamExt;
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await? {
+        Some(msg) => Ok(msg.header.index),
+        None => Err(rtnetlink::Error::RequestFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_topology_is_valid() {
+        TopologyConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn vip_outside_service_cidr_is_rejected_with_a_fix() {
+        let mut c = TopologyConfig::default();
+        c.services[0].vip = Ipv4Addr::new(192, 168, 1, 1);
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("VIP 192.168.1.1 is outside the service CIDR 10.96.0.0/12"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_and_stray_addresses_are_rejected() {
+        let mut c = TopologyConfig::default();
+        c.addresses.insert(Host::Istiod, Ipv4Addr::new(10, 244, 0, 10));
+        assert!(c.validate().unwrap_err().to_string().contains("both have address 10.244.0.10"));
+        let mut c = TopologyConfig::default();
+        c.addresses.insert(Host::Istiod, Ipv4Addr::new(10, 245, 0, 10));
+        assert!(c.validate().unwrap_err().to_string().contains("outside the pod CIDR"));
+    }
+
+    #[test]
+    fn cidr_membership() {
+        assert!(in_cidr(Ipv4Addr::new(10, 111, 2, 3), (Ipv4Addr::new(10, 96, 0, 0), 12)));
+        assert!(!in_cidr(Ipv4Addr::new(10, 112, 0, 0), (Ipv4Addr::new(10, 96, 0, 0), 12)));
+    }
+}

@@ -1,0 +1,215 @@
+//! Comparing what a probe did with what its scenario expects. Exact: the
+//! same proxy ports in the same order, and the same server at the end. Extra
+//! hops, missing hops, loops and errors all fail.
+
+use serde::Serialize;
+use sidecheck_wire::End;
+
+use crate::probe::Observation;
+use crate::scenario::Scenario;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Expected {
+    pub ports: Vec<u16>,
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One proxy hop as fake-envoy recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HopView {
+    pub listener: String,
+    pub port: u16,
+    pub original_dst: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Observed {
+    /// Proxy ports passed, then the port the probe ended at (the server's,
+    /// or the listener it looped back to).
+    pub ports: Vec<u16>,
+    /// How it ended, in words: `remote-app:9090`, `loop at 15001`, ...
+    pub end: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Source address the server saw (127.0.0.6 after Envoy's inbound passthrough).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    pub hops: Vec<HopView>,
+}
+
+/// The result of one trial: the JSON contract is `name`, `flow`, `outcome`,
+/// `expected.ports`, `observed.ports`, `message`; other fields may be added.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrialResult {
+    pub name: String,
+    pub flow: u8,
+    pub description: String,
+    pub outcome: Outcome,
+    pub expected: Expected,
+    pub observed: Observed,
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+fn describe(ports: &[u16], end: &str) -> String {
+    let mut parts: Vec<String> = ports.iter().map(u16::to_string).collect();
+    if let Some(last) = parts.last_mut() {
+        *last = end.to_string();
+    }
+    if parts.is_empty() {
+        end.to_string()
+    } else {
+        parts.join(" -> ")
+    }
+}
+
+/// What the observation shows, in the form the report prints.
+pub fn observe(obs: &Observation) -> Observed {
+    match obs {
+        Observation::Answered(a) => {
+            let hops: Vec<HopView> = a
+                .probe
+                .hops
+                .iter()
+                .map(|h| HopView { listener: h.role.clone(), port: h.port, original_dst: h.original_dst.to_string() })
+                .collect();
+            let mut ports: Vec<u16> = hops.iter().map(|h| h.port).collect();
+            let (end, server, peer) = match &a.end {
+                End::Server { name, port, peer } => {
+                    ports.push(*port);
+                    (format!("{name}:{port}"), Some(name.clone()), Some(peer.to_string()))
+                }
+                End::Loop { role, port } => {
+                    ports.push(*port);
+                    (format!("loop: the probe came back to the {role} listener {port}"), None, None)
+                }
+                End::Error { role, port, message } => (
+                    format!("the {role} listener {port} could not forward it: {}", message.replace('_', " ")),
+                    None,
+                    None,
+                ),
+            };
+            Observed { ports, end, server, peer, hops }
+        }
+        Observation::Failed { stage, detail } => Observed {
+            ports: Vec::new(),
+            end: format!("{stage} failed: {detail}"),
+            server: None,
+            peer: None,
+            hops: Vec::new(),
+        },
+    }
+}
+
+/// Judge one probe against its scenario.
+pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64) -> TrialResult {
+    let e = &scenario.spec.expect;
+    let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: e.path.clone() };
+    let observed = observe(obs);
+    let pass = observed.ports == expected.ports && observed.server.as_deref() == Some(expected.server.as_str());
+    let want = describe(&expected.ports, &format!("{}:{}", expected.server, expected.ports.last().copied().unwrap_or(0)));
+    let message = if pass {
+        format!("{want}: as expected")
+    } else {
+        let got = match observed.server {
+            Some(_) => describe(&observed.ports, &observed.end),
+            None => {
+                let hops: Vec<String> = observed.hops.iter().map(|h| h.port.to_string()).collect();
+                if hops.is_empty() {
+                    observed.end.clone()
+                } else {
+                    format!("{} -> {}", hops.join(" -> "), observed.end)
+                }
+            }
+        };
+        format!("expected {want}, observed {got} (ports expected {:?}, observed {:?})", expected.ports, observed.ports)
+    };
+    TrialResult {
+        name: scenario.name.clone(),
+        flow: scenario.spec.flow,
+        description: scenario.spec.description.clone(),
+        outcome: if pass { Outcome::Pass } else { Outcome::Fail },
+        expected,
+        observed,
+        message,
+        duration_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidecheck_wire::{Answer, Hop, Probe};
+
+    fn scenario(ports: &[u16], server: &str) -> Scenario {
+        let text = format!(
+            "flow: 2\ndescription: d\nsource: {{ host: local-pod, uid: 1000 }}\ndestination: {{ host: remote-pod, port: 9090 }}\nexpect: {{ ports: {ports:?}, server: {server} }}\n"
+        );
+        Scenario::parse("istio::t".into(), "t.yaml".into(), &text).unwrap()
+    }
+
+    fn answered(hops: &[u16], end: End) -> Observation {
+        let hops = hops
+            .iter()
+            .map(|p| Hop { role: "outbound".into(), port: *p, original_dst: "10.244.0.20:9090".parse().unwrap() })
+            .collect();
+        Observation::Answered(Answer { probe: Probe { id: 1, hops }, end })
+    }
+
+    fn server(name: &str, port: u16) -> End {
+        End::Server { name: name.into(), port, peer: "10.244.0.10:1234".parse().unwrap() }
+    }
+
+    #[test]
+    fn exact_match_passes() {
+        let r = judge(&scenario(&[15001, 9090], "remote-app"), &answered(&[15001], server("remote-app", 9090)), 1);
+        assert_eq!(r.outcome, Outcome::Pass, "{}", r.message);
+        assert_eq!(r.observed.ports, vec![15001, 9090]);
+    }
+
+    #[test]
+    fn missing_extra_and_reordered_hops_fail() {
+        let s = scenario(&[15001, 15006, 8080], "local-app");
+        for hops in [&[15001][..], &[15001, 15006, 15006], &[15006, 15001], &[]] {
+            let r = judge(&s, &answered(hops, server("local-app", 8080)), 1);
+            assert_eq!(r.outcome, Outcome::Fail, "{hops:?} passed");
+            assert!(r.message.contains("expected 15001 -> 15006 -> local-app:8080"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn right_ports_wrong_server_fails() {
+        let r = judge(&scenario(&[15001, 8080], "local-app"), &answered(&[15001], server("remote-app", 8080)), 1);
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert!(r.message.contains("observed 15001 -> remote-app:8080"), "{}", r.message);
+    }
+
+    #[test]
+    fn loops_errors_and_client_failures_fail_with_where() {
+        let s = scenario(&[15001, 9090], "remote-app");
+        let r = judge(&s, &answered(&[15001], End::Loop { role: "outbound".into(), port: 15001 }), 1);
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert_eq!(r.observed.ports, vec![15001, 15001]);
+        assert!(r.message.contains("came back to the outbound listener 15001"), "{}", r.message);
+
+        let e = End::Error { role: "outbound".into(), port: 15001, message: "10.244.0.20:9090_Connection_refused".into() };
+        let r = judge(&s, &answered(&[15001], e), 1);
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert!(r.message.contains("could not forward it: 10.244.0.20:9090 Connection refused"), "{}", r.message);
+
+        let f = Observation::Failed { stage: "connect".into(), detail: "10.244.0.20:9090: Connection refused".into() };
+        let r = judge(&s, &f, 1);
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert!(r.observed.ports.is_empty());
+        assert!(r.message.contains("connect failed"), "{}", r.message);
+    }
+}
