@@ -31,17 +31,19 @@ pub enum Error {
     #[error("{stub} did not start in namespace {namespace}: {detail}")]
     StubFailed { stub: String, namespace: String, detail: String },
 
-    #[error("{doing}: {source}")]
-    Io { doing: String, #[source] source: std::io::Error },
+    // `err`, not `source`: the message already carries the cause, and anyhow
+    // would print it a second time.
+    #[error("{doing}: {err}")]
+    Io { doing: String, err: std::io::Error },
 
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot read {path}: {err}; check the path")]
+    Read { path: PathBuf, err: std::io::Error },
 }
 
 impl Error {
     pub fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let doing = doing.into();
-        move |source| Error::Io { doing, source }
+        move |err| Error::Io { doing, err }
     }
 
     pub fn config(message: impl Into<String>) -> Error {

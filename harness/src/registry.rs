@@ -59,7 +59,7 @@ impl RunGuard {
             .open(&tmp)
             .map_err(Error::io(format!("creating lock file {}", tmp.display())))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| Error::Io { doing: format!("locking {}", tmp.display()), source: e.into() })?;
+            .map_err(|(_, e)| Error::Io { doing: format!("locking {}", tmp.display()), err: e.into() })?;
         fs::rename(&tmp, &lock_path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), lock_path.display())))?;
         let dir = Path::new(RUN_DIR).join(&prefix);
         fs::DirBuilder::new()
@@ -171,7 +171,7 @@ pub fn install_signal_cleanup() -> Result<()> {
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         set.add(s);
     }
-    set.thread_block().map_err(|e| Error::Io { doing: "blocking signals".into(), source: e.into() })?;
+    set.thread_block().map_err(|e| Error::Io { doing: "blocking signals".into(), err: e.into() })?;
     std::thread::Builder::new()
         .name("signal-cleanup".into())
         .spawn(move || {

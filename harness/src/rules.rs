@@ -157,7 +157,7 @@ impl RuleSource {
         match self {
             RuleSource::Builtin(c) => Ok(c.to_restore()),
             RuleSource::RestoreFile(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.clone(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
                 if text.trim().is_empty() {
                     return Err(Error::config(format!("rules file {} is empty", p.display())));
                 }

@@ -182,7 +182,7 @@ pub fn builtin() -> Result<Vec<Scenario>> {
 
 /// Every `*.yaml` / `*.yml` below `dir`, sorted by name.
 pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
-    let meta = std::fs::metadata(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    let meta = std::fs::metadata(dir).map_err(|err| Error::Read { path: dir.to_path_buf(), err })?;
     if !meta.is_dir() {
         return Err(Error::config(format!("--scenarios {}: not a directory of scenario files", dir.display())));
     }
@@ -198,7 +198,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
     let root_name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "scenarios".into());
     let mut list = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|err| Error::Read { path: path.clone(), err })?;
         let rel = path.strip_prefix(dir).unwrap_or(&path);
         list.push(Scenario::parse(trial_name(&root_name, rel), path.display().to_string(), &text)?);
     }
@@ -208,7 +208,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|err| Error::Read { path: dir.to_path_buf(), err })?;
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {

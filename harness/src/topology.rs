@@ -203,7 +203,7 @@ impl Namespace {
             s.spawn(|| {
                 nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
                     doing: format!("entering namespace {}", self.name),
-                    source: e.into(),
+                    err: e.into(),
                 })?;
                 Ok(f())
             })

@@ -1,1 +1,253 @@
-fn main(){}
+//! The conformance suite: real packets through real rules.
+//!
+//! - `istio::<scenario>`: every built-in scenario against the built-in Istio
+//!   rules (current shape, iptables-nft); `istio-classic::` the classic
+//!   nine-rule shape; `istio-legacy::` the current shape through
+//!   iptables-legacy. One topology per rule set, shared by its trials.
+//! - `broken::<name>`: a deliberately broken rule set; the trial passes only
+//!   if exactly the flows that breakage affects fail. A harness that passes
+//!   broken rules is the worst bug it can have.
+//! - `hermetic::<name>`: a run leaves the host as it found it.
+//!
+//! Needs root ("run as root: sudo cargo test" otherwise); `cargo test` runs it
+//! through ci/as-root, which uses sudo when needed.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
+use harness::scenario::{self, Scenario};
+use harness::verdict::Outcome;
+use harness::{registry, Session, SessionConfig};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// A session started by the first trial that needs it, and closed after all
+/// trials ran (so its namespaces are gone before the process exits).
+struct Shared {
+    config: SessionConfig,
+    session: Mutex<Option<Result<Arc<Session>, String>>>,
+}
+
+impl Shared {
+    fn new(config: SessionConfig) -> Arc<Shared> {
+        Arc::new(Shared { config, session: Mutex::new(None) })
+    }
+
+    fn get(&self) -> Result<Arc<Session>, Failed> {
+        let mut slot = self.session.lock().unwrap();
+        let entry = slot.get_or_insert_with(|| Session::start(self.config.clone()).map(Arc::new).map_err(|e| e.to_string()));
+        entry.clone().map_err(Failed::from)
+    }
+
+    fn close(&self) {
+        self.session.lock().unwrap().take();
+    }
+}
+
+fn builtin(shape: Shape, backend: Backend) -> SessionConfig {
+    SessionConfig { rules: RuleSource::Builtin(IstioCapture::default_for(shape)), backend, ..SessionConfig::default() }
+}
+
+fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -> Vec<Trial> {
+    scenarios
+        .iter()
+        .map(|s| {
+            let name = s.name.replacen("istio::", &format!("{prefix}::"), 1);
+            let shared = shared.clone();
+            let s = s.clone();
+            Trial::test(name, move || {
+                let session = shared.get()?;
+                let result = session.run(std::slice::from_ref(&s)).remove(0);
+                match result.outcome {
+                    Outcome::Pass => Ok(()),
+                    Outcome::Fail => Err(result.message.into()),
+                }
+            })
+        })
+        .collect()
+}
+
+/// A way to break the built-in current rules, and the trials it must fail.
+struct Breakage {
+    name: &'static str,
+    why: &'static str,
+    /// Rules to remove (the text after `-A `, exactly)...
+    remove: &'static [&'static str],
+    /// ...or a substring to replace.
+    replace: Option<(&'static str, &'static str)>,
+    fails: &'static [&'static str],
+}
+
+const BREAKAGES: &[Breakage] = &[
+    Breakage {
+        name: "no-proxy-return",
+        why: "without the uid/gid 1337 RETURN rules the proxy's own upstream is captured again",
+        remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"],
+        replace: None,
+        fails: &["type2-local-to-remote", "type6-agent-as-app-uid", "type6-agent-to-istiod"],
+    },
+    Breakage {
+        name: "wrong-outbound-port",
+        why: "outbound capture redirects to 15002, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 15001", "--to-ports 15002")),
+        fails: &["type2-local-to-remote", "type4-local-to-local-via-service", "type6-agent-as-app-uid"],
+    },
+    Breakage {
+        name: "wrong-inbound-port",
+        why: "inbound capture redirects to 15007, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 15006", "--to-ports 15007")),
+        fails: &["type1-remote-to-local", "type4-local-to-local-via-service"],
+    },
+    Breakage {
+        name: "no-prerouting-jump",
+        why: "inbound traffic from other pods is never captured (the lo path of flow 4 still is)",
+        remove: &["PREROUTING -p tcp -j ISTIO_INBOUND"],
+        replace: None,
+        fails: &["type1-remote-to-local"],
+    },
+    Breakage {
+        name: "stats-port-captured",
+        why: "15090 is no longer excluded, so the scrape detours through 15006",
+        remove: &["ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN"],
+        replace: None,
+        fails: &["type3-prometheus-scrape"],
+    },
+    Breakage {
+        name: "no-passthrough-return",
+        why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
+        remove: &["ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"],
+        replace: None,
+        fails: &["type1-remote-to-local", "type4-local-to-local-via-service"],
+    },
+];
+
+fn break_rules(b: &Breakage) -> String {
+    let text = IstioCapture::default_for(Shape::Current).to_restore();
+    let mut out = String::new();
+    let mut removed = 0;
+    for line in text.lines() {
+        if line.strip_prefix("-A ").is_some_and(|l| b.remove.contains(&l)) {
+            removed += 1;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert_eq!(removed, b.remove.len(), "{}: a rule to remove is not in the built-in rules", b.name);
+    if let Some((from, to)) = b.replace {
+        assert!(out.contains(from), "{}: `{from}` is not in the built-in rules", b.name);
+        out = out.replace(from, to);
+    }
+    out
+}
+
+fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
+    BREAKAGES
+        .iter()
+        .map(|b| {
+            let scenarios = scenarios.to_vec();
+            Trial::test(format!("broken::{}", b.name), move || {
+                let file = std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
+                std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
+                let config = SessionConfig { rules: RuleSource::RestoreFile(file.clone()), ..SessionConfig::default() };
+                let session = Session::start(config);
+                let _ = std::fs::remove_file(&file);
+                let results = session.map_err(|e| e.to_string())?.run(&scenarios);
+                let failed: BTreeSet<String> = results
+                    .iter()
+                    .filter(|r| r.outcome == Outcome::Fail)
+                    .map(|r| r.name.trim_start_matches("istio::").to_string())
+                    .collect();
+                let want: BTreeSet<String> = b.fails.iter().map(|s| s.to_string()).collect();
+                if failed == want {
+                    return Ok(());
+                }
+                let details: Vec<String> = results.iter().map(|r| format!("  {:?} {}: {}", r.outcome, r.name, r.message)).collect();
+                Err(format!(
+                    "{} ({}): expected exactly {want:?} to fail, but {failed:?} failed\n{}",
+                    b.name,
+                    b.why,
+                    details.join("\n")
+                )
+                .into())
+            })
+        })
+        .collect()
+}
+
+/// The root namespace as the invariant sees it.
+fn host_snapshot() -> Result<String, Failed> {
+    let mut snap = String::new();
+    for (tool, args) in [("iptables-nft-save", &[][..]), ("iptables-legacy-save", &[]), ("nft", &["list", "ruleset"])] {
+        let path = harness::rules::find_tool(tool, "iptables")?;
+        let out = std::process::Command::new(path).args(args).output().map_err(|e| format!("{tool}: {e}"))?;
+        // Comment lines carry timestamps.
+        let text: String = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+        snap.push_str(&format!("== {tool}\n{text}"));
+    }
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net").map_err(|e| e.to_string())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    links.sort();
+    snap.push_str(&format!("== links\n{}\n", links.join(" ")));
+    Ok(snap)
+}
+
+fn hermetic_trials(scenarios: &[Scenario]) -> Vec<Trial> {
+    let scenarios = scenarios.to_vec();
+    vec![Trial::test("hermetic::session-leaves-nothing", move || {
+        harness::require_root("this trial")?;
+        let before = host_snapshot()?;
+        let session = Session::start(SessionConfig::default())?;
+        let prefix = session.prefix().to_string();
+        let names = registry::namespaces_of(&prefix);
+        if names.len() != 5 {
+            return Err(format!("expected 5 namespaces named {prefix}-*, found {names:?}").into());
+        }
+        let results = session.run(&scenarios);
+        drop(session);
+        if results.iter().any(|r| r.outcome == Outcome::Fail) {
+            return Err("a flow failed under the default rules".into());
+        }
+        let left = registry::namespaces_of(&prefix);
+        if !left.is_empty() {
+            return Err(format!("namespaces left after the session was dropped: {left:?}").into());
+        }
+        if std::path::Path::new(registry::RUN_DIR).join(&prefix).exists() {
+            return Err(format!("{}/{prefix} left behind", registry::RUN_DIR).into());
+        }
+        let after = host_snapshot()?;
+        if before != after {
+            return Err(format!("the root namespace changed:\n--- before\n{before}\n--- after\n{after}").into());
+        }
+        Ok(())
+    })]
+}
+
+fn main() {
+    if let Err(e) = registry::install_signal_cleanup() {
+        eprintln!("conformance: {e}");
+        std::process::exit(2);
+    }
+    let args = Arguments::from_args();
+    let scenarios = match scenario::builtin() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("conformance: the built-in scenarios do not load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let current = Shared::new(builtin(Shape::Current, Backend::Nft));
+    let classic = Shared::new(builtin(Shape::Classic, Backend::Nft));
+    let legacy = Shared::new(builtin(Shape::Current, Backend::Legacy));
+    let mut trials = scenario_trials("istio", &current, &scenarios);
+    trials.extend(scenario_trials("istio-classic", &classic, &scenarios));
+    trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios));
+    trials.extend(broken_trials(&scenarios));
+    trials.extend(hermetic_trials(&scenarios));
+    let conclusion = libtest_mimic::run(&args, trials);
+    for s in [&current, &classic, &legacy] {
+        s.close();
+    }
+    conclusion.exit();
+}
