@@ -207,7 +207,11 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
         });
     }
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
-    let mut child = cmd.spawn().map_err(Error::io(doing.clone()))?;
+    let spawned = {
+        let _guard = crate::stubs::fork_guard();
+        cmd.spawn()
+    };
+    let mut child = spawned.map_err(Error::io(doing.clone()))?;
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_string();
     let writer = std::thread::spawn(move || {
