@@ -1,0 +1,234 @@
+//! The `sidecheck` command as a user runs it: exit codes (0 all passed, 1 some
+//! failed, 2 could not run), the JSON contract, messages for bad input, and
+//! that nothing is left behind either way. Needs root, like the suite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root: sudo cargo test (these tests build network namespaces)"
+    );
+}
+
+fn sidecheck(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("running sidecheck")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("sidecheck was killed by a signal")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sidecheck-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `../shared` beside the repository (or $SIDECHECK_SHARED). Tests that need
+/// it fail, saying so, when it is absent: never a silent pass.
+fn shared() -> PathBuf {
+    let p = std::env::var_os("SIDECHECK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    assert!(
+        p.join("third-party/istio").is_dir(),
+        "this test needs the project's shared data (../shared beside the repository, or SIDECHECK_SHARED): not found at {}",
+        p.display()
+    );
+    p
+}
+
+/// Namespaces of sidecheck runs whose pid is this test's child: each test
+/// checks that its own runs left none.
+fn namespaces_of_pid(pid: u32) -> Vec<String> {
+    harness::registry::namespaces_of(&format!("sidecheck-{pid}"))
+}
+
+fn run_checked(args: &[&str]) -> (Output, u32) {
+    let child = Command::new(BIN).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let left = namespaces_of_pid(pid);
+    assert!(left.is_empty(), "sidecheck {args:?} left namespaces behind: {left:?}");
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "run directory left behind");
+    (out, pid)
+}
+
+#[test]
+fn default_run_passes_and_keeps_the_json_contract() {
+    need_root();
+    let (out, _) = run_checked(&["run", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 7);
+    assert_eq!(v["passed"], 7);
+    assert_eq!(v["failed"], 0);
+    for t in trials {
+        for key in ["name", "flow", "outcome", "expected", "observed", "message"] {
+            assert!(!t[key].is_null(), "trial lacks `{key}`: {t}");
+        }
+        assert_eq!(t["outcome"], "pass");
+        assert_eq!(t["expected"]["ports"], t["observed"]["ports"]);
+    }
+    let type4 = trials.iter().find(|t| t["name"] == "istio::type4-local-to-local-via-service").unwrap();
+    assert_eq!(type4["observed"]["ports"], serde_json::json!([15001, 15006, 8080]));
+    // Envoy's inbound passthrough reaches the app from 127.0.0.6.
+    assert!(type4["observed"]["peer"].as_str().unwrap().starts_with("127.0.0.6:"), "{type4}");
+}
+
+#[test]
+fn human_output_has_a_row_per_flow_and_a_closing_line() {
+    need_root();
+    let (out, _) = run_checked(&["run"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("istio::") && l.trim_end().ends_with("pass")).count(), 7, "{text}");
+    assert_eq!(text.lines().last(), Some("7 passed, 0 failed"), "{text}");
+}
+
+#[test]
+fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
+    need_root();
+    let dir = TempDir::new("broken");
+    let good = harness::rules::IstioCapture::default_for(harness::rules::Shape::Current).to_restore();
+    // No uid/gid 1337 RETURN: the proxy's own upstream connections loop.
+    let broken: String = good
+        .lines()
+        .filter(|l| !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(good.lines().count() - 2, broken.lines().count());
+    let file = dir.write("broken.rules", &broken);
+    let (out, _) = run_checked(&["run", "--rules", file.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut failed: Vec<&str> = v["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "fail")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["istio::type2-local-to-remote", "istio::type6-agent-as-app-uid", "istio::type6-agent-to-istiod"]);
+    let t2 = v["trials"].as_array().unwrap().iter().find(|t| t["name"] == "istio::type2-local-to-remote").unwrap();
+    assert_eq!(t2["observed"]["ports"], serde_json::json!([15001, 15001]));
+    assert!(t2["message"].as_str().unwrap().contains("came back to the outbound listener 15001"), "{t2}");
+}
+
+#[test]
+fn istio_cni_golden_passes_all_flows() {
+    need_root();
+    let golden = shared().join("third-party/istio/restore/cni-basic.v4.rules");
+    let (out, _) = run_checked(&["run", "--rules", golden.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+}
+
+#[test]
+fn rules_that_do_not_apply_exit_2_with_the_tools_message() {
+    need_root();
+    let golden = shared().join("third-party/istio/restore/iptables-outbound-owner-groups.v4.rules");
+    let (out, _) = run_checked(&["run", "--rules", golden.to_str().unwrap()]);
+    assert_eq!(code(&out), 2);
+    let err = stderr(&out);
+    assert!(err.contains("did not apply"), "{err}");
+    assert!(err.contains("iptables-outbound-owner-groups.v4.rules"), "{err}");
+    // iptables' own words about the group that does not exist.
+    assert!(err.contains("java"), "{err}");
+    assert!(out.stdout.is_empty(), "no report when nothing ran");
+}
+
+#[test]
+fn bad_input_exits_2_before_anything_is_built() {
+    need_root();
+    let dir = TempDir::new("bad");
+    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/istio/type2-local-to-remote.yaml")).unwrap();
+    let unknown = dir.write("unknown/istio/a.yaml", &good.replace("flow: 2", "flow: 2\nflwo: 3"));
+    let wrong_type = dir.write("wrongtype/istio/a.yaml", &good.replace("uid: 1000", "uid: root"));
+    let malformed = dir.write("malformed/istio/a.yaml", "flow: [2\n");
+    std::fs::create_dir_all(dir.0.join("empty")).unwrap();
+    dir.write("dup/istio/a.yml", &good);
+    dir.write("dup/istio/a.yaml", &good);
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["--scenarios".into(), dir.0.join("unknown").display().to_string()], format!("{}:2:1: ", unknown.display())),
+        (vec!["--scenarios".into(), dir.0.join("wrongtype").display().to_string()], format!("{}:", wrong_type.display())),
+        (vec!["--scenarios".into(), dir.0.join("malformed").display().to_string()], format!("{}:", malformed.display())),
+        (vec!["--scenarios".into(), dir.0.join("empty").display().to_string()], "no scenario files".into()),
+        (vec!["--scenarios".into(), dir.0.join("missing").display().to_string()], "cannot read".into()),
+        (vec!["--scenarios".into(), dir.0.join("dup").display().to_string()], "both named istio::a".into()),
+        (vec!["--rules".into(), "/nonexistent/rules.v4".into()], "cannot read /nonexistent/rules.v4".into()),
+        (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
+    ];
+    for (args, says) in cases {
+        let mut all = vec!["run".to_string()];
+        all.extend(args.clone());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (out, _) = run_checked(&all);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&says), "{args:?}: wanted `{says}` in: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn not_root_exits_2_saying_so() {
+    need_root();
+    // A copy the unprivileged uid can execute wherever the target dir lives.
+    let dir = TempDir::new("nonroot");
+    let exe = dir.0.join("sidecheck");
+    std::fs::copy(BIN, &exe).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(&exe).arg("run").uid(65534).gid(65534).output().unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("run as root: sudo cargo test"), "{}", stderr(&out));
+}
+
+#[test]
+fn clean_sweeps_dead_runs_and_spares_live_ones() {
+    need_root();
+    // A dead run: its lock file nobody holds, and a namespace named after it.
+    let dead = "sidecheck-4000000001-0";
+    std::fs::create_dir_all("/run/sidecheck").unwrap();
+    std::fs::write(format!("/run/sidecheck/{dead}.lock"), "").unwrap();
+    std::mem::forget(harness::topology::Namespace::create(&format!("{dead}-node")).unwrap());
+    // A live run: this process holds its lock.
+    let live = harness::registry::RunGuard::acquire().unwrap();
+    let live_ns = harness::topology::Namespace::create(&format!("{}-node", live.prefix())).unwrap();
+
+    let out = sidecheck(&["clean"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(harness::registry::namespaces_of(dead).is_empty(), "the dead run's namespace is still there");
+    assert!(!Path::new(&format!("/run/sidecheck/{dead}.lock")).exists());
+    assert_eq!(harness::registry::namespaces_of(live.prefix()), [format!("{}-node", live.prefix())], "a live run's namespace was swept");
+    drop(live_ns);
+    drop(live);
+}
