@@ -71,14 +71,111 @@ fn namespaces_of_pid(pid: u32) -> Vec<String> {
     harness::registry::namespaces_of(&format!("sidecheck-{pid}"))
 }
 
+/// Pids of stub processes started by the sidecheck process `pid`.
+fn stubs_of_pid(pid: u32) -> Vec<u32> {
+    let marker = format!("/run/sidecheck/sidecheck-{pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker)))
+        .collect()
+}
+
+fn assert_nothing_left(pid: u32, what: &str) {
+    let left = namespaces_of_pid(pid);
+    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");
+    let stubs = stubs_of_pid(pid);
+    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
+}
+
 fn run_checked(args: &[&str]) -> (Output, u32) {
     let child = Command::new(BIN).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let left = namespaces_of_pid(pid);
-    assert!(left.is_empty(), "sidecheck {args:?} left namespaces behind: {left:?}");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "run directory left behind");
+    assert_nothing_left(pid, &format!("sidecheck {args:?}"));
     (out, pid)
+}
+
+/// Poll (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A scenario whose probe stalls for its whole connect timeout: the SYN goes
+/// to a pod address nobody has (uid 1337, so it is not captured).
+fn stalling_scenarios(dir: &TempDir) -> PathBuf {
+    dir.write(
+        "stall/istio/blackhole.yaml",
+        "flow: 2\ndescription: stalls\nsource: { host: local-pod, uid: 1337 }\ndestination: { address: 10.244.0.99, port: 80 }\nexpect: { ports: [80], server: nobody }\n",
+    );
+    dir.0.join("stall")
+}
+
+/// Start a run that stalls mid-probe; return it once its stubs are up.
+fn start_stalled_run(dir: &TempDir) -> std::process::Child {
+    let scen = stalling_scenarios(dir);
+    let child = Command::new(BIN)
+        .args(["run", "--scenarios", scen.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for("the run's namespaces and stubs", || namespaces_of_pid(pid).len() == 5 && stubs_of_pid(pid).len() == 2);
+    child
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn sigint_and_sigterm_mid_probe_clean_up_and_exit_130_143() {
+    need_root();
+    let dir = TempDir::new("signals");
+    for (sig, want) in [(nix::sys::signal::Signal::SIGINT, 130), (nix::sys::signal::Signal::SIGTERM, 143)] {
+        let child = start_stalled_run(&dir);
+        let pid = child.id();
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), want, "{sig}: {}", stderr(&out));
+        assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+        assert_nothing_left(pid, &format!("a run stopped by {sig}"));
+    }
+}
+
+#[test]
+fn sigkill_mid_probe_is_swept_by_clean() {
+    need_root();
+    let dir = TempDir::new("sigkill");
+    let mut child = start_stalled_run(&dir);
+    let pid = child.id();
+    // Queue for the run's lock before killing it: once the kernel drops the
+    // dead run's lock we hold it, so no concurrent run's start-up sweep can
+    // remove the leftovers before this test has seen them.
+    let lock_path = format!("/run/sidecheck/sidecheck-{pid}-0.lock");
+    let lock_file = std::fs::File::open(&lock_path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).ok());
+    });
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    let held = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().expect("taking the dead run's lock");
+    // Stubs notice their stdin closing and exit by themselves.
+    wait_for("the killed run's stubs to exit", || stubs_of_pid(pid).is_empty());
+    assert_eq!(namespaces_of_pid(pid).len(), 5, "a SIGKILLed run cannot clean up: its namespaces must still be there");
+    drop(held);
+    let out = sidecheck(&["clean"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_nothing_left(pid, "a SIGKILLed run followed by sidecheck clean");
 }
 
 #[test]
