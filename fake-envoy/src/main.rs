@@ -162,7 +162,7 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
         return reply(probe, End::Loop { role, port });
     }
     let dst = original_dst(&conn)?;
-    probe.hops.push(Hop { role: role.clone(), port, original_dst: dst });
+    probe.hops.push(Hop { role: role.clone(), port, original_dst: dst, upstream: None });
     let upstream_addr = match dir {
         Direction::Outbound => *cfg.routes.get(&dst).unwrap_or(&dst),
         Direction::Inbound => dst,
@@ -170,7 +170,7 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
     // Nested proxies answer sooner than the ones in front of them, so an
     // error from deep in the chain reaches the client before it gives up.
     let budget = cfg.timeout.saturating_sub(cfg.timeout / 8 * probe.hops.len() as u32);
-    match forward(&probe, upstream_addr, dir, cfg, budget) {
+    match forward(&mut probe, upstream_addr, dir, cfg, budget) {
         Ok(answer_line) => (&conn).write_all(answer_line.as_bytes()),
         Err(e) => {
             let message = format!("{upstream_addr} {e}");
@@ -179,7 +179,7 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
     }
 }
 
-fn forward(probe: &Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
+fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
     let upstream = match dir {
         Direction::Outbound => TcpStream::connect_timeout(&to, budget / 2)?,
         Direction::Inbound => {
@@ -190,6 +190,9 @@ fn forward(probe: &Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: 
             connect_from(source, to, budget / 2)?
         }
     };
+    if let Some(hop) = probe.hops.last_mut() {
+        hop.upstream = Some((upstream.local_addr()?, to));
+    }
     upstream.set_read_timeout(Some(budget))?;
     upstream.set_write_timeout(Some(budget))?;
     (&upstream).write_all(probe.to_line().as_bytes())?;

@@ -9,6 +9,7 @@
 //! [`session`] ties them together.
 
 pub mod error;
+pub mod nfnetlink;
 pub mod probe;
 pub mod registry;
 pub mod report;
@@ -17,6 +18,7 @@ pub mod scenario;
 pub mod session;
 pub mod stubs;
 pub mod topology;
+pub mod trace;
 pub mod verdict;
 
 pub use error::{Error, Result};

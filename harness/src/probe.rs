@@ -69,12 +69,35 @@ pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool) -> Result<O
     .map_err(Error::io(format!("creating a socket as uid {uid} gid {gid} in namespace {}", ns.name())))
 }
 
-/// Connect `fd` to `to`, send probe `id`, and read the answer.
-pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Observation {
+/// Connect `fd` to `to`, send probe `id`, and read the answer. Also returns
+/// the client's own address (known once the SYN left: trace events of this
+/// leg carry it).
+pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> (Observation, Option<SocketAddr>) {
+    let std_stream = std::net::TcpStream::from(fd);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&std_stream);
+    let socket = TcpSocket::from_std_stream(std_stream);
+    let connecting = socket.connect(to);
+    tokio::pin!(connecting);
+    // The first poll sends the SYN and binds the source port: read it then,
+    // so a connection that never completes still has a traceable source.
+    let first = futures_util::poll!(&mut connecting);
+    let local = local_addr_of(raw);
+    let connected = match first {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => timeout(t.connect, connecting).await,
+    };
+    (finish(connected, to, id, t).await, local)
+}
+
+async fn finish(
+    connected: std::result::Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed>,
+    to: SocketAddr,
+    id: u64,
+    t: Timeouts,
+) -> Observation {
     let failed = |stage: &str, detail: String| Observation::Failed { stage: stage.into(), detail };
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
     let started = Instant::now();
-    let stream = match timeout(t.connect, socket.connect(to)).await {
+    let stream = match connected {
         Err(_) => {
             return failed(
                 "connect",
@@ -99,6 +122,14 @@ pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Observati
         }
         Ok(Ok(answer)) => Observation::Answered(answer),
     }
+}
+
+fn local_addr_of(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
+    let addr: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(fd).ok()?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    addr.as_sockaddr_in6().map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
 async fn exchange(mut stream: TcpStream, id: u64) -> std::result::Result<Answer, String> {

@@ -151,6 +151,17 @@ impl RuleSource {
         }
     }
 
+    /// The name scenarios use for this rule set in `expect.paths`.
+    pub fn label(&self) -> String {
+        match self {
+            RuleSource::Builtin(c) => match c.shape {
+                Shape::Current => "istio-current".into(),
+                Shape::Classic => "istio-classic".into(),
+            },
+            RuleSource::RestoreFile(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        }
+    }
+
     /// The restore text, read before any namespace exists so a missing file
     /// costs nothing to report.
     pub fn restore_text(&self) -> Result<String> {

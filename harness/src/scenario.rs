@@ -66,9 +66,17 @@ pub struct Expect {
     /// Name of the server that must answer (local-app, remote-app,
     /// envoy-admin, envoy-stats, envoy-health, istiod).
     pub server: String,
-    /// The rule path in the article's notation, for the built-in default rules.
+    /// The rule path in the article's notation, for the built-in default
+    /// rules and any rule set `paths` does not name.
     #[serde(default)]
     pub path: Option<String>,
+    /// Paths for other rule sets, by label (`istio-classic`, or a rules
+    /// file's name without its extension).
+    #[serde(default)]
+    pub paths: BTreeMap<String, String>,
+    /// Assert the path even when the run was not asked to (`--assert paths`).
+    #[serde(default)]
+    pub assert_path: bool,
 }
 
 /// A loaded scenario.
@@ -114,6 +122,11 @@ impl Scenario {
             return Err(invalid(format!("flow {} is not one of the six flows (1-6)", spec.flow)));
         }
         Ok(Scenario { name, file, spec })
+    }
+
+    /// The path expected under the rule set labelled `label`.
+    pub fn expected_path(&self, label: &str) -> Option<&str> {
+        self.spec.expect.paths.get(label).or(self.spec.expect.path.as_ref()).map(String::as_str)
     }
 
     /// The gid the probe socket is created with.

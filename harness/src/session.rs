@@ -12,7 +12,8 @@ use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::scenario::Scenario;
 use crate::stubs::{Stub, StubProcess};
 use crate::topology::{Host, Topology, TopologyConfig};
-use crate::verdict::{self, TrialResult};
+use crate::trace::Tracer;
+use crate::verdict::{self, PathCheck, TrialResult};
 use crate::{Error, Result};
 
 /// Where the sidecar listens and who it runs as.
@@ -60,6 +61,10 @@ pub struct SessionConfig {
     pub probe_timeouts: Timeouts,
     pub stub_ready_timeout: Duration,
     pub rules_timeout: Duration,
+    /// Record each probe's rule path from the kernel.
+    pub trace: bool,
+    /// Fail a trial whose rule path differs from its scenario's.
+    pub assert_paths: bool,
 }
 
 impl Default for SessionConfig {
@@ -76,6 +81,8 @@ impl Default for SessionConfig {
             probe_timeouts: Timeouts::default(),
             stub_ready_timeout: Duration::from_secs(5),
             rules_timeout: Duration::from_secs(30),
+            trace: true,
+            assert_paths: false,
         }
     }
 }
@@ -94,6 +101,7 @@ pub struct Session {
     _apps: Vec<AppServer>,
     _stubs: Vec<StubProcess>,
     rt: Runtime,
+    tracer: Option<Tracer>,
     topology: Topology,
     config: SessionConfig,
     run: RunGuard,
@@ -109,6 +117,9 @@ impl Session {
         }
         let text = config.rules.restore_text()?;
         rules::find_tool(config.backend.restore_tool(), "iptables")?;
+        if config.trace {
+            rules::find_tool("nft", "nftables")?;
+        }
         Ok(text)
     }
 
@@ -126,6 +137,10 @@ impl Session {
 
         let pod = topology.ns(Host::LocalPod);
         rules::install(pod, config.backend, &rules_text, &config.rules.describe(), config.rules_timeout)?;
+        let tracer = match config.trace {
+            true => Some(Tracer::start(pod, config.backend, config.rules_timeout)?),
+            false => None,
+        };
 
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(&run)?;
@@ -174,7 +189,7 @@ impl Session {
             }
             apps
         };
-        Ok(Session { _apps: apps, _stubs: stubs, rt, topology, config, run })
+        Ok(Session { _apps: apps, _stubs: stubs, rt, tracer, topology, config, run })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -190,36 +205,53 @@ impl Session {
         self.run.prefix()
     }
 
+    /// The tracer, when this session traces.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
+    }
+
     /// Run every scenario's probe at once (ids keep them apart) and judge each.
     pub fn run(&self, scenarios: &[Scenario]) -> Vec<TrialResult> {
         let prepared: Vec<_> = scenarios.iter().map(|s| self.prepare(s)).collect();
         let t = self.config.probe_timeouts;
-        let observations: Vec<(Observation, u64)> = self.rt.block_on(async move {
+        let probes = self.rt.block_on(async move {
             let tasks: Vec<_> = prepared
                 .into_iter()
                 .map(|p| {
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        let obs = match p {
-                            Ok((fd, to)) => probe::run(fd, to, next_probe_id(), t).await,
-                            Err(e) => Observation::Failed { stage: "setup".into(), detail: e.to_string() },
+                        let (obs, client, target) = match p {
+                            Ok((fd, to)) => {
+                                let (obs, client) = probe::run(fd, to, next_probe_id(), t).await;
+                                (obs, client, Some(to))
+                            }
+                            Err(e) => (Observation::Failed { stage: "setup".into(), detail: e.to_string() }, None, None),
                         };
-                        (obs, started.elapsed().as_millis() as u64)
+                        (obs, client, target, started.elapsed().as_millis() as u64)
                     })
                 })
                 .collect();
             let mut out = Vec::new();
             for task in tasks {
                 out.push(task.await.unwrap_or_else(|e| {
-                    (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, 0)
+                    let obs = Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") };
+                    (obs, None, None, 0)
                 }));
             }
             out
         });
+        let label = self.config.rules.label();
+        let check = PathCheck { label: &label, assert: self.config.assert_paths };
         scenarios
             .iter()
-            .zip(observations)
-            .map(|(s, (obs, ms))| verdict::judge(s, &obs, ms))
+            .zip(probes)
+            .map(|(s, (obs, client, target, ms))| {
+                let path = match (&self.tracer, target) {
+                    (Some(tracer), Some(target)) => Some(tracer.path(client, target, &obs)),
+                    _ => None,
+                };
+                verdict::judge(s, &obs, ms, path, &check)
+            })
             .collect()
     }
 

@@ -7,6 +7,7 @@ use sidecheck_wire::End;
 
 use crate::probe::Observation;
 use crate::scenario::Scenario;
+use crate::trace::{LegPath, ObservedPath};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +45,12 @@ pub struct Observed {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
     pub hops: Vec<HopView>,
+    /// The rule path in the article's notation, when traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Each connection leg with the kernel's trace events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegPath>,
 }
 
 /// The result of one trial: the JSON contract is `name`, `flow`, `outcome`,
@@ -98,7 +105,7 @@ pub fn observe(obs: &Observation) -> Observed {
                     None,
                 ),
             };
-            Observed { ports, end, server, peer, hops }
+            Observed { ports, end, server, peer, hops, path: None, legs: Vec::new() }
         }
         Observation::Failed { stage, detail } => Observed {
             ports: Vec::new(),
@@ -106,19 +113,70 @@ pub fn observe(obs: &Observation) -> Observed {
             server: None,
             peer: None,
             hops: Vec::new(),
+            path: None,
+            legs: Vec::new(),
         },
     }
 }
 
+/// `expected` and `observed` paths, one above the other, with the first
+/// differing element marked.
+pub fn path_diff(expected: &str, observed: &str) -> String {
+    let e: Vec<&str> = expected.split(" -> ").collect();
+    let o: Vec<&str> = observed.split(" -> ").collect();
+    let k = e.iter().zip(&o).position(|(a, b)| a != b).unwrap_or(e.len().min(o.len()));
+    let offset = |parts: &[&str]| parts[..k].iter().map(|p| p.len() + 4).sum::<usize>();
+    let (eo, oo) = (offset(&e), offset(&o));
+    let what = match (e.get(k), o.get(k)) {
+        (Some(a), Some(b)) => format!("expected `{a}`, observed `{b}`"),
+        (Some(a), None) => format!("expected `{a}`, observed nothing more"),
+        (None, Some(b)) => format!("expected nothing more, observed `{b}`"),
+        (None, None) => "none".into(),
+    };
+    format!(
+        "path expected: {expected}\n               {}^\npath observed: {observed}\n               {}^\nfirst difference at element {}: {what}",
+        " ".repeat(eo),
+        " ".repeat(oo),
+        k + 1
+    )
+}
+
+/// How a trial's path is checked.
+pub struct PathCheck<'a> {
+    /// The label of the rule set under test (selects `expect.paths`).
+    pub label: &'a str,
+    /// Whether the run asked for paths to be asserted.
+    pub assert: bool,
+}
+
 /// Judge one probe against its scenario.
-pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64) -> TrialResult {
+pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
     let e = &scenario.spec.expect;
-    let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: e.path.clone() };
-    let observed = observe(obs);
-    let pass = observed.ports == expected.ports && observed.server.as_deref() == Some(expected.server.as_str());
+    let expected_path = scenario.expected_path(check.label).map(str::to_string);
+    let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: expected_path.clone() };
+    let mut observed = observe(obs);
+    if let Some(t) = traced {
+        observed.path = Some(t.line);
+        observed.legs = t.legs;
+    }
+    let ports_ok = observed.ports == expected.ports && observed.server.as_deref() == Some(expected.server.as_str());
+    let assert_path = check.assert || e.assert_path;
+    let path_problem = match (assert_path, &expected_path, &observed.path) {
+        (false, _, _) => None,
+        (true, None, _) => Some(format!(
+            "paths are asserted but {} states no expect.path for the rules `{}`",
+            scenario.file, check.label
+        )),
+        (true, Some(_), None) => Some("paths are asserted but this run was not traced".to_string()),
+        (true, Some(want), Some(got)) if want != got => Some(path_diff(want, got)),
+        _ => None,
+    };
+    let pass = ports_ok && path_problem.is_none();
     let want = describe(&expected.ports, &format!("{}:{}", expected.server, expected.ports.last().copied().unwrap_or(0)));
     let message = if pass {
         format!("{want}: as expected")
+    } else if ports_ok {
+        format!("ports as expected ({want}), but the rule path differs:\n{}", path_problem.unwrap_or_default())
     } else {
         let got = match observed.server {
             Some(_) => describe(&observed.ports, &observed.end),
@@ -131,7 +189,11 @@ pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64) -> TrialR
                 }
             }
         };
-        format!("expected {want}, observed {got} (ports expected {:?}, observed {:?})", expected.ports, observed.ports)
+        let mut m = format!("expected {want}, observed {got} (ports expected {:?}, observed {:?})", expected.ports, observed.ports);
+        if let Some(path) = &observed.path {
+            m.push_str(&format!("\n  rule path: {path}"));
+        }
+        m
     };
     TrialResult {
         name: scenario.name.clone(),
@@ -160,10 +222,12 @@ mod tests {
     fn answered(hops: &[u16], end: End) -> Observation {
         let hops = hops
             .iter()
-            .map(|p| Hop { role: "outbound".into(), port: *p, original_dst: "10.244.0.20:9090".parse().unwrap() })
+            .map(|p| Hop { role: "outbound".into(), port: *p, original_dst: "10.244.0.20:9090".parse().unwrap(), upstream: None })
             .collect();
         Observation::Answered(Answer { probe: Probe { id: 1, hops }, end })
     }
+
+    const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", assert: false };
 
     fn server(name: &str, port: u16) -> End {
         End::Server { name: name.into(), port, peer: "10.244.0.10:1234".parse().unwrap() }
@@ -171,7 +235,7 @@ mod tests {
 
     #[test]
     fn exact_match_passes() {
-        let r = judge(&scenario(&[15001, 9090], "remote-app"), &answered(&[15001], server("remote-app", 9090)), 1);
+        let r = judge(&scenario(&[15001, 9090], "remote-app"), &answered(&[15001], server("remote-app", 9090)), 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Pass, "{}", r.message);
         assert_eq!(r.observed.ports, vec![15001, 9090]);
     }
@@ -180,7 +244,7 @@ mod tests {
     fn missing_extra_and_reordered_hops_fail() {
         let s = scenario(&[15001, 15006, 8080], "local-app");
         for hops in [&[15001][..], &[15001, 15006, 15006], &[15006, 15001], &[]] {
-            let r = judge(&s, &answered(hops, server("local-app", 8080)), 1);
+            let r = judge(&s, &answered(hops, server("local-app", 8080)), 1, None, &NO_PATHS);
             assert_eq!(r.outcome, Outcome::Fail, "{hops:?} passed");
             assert!(r.message.contains("expected 15001 -> 15006 -> local-app:8080"), "{}", r.message);
         }
@@ -188,7 +252,7 @@ mod tests {
 
     #[test]
     fn right_ports_wrong_server_fails() {
-        let r = judge(&scenario(&[15001, 8080], "local-app"), &answered(&[15001], server("remote-app", 8080)), 1);
+        let r = judge(&scenario(&[15001, 8080], "local-app"), &answered(&[15001], server("remote-app", 8080)), 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(r.message.contains("observed 15001 -> remote-app:8080"), "{}", r.message);
     }
@@ -196,18 +260,18 @@ mod tests {
     #[test]
     fn loops_errors_and_client_failures_fail_with_where() {
         let s = scenario(&[15001, 9090], "remote-app");
-        let r = judge(&s, &answered(&[15001], End::Loop { role: "outbound".into(), port: 15001 }), 1);
+        let r = judge(&s, &answered(&[15001], End::Loop { role: "outbound".into(), port: 15001 }), 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Fail);
         assert_eq!(r.observed.ports, vec![15001, 15001]);
         assert!(r.message.contains("came back to the outbound listener 15001"), "{}", r.message);
 
         let e = End::Error { role: "outbound".into(), port: 15001, message: "10.244.0.20:9090_Connection_refused".into() };
-        let r = judge(&s, &answered(&[15001], e), 1);
+        let r = judge(&s, &answered(&[15001], e), 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(r.message.contains("could not forward it: 10.244.0.20:9090 Connection refused"), "{}", r.message);
 
         let f = Observation::Failed { stage: "connect".into(), detail: "10.244.0.20:9090: Connection refused".into() };
-        let r = judge(&s, &f, 1);
+        let r = judge(&s, &f, 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(r.observed.ports.is_empty());
         assert!(r.message.contains("connect failed"), "{}", r.message);

@@ -2,8 +2,11 @@
 //!
 //! A probe client sends `SIDECHECK/1 id=7\n`. Every proxy listener it passes
 //! (fake-envoy's outbound and inbound listeners) appends the hop it made,
-//! `hop=outbound@15001>10.96.0.10:8080` (role, listener port, original
-//! destination), before forwarding the line upstream. The server that ends the
+//! `hop=outbound@15001>10.96.0.10:8080,10.244.0.10:41234>10.244.0.20:9090`
+//! (role, listener port, original destination, then the source and
+//! destination of the upstream connection it opened, once it has one) before
+//! forwarding the line upstream. The upstream 4-tuple is what lets the
+//! harness attribute kernel trace events to this exact connection leg. The server that ends the
 //! connection answers with the whole request plus how it ended:
 //! `server=local-app@8080 peer=127.0.0.6:40412`, or `loop=outbound@15001` when a
 //! proxy sees a probe come back to a listener it already passed, or
@@ -31,6 +34,8 @@ pub struct Hop {
     pub role: String,
     pub port: u16,
     pub original_dst: SocketAddr,
+    /// (source, destination) of the connection the proxy opened upstream.
+    pub upstream: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// What a client sends and what proxies extend.
@@ -77,20 +82,34 @@ fn bad(what: impl Into<String>) -> ParseError {
 
 impl fmt::Display for Hop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}>{}", self.role, self.port, self.original_dst)
+        write!(f, "{}@{}>{}", self.role, self.port, self.original_dst)?;
+        if let Some((src, dst)) = self.upstream {
+            write!(f, ",{src}>{dst}")?;
+        }
+        Ok(())
     }
 }
 
 impl Hop {
     fn parse(s: &str) -> Result<Hop, ParseError> {
-        let (role_port, dst) = s
+        let (listener, upstream) = match s.split_once(',') {
+            Some((l, u)) => (l, Some(u)),
+            None => (s, None),
+        };
+        let addr = |a: &str| a.parse::<SocketAddr>().map_err(|_| bad(format!("hop `{s}`: `{a}` is not an address:port")));
+        let (role_port, dst) = listener
             .split_once('>')
             .ok_or_else(|| bad(format!("hop `{s}` has no `>` before its original destination")))?;
         let (role, port) = split_role_port(role_port)?;
-        let original_dst = dst
-            .parse()
-            .map_err(|_| bad(format!("hop `{s}`: `{dst}` is not an address:port")))?;
-        Ok(Hop { role, port, original_dst })
+        let original_dst = addr(dst)?;
+        let upstream = match upstream {
+            Some(u) => {
+                let (src, dst) = u.split_once('>').ok_or_else(|| bad(format!("hop `{s}`: upstream `{u}` is not source>destination")))?;
+                Some((addr(src)?, addr(dst)?))
+            }
+            None => None,
+        };
+        Ok(Hop { role, port, original_dst, upstream })
     }
 }
 
@@ -250,18 +269,19 @@ mod tests {
     use super::*;
 
     fn hop(role: &str, port: u16, dst: &str) -> Hop {
-        Hop { role: role.into(), port, original_dst: dst.parse().unwrap() }
+        Hop { role: role.into(), port, original_dst: dst.parse().unwrap(), upstream: None }
     }
 
     #[test]
     fn request_round_trips_with_ipv4_and_ipv6_hops() {
         let mut p = Probe::new(42);
         p.hops.push(hop("outbound", 15001, "10.96.0.10:8080"));
+        p.hops[0].upstream = Some(("10.244.0.10:41234".parse().unwrap(), "10.244.0.10:8080".parse().unwrap()));
         p.hops.push(hop("inbound", 15006, "[fd00::10]:8080"));
         let line = p.to_line();
         assert_eq!(
             line,
-            "SIDECHECK/1 id=42 hop=outbound@15001>10.96.0.10:8080 hop=inbound@15006>[fd00::10]:8080\n"
+            "SIDECHECK/1 id=42 hop=outbound@15001>10.96.0.10:8080,10.244.0.10:41234>10.244.0.10:8080 hop=inbound@15006>[fd00::10]:8080\n"
         );
         assert_eq!(Probe::parse(&line).unwrap(), p);
         assert!(p.has_passed(15006));
@@ -299,6 +319,7 @@ mod tests {
             ("SIDECHECK/1 id=1 hop=out bound@1>1.2.3.4:5\n", "no `>`"),
             ("SIDECHECK/1 id=1 hop=outbound@99999>1.2.3.4:5\n", "not a port"),
             ("SIDECHECK/1 id=1 extra\n", "unexpected `extra`"),
+            ("SIDECHECK/1 id=1 hop=outbound@1>1.2.3.4:5,1.2.3.4:6\n", "is not source>destination"),
         ] {
             let err = Probe::parse(line).unwrap_err().to_string();
             assert!(err.contains(says), "{line:?}: {err}");

@@ -1,0 +1,345 @@
+//! Just enough of netfilter's netlink protocol to read what the tracer needs:
+//! nf_tables trace events (NFNLGRP_NFTRACE), nf_tables rule dumps (handle ->
+//! position), and NFLOG packets (iptables-legacy's `TRACE:` lines). Parsing is
+//! pure and bounded: a malformed message is an error, never a panic.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub const NETLINK_NETFILTER: i32 = 12;
+pub const NFNLGRP_NFTRACE: u32 = 9;
+
+const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const NLM_F_REQUEST: u16 = 1;
+pub const NLM_F_ACK: u16 = 4;
+pub const NLM_F_DUMP: u16 = 0x300;
+
+pub const NFNL_SUBSYS_ULOG: u16 = 4;
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub const NFT_MSG_NEWRULE: u16 = 6;
+pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_TRACE: u16 = 17;
+pub const NFULNL_MSG_PACKET: u16 = 0;
+pub const NFULNL_MSG_CONFIG: u16 = 1;
+
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// One netlink message with its nfgenmsg header split off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// nfgenmsg: the address family (the table's, for nf_tables).
+    pub family: u8,
+    pub res_id: u16,
+    /// The attributes after the nfgenmsg header.
+    pub attrs: &'a [u8],
+    /// For NLMSG_ERROR: the errno (0 = ack).
+    pub error: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed netlink message: {}", self.0)
+    }
+}
+
+fn u16_ne(b: &[u8]) -> u16 {
+    u16::from_ne_bytes([b[0], b[1]])
+}
+
+fn u32_ne(b: &[u8]) -> u32 {
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Split a datagram into messages.
+pub fn messages(buf: &[u8]) -> Vec<Result<Msg<'_>, Malformed>> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 16 {
+        let len = u32_ne(&rest[0..4]) as usize;
+        if len < 16 || len > rest.len() {
+            out.push(Err(Malformed(format!("length {len} with {} bytes left", rest.len()))));
+            break;
+        }
+        let ty = u16_ne(&rest[4..6]);
+        let flags = u16_ne(&rest[6..8]);
+        let seq = u32_ne(&rest[8..12]);
+        let body = &rest[16..len];
+        let msg = if ty == NLMSG_ERROR {
+            if body.len() < 4 {
+                Err(Malformed("short error message".into()))
+            } else {
+                let errno = -(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]));
+                Ok(Msg { ty, flags, seq, family: 0, res_id: 0, attrs: &[], error: Some(errno) })
+            }
+        } else if ty == NLMSG_DONE || ty < 16 {
+            Ok(Msg { ty, flags, seq, family: 0, res_id: 0, attrs: &[], error: None })
+        } else if body.len() < 4 {
+            Err(Malformed(format!("message type {ty:#x} has no nfgenmsg header")))
+        } else {
+            let res_id = u16::from_be_bytes([body[2], body[3]]);
+            Ok(Msg { ty, flags, seq, family: body[0], res_id, attrs: &body[4..], error: None })
+        };
+        out.push(msg);
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    out
+}
+
+/// Iterate `(type, payload)` of the attributes in `buf` (type without the
+/// nested/byte-order flag bits).
+pub fn attrs(buf: &[u8]) -> Result<Vec<(u16, &[u8])>, Malformed> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 4 {
+        let len = u16_ne(&rest[0..2]) as usize;
+        if len < 4 || len > rest.len() {
+            return Err(Malformed(format!("attribute length {len} with {} bytes left", rest.len())));
+        }
+        out.push((u16_ne(&rest[2..4]) & NLA_TYPE_MASK, &rest[4..len]));
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    Ok(out)
+}
+
+pub fn attr_str(payload: &[u8]) -> String {
+    let end = payload.iter().position(|b| *b == 0).unwrap_or(payload.len());
+    String::from_utf8_lossy(&payload[..end]).into_owned()
+}
+
+pub fn attr_be32(payload: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(payload.get(..4)?.try_into().ok()?))
+}
+
+pub fn attr_be64(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+/// Build one request: nlmsghdr + nfgenmsg + attributes.
+pub fn request(subsys: u16, msg: u16, flags: u16, seq: u32, family: u8, res_id: u16, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut body = vec![family, 0 /* NFNETLINK_V0 */];
+    body.extend_from_slice(&res_id.to_be_bytes());
+    for (ty, payload) in attributes {
+        let len = 4 + payload.len();
+        body.extend_from_slice(&(len as u16).to_ne_bytes());
+        body.extend_from_slice(&ty.to_ne_bytes());
+        body.extend_from_slice(payload);
+        body.resize(align4(body.len()), 0);
+    }
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Source and destination (address and port) of an IPv4/IPv6 packet whose
+/// transport header is TCP or UDP: from one buffer starting at the IP header
+/// (NFLOG payloads), or from separate network and transport headers
+/// (nf_tables trace attributes).
+pub fn packet_tuple(network: &[u8], transport: Option<&[u8]>) -> Option<(SocketAddr, SocketAddr)> {
+    let version = network.first()? >> 4;
+    let (src, dst, header_len): (IpAddr, IpAddr, usize) = match version {
+        4 => {
+            let ihl = usize::from(network[0] & 0x0f) * 4;
+            let s: [u8; 4] = network.get(12..16)?.try_into().ok()?;
+            let d: [u8; 4] = network.get(16..20)?.try_into().ok()?;
+            (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into(), ihl)
+        }
+        6 => {
+            let s: [u8; 16] = network.get(8..24)?.try_into().ok()?;
+            let d: [u8; 16] = network.get(24..40)?.try_into().ok()?;
+            (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into(), 40)
+        }
+        _ => return None,
+    };
+    let l4 = match transport {
+        Some(t) => t,
+        None => network.get(header_len..)?,
+    };
+    let sport = u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?);
+    let dport = u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?);
+    Some((SocketAddr::new(src, sport), SocketAddr::new(dst, dport)))
+}
+
+/// A NETLINK_NETFILTER socket.
+pub struct Socket {
+    fd: OwnedFd,
+}
+
+impl Socket {
+    /// Open in the calling thread's network namespace.
+    pub fn open(nonblocking: bool) -> io::Result<Socket> {
+        let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
+        if nonblocking {
+            ty |= libc::SOCK_NONBLOCK;
+        }
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, ty, NETLINK_NETFILTER) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = Socket { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let rc = unsafe {
+            libc::bind(sock.fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
+    }
+
+    fn setsockopt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
+        let rc = unsafe {
+            libc::setsockopt(self.fd.as_raw_fd(), level, name, &value as *const i32 as *const libc::c_void, 4)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn join_group(&self, group: u32) -> io::Result<()> {
+        self.setsockopt(libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group as i32)
+    }
+
+    /// A large receive buffer: events queue while probes run and are read
+    /// after they finish. As root, FORCE ignores rmem_max.
+    pub fn set_receive_buffer(&self, bytes: i32) -> io::Result<()> {
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+            .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes))
+    }
+
+    pub fn set_receive_timeout(&self, t: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One datagram into `buf`; `WouldBlock` when none is queued.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Send a request and collect every reply message body until DONE (for
+    /// dumps) or the ack. `f` sees each message.
+    pub fn transact(&self, req: &[u8], seq: u32, mut f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
+        self.send(req)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = self.recv(&mut buf)?;
+            for msg in messages(&buf[..n]) {
+                let msg = msg.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.error {
+                    Some(0) => return Ok(()),
+                    Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
+                    None if msg.ty == NLMSG_DONE => return Ok(()),
+                    None => f(&msg),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_the_parser() {
+        let req = request(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 7, 2, 0, &[(1, &[3u8][..])]);
+        assert_eq!(req.len(), 16 + 4 + 8);
+        let msgs = messages(&req);
+        assert_eq!(msgs.len(), 1);
+        let m = msgs[0].clone().unwrap();
+        assert_eq!(m.ty, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG);
+        assert_eq!((m.seq, m.family, m.res_id), (7, 2, 0));
+        assert_eq!(attrs(m.attrs).unwrap(), vec![(1, &[3u8][..])]);
+    }
+
+    #[test]
+    fn truncated_and_lying_lengths_are_errors_not_panics() {
+        let req = request(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NLM_F_REQUEST, 1, 0, 0, &[(1, b"nat\0")]);
+        for cut in 0..req.len() {
+            let _ = messages(&req[..cut]);
+        }
+        let mut lying = req.clone();
+        lying[0] = 200;
+        assert!(messages(&lying)[0].is_err());
+        assert!(attrs(&[8, 0, 1, 0, 1]).is_err());
+        assert!(attrs(&[2, 0, 1, 0]).is_err());
+        assert_eq!(attrs(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn tuples_from_ipv4_and_ipv6_headers() {
+        let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 244, 0, 10, 10, 244, 0, 20];
+        v4.extend_from_slice(&[0x9c, 0x40, 0x23, 0x82]);
+        let (s, d) = packet_tuple(&v4, None).unwrap();
+        assert_eq!(s, "10.244.0.10:40000".parse().unwrap());
+        assert_eq!(d, "10.244.0.20:9090".parse().unwrap());
+        let (s2, d2) = packet_tuple(&v4[..20], Some(&v4[20..])).unwrap();
+        assert_eq!((s2, d2), (s, d));
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        v6.extend_from_slice(&"fd00::10".parse::<Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        v6.extend_from_slice(&[0, 80, 0x3a, 0x99]);
+        let (s, d) = packet_tuple(&v6, None).unwrap();
+        assert_eq!(s, "[fd00::10]:80".parse().unwrap());
+        assert_eq!(d, "[::1]:15001".parse().unwrap());
+        assert!(packet_tuple(&v4[..15], None).is_none());
+        assert!(packet_tuple(&[0x15; 30], None).is_none());
+    }
+}

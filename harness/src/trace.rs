@@ -1,0 +1,584 @@
+//! Rule-level tracing: which chains and rules each probe's SYNs took, read
+//! from the kernel itself.
+//!
+//! A harness-owned table (`inet sidecheck_trace`, priority -400, ahead of
+//! every table under test) sets `meta nftrace` on TCP SYNs. The tables under
+//! test are never edited, so their rule numbers and counters stay theirs.
+//! Rules in nf_tables (iptables-nft, native nft) then report on the
+//! NFNLGRP_NFTRACE netlink group (rule handles, mapped to positions with a
+//! rule dump); rules in iptables-legacy report through nfnetlink_log as
+//! `TRACE: nat:ISTIO_OUTPUT:rule:9` lines once the namespace's nf_log logger
+//! for the family is nfnetlink_log.
+//!
+//! Each event carries the packet's addresses, so it is attributed to exactly
+//! one connection leg (the client's connection, then each upstream
+//! connection fake-envoy opened), also when probes run in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::nfnetlink::{self as nl, Socket};
+use crate::rules::{self, Backend};
+use crate::topology::Namespace;
+use crate::{Error, Result};
+
+/// The harness's own table; events from it are not part of any path.
+pub const TRACE_TABLE: &str = "sidecheck_trace";
+
+const TRACE_RULESET: &str = "table inet sidecheck_trace {
+  chain prerouting { type filter hook prerouting priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
+  chain output { type filter hook output priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
+}
+";
+
+/// How an event ended its rule or chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "number")]
+pub enum Step {
+    /// A rule matched: its 1-based position in the chain.
+    Rule(u32),
+    /// The end of a user chain was reached: implicit return.
+    Return,
+    /// The end of a base chain: its policy applied.
+    Policy,
+}
+
+/// One rule or chain decision for one packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    pub table: String,
+    pub chain: String,
+    pub step: Step,
+    /// `jump ISTIO_OUTPUT`, `accept`, `return`... (nf_tables only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(skip)]
+    pub src: SocketAddr,
+    #[serde(skip)]
+    pub dst: SocketAddr,
+}
+
+/// Chains that are hooks: a path starts a new segment at each of them.
+pub fn is_hook_chain(chain: &str) -> bool {
+    matches!(
+        chain.to_ascii_uppercase().as_str(),
+        "PREROUTING" | "INPUT" | "OUTPUT" | "POSTROUTING" | "FORWARD"
+    )
+}
+
+/// Read `TRACE: nat:ISTIO_OUTPUT:rule:9 ` (iptables-legacy's NFLOG prefix).
+pub fn parse_legacy_prefix(prefix: &str) -> Option<(String, String, Step)> {
+    let body = prefix.trim().strip_prefix("TRACE:")?.trim();
+    let mut parts = body.split(':');
+    let (table, chain, kind, num) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let step = match kind {
+        "rule" => Step::Rule(num.trim().parse().ok()?),
+        "return" => Step::Return,
+        "policy" => Step::Policy,
+        _ => return None,
+    };
+    Some((table.to_string(), chain.to_string(), step))
+}
+
+/// The rules under test as the kernel holds them: positions of nf_tables
+/// rule handles, and the text of every rule by chain (from iptables-save)
+/// for detailed views.
+#[derive(Clone, Debug, Default)]
+pub struct RuleIndex {
+    /// (family, table, chain, handle) -> position
+    positions: HashMap<(u8, String, String, u64), u32>,
+    /// (table, chain) -> rule texts in order
+    pub texts: BTreeMap<(String, String), Vec<String>>,
+    /// What `iptables-save` printed after installation.
+    pub snapshot: String,
+}
+
+impl RuleIndex {
+    /// Parse iptables-save output into rule texts by chain.
+    pub fn parse_save(text: &str) -> BTreeMap<(String, String), Vec<String>> {
+        let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.trim().to_string();
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest.split_whitespace().next().unwrap_or_default().to_string();
+                out.entry((table.clone(), chain)).or_default().push(line.to_string());
+            }
+        }
+        out
+    }
+
+    pub fn rule_count(&self, table: &str, chain: &str) -> usize {
+        self.texts.get(&(table.to_string(), chain.to_string())).map_or(0, Vec::len)
+    }
+
+    pub fn rule_text(&self, table: &str, chain: &str, n: u32) -> Option<&str> {
+        self.texts.get(&(table.to_string(), chain.to_string()))?.get(n as usize - 1).map(String::as_str)
+    }
+
+    fn position(&self, family: u8, table: &str, chain: &str, handle: u64) -> Option<u32> {
+        self.positions.get(&(family, table.to_string(), chain.to_string(), handle)).copied()
+    }
+}
+
+/// Dump nf_tables rules (all families) in `ns`: handle -> position.
+fn dump_nft_positions(ns: &Namespace) -> Result<HashMap<(u8, String, String, u64), u32>> {
+    let doing = format!("listing nf_tables rules in namespace {}", ns.name());
+    ns.run(|| -> std::io::Result<_> {
+        let sock = Socket::open(false)?;
+        sock.set_receive_timeout(Duration::from_secs(5))?;
+        let seq = 1;
+        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETRULE, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, seq, 0, 0, &[]);
+        let mut counters: HashMap<(u8, String, String), u32> = HashMap::new();
+        let mut out = HashMap::new();
+        let mut bad = None;
+        sock.transact(&req, seq, |m| {
+            if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_NEWRULE {
+                return;
+            }
+            let Ok(attrs) = nl::attrs(m.attrs) else {
+                bad = Some("a rule message with malformed attributes");
+                return;
+            };
+            let (mut table, mut chain, mut handle) = (None, None, None);
+            for (ty, p) in attrs {
+                match ty {
+                    1 => table = Some(nl::attr_str(p)),
+                    2 => chain = Some(nl::attr_str(p)),
+                    3 => handle = nl::attr_be64(p),
+                    _ => {}
+                }
+            }
+            if let (Some(t), Some(c), Some(h)) = (table, chain, handle) {
+                let n = counters.entry((m.family, t.clone(), c.clone())).or_insert(0);
+                *n += 1;
+                out.insert((m.family, t, c, h), *n);
+            }
+        })?;
+        match bad {
+            Some(why) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
+            None => Ok(out),
+        }
+    })?
+    .map_err(Error::io(doing))
+}
+
+/// Receives and keeps trace events of one namespace until their probes claim them.
+pub struct Tracer {
+    backend: Backend,
+    nft: Socket,
+    nflog: Option<Socket>,
+    pub index: RuleIndex,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<TraceEvent>,
+    /// nf_tables trace id -> packet tuple (only the first event of a packet
+    /// in a chain call carries the headers).
+    ids: HashMap<u32, (SocketAddr, SocketAddr)>,
+    lost: bool,
+}
+
+impl Tracer {
+    /// Install the trace table in `ns`, open the event sockets there, and
+    /// index the rules under test. Call after the rules are installed.
+    pub fn start(ns: &Namespace, backend: Backend, timeout: Duration) -> Result<Tracer> {
+        let nft_tool = rules::find_tool("nft", "nftables")?;
+        let doing = format!("opening trace sockets in namespace {}", ns.name());
+        let (nft, nflog) = ns
+            .run(|| -> std::io::Result<(Socket, Option<Socket>)> {
+                let nft = Socket::open(true)?;
+                nft.set_receive_buffer(16 << 20)?;
+                nft.join_group(nl::NFNLGRP_NFTRACE)?;
+                let nflog = match backend {
+                    Backend::Legacy => Some(open_nflog()?),
+                    Backend::Nft => None,
+                };
+                Ok((nft, nflog))
+            })?
+            .map_err(Error::io(doing))?;
+        if backend == Backend::Legacy {
+            // x_tables' TRACE reaches userspace through the family's logger.
+            ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
+        }
+        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], TRACE_RULESET, timeout)?;
+        if !ran.status.success() {
+            return Err(Error::config(format!(
+                "installing the trace table in namespace {} failed: {}",
+                ns.name(),
+                ran.output.trim()
+            )));
+        }
+        let save_tool = rules::find_tool(backend.save_tool(), "iptables")?;
+        let saved = rules::run_in(ns, &save_tool, &[], "", timeout)?;
+        let snapshot = saved.output;
+        let positions = match backend {
+            Backend::Nft => dump_nft_positions(ns)?,
+            Backend::Legacy => HashMap::new(),
+        };
+        let texts = RuleIndex::parse_save(&snapshot);
+        Ok(Tracer {
+            backend,
+            nft,
+            nflog,
+            index: RuleIndex { positions, texts, snapshot },
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// Read every queued event. Events are queued by the kernel while the
+    /// SYN traverses the hooks, before the connection can complete, so after
+    /// a probe's answer arrived its events are all here.
+    fn drain(&self, p: &mut Pending) {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match self.nft.recv(&mut buf) {
+                Ok(n) => self.parse_nft(&buf[..n], p),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // ENOBUFS: the kernel dropped events; paths may be incomplete.
+                    p.lost = true;
+                    break;
+                }
+            }
+        }
+        if let Some(sock) = &self.nflog {
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => parse_nflog(&buf[..n], p),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        p.lost = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse_nft(&self, buf: &[u8], p: &mut Pending) {
+        for msg in nl::messages(buf).into_iter().flatten() {
+            if msg.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_TRACE {
+                continue;
+            }
+            let Some(ev) = parse_nft_trace(&msg, &mut p.ids, |table, chain, handle| {
+                self.index.position(msg.family, table, chain, handle)
+            }) else {
+                continue;
+            };
+            // Under iptables-legacy only our own table is in nf_tables.
+            if ev.table != TRACE_TABLE && self.backend == Backend::Nft {
+                p.events.push(ev);
+            }
+        }
+    }
+
+    /// Take the events of one connection leg: packets from `src` to `dst`
+    /// before NAT, or to port `reached` after it.
+    pub fn take_leg(&self, src: SocketAddr, dst: SocketAddr, reached: u16) -> (Vec<TraceEvent>, bool) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut p);
+        let mut mine = Vec::new();
+        p.events.retain(|e| {
+            let ours = e.src == src && (e.dst == dst || e.dst.port() == reached);
+            if ours {
+                mine.push(e.clone());
+            }
+            !ours
+        });
+        (mine, p.lost)
+    }
+}
+
+fn open_nflog() -> std::io::Result<Socket> {
+    let sock = Socket::open(false)?;
+    sock.set_receive_buffer(16 << 20)?;
+    sock.set_receive_timeout(Duration::from_secs(5))?;
+    let af_inet = libc::AF_INET as u8;
+    let mut mode = 256u32.to_be_bytes().to_vec(); // copy the first 256 bytes of each packet
+    mode.extend_from_slice(&[2 /* NFULNL_COPY_PACKET */, 0]);
+    // Rebind the family to nfnetlink_log (PF_UNBIND, PF_BIND), bind group 0,
+    // set the copy mode: NFULA_CFG_CMD = 1, NFULA_CFG_MODE = 2.
+    let steps: [(u8, u16, &[u8]); 4] = [(af_inet, 1, &[4]), (af_inet, 1, &[3]), (0, 1, &[1]), (0, 2, &mode)];
+    for (seq, (family, attr, value)) in steps.into_iter().enumerate() {
+        let seq = seq as u32 + 1;
+        let req = nl::request(nl::NFNL_SUBSYS_ULOG, nl::NFULNL_MSG_CONFIG, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq, family, 0, &[(attr, value)]);
+        sock.transact(&req, seq, |_| {})?;
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+/// One nf_tables trace message -> event. `position` maps a rule handle to
+/// its number in the chain.
+pub fn parse_nft_trace(
+    msg: &nl::Msg<'_>,
+    ids: &mut HashMap<u32, (SocketAddr, SocketAddr)>,
+    position: impl Fn(&str, &str, u64) -> Option<u32>,
+) -> Option<TraceEvent> {
+    let attrs = nl::attrs(msg.attrs).ok()?;
+    let (mut table, mut chain, mut handle, mut ty, mut id) = (None, None, None, None, None);
+    let (mut network, mut transport, mut verdict) = (None, None, None);
+    for (t, p) in attrs {
+        match t {
+            1 => table = Some(nl::attr_str(p)),
+            2 => chain = Some(nl::attr_str(p)),
+            3 => handle = nl::attr_be64(p),
+            4 => ty = nl::attr_be32(p),
+            5 => verdict = parse_verdict(p),
+            6 => id = nl::attr_be32(p),
+            8 => network = Some(p),
+            9 => transport = Some(p),
+            _ => {}
+        }
+    }
+    let (table, chain) = (table?, chain?);
+    let tuple = match network.and_then(|n| nl::packet_tuple(n, transport)) {
+        Some(t) => {
+            if let Some(id) = id {
+                ids.insert(id, t);
+            }
+            t
+        }
+        None => *ids.get(&id?)?,
+    };
+    let step = match ty? {
+        1 => Step::Policy,
+        2 => Step::Return,
+        3 => Step::Rule(handle.and_then(|h| position(&table, &chain, h)).unwrap_or(0)),
+        _ => return None,
+    };
+    Some(TraceEvent { table, chain, step, verdict, src: tuple.0, dst: tuple.1 })
+}
+
+fn parse_verdict(nested: &[u8]) -> Option<String> {
+    let attrs = nl::attrs(nested).ok()?;
+    let code = attrs.iter().find(|(t, _)| *t == 1).and_then(|(_, p)| nl::attr_be32(p))? as i32;
+    let target = attrs.iter().find(|(t, _)| *t == 2).map(|(_, p)| nl::attr_str(p));
+    Some(match (code, target) {
+        (0, _) => "drop".into(),
+        (1, _) => "accept".into(),
+        (-1, _) => "continue".into(),
+        (-2, _) => "break".into(),
+        (-3, Some(c)) => format!("jump {c}"),
+        (-4, Some(c)) => format!("goto {c}"),
+        (-5, _) => "return".into(),
+        (c, _) => format!("verdict {c}"),
+    })
+}
+
+fn parse_nflog(buf: &[u8], p: &mut Pending) {
+    for msg in nl::messages(buf).into_iter().flatten() {
+        if msg.ty != (nl::NFNL_SUBSYS_ULOG << 8) | nl::NFULNL_MSG_PACKET {
+            continue;
+        }
+        let Ok(attrs) = nl::attrs(msg.attrs) else { continue };
+        let prefix = attrs.iter().find(|(t, _)| *t == 10).map(|(_, v)| nl::attr_str(v));
+        let payload = attrs.iter().find(|(t, _)| *t == 9).map(|(_, v)| *v);
+        let (Some(prefix), Some(payload)) = (prefix, payload) else { continue };
+        let Some((table, chain, step)) = parse_legacy_prefix(&prefix) else { continue };
+        let Some((src, dst)) = nl::packet_tuple(payload, None) else { continue };
+        p.events.push(TraceEvent { table, chain, step, verdict: None, src, dst });
+    }
+}
+
+/// The elements one leg contributes to a path, before the listener it
+/// reached: the hook chain, then each user chain that decided with the
+/// number of its deciding rule (none for a one-rule chain). After a
+/// redirect the listener comes next; otherwise the later hooks the packet
+/// passed (INPUT, POSTROUTING) are named too.
+pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool) -> Vec<String> {
+    // Segments: one per hook traversal, user chains in first-visit order
+    // with the last step seen in each.
+    let mut segments: Vec<(String, Vec<(String, String, Step)>)> = Vec::new();
+    for e in events {
+        if is_hook_chain(&e.chain) {
+            if segments.last().is_none_or(|(hook, _)| *hook != e.chain) {
+                segments.push((e.chain.clone(), Vec::new()));
+            }
+            continue;
+        }
+        if segments.is_empty() {
+            segments.push(("?".into(), Vec::new()));
+        }
+        let chains = &mut segments.last_mut().unwrap().1;
+        match chains.iter_mut().find(|(t, c, _)| *t == e.table && *c == e.chain) {
+            Some(entry) => entry.2 = e.step.clone(),
+            None => chains.push((e.table.clone(), e.chain.clone(), e.step.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (hook, chains)) in segments.iter().enumerate() {
+        if i > 0 && redirected {
+            break;
+        }
+        out.push(hook.clone());
+        for (table, chain, step) in chains {
+            out.push(match step {
+                Step::Rule(n) if index.rule_count(table, chain) == 1 => chain.clone(),
+                Step::Rule(n) => format!("{chain} RULE {n}"),
+                Step::Return | Step::Policy => format!("{chain} (no rule matched)"),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(chain: &str, step: Step) -> TraceEvent {
+        TraceEvent {
+            table: "nat".into(),
+            chain: chain.into(),
+            step,
+            verdict: None,
+            src: "10.244.0.10:40000".parse().unwrap(),
+            dst: "10.244.0.20:9090".parse().unwrap(),
+        }
+    }
+
+    fn index() -> RuleIndex {
+        let save = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n";
+        RuleIndex { texts: RuleIndex::parse_save(save), ..RuleIndex::default() }
+    }
+
+    #[test]
+    fn legacy_prefixes() {
+        assert_eq!(parse_legacy_prefix("TRACE: nat:ISTIO_OUTPUT:rule:9 "), Some(("nat".into(), "ISTIO_OUTPUT".into(), Step::Rule(9))));
+        assert_eq!(parse_legacy_prefix("TRACE: nat:POSTROUTING:policy:1 "), Some(("nat".into(), "POSTROUTING".into(), Step::Policy)));
+        assert_eq!(parse_legacy_prefix("TRACE: nat:ISTIO_INBOUND:return:6 "), Some(("nat".into(), "ISTIO_INBOUND".into(), Step::Return)));
+        assert_eq!(parse_legacy_prefix("TRACE: nat:X:rule:nine"), None);
+        assert_eq!(parse_legacy_prefix("something else"), None);
+    }
+
+    #[test]
+    fn redirected_outbound_leg_reads_like_the_article() {
+        let events = [
+            ev("OUTPUT", Step::Rule(1)),
+            ev("ISTIO_OUTPUT", Step::Rule(2)),
+            ev("ISTIO_REDIRECT", Step::Rule(1)),
+            ev("POSTROUTING", Step::Policy),
+        ];
+        assert_eq!(leg_elements(&events, &index(), true), ["OUTPUT", "ISTIO_OUTPUT RULE 2", "ISTIO_REDIRECT"]);
+    }
+
+    #[test]
+    fn a_leg_that_leaves_names_postrouting() {
+        let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Rule(1)), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
+        assert_eq!(leg_elements(&events, &index(), false), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
+    }
+
+    #[test]
+    fn a_chain_where_nothing_matched_says_so() {
+        let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Return), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
+        assert_eq!(leg_elements(&events, &index(), false), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
+    }
+
+    #[test]
+    fn save_output_is_indexed_by_chain() {
+        let i = index();
+        assert_eq!(i.rule_count("nat", "ISTIO_OUTPUT"), 2);
+        assert_eq!(i.rule_text("nat", "ISTIO_OUTPUT", 2), Some("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
+        assert_eq!(i.rule_count("nat", "NOPE"), 0);
+    }
+}
+
+/// One connection leg of a probe and what the kernel did to its SYN.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LegPath {
+    pub src: String,
+    pub dst: String,
+    /// What it reached: `Envoy 15001 (Outbound)`, `Remote Pod`, ...
+    pub reached: String,
+    pub elements: Vec<String>,
+    pub events: Vec<TraceEvent>,
+}
+
+/// The path of a whole probe connection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ObservedPath {
+    /// In the article's notation: `OUTPUT -> ISTIO_OUTPUT RULE 9 -> ...`.
+    pub line: String,
+    pub legs: Vec<LegPath>,
+    /// False when the kernel dropped trace events (the socket overflowed).
+    pub complete: bool,
+}
+
+/// Where a leg ended, and the name it has in a path.
+fn reached_label(role: &str, port: u16) -> String {
+    let mut role = role.to_string();
+    if let Some(first) = role.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    format!("Envoy {port} ({role})")
+}
+
+fn server_label(name: &str, port: u16) -> String {
+    match name {
+        "local-app" => "Local Pod".into(),
+        "remote-app" => "Remote Pod".into(),
+        "istiod" => "Istiod".into(),
+        n if n.starts_with("envoy-") => format!("Envoy {port}"),
+        n => n.into(),
+    }
+}
+
+impl Tracer {
+    /// The path of a probe whose client connected from `client` to `target`.
+    pub fn path(&self, client: Option<SocketAddr>, target: SocketAddr, obs: &crate::probe::Observation) -> ObservedPath {
+        use crate::probe::Observation;
+        use sidecheck_wire::End;
+        // (src, dst, reached port, reached label) per leg.
+        let mut legs: Vec<(SocketAddr, SocketAddr, Option<u16>, String)> = Vec::new();
+        match (client, obs) {
+            (Some(client), Observation::Answered(a)) => {
+                let hops = &a.probe.hops;
+                let end = match &a.end {
+                    End::Server { name, port, .. } => (Some(*port), server_label(name, *port)),
+                    End::Loop { role, port } => (Some(*port), format!("{} LOOP", reached_label(role, *port))),
+                    End::Error { .. } => (None, "(could not forward)".into()),
+                };
+                let reach = |k: usize| match hops.get(k) {
+                    Some(h) => (Some(h.port), reached_label(&h.role, h.port)),
+                    None => end.clone(),
+                };
+                let (p, l) = reach(0);
+                legs.push((client, target, p, l));
+                for (k, hop) in hops.iter().enumerate() {
+                    if let Some((src, dst)) = hop.upstream {
+                        let (p, l) = reach(k + 1);
+                        legs.push((src, dst, p, l));
+                    } else if let End::Error { message, .. } = &a.end {
+                        legs.last_mut().unwrap().3 = format!("{} -> (could not forward: {})", legs.last().unwrap().3, message.replace('_', " "));
+                    }
+                }
+            }
+            (Some(client), Observation::Failed { .. }) => legs.push((client, target, None, "(no answer)".into())),
+            (None, _) => {}
+        }
+        let mut complete = true;
+        let mut out = Vec::new();
+        for (src, dst, reached, label) in legs {
+            let (events, lost) = self.take_leg(src, dst, reached.unwrap_or(0));
+            complete &= !lost;
+            let redirected = reached.is_some_and(|p| p != dst.port());
+            let elements = leg_elements(&events, &self.index, redirected);
+            out.push(LegPath { src: src.to_string(), dst: dst.to_string(), reached: label, elements, events });
+        }
+        let line = out
+            .iter()
+            .flat_map(|l| l.elements.iter().cloned().chain(std::iter::once(l.reached.clone())))
+            .collect::<Vec<_>>()
+            .join(" -> ");
+        ObservedPath { line, legs: out, complete }
+    }
+}
