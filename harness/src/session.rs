@@ -212,6 +212,11 @@ impl Session {
 
     /// Run every scenario's probe at once (ids keep them apart) and judge each.
     pub fn run(&self, scenarios: &[Scenario]) -> Vec<TrialResult> {
+        self.run_with(scenarios, self.config.assert_paths)
+    }
+
+    /// As [`Session::run`], choosing whether paths are asserted.
+    pub fn run_with(&self, scenarios: &[Scenario], assert_paths: bool) -> Vec<TrialResult> {
         let prepared: Vec<_> = scenarios.iter().map(|s| self.prepare(s)).collect();
         let t = self.config.probe_timeouts;
         let probes = self.rt.block_on(async move {
@@ -241,13 +246,13 @@ impl Session {
             out
         });
         let label = self.config.rules.label();
-        let check = PathCheck { label: &label, assert: self.config.assert_paths };
+        let check = PathCheck { label: &label, assert: assert_paths };
         scenarios
             .iter()
             .zip(probes)
             .map(|(s, (obs, client, target, ms))| {
                 let path = match (&self.tracer, target) {
-                    (Some(tracer), Some(target)) => Some(tracer.path(client, target, &obs)),
+                    (Some(tracer), Some(target)) => Some(tracer.path(client, s.spec.source.host == Host::LocalPod, target, &obs)),
                     _ => None,
                 };
                 verdict::judge(s, &obs, ms, path, &check)
@@ -255,10 +260,78 @@ impl Session {
             .collect()
     }
 
+    /// The rules under test as the kernel holds them now: `iptables-save`
+    /// of the session's backend and `nft list ruleset`, with counters zeroed
+    /// and the harness's own trace table left out.
+    pub fn ruleset_snapshot(&self) -> Result<String> {
+        let ns = self.topology.ns(Host::LocalPod);
+        let t = self.config.rules_timeout;
+        let save = rules::find_tool(self.config.backend.save_tool(), "iptables")?;
+        let nft = rules::find_tool("nft", "nftables")?;
+        let saved = rules::run_in(ns, &save, &[], "", t)?.output;
+        let listed = rules::run_in(ns, &nft, &["list", "ruleset"], "", t)?.output;
+        Ok(format!("{}\n{}", normalize_counters(&saved), strip_table(&normalize_counters(&listed), crate::trace::TRACE_TABLE)))
+    }
+
     fn prepare(&self, s: &Scenario) -> Result<(std::os::fd::OwnedFd, std::net::SocketAddr)> {
         let to = s.target(&self.topology.config)?;
         let ns = self.topology.ns(s.spec.source.host);
         let fd = probe::client_socket(ns, s.spec.source.uid, s.gid(), to.is_ipv6())?;
         Ok((fd, to))
+    }
+}
+
+/// `[12:345]` -> `[0:0]`, `packets 3 bytes 180` -> `packets 0 bytes 0`;
+/// comment lines (timestamps) dropped.
+fn normalize_counters(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut words: Vec<String> = Vec::new();
+        let mut zero_next = false;
+        for w in line.split(' ') {
+            let w = if zero_next && w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() {
+                "0".to_string()
+            } else if w.starts_with('[') && w.ends_with(']') && w[1..w.len() - 1].split(':').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) {
+                "[0:0]".to_string()
+            } else {
+                w.to_string()
+            };
+            zero_next = w == "packets" || w == "bytes";
+            words.push(w);
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+/// `nft list ruleset` without the block of table `name`.
+fn strip_table(text: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with("table ") && line.split_whitespace().nth(2) == Some(name) {
+            skipping = true;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if skipping && line == "}" {
+            skipping = false;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_zeroed_and_the_trace_table_dropped() {
+        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
+        let got = strip_table(&normalize_counters(text), "sidecheck_trace");
+        assert_eq!(got, ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n");
     }
 }

@@ -393,8 +393,11 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
 /// reached: the hook chain, then each user chain that decided with the
 /// number of its deciding rule (none for a one-rule chain). After a
 /// redirect the listener comes next; otherwise the later hooks the packet
-/// passed (INPUT, POSTROUTING) are named too.
-pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool) -> Vec<String> {
+/// passed (INPUT, POSTROUTING) are named too. Hooks are named from the leg's
+/// direction even where the rule set has no chain (so no event) there:
+/// a locally made SYN passes OUTPUT then POSTROUTING, one from another pod
+/// PREROUTING then INPUT.
+pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, local_origin: bool) -> Vec<String> {
     // Segments: one per hook traversal, user chains in first-visit order
     // with the last step seen in each.
     let mut segments: Vec<(String, Vec<(String, String, Step)>)> = Vec::new();
@@ -413,6 +416,13 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool) 
             Some(entry) => entry.2 = e.step.clone(),
             None => chains.push((e.table.clone(), e.chain.clone(), e.step.clone())),
         }
+    }
+    let (first, second) = if local_origin { ("OUTPUT", "POSTROUTING") } else { ("PREROUTING", "INPUT") };
+    if segments.first().is_none_or(|(h, _)| h != first) {
+        segments.insert(0, (first.to_string(), Vec::new()));
+    }
+    if !redirected && !segments.iter().any(|(h, _)| h == second) {
+        segments.insert(1, (second.to_string(), Vec::new()));
     }
     let mut out = Vec::new();
     for (i, (hook, chains)) in segments.iter().enumerate() {
@@ -468,19 +478,24 @@ mod tests {
             ev("ISTIO_REDIRECT", Step::Rule(1)),
             ev("POSTROUTING", Step::Policy),
         ];
-        assert_eq!(leg_elements(&events, &index(), true), ["OUTPUT", "ISTIO_OUTPUT RULE 2", "ISTIO_REDIRECT"]);
+        assert_eq!(leg_elements(&events, &index(), true, true), ["OUTPUT", "ISTIO_OUTPUT RULE 2", "ISTIO_REDIRECT"]);
     }
 
     #[test]
     fn a_leg_that_leaves_names_postrouting() {
         let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Rule(1)), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
-        assert_eq!(leg_elements(&events, &index(), false), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
+        assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
+        // No nat POSTROUTING chain (iptables-nft creates only chains in use):
+        // the hook is still on the path.
+        assert_eq!(leg_elements(&events[..3], &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
+        // No event at all (no nat table): the hooks by direction.
+        assert_eq!(leg_elements(&[], &index(), false, false), ["PREROUTING", "INPUT"]);
     }
 
     #[test]
     fn a_chain_where_nothing_matched_says_so() {
         let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Return), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
-        assert_eq!(leg_elements(&events, &index(), false), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
+        assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
     }
 
     #[test]
@@ -534,7 +549,8 @@ fn server_label(name: &str, port: u16) -> String {
 
 impl Tracer {
     /// The path of a probe whose client connected from `client` to `target`.
-    pub fn path(&self, client: Option<SocketAddr>, target: SocketAddr, obs: &crate::probe::Observation) -> ObservedPath {
+    /// `client_local`: the client runs in the traced (local pod) namespace.
+    pub fn path(&self, client: Option<SocketAddr>, client_local: bool, target: SocketAddr, obs: &crate::probe::Observation) -> ObservedPath {
         use crate::probe::Observation;
         use sidecheck_wire::End;
         // (src, dst, reached port, reached label) per leg.
@@ -567,11 +583,12 @@ impl Tracer {
         }
         let mut complete = true;
         let mut out = Vec::new();
-        for (src, dst, reached, label) in legs {
+        for (i, (src, dst, reached, label)) in legs.into_iter().enumerate() {
             let (events, lost) = self.take_leg(src, dst, reached.unwrap_or(0));
             complete &= !lost;
             let redirected = reached.is_some_and(|p| p != dst.port());
-            let elements = leg_elements(&events, &self.index, redirected);
+            // Legs after the first are fake-envoy's, in the local pod.
+            let elements = leg_elements(&events, &self.index, redirected, i > 0 || client_local);
             out.push(LegPath { src: src.to_string(), dst: dst.to_string(), reached: label, elements, events });
         }
         let line = out

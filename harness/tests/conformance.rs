@@ -44,8 +44,14 @@ impl Shared {
     }
 }
 
+/// The built-in rules: ports and rule paths both asserted.
 fn builtin(shape: Shape, backend: Backend) -> SessionConfig {
-    SessionConfig { rules: RuleSource::Builtin(IstioCapture::default_for(shape)), backend, ..SessionConfig::default() }
+    SessionConfig {
+        rules: RuleSource::Builtin(IstioCapture::default_for(shape)),
+        backend,
+        assert_paths: true,
+        ..SessionConfig::default()
+    }
 }
 
 fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -> Vec<Trial> {
@@ -177,6 +183,74 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
         .collect()
 }
 
+/// Trials about rule paths rather than ports.
+fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
+    let for_gid = scenarios.to_vec();
+    let for_snapshot = scenarios.to_vec();
+    vec![
+        // Without the uid RETURN, the gid RETURN (rule 6 after the removal)
+        // lets the proxy's traffic through: every port is right, the path is not.
+        Trial::test("paths::gid-rule-does-the-uid-rules-work", move || {
+            let b = Breakage {
+                name: "gid-rule-does-the-uid-rules-work",
+                why: "",
+                remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"],
+                replace: None,
+                fails: &[],
+            };
+            let file = std::env::temp_dir().join(format!("sidecheck-paths-{}.rules", std::process::id()));
+            std::fs::write(&file, break_rules(&b)).map_err(|e| e.to_string())?;
+            let session = Session::start(SessionConfig { rules: RuleSource::RestoreFile(file.clone()), ..SessionConfig::default() });
+            let _ = std::fs::remove_file(&file);
+            let session = session?;
+            let loose = session.run_with(&for_gid, false);
+            if let Some(r) = loose.iter().find(|r| r.outcome == Outcome::Fail) {
+                return Err(format!("without --assert paths every trial must pass, but {}: {}", r.name, r.message).into());
+            }
+            let strict = session.run_with(&for_gid, true);
+            // The gid RETURN now decides where the uid RETURN did (4 -> 6),
+            // and the catch-all jump moved up one (9 -> 8).
+            let want: Vec<(&str, &str)> = vec![
+                ("istio::type2-local-to-remote", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type4-local-to-local-via-service", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type5-envoy-to-admin", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
+                ("istio::type6-agent-as-app-uid", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type6-agent-to-istiod", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
+            ];
+            let failed: Vec<&str> = strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
+            let want_names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+            if failed != want_names {
+                return Err(format!("with --assert paths expected exactly {want_names:?} to fail, got {failed:?}").into());
+            }
+            for (name, says) in want {
+                let r = strict.iter().find(|r| r.name == name).unwrap();
+                if !r.message.contains("ports as expected") || !r.message.contains(says) {
+                    return Err(format!("{name}: the message should say the ports were right and `{says}`:\n{}", r.message).into());
+                }
+            }
+            Ok(())
+        }),
+        // Tracing must not add rules to, or renumber, the tables under test.
+        Trial::test("paths::tracing-leaves-the-rules-untouched", move || {
+            for backend in [Backend::Nft, Backend::Legacy] {
+                let plain = Session::start(SessionConfig { trace: false, backend, ..SessionConfig::default() })?;
+                let before = plain.ruleset_snapshot()?;
+                drop(plain);
+                let traced = Session::start(SessionConfig { backend, ..SessionConfig::default() })?;
+                let results = traced.run(&for_snapshot);
+                if results.iter().any(|r| r.observed.path.is_none()) {
+                    return Err("a traced run produced no path".into());
+                }
+                let after = traced.ruleset_snapshot()?;
+                if before != after {
+                    return Err(format!("{backend:?}: the rules under test differ once traced:\n--- untraced\n{before}\n--- traced, after probes\n{after}").into());
+                }
+            }
+            Ok(())
+        }),
+    ]
+}
+
 /// The root namespace as the invariant sees it.
 fn host_snapshot() -> Result<String, Failed> {
     let mut snap = String::new();
@@ -240,13 +314,16 @@ fn main() {
     let current = Shared::new(builtin(Shape::Current, Backend::Nft));
     let classic = Shared::new(builtin(Shape::Classic, Backend::Nft));
     let legacy = Shared::new(builtin(Shape::Current, Backend::Legacy));
+    let classic_legacy = Shared::new(builtin(Shape::Classic, Backend::Legacy));
     let mut trials = scenario_trials("istio", &current, &scenarios);
     trials.extend(scenario_trials("istio-classic", &classic, &scenarios));
     trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios));
+    trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios));
     trials.extend(broken_trials(&scenarios));
+    trials.extend(path_trials(&scenarios));
     trials.extend(hermetic_trials(&scenarios));
     let conclusion = libtest_mimic::run(&args, trials);
-    for s in [&current, &classic, &legacy] {
+    for s in [&current, &classic, &legacy, &classic_legacy] {
         s.close();
     }
     conclusion.exit();

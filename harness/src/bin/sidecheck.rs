@@ -40,6 +40,19 @@ struct RunArgs {
     scenarios: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
+    /// What must match for a trial to pass; `paths` adds the rule path
+    /// (chains and rule numbers) to the ports.
+    #[arg(long, value_enum, default_value = "ports")]
+    assert: Assert,
+    /// Do not trace rule paths (ports are still checked).
+    #[arg(long, conflicts_with = "assert")]
+    no_trace: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Assert {
+    Ports,
+    Paths,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,7 +90,13 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         Some(path) => RuleSource::RestoreFile(path),
         None => RuleSource::Builtin(IstioCapture::default_for(args.shape)),
     };
-    let config = SessionConfig { rules, backend: args.backend, ..SessionConfig::default() };
+    let config = SessionConfig {
+        rules,
+        backend: args.backend,
+        trace: !args.no_trace,
+        assert_paths: args.assert == Assert::Paths,
+        ..SessionConfig::default()
+    };
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
