@@ -88,3 +88,44 @@ impl Report {
         out
     }
 }
+
+/// `sidecheck trace`'s human output: the path, then each leg's rules with
+/// their text.
+pub fn trace_text(
+    from: &str,
+    uid: u32,
+    to: std::net::SocketAddr,
+    rules: &str,
+    observed: &crate::verdict::Observed,
+    path: Option<&crate::trace::ObservedPath>,
+    index: &crate::trace::RuleIndex,
+) -> String {
+    use crate::trace::Step;
+    let mut out = String::new();
+    let _ = writeln!(out, "{from} (uid {uid}) -> {to}   rules: {rules}");
+    let ports: Vec<String> = observed.ports.iter().map(u16::to_string).collect();
+    let _ = writeln!(out, "ports: {}   ended: {}", if ports.is_empty() { "-".into() } else { ports.join(" > ") }, observed.end);
+    let Some(path) = path else {
+        let _ = writeln!(out, "(not traced)");
+        return out;
+    };
+    let _ = writeln!(out, "path:  {}", path.line);
+    if !path.complete {
+        let _ = writeln!(out, "warning: the kernel dropped trace events; the path may be incomplete");
+    }
+    for (i, leg) in path.legs.iter().enumerate() {
+        let _ = writeln!(out, "\nleg {}: {} -> {}, reached {}", i + 1, leg.src, leg.dst, leg.reached);
+        if leg.events.is_empty() {
+            let _ = writeln!(out, "  (no rule of the rules under test saw this SYN)");
+        }
+        for e in &leg.events {
+            let (what, text) = match &e.step {
+                Step::Rule(n) => (format!("rule {n}"), index.rule_text(&e.table, &e.chain, *n).unwrap_or("").to_string()),
+                Step::Return => ("end of chain".into(), "(no rule matched: back to the calling chain)".into()),
+                Step::Policy => ("policy".into(), "(the base chain's policy)".into()),
+            };
+            let _ = writeln!(out, "  {:<6} {:<18} {:<14} {}", e.table, e.chain, what, text);
+        }
+    }
+    out
+}

@@ -87,6 +87,20 @@ impl Default for SessionConfig {
     }
 }
 
+struct ProbeRequest {
+    from: Host,
+    uid: u32,
+    gid: u32,
+    target: Result<std::net::SocketAddr>,
+}
+
+/// One finished probe.
+pub struct ProbeDone {
+    pub observation: Observation,
+    pub path: Option<crate::trace::ObservedPath>,
+    pub ms: u64,
+}
+
 static PROBE_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// A probe id no other probe of any process running now shares.
@@ -217,7 +231,37 @@ impl Session {
 
     /// As [`Session::run`], choosing whether paths are asserted.
     pub fn run_with(&self, scenarios: &[Scenario], assert_paths: bool) -> Vec<TrialResult> {
-        let prepared: Vec<_> = scenarios.iter().map(|s| self.prepare(s)).collect();
+        let requests = scenarios
+            .iter()
+            .map(|s| {
+                let target = s.target(&self.topology.config);
+                ProbeRequest { from: s.spec.source.host, uid: s.spec.source.uid, gid: s.gid(), target }
+            })
+            .collect();
+        let label = self.config.rules.label();
+        let check = PathCheck { label: &label, assert: assert_paths };
+        scenarios
+            .iter()
+            .zip(self.probe_all(requests))
+            .map(|(s, done)| verdict::judge(s, &done.observation, done.ms, done.path, &check))
+            .collect()
+    }
+
+    /// One connection, for troubleshooting: what happened and its path.
+    pub fn probe_one(&self, from: Host, uid: u32, gid: u32, target: std::net::SocketAddr) -> ProbeDone {
+        self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target) }]).remove(0)
+    }
+
+    /// Run probes concurrently; then collect each one's trace.
+    fn probe_all(&self, requests: Vec<ProbeRequest>) -> Vec<ProbeDone> {
+        let prepared: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let to = r.target.as_ref().map_err(|e| e.to_string())?;
+                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6()).map_err(|e| e.to_string())?;
+                Ok::<_, String>((fd, *to))
+            })
+            .collect();
         let t = self.config.probe_timeouts;
         let probes = self.rt.block_on(async move {
             let tasks: Vec<_> = prepared
@@ -225,37 +269,31 @@ impl Session {
                 .map(|p| {
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        let (obs, client, target) = match p {
-                            Ok((fd, to)) => {
-                                let (obs, client) = probe::run(fd, to, next_probe_id(), t).await;
-                                (obs, client, Some(to))
-                            }
-                            Err(e) => (Observation::Failed { stage: "setup".into(), detail: e.to_string() }, None, None),
+                        let (obs, client) = match p {
+                            Ok((fd, to)) => probe::run(fd, to, next_probe_id(), t).await,
+                            Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
                         };
-                        (obs, client, target, started.elapsed().as_millis() as u64)
+                        (obs, client, started.elapsed().as_millis() as u64)
                     })
                 })
                 .collect();
             let mut out = Vec::new();
             for task in tasks {
                 out.push(task.await.unwrap_or_else(|e| {
-                    let obs = Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") };
-                    (obs, None, None, 0)
+                    (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, None, 0)
                 }));
             }
             out
         });
-        let label = self.config.rules.label();
-        let check = PathCheck { label: &label, assert: assert_paths };
-        scenarios
-            .iter()
+        requests
+            .into_iter()
             .zip(probes)
-            .map(|(s, (obs, client, target, ms))| {
-                let path = match (&self.tracer, target) {
-                    (Some(tracer), Some(target)) => Some(tracer.path(client, s.spec.source.host == Host::LocalPod, target, &obs)),
+            .map(|(r, (observation, client, ms))| {
+                let path = match (&self.tracer, &r.target) {
+                    (Some(tracer), Ok(target)) => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
                     _ => None,
                 };
-                verdict::judge(s, &obs, ms, path, &check)
+                ProbeDone { observation, path, ms }
             })
             .collect()
     }
@@ -273,12 +311,6 @@ impl Session {
         Ok(format!("{}\n{}", normalize_counters(&saved), strip_table(&normalize_counters(&listed), crate::trace::TRACE_TABLE)))
     }
 
-    fn prepare(&self, s: &Scenario) -> Result<(std::os::fd::OwnedFd, std::net::SocketAddr)> {
-        let to = s.target(&self.topology.config)?;
-        let ns = self.topology.ns(s.spec.source.host);
-        let fd = probe::client_socket(ns, s.spec.source.uid, s.gid(), to.is_ipv6())?;
-        Ok((fd, to))
-    }
 }
 
 /// `[12:345]` -> `[0:0]`, `packets 3 bytes 180` -> `packets 0 bytes 0`;

@@ -39,7 +39,8 @@ const TRACE_RULESET: &str = "table inet sidecheck_trace {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "number")]
 pub enum Step {
-    /// A rule matched: its 1-based position in the chain.
+    /// A rule matched: its 1-based position in the chain (0: not found in
+    /// the rule dump, shown as `?`).
     Rule(u32),
     /// The end of a user chain was reached: implicit return.
     Return,
@@ -118,7 +119,8 @@ impl RuleIndex {
     }
 
     pub fn rule_text(&self, table: &str, chain: &str, n: u32) -> Option<&str> {
-        self.texts.get(&(table.to_string(), chain.to_string()))?.get(n as usize - 1).map(String::as_str)
+        let i = (n as usize).checked_sub(1)?;
+        self.texts.get(&(table.to_string(), chain.to_string()))?.get(i).map(String::as_str)
     }
 
     fn position(&self, family: u8, table: &str, chain: &str, handle: u64) -> Option<u32> {
@@ -352,6 +354,9 @@ pub fn parse_nft_trace(
     let step = match ty? {
         1 => Step::Policy,
         2 => Step::Return,
+        // A rule whose verdict is `continue` decided nothing; the kernel also
+        // reports one (handle 0) when a chain resumes after a return.
+        3 if verdict.as_deref() == Some("continue") => return None,
         3 => Step::Rule(handle.and_then(|h| position(&table, &chain, h)).unwrap_or(0)),
         _ => return None,
     };
@@ -433,6 +438,7 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
         for (table, chain, step) in chains {
             out.push(match step {
                 Step::Rule(n) if index.rule_count(table, chain) == 1 => chain.clone(),
+                Step::Rule(0) => format!("{chain} RULE ?"),
                 Step::Rule(n) => format!("{chain} RULE {n}"),
                 Step::Return | Step::Policy => format!("{chain} (no rule matched)"),
             });

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
+use harness::topology::{Host, TopologyConfig};
 use harness::{registry, report::Report, scenario, Session, SessionConfig};
+use std::net::{Ipv4Addr, SocketAddr};
 
 #[derive(Parser)]
 #[command(name = "sidecheck", version, about = "Proves with real packets in network namespaces what sidecar capture rules do to each traffic flow")]
@@ -20,12 +22,32 @@ struct Cli {
 enum Command {
     /// Build the topology, install the rules, run every scenario's probe, report.
     Run(RunArgs),
+    /// One connection, traced: its path in the article's notation, then each
+    /// rule it hit beside its text.
+    Trace(TraceArgs),
     /// Remove what runs killed before they could clean up (namespaces, run files).
     Clean,
 }
 
 #[derive(Parser)]
-struct RunArgs {
+struct TraceArgs {
+    /// Where the connection starts: a pod (local-pod, remote-pod, prometheus,
+    /// istiod), optionally with the uid it runs as (default 1000).
+    #[arg(long, value_name = "HOST[:UID]")]
+    from: String,
+    /// Where it goes: a host of the topology, a service name (its VIP),
+    /// `localhost` or an IPv4 address, then the port.
+    #[arg(long, value_name = "TARGET:PORT")]
+    to: String,
+    #[command(flatten)]
+    rules: RulesArgs,
+    #[arg(long, value_enum, default_value = "human")]
+    format: Format,
+}
+
+/// Which rules to test, shared by `run` and `trace`.
+#[derive(clap::Args)]
+struct RulesArgs {
     /// An iptables-restore file to test instead of the built-in Istio rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
@@ -35,6 +57,21 @@ struct RunArgs {
     /// Which iptables installs the rules.
     #[arg(long, value_enum, default_value = "nft")]
     backend: Backend,
+}
+
+impl RulesArgs {
+    fn source(&self) -> RuleSource {
+        match &self.rules {
+            Some(path) => RuleSource::RestoreFile(path.clone()),
+            None => RuleSource::Builtin(IstioCapture::default_for(self.shape)),
+        }
+    }
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    #[command(flatten)]
+    rules: RulesArgs,
     /// A directory of scenario YAML files, replacing the built-in set.
     #[arg(long, value_name = "DIR")]
     scenarios: Option<PathBuf>,
@@ -69,6 +106,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Trace(args) => trace(args),
         Command::Clean => clean(),
     };
     match result {
@@ -86,13 +124,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         Some(dir) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
         None => scenario::builtin().context("loading the built-in scenarios")?,
     };
-    let rules = match args.rules {
-        Some(path) => RuleSource::RestoreFile(path),
-        None => RuleSource::Builtin(IstioCapture::default_for(args.shape)),
-    };
     let config = SessionConfig {
-        rules,
-        backend: args.backend,
+        rules: args.rules.source(),
+        backend: args.rules.backend,
         trace: !args.no_trace,
         assert_paths: args.assert == Assert::Paths,
         ..SessionConfig::default()
@@ -109,6 +143,66 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         Format::Json => println!("{}", report.to_json()),
     }
     Ok(report.all_passed())
+}
+
+fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
+    let (host, uid) = match from.split_once(':') {
+        Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
+        None => (from, 1000),
+    };
+    let host = Host::parse(host)
+        .filter(|h| *h != Host::Node)
+        .with_context(|| format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod"))?;
+    Ok((host, uid))
+}
+
+fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
+    let (target, port) = to
+        .rsplit_once(':')
+        .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090"))?;
+    let port: u16 = port.parse().with_context(|| format!("--to {to}: `{port}` is not a port"))?;
+    let ip: Ipv4Addr = if target == "localhost" {
+        Ipv4Addr::LOCALHOST
+    } else if let Some(h) = Host::parse(target) {
+        topo.address(h)
+    } else if let Some(s) = topo.service(target) {
+        s.vip
+    } else {
+        target.parse().with_context(|| {
+            format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an IPv4 address",
+                topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+        })?
+    };
+    Ok(SocketAddr::from((ip, port)))
+}
+
+fn trace(args: TraceArgs) -> anyhow::Result<bool> {
+    let config = SessionConfig { rules: args.rules.source(), backend: args.rules.backend, ..SessionConfig::default() };
+    let (from, uid) = parse_from(&args.from)?;
+    let to = parse_to(&args.to, &config.topology)?;
+    Session::preflight(&config, &[])?;
+    harness::require_root("sidecheck trace")?;
+    let session = Session::start(config.clone()).context("setting up the test topology")?;
+    let done = session.probe_one(from, uid, uid, to);
+    let index = session.tracer().map(|t| t.index.clone()).unwrap_or_default();
+    drop(session);
+    let observed = harness::verdict::observe(&done.observation);
+    let reached = observed.server.is_some();
+    match args.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "from": { "host": from.name(), "uid": uid },
+                "to": to.to_string(),
+                "rules": config.rules.describe(),
+                "backend": config.backend.name(),
+                "observed": observed,
+                "path": done.path,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Human => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
+    }
+    Ok(reached)
 }
 
 fn clean() -> anyhow::Result<bool> {
