@@ -18,6 +18,8 @@ pub const NLM_F_DUMP: u16 = 0x300;
 
 pub const NFNL_SUBSYS_ULOG: u16 = 4;
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub const NFT_MSG_NEWCHAIN: u16 = 3;
+pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
 pub const NFT_MSG_TRACE: u16 = 17;

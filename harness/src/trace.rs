@@ -63,14 +63,6 @@ pub struct TraceEvent {
     pub dst: SocketAddr,
 }
 
-/// Chains that are hooks: a path starts a new segment at each of them.
-pub fn is_hook_chain(chain: &str) -> bool {
-    matches!(
-        chain.to_ascii_uppercase().as_str(),
-        "PREROUTING" | "INPUT" | "OUTPUT" | "POSTROUTING" | "FORWARD"
-    )
-}
-
 /// Read `TRACE: nat:ISTIO_OUTPUT:rule:9 ` (iptables-legacy's NFLOG prefix).
 pub fn parse_legacy_prefix(prefix: &str) -> Option<(String, String, Step)> {
     let body = prefix.trim().strip_prefix("TRACE:")?.trim();
@@ -92,6 +84,10 @@ pub fn parse_legacy_prefix(prefix: &str) -> Option<(String, String, Step)> {
 pub struct RuleIndex {
     /// (family, table, chain, handle) -> position
     positions: HashMap<(u8, String, String, u64), u32>,
+    /// (table, chain) -> number of rules, from the nf_tables dump
+    counts: HashMap<(String, String), usize>,
+    /// (table, chain) -> hook, for nf_tables base chains (any name)
+    hooks: HashMap<(String, String), &'static str>,
     /// (table, chain) -> rule texts in order
     pub texts: BTreeMap<(String, String), Vec<String>>,
     /// What `iptables-save` printed after installation.
@@ -115,7 +111,24 @@ impl RuleIndex {
     }
 
     pub fn rule_count(&self, table: &str, chain: &str) -> usize {
-        self.texts.get(&(table.to_string(), chain.to_string())).map_or(0, Vec::len)
+        let key = (table.to_string(), chain.to_string());
+        match self.counts.get(&key) {
+            Some(n) => *n,
+            None => self.texts.get(&key).map_or(0, Vec::len),
+        }
+    }
+
+    /// The hook a chain is attached to, in the article's spelling
+    /// (`OUTPUT`), or None for a user chain. nf_tables says so itself;
+    /// x_tables' base chains are named after their hooks.
+    pub fn hook_of(&self, table: &str, chain: &str) -> Option<&'static str> {
+        if let Some(h) = self.hooks.get(&(table.to_string(), chain.to_string())) {
+            return Some(h);
+        }
+        if !self.hooks.is_empty() {
+            return None;
+        }
+        ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].into_iter().find(|h| *h == chain)
     }
 
     pub fn rule_text(&self, table: &str, chain: &str, n: u32) -> Option<&str> {
@@ -128,23 +141,26 @@ impl RuleIndex {
     }
 }
 
-/// Dump nf_tables rules (all families) in `ns`: handle -> position.
-fn dump_nft_positions(ns: &Namespace) -> Result<HashMap<(u8, String, String, u64), u32>> {
+type Positions = HashMap<(u8, String, String, u64), u32>;
+type Hooks = HashMap<(String, String), &'static str>;
+
+/// Dump nf_tables rules and chains (all families) in `ns`: rule handle ->
+/// position, and the hook of every base chain.
+fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
     let doing = format!("listing nf_tables rules in namespace {}", ns.name());
     ns.run(|| -> std::io::Result<_> {
         let sock = Socket::open(false)?;
         sock.set_receive_timeout(Duration::from_secs(5))?;
-        let seq = 1;
-        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETRULE, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, seq, 0, 0, &[]);
+        let mut bad = false;
+        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETRULE, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, 1, 0, 0, &[]);
         let mut counters: HashMap<(u8, String, String), u32> = HashMap::new();
-        let mut out = HashMap::new();
-        let mut bad = None;
-        sock.transact(&req, seq, |m| {
+        let mut positions = HashMap::new();
+        sock.transact(&req, 1, |m| {
             if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_NEWRULE {
                 return;
             }
             let Ok(attrs) = nl::attrs(m.attrs) else {
-                bad = Some("a rule message with malformed attributes");
+                bad = true;
                 return;
             };
             let (mut table, mut chain, mut handle) = (None, None, None);
@@ -159,13 +175,44 @@ fn dump_nft_positions(ns: &Namespace) -> Result<HashMap<(u8, String, String, u64
             if let (Some(t), Some(c), Some(h)) = (table, chain, handle) {
                 let n = counters.entry((m.family, t.clone(), c.clone())).or_insert(0);
                 *n += 1;
-                out.insert((m.family, t, c, h), *n);
+                positions.insert((m.family, t, c, h), *n);
             }
         })?;
-        match bad {
-            Some(why) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
-            None => Ok(out),
+        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETCHAIN, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, 2, 0, 0, &[]);
+        let mut hooks = HashMap::new();
+        sock.transact(&req, 2, |m| {
+            if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_NEWCHAIN {
+                return;
+            }
+            let Ok(attrs) = nl::attrs(m.attrs) else {
+                bad = true;
+                return;
+            };
+            let (mut table, mut chain, mut hook) = (None, None, None);
+            for (ty, p) in attrs {
+                match ty {
+                    1 => table = Some(nl::attr_str(p)),
+                    3 => chain = Some(nl::attr_str(p)),
+                    4 => hook = nl::attrs(p).ok().and_then(|h| h.iter().find(|(t, _)| *t == 1).and_then(|(_, v)| nl::attr_be32(v))),
+                    _ => {}
+                }
+            }
+            let name = match hook {
+                Some(0) => "PREROUTING",
+                Some(1) => "INPUT",
+                Some(2) => "FORWARD",
+                Some(3) => "OUTPUT",
+                Some(4) => "POSTROUTING",
+                _ => return,
+            };
+            if let (Some(t), Some(c)) = (table, chain) {
+                hooks.insert((t, c), name);
+            }
+        })?;
+        if bad {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed attributes in an nf_tables dump"));
         }
+        Ok((positions, hooks))
     })?
     .map_err(Error::io(doing))
 }
@@ -221,16 +268,20 @@ impl Tracer {
         let save_tool = rules::find_tool(backend.save_tool(), "iptables")?;
         let saved = rules::run_in(ns, &save_tool, &[], "", timeout)?;
         let snapshot = saved.output;
-        let positions = match backend {
-            Backend::Nft => dump_nft_positions(ns)?,
-            Backend::Legacy => HashMap::new(),
+        let (positions, hooks) = match backend {
+            Backend::Nft => dump_nft(ns)?,
+            Backend::Legacy => (HashMap::new(), HashMap::new()),
         };
+        let mut counts = HashMap::new();
+        for (_, table, chain, _) in positions.keys() {
+            *counts.entry((table.clone(), chain.clone())).or_insert(0) += 1;
+        }
         let texts = RuleIndex::parse_save(&snapshot);
         Ok(Tracer {
             backend,
             nft,
             nflog,
-            index: RuleIndex { positions, texts, snapshot },
+            index: RuleIndex { positions, counts, hooks, texts, snapshot },
             pending: Mutex::new(Pending::default()),
         })
     }
@@ -407,9 +458,9 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
     // with the last step seen in each.
     let mut segments: Vec<(String, Vec<(String, String, Step)>)> = Vec::new();
     for e in events {
-        if is_hook_chain(&e.chain) {
-            if segments.last().is_none_or(|(hook, _)| *hook != e.chain) {
-                segments.push((e.chain.clone(), Vec::new()));
+        if let Some(hook) = index.hook_of(&e.table, &e.chain) {
+            if segments.last().is_none_or(|(h, _)| h != hook) {
+                segments.push((hook.to_string(), Vec::new()));
             }
             continue;
         }
