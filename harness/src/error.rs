@@ -25,6 +25,9 @@ pub enum Error {
     #[error("rules from {origin} did not apply in namespace {namespace}: {tool} {status}:\n{output}\nFix the rules (line numbers above are the tool's, counted in {origin}) and run again.")]
     RulesDidNotApply { origin: String, namespace: String, tool: String, status: String, output: String },
 
+    #[error("{doing}: still running after {seconds} s, killed; raise the timeout if it is just slow")]
+    Timeout { doing: String, seconds: f32 },
+
     #[error("{doing} in namespace {namespace}: {detail}")]
     Netlink { doing: String, namespace: String, detail: String },
 

@@ -124,7 +124,7 @@ pub fn trace_text(
                 Step::Return => ("end of chain".into(), "(no rule matched: back to the calling chain)".into()),
                 Step::Policy => ("policy".into(), "(the base chain's policy)".into()),
             };
-            let _ = writeln!(out, "  {:<6} {:<18} {:<14} {}", e.table, e.chain, what, text);
+            let _ = writeln!(out, "  {:<16} {:<18} {:<13} {}", e.table, e.chain, what, text);
         }
     }
     out

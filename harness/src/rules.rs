@@ -132,8 +132,26 @@ impl IstioCapture {
 pub enum RuleSource {
     /// The built-in reference generator.
     Builtin(IstioCapture),
-    /// An iptables-restore file (IPv4).
+    /// An iptables-restore file (IPv4), installed with the run's backend.
     RestoreFile(PathBuf),
+    /// A native nftables ruleset, installed with `nft -f`.
+    NftFile(PathBuf),
+    /// A shell script of iptables/nft/ip commands (the form
+    /// `istio-iptables --dry-run` prints), run with `sh` in the pod.
+    Script(PathBuf),
+    /// A generator command line, run with `sh -c` in the pod after the
+    /// topology is up (as an init container would be).
+    Generator(String),
+}
+
+/// Which netfilter front end the rules land in, as far as the harness can
+/// know: a script or generator may use any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    IptablesNft,
+    IptablesLegacy,
+    Nft,
+    Any,
 }
 
 impl RuleSource {
@@ -148,33 +166,97 @@ impl RuleSource {
                 }
             ),
             RuleSource::RestoreFile(p) => p.display().to_string(),
+            RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
+            RuleSource::Script(p) => format!("script {}", p.display()),
+            RuleSource::Generator(c) => format!("generator `{c}`"),
         }
     }
 
     /// The name scenarios use for this rule set in `expect.paths`.
     pub fn label(&self) -> String {
+        let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match self {
             RuleSource::Builtin(c) => match c.shape {
                 Shape::Current => "istio-current".into(),
                 Shape::Classic => "istio-classic".into(),
             },
-            RuleSource::RestoreFile(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            RuleSource::RestoreFile(p) | RuleSource::NftFile(p) | RuleSource::Script(p) => stem(p),
+            RuleSource::Generator(_) => "generator".into(),
         }
     }
 
-    /// The restore text, read before any namespace exists so a missing file
-    /// costs nothing to report.
-    pub fn restore_text(&self) -> Result<String> {
+    pub fn frontend(&self, backend: Backend) -> Frontend {
+        match (self, backend) {
+            (RuleSource::Builtin(_) | RuleSource::RestoreFile(_), Backend::Nft) => Frontend::IptablesNft,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFile(_), Backend::Legacy) => Frontend::IptablesLegacy,
+            (RuleSource::NftFile(_), _) => Frontend::Nft,
+            (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
+        }
+    }
+
+    /// Everything that can be checked before a namespace exists: files
+    /// readable and not empty, tools installed.
+    pub fn check(&self, backend: Backend) -> Result<()> {
         match self {
-            RuleSource::Builtin(c) => Ok(c.to_restore()),
-            RuleSource::RestoreFile(p) => {
+            RuleSource::Builtin(_) => {}
+            RuleSource::RestoreFile(p) | RuleSource::NftFile(p) | RuleSource::Script(p) => {
                 let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
                 if text.trim().is_empty() {
-                    return Err(Error::config(format!("rules file {} is empty", p.display())));
+                    return Err(Error::config(format!("{} is empty: no rules to test", self.describe())));
                 }
-                Ok(text)
             }
+            RuleSource::Generator(c) if c.trim().is_empty() => {
+                return Err(Error::config("--generator is empty: give the command that writes the rules"));
+            }
+            RuleSource::Generator(_) => {}
         }
+        match self.frontend(backend) {
+            Frontend::IptablesNft | Frontend::IptablesLegacy => drop(find_tool(backend.restore_tool(), "iptables")?),
+            Frontend::Nft => drop(find_tool("nft", "nftables")?),
+            Frontend::Any => drop(find_tool("sh", "dash")?),
+        }
+        Ok(())
+    }
+
+    /// Install into `ns`. Failures carry the tool's own output.
+    pub fn install(&self, ns: &Namespace, backend: Backend, timeout: Duration) -> Result<()> {
+        let origin = self.describe();
+        let (tool, program, args, stdin): (String, PathBuf, Vec<String>, String) = match self {
+            RuleSource::Builtin(c) => {
+                let t = backend.restore_tool();
+                (t.into(), find_tool(t, "iptables")?, vec![], c.to_restore())
+            }
+            RuleSource::RestoreFile(p) => {
+                let t = backend.restore_tool();
+                let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+                (t.into(), find_tool(t, "iptables")?, vec![], text)
+            }
+            // nft reads the file itself so its errors name the user's file and line.
+            RuleSource::NftFile(p) => ("nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), p.display().to_string()], String::new()),
+            RuleSource::Script(p) => ("sh".into(), find_tool("sh", "dash")?, vec![p.display().to_string()], String::new()),
+            RuleSource::Generator(c) => ("sh -c".into(), find_tool("sh", "dash")?, vec!["-c".into(), c.clone()], String::new()),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
+            Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
+                origin: origin.clone(),
+                namespace: ns.name().into(),
+                tool: tool.clone(),
+                status: format!("did not finish within {seconds} s and was killed (raise --rules-timeout if it is just slow)"),
+                output: doing,
+            },
+            e => e,
+        })?;
+        if ran.status.success() {
+            return Ok(());
+        }
+        Err(Error::RulesDidNotApply {
+            origin,
+            namespace: ns.name().to_string(),
+            tool,
+            status: ran.status.to_string(),
+            output: ran.output.trim_end().to_string(),
+        })
     }
 }
 
@@ -197,6 +279,35 @@ fn is_executable(p: &Path) -> bool {
     p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
+const OUTPUT_CAP: usize = 64 * 1024;
+
+/// What the kernel holds after installation, per front end that can hold it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub iptables_nft: Option<String>,
+    pub iptables_legacy: Option<String>,
+    /// `nft -a list ruleset` (with rule handles).
+    pub nft: Option<String>,
+}
+
+/// Read back the rules in `ns` through every front end `frontend` may have used.
+pub fn snapshot(ns: &Namespace, frontend: Frontend, timeout: Duration) -> Result<Snapshot> {
+    let run = |tool: &str, package: &str, args: &[&str]| -> Result<String> {
+        let path = find_tool(tool, package)?;
+        let ran = run_in(ns, &path, args, "", timeout)?;
+        if !ran.status.success() {
+            return Err(Error::config(format!("{tool} {} in namespace {} failed: {}", args.join(" "), ns.name(), ran.output.trim())));
+        }
+        Ok(ran.output)
+    };
+    let any = frontend == Frontend::Any;
+    Ok(Snapshot {
+        iptables_nft: (any || frontend == Frontend::IptablesNft).then(|| run("iptables-nft-save", "iptables", &[])).transpose()?,
+        iptables_legacy: (any || frontend == Frontend::IptablesLegacy).then(|| run("iptables-legacy-save", "iptables", &[])).transpose()?,
+        nft: Some(run("nft", "nftables", &["-a", "list", "ruleset"])?),
+    })
+}
+
 /// Output of a command run inside a namespace.
 pub struct Ran {
     pub status: std::process::ExitStatus,
@@ -208,7 +319,12 @@ pub struct Ran {
 pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Result<Ran> {
     let fd = ns.raw_fd();
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .process_group(0);
     // SAFETY: setns and sigprocmask are async-signal-safe; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
@@ -228,14 +344,28 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(stdin.as_bytes());
     });
+    // Keep the first 64 KiB of output and drain the rest: a child that
+    // prints megabytes must never block on a full pipe.
     let collect = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(r) = r {
+            let mut kept = Vec::new();
+            let mut dropped = 0u64;
+            if let Some(mut r) = r {
                 use std::io::Read;
-                let _ = r.take(64 * 1024).read_to_end(&mut buf);
+                let mut chunk = [0u8; 16 * 1024];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = (OUTPUT_CAP - kept.len()).min(n);
+                    kept.extend_from_slice(&chunk[..room]);
+                    dropped += (n - room) as u64;
+                }
             }
-            buf
+            if dropped > 0 {
+                kept.extend_from_slice(format!("\n[... {dropped} more bytes of output not shown]\n").as_bytes());
+            }
+            kept
         })
     };
     let out = collect(child.stdout.take().map(|s| Box::new(s) as _));
@@ -249,34 +379,16 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     let status = match rx.recv_timeout(timeout) {
         Ok(status) => status.map_err(Error::io(doing.clone()))?,
         Err(_) => {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            // The whole process group: a generator's own children too.
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = rx.recv();
-            return Err(Error::config(format!(
-                "{doing}: still running after {} s, killed; raise the timeout if it is just slow",
-                timeout.as_secs_f32()
-            )));
+            return Err(Error::Timeout { doing, seconds: timeout.as_secs_f32() });
         }
     };
     let _ = writer.join();
     let mut output = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     output.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
     Ok(Ran { status, output })
-}
-
-/// Install a restore file into `ns` with the backend's restore tool.
-pub fn install(ns: &Namespace, backend: Backend, text: &str, origin: &str, timeout: Duration) -> Result<()> {
-    let tool = find_tool(backend.restore_tool(), "iptables")?;
-    let ran = run_in(ns, &tool, &[], text, timeout)?;
-    if ran.status.success() {
-        return Ok(());
-    }
-    Err(Error::RulesDidNotApply {
-        origin: origin.to_string(),
-        namespace: ns.name().to_string(),
-        tool: backend.restore_tool().to_string(),
-        status: ran.status.to_string(),
-        output: ran.output.trim_end().to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -345,12 +457,23 @@ mod tests {
 
     #[test]
     fn missing_and_empty_rule_files_are_reported_by_path() {
-        let e = RuleSource::RestoreFile("/nonexistent/x.rules".into()).restore_text().unwrap_err().to_string();
+        let e = RuleSource::RestoreFile("/nonexistent/x.rules".into()).check(Backend::Nft).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.rules"), "{e}");
-        let dir = std::env::temp_dir().join(format!("sidecheck-rules-test-{}", std::process::id()));
-        std::fs::write(&dir, "\n").unwrap();
-        let e = RuleSource::RestoreFile(dir.clone()).restore_text().unwrap_err().to_string();
-        std::fs::remove_file(&dir).unwrap();
-        assert!(e.contains("is empty"), "{e}");
+        let file = std::env::temp_dir().join(format!("sidecheck-rules-test-{}", std::process::id()));
+        std::fs::write(&file, "\n").unwrap();
+        for source in [RuleSource::RestoreFile(file.clone()), RuleSource::NftFile(file.clone()), RuleSource::Script(file.clone())] {
+            let e = source.check(Backend::Nft).unwrap_err().to_string();
+            assert!(e.contains("is empty"), "{e}");
+        }
+        std::fs::remove_file(&file).unwrap();
+        let e = RuleSource::Generator(" ".into()).check(Backend::Nft).unwrap_err().to_string();
+        assert!(e.contains("--generator is empty"), "{e}");
+    }
+
+    #[test]
+    fn labels_name_the_rule_set() {
+        assert_eq!(RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)).label(), "istio-classic");
+        assert_eq!(RuleSource::NftFile("/x/istio.nft".into()).label(), "istio");
+        assert_eq!(RuleSource::Generator("x".into()).frontend(Backend::Legacy), Frontend::Any);
     }
 }

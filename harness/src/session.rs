@@ -124,22 +124,21 @@ pub struct Session {
 impl Session {
     /// Check everything that can be checked before touching the system, so
     /// that bad input costs nothing and leaves nothing behind.
-    pub fn preflight(config: &SessionConfig, scenarios: &[Scenario]) -> Result<String> {
+    pub fn preflight(config: &SessionConfig, scenarios: &[Scenario]) -> Result<()> {
         config.topology.validate()?;
         for s in scenarios {
             s.target(&config.topology)?;
         }
-        let text = config.rules.restore_text()?;
-        rules::find_tool(config.backend.restore_tool(), "iptables")?;
+        config.rules.check(config.backend)?;
         if config.trace {
             rules::find_tool("nft", "nftables")?;
         }
-        Ok(text)
+        Ok(())
     }
 
     pub fn start(config: SessionConfig) -> Result<Session> {
         crate::require_root("building the test topology")?;
-        let rules_text = Self::preflight(&config, &[])?;
+        Self::preflight(&config, &[])?;
         registry::sweep_stale();
         let run = RunGuard::acquire()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -150,9 +149,10 @@ impl Session {
         let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
 
         let pod = topology.ns(Host::LocalPod);
-        rules::install(pod, config.backend, &rules_text, &config.rules.describe(), config.rules_timeout)?;
+        config.rules.install(pod, config.backend, config.rules_timeout)?;
+        let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
-            true => Some(Tracer::start(pod, config.backend, config.rules_timeout)?),
+            true => Some(Tracer::start(pod, frontend, config.rules_timeout)?),
             false => None,
         };
 
@@ -303,14 +303,18 @@ impl Session {
     /// and the harness's own trace table left out.
     pub fn ruleset_snapshot(&self) -> Result<String> {
         let ns = self.topology.ns(Host::LocalPod);
-        let t = self.config.rules_timeout;
-        let save = rules::find_tool(self.config.backend.save_tool(), "iptables")?;
-        let nft = rules::find_tool("nft", "nftables")?;
-        let saved = rules::run_in(ns, &save, &[], "", t)?.output;
-        let listed = rules::run_in(ns, &nft, &["list", "ruleset"], "", t)?.output;
-        Ok(format!("{}\n{}", normalize_counters(&saved), strip_table(&normalize_counters(&listed), crate::trace::TRACE_TABLE)))
+        let frontend = self.config.rules.frontend(self.config.backend);
+        let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
+        let mut out = String::new();
+        for text in [&snap.iptables_nft, &snap.iptables_legacy].into_iter().flatten() {
+            out.push_str(&normalize_counters(text));
+        }
+        if let Some(nft) = &snap.nft {
+            let no_handles: String = nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
+            out.push_str(&strip_table(&normalize_counters(&no_handles), crate::trace::TRACE_TABLE));
+        }
+        Ok(out)
     }
-
 }
 
 /// `[12:345]` -> `[0:0]`, `packets 3 bytes 180` -> `packets 0 bytes 0`;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::nfnetlink::{self as nl, Socket};
-use crate::rules::{self, Backend};
+use crate::rules::{self, Frontend};
 use crate::topology::Namespace;
 use crate::{Error, Result};
 
@@ -90,8 +90,8 @@ pub struct RuleIndex {
     hooks: HashMap<(String, String), &'static str>,
     /// (table, chain) -> rule texts in order
     pub texts: BTreeMap<(String, String), Vec<String>>,
-    /// What `iptables-save` printed after installation.
-    pub snapshot: String,
+    /// What the kernel held after installation.
+    pub snapshot: rules::Snapshot,
 }
 
 impl RuleIndex {
@@ -125,10 +125,53 @@ impl RuleIndex {
         if let Some(h) = self.hooks.get(&(table.to_string(), chain.to_string())) {
             return Some(h);
         }
-        if !self.hooks.is_empty() {
-            return None;
-        }
         ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].into_iter().find(|h| *h == chain)
+    }
+
+    /// Rule texts of native nftables tables from `nft -a list ruleset`,
+    /// placed by the positions of their handles.
+    fn add_nft_texts(&mut self, listing: &str) {
+        let family_number = |f: &str| match f {
+            "ip" => 2u8,
+            "ip6" => 10,
+            "inet" => 1,
+            "arp" => 3,
+            "bridge" => 7,
+            "netdev" => 5,
+            _ => 0,
+        };
+        let (mut family, mut table, mut chain) = (0u8, String::new(), String::new());
+        for line in listing.lines() {
+            let t = line.trim();
+            let words: Vec<&str> = t.split_whitespace().collect();
+            match words.as_slice() {
+                ["table", f, name, ..] => {
+                    family = family_number(f);
+                    table = name.to_string();
+                }
+                ["chain", name, ..] => chain = name.to_string(),
+                _ => {
+                    let Some((text, handle)) = t.rsplit_once(" # handle ") else { continue };
+                    let Ok(handle) = handle.trim().parse::<u64>() else { continue };
+                    let Some(pos) = self.position(family, &table, &chain, handle) else { continue };
+                    let rules = self.texts.entry((table.clone(), chain.clone())).or_default();
+                    let i = pos as usize - 1;
+                    if rules.len() <= i {
+                        rules.resize(i + 1, String::new());
+                    }
+                    if rules[i].is_empty() {
+                        // Counter values are from when the listing was taken: noise.
+                        let mut words: Vec<&str> = text.split(' ').collect();
+                        if let Some(k) = words.iter().position(|w| *w == "packets") {
+                            if words.len() > k + 3 && words[k + 2] == "bytes" {
+                                words.drain(k..k + 4);
+                            }
+                        }
+                        rules[i] = words.join(" ");
+                    }
+                }
+            }
+        }
     }
 
     pub fn rule_text(&self, table: &str, chain: &str, n: u32) -> Option<&str> {
@@ -219,7 +262,7 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
 
 /// Receives and keeps trace events of one namespace until their probes claim them.
 pub struct Tracer {
-    backend: Backend,
+    frontend: Frontend,
     nft: Socket,
     nflog: Option<Socket>,
     pub index: RuleIndex,
@@ -238,22 +281,20 @@ struct Pending {
 impl Tracer {
     /// Install the trace table in `ns`, open the event sockets there, and
     /// index the rules under test. Call after the rules are installed.
-    pub fn start(ns: &Namespace, backend: Backend, timeout: Duration) -> Result<Tracer> {
+    pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration) -> Result<Tracer> {
         let nft_tool = rules::find_tool("nft", "nftables")?;
+        let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
         let doing = format!("opening trace sockets in namespace {}", ns.name());
         let (nft, nflog) = ns
             .run(|| -> std::io::Result<(Socket, Option<Socket>)> {
                 let nft = Socket::open(true)?;
                 nft.set_receive_buffer(16 << 20)?;
                 nft.join_group(nl::NFNLGRP_NFTRACE)?;
-                let nflog = match backend {
-                    Backend::Legacy => Some(open_nflog()?),
-                    Backend::Nft => None,
-                };
+                let nflog = if legacy { Some(open_nflog()?) } else { None };
                 Ok((nft, nflog))
             })?
             .map_err(Error::io(doing))?;
-        if backend == Backend::Legacy {
+        if legacy {
             // x_tables' TRACE reaches userspace through the family's logger.
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
         }
@@ -265,25 +306,26 @@ impl Tracer {
                 ran.output.trim()
             )));
         }
-        let save_tool = rules::find_tool(backend.save_tool(), "iptables")?;
-        let saved = rules::run_in(ns, &save_tool, &[], "", timeout)?;
-        let snapshot = saved.output;
-        let (positions, hooks) = match backend {
-            Backend::Nft => dump_nft(ns)?,
-            Backend::Legacy => (HashMap::new(), HashMap::new()),
+        let snapshot = rules::snapshot(ns, frontend, timeout)?;
+        let (positions, hooks) = match frontend {
+            Frontend::IptablesLegacy => (HashMap::new(), HashMap::new()),
+            _ => dump_nft(ns)?,
         };
         let mut counts = HashMap::new();
         for (_, table, chain, _) in positions.keys() {
             *counts.entry((table.clone(), chain.clone())).or_insert(0) += 1;
         }
-        let texts = RuleIndex::parse_save(&snapshot);
-        Ok(Tracer {
-            backend,
-            nft,
-            nflog,
-            index: RuleIndex { positions, counts, hooks, texts, snapshot },
-            pending: Mutex::new(Pending::default()),
-        })
+        let mut texts = BTreeMap::new();
+        for save in [&snapshot.iptables_nft, &snapshot.iptables_legacy].into_iter().flatten() {
+            for (k, v) in RuleIndex::parse_save(save) {
+                texts.entry(k).or_insert(v);
+            }
+        }
+        let mut index = RuleIndex { positions, counts, hooks, texts, snapshot };
+        if let Some(listing) = index.snapshot.nft.clone() {
+            index.add_nft_texts(&listing);
+        }
+        Ok(Tracer { frontend, nft, nflog, index, pending: Mutex::new(Pending::default()) })
     }
 
     /// Read every queued event. Events are queued by the kernel while the
@@ -327,7 +369,7 @@ impl Tracer {
                 continue;
             };
             // Under iptables-legacy only our own table is in nf_tables.
-            if ev.table != TRACE_TABLE && self.backend == Backend::Nft {
+            if ev.table != TRACE_TABLE && self.frontend != Frontend::IptablesLegacy {
                 p.events.push(ev);
             }
         }
@@ -473,6 +515,23 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
             None => chains.push((e.table.clone(), e.chain.clone(), e.step.clone())),
         }
     }
+    // nf_tables reports entering a chain (the jump) but not always leaving
+    // one where no rule matched: a jumped-to chain with no event of its own
+    // ended without a decision.
+    for e in events {
+        let Some(target) = e.verdict.as_deref().and_then(|v| v.strip_prefix("jump ").or(v.strip_prefix("goto "))) else { continue };
+        let hook = index.hook_of(&e.table, &e.chain);
+        let Some(seg) = segments
+            .iter_mut()
+            .find(|(h, chains)| Some(h.as_str()) == hook || chains.iter().any(|(t, c, _)| *t == e.table && *c == e.chain))
+        else {
+            continue;
+        };
+        if !seg.1.iter().any(|(t, c, _)| *t == e.table && c == target) {
+            let at = seg.1.iter().position(|(t, c, _)| *t == e.table && *c == e.chain).map_or(0, |i| i + 1);
+            seg.1.insert(at, (e.table.clone(), target.to_string(), Step::Return));
+        }
+    }
     let (first, second) = if local_origin { ("OUTPUT", "POSTROUTING") } else { ("PREROUTING", "INPUT") };
     if segments.first().is_none_or(|(h, _)| h != first) {
         segments.insert(0, (first.to_string(), Vec::new()));
@@ -547,6 +606,14 @@ mod tests {
         assert_eq!(leg_elements(&events[..3], &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
         // No event at all (no nat table): the hooks by direction.
         assert_eq!(leg_elements(&[], &index(), false, false), ["PREROUTING", "INPUT"]);
+    }
+
+    #[test]
+    fn a_jumped_to_chain_without_events_ended_without_a_decision() {
+        let mut jump = ev("OUTPUT", Step::Rule(1));
+        jump.verdict = Some("jump ISTIO_OUTPUT".into());
+        let events = [jump, ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
+        assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
     }
 
     #[test]

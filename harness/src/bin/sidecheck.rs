@@ -47,10 +47,25 @@ struct TraceArgs {
 
 /// Which rules to test, shared by `run` and `trace`.
 #[derive(clap::Args)]
+#[group(id = "source", multiple = false)]
 struct RulesArgs {
     /// An iptables-restore file to test instead of the built-in Istio rules.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", group = "source")]
     rules: Option<PathBuf>,
+    /// A native nftables ruleset (`nft -f` input).
+    #[arg(long, value_name = "FILE", group = "source")]
+    nft: Option<PathBuf>,
+    /// A shell script of iptables/ip6tables/nft/ip commands (what
+    /// `istio-iptables --dry-run` prints), run with sh in the pod.
+    #[arg(long, value_name = "FILE", group = "source")]
+    script: Option<PathBuf>,
+    /// A generator command line, run with `sh -c` inside the pod once the
+    /// topology is up, as an init container would be.
+    #[arg(long, value_name = "COMMAND", group = "source")]
+    generator: Option<String>,
+    /// Seconds the rules (a generator, a script, a restore) may take to install.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    rules_timeout: f64,
     /// Shape of the built-in rules (ignored with --rules).
     #[arg(long, value_enum, default_value = "current")]
     shape: Shape,
@@ -61,10 +76,31 @@ struct RulesArgs {
 
 impl RulesArgs {
     fn source(&self) -> RuleSource {
-        match &self.rules {
-            Some(path) => RuleSource::RestoreFile(path.clone()),
-            None => RuleSource::Builtin(IstioCapture::default_for(self.shape)),
+        if let Some(p) = &self.rules {
+            RuleSource::RestoreFile(p.clone())
+        } else if let Some(p) = &self.nft {
+            RuleSource::NftFile(p.clone())
+        } else if let Some(p) = &self.script {
+            RuleSource::Script(p.clone())
+        } else if let Some(c) = &self.generator {
+            RuleSource::Generator(c.clone())
+        } else {
+            RuleSource::Builtin(IstioCapture::default_for(self.shape))
         }
+    }
+
+    fn config(&self) -> anyhow::Result<SessionConfig> {
+        anyhow::ensure!(
+            self.rules_timeout.is_finite() && self.rules_timeout > 0.0 && self.rules_timeout <= 3600.0,
+            "--rules-timeout {}: give seconds between 0 and 3600",
+            self.rules_timeout
+        );
+        Ok(SessionConfig {
+            rules: self.source(),
+            backend: self.backend,
+            rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
+            ..SessionConfig::default()
+        })
     }
 }
 
@@ -124,13 +160,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         Some(dir) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
         None => scenario::builtin().context("loading the built-in scenarios")?,
     };
-    let config = SessionConfig {
-        rules: args.rules.source(),
-        backend: args.rules.backend,
-        trace: !args.no_trace,
-        assert_paths: args.assert == Assert::Paths,
-        ..SessionConfig::default()
-    };
+    let config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
@@ -177,7 +207,7 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let config = SessionConfig { rules: args.rules.source(), backend: args.rules.backend, ..SessionConfig::default() };
+    let config = args.rules.config()?;
     let (from, uid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
     Session::preflight(&config, &[])?;
