@@ -87,6 +87,61 @@ impl IstioCapture {
         }
     }
 
+    /// The same rules as `iptables -t nat ...` commands, the form
+    /// `istio-iptables --dry-run` prints (a script for `--script`).
+    pub fn to_script(&self, iptables: &str) -> String {
+        let mut out = String::from("#!/bin/sh\nset -e\n");
+        for line in self.to_restore().lines() {
+            if let Some(chain) = line.strip_prefix(':').and_then(|l| l.split_whitespace().next()) {
+                if chain.starts_with("ISTIO_") {
+                    out.push_str(&format!("{iptables} -t nat -N {chain}\n"));
+                }
+            } else if line.starts_with("-A ") {
+                out.push_str(&format!("{iptables} -t nat {line}\n"));
+            }
+        }
+        out
+    }
+
+    /// The same policy as a native nftables ruleset (`nft -f`), shaped like
+    /// istio-nftables' `inet istio-proxy-nat` table.
+    pub fn to_nft(&self) -> String {
+        let classic = self.shape == Shape::Classic;
+        let (uid, gid) = (self.proxy_uid, self.proxy_gid);
+        let t = "inet istio-proxy-nat";
+        let lo_guard = if classic { String::new() } else { format!(" meta l4proto tcp tcp dport != {}", self.tunnel_port) };
+        let mut r = format!("table {t}\ndelete table {t}\ntable {t} {{\n}}\n");
+        r.push_str(&format!("add chain {t} prerouting {{ type nat hook prerouting priority dstnat; }}\n"));
+        r.push_str(&format!("add chain {t} output {{ type nat hook output priority -100; }}\n"));
+        for c in ["istio-inbound", "istio-in-redirect", "istio-output", "istio-redirect"] {
+            r.push_str(&format!("add chain {t} {c}\n"));
+        }
+        let rule = |r: &mut String, chain: &str, body: &str| r.push_str(&format!("add rule {t} {chain} {body}\n"));
+        rule(&mut r, "prerouting", "meta l4proto tcp jump istio-inbound");
+        rule(&mut r, "output", if classic { "meta l4proto tcp jump istio-output" } else { "jump istio-output" });
+        let mut skip = vec![self.tunnel_port];
+        if classic {
+            skip.push(22);
+        }
+        skip.extend(self.inbound_exclude.iter().copied().filter(|p| *p != self.tunnel_port));
+        for port in skip {
+            rule(&mut r, "istio-inbound", &format!("meta l4proto tcp tcp dport {port} return"));
+        }
+        rule(&mut r, "istio-inbound", "meta l4proto tcp jump istio-in-redirect");
+        rule(&mut r, "istio-in-redirect", &format!("meta l4proto tcp redirect to :{}", self.inbound_port));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip saddr {}/32 return", self.inbound_passthrough));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skuid {uid} jump istio-in-redirect"));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skuid != {uid} return"));
+        rule(&mut r, "istio-output", &format!("meta skuid {uid} return"));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skgid {gid} jump istio-in-redirect"));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skgid != {gid} return"));
+        rule(&mut r, "istio-output", &format!("meta skgid {gid} return"));
+        rule(&mut r, "istio-output", "ip daddr 127.0.0.1/32 return");
+        rule(&mut r, "istio-output", "jump istio-redirect");
+        rule(&mut r, "istio-redirect", &format!("meta l4proto tcp redirect to :{}", self.outbound_port));
+        r
+    }
+
     /// iptables-restore input for the nat table.
     pub fn to_restore(&self) -> String {
         let classic = self.shape == Shape::Classic;
@@ -447,6 +502,23 @@ mod tests {
         assert!(text.contains("--uid-owner 3 -j RETURN"));
         assert!(text.contains("--gid-owner 4 -j RETURN"));
         assert!(!text.contains("1337"));
+    }
+
+    #[test]
+    fn script_and_nft_forms_carry_the_same_rules_in_the_same_order() {
+        let c = IstioCapture::default_for(Shape::Current);
+        let script = c.to_script("iptables-nft");
+        assert_eq!(script.lines().filter(|l| l.contains(" -N ISTIO_")).count(), 4);
+        let restore_rules: Vec<&str> = c.to_restore().lines().filter(|l| l.starts_with("-A ")).collect();
+        let script_rules: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix("iptables-nft -t nat ")).filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(restore_rules, script_rules);
+        let nft = c.to_nft();
+        let out: Vec<&str> = nft.lines().filter_map(|l| l.strip_prefix("add rule inet istio-proxy-nat istio-output ")).collect();
+        assert_eq!(out.len(), 9, "{nft}");
+        assert_eq!(out[3], "meta skuid 1337 return");
+        assert_eq!(out[8], "jump istio-redirect");
+        let inbound = nft.lines().filter(|l| l.contains(" istio-inbound meta")).count();
+        assert_eq!(inbound, 5, "{nft}");
     }
 
     #[test]

@@ -337,7 +337,10 @@ fn trace_prints_the_path_and_each_rule_with_its_text() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("path:  OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> OUTPUT -> ISTIO_OUTPUT RULE 4 -> POSTROUTING -> Remote Pod"), "{text}");
-    assert!(text.contains("rule 4         -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains(" ISTIO_OUTPUT ") && l.contains("rule 4 ") && l.ends_with("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")),
+        "{text}"
+    );
     // The same through iptables-legacy, as JSON.
     let (out, _) = run_checked(&["trace", "--from", "prometheus", "--to", "local-pod:15090", "--backend", "legacy", "--format", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -370,4 +373,79 @@ fn trace_rejects_unknown_endpoints() {
         assert_eq!(code(&out), 2, "{from} {to}");
         assert!(stderr(&out).contains(says), "{from} {to}: {}", stderr(&out));
     }
+}
+
+fn json_ports(out: &Output) -> Vec<(String, String, serde_json::Value)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    v["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t["outcome"].as_str().unwrap().to_string(), t["observed"]["ports"].clone()))
+        .collect()
+}
+
+#[test]
+fn the_built_in_rules_give_the_same_result_from_every_source() {
+    need_root();
+    let dir = TempDir::new("sources");
+    let print = |form: &str, extra: &[&str]| {
+        let mut args = vec!["rules", "--form", form];
+        args.extend_from_slice(extra);
+        let out = sidecheck(&args);
+        assert_eq!(code(&out), 0);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let restore = dir.write("builtin.rules", &print("restore", &[]));
+    let script = dir.write("builtin.sh", &print("script", &["--iptables", "iptables-legacy"]));
+    let nft = dir.write("builtin.nft", &print("nft", &[]));
+    let generator = format!("{BIN} rules | iptables-nft-restore");
+    let (reference, _) = run_checked(&["run", "--format", "json"]);
+    assert_eq!(code(&reference), 0);
+    let reference = json_ports(&reference);
+    assert_eq!(reference.len(), 7);
+    for (flag, value) in [
+        ("--rules", restore.to_str().unwrap()),
+        ("--script", script.to_str().unwrap()),
+        ("--nft", nft.to_str().unwrap()),
+        ("--generator", generator.as_str()),
+    ] {
+        let (out, _) = run_checked(&["run", flag, value, "--format", "json"]);
+        assert_eq!(code(&out), 0, "{flag}: {}", stderr(&out));
+        assert_eq!(json_ports(&out), reference, "{flag} gave another result");
+    }
+}
+
+#[test]
+fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
+    need_root();
+    let dir = TempDir::new("badsources");
+    let bad_nft = dir.write("bad.nft", "table inet t {\n  chain c {\n    type nat hook output priority -100;\n    tcp dport 80 redirec to :15001\n  }\n}\n");
+    let failing_script = dir.write("fail.sh", "echo writing rules\niptables-nft -t nat -A NOPE -j RETURN\n");
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (vec!["--nft".into(), bad_nft.display().to_string()], vec!["bad.nft:4:", "Error", "did not apply"]),
+        (vec!["--script".into(), failing_script.display().to_string()], vec!["writing rules", "No chain/target/match by that name", "did not apply"]),
+        (vec!["--generator".into(), "echo half-done; echo 'no such option' >&2; exit 3".into()], vec!["half-done", "no such option", "exit status: 3"]),
+        // Megabytes of output: bounded in the message, and nothing blocks.
+        (vec!["--generator".into(), "head -c 5000000 /dev/zero | tr '\\0' x; exit 1".into()], vec!["more bytes of output not shown", "exit status: 1"]),
+        // A hang: killed at the timeout, with its children.
+        (vec!["--generator".into(), "echo started; sleep 600".into(), "--rules-timeout".into(), "1".into()], vec!["did not finish within 1 s", "started"]),
+    ];
+    for (args, says) in cases {
+        let mut all = vec!["run".to_string()];
+        all.extend(args.clone());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let (out, _) = run_checked(&all);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} took {:?}", started.elapsed());
+        let err = stderr(&out);
+        assert!(err.len() < 80_000, "{args:?}: the message is {} bytes", err.len());
+        for s in says {
+            assert!(err.contains(s), "{args:?}: wanted `{s}` in:\n{err}");
+        }
+    }
+    // The hung generator's sleep was killed with it.
+    let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().unwrap();
+    assert!(sleeping.stdout.is_empty(), "the generator's child survived: {}", String::from_utf8_lossy(&sleeping.stdout));
 }

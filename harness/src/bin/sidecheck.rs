@@ -25,8 +25,29 @@ enum Command {
     /// One connection, traced: its path in the article's notation, then each
     /// rule it hit beside its text.
     Trace(TraceArgs),
+    /// Print the built-in rules (as iptables-restore input, an iptables
+    /// command script, or a native nftables ruleset).
+    Rules(RulesPrintArgs),
     /// Remove what runs killed before they could clean up (namespaces, run files).
     Clean,
+}
+
+#[derive(Parser)]
+struct RulesPrintArgs {
+    #[arg(long, value_enum, default_value = "current")]
+    shape: Shape,
+    #[arg(long, value_enum, default_value = "restore")]
+    form: RulesForm,
+    /// The iptables command the script form calls.
+    #[arg(long, default_value = "iptables")]
+    iptables: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RulesForm {
+    Restore,
+    Script,
+    Nft,
 }
 
 #[derive(Parser)]
@@ -47,7 +68,7 @@ struct TraceArgs {
 
 /// Which rules to test, shared by `run` and `trace`.
 #[derive(clap::Args)]
-#[group(id = "source", multiple = false)]
+#[command(group(clap::ArgGroup::new("source").multiple(false)))]
 struct RulesArgs {
     /// An iptables-restore file to test instead of the built-in Istio rules.
     #[arg(long, value_name = "FILE", group = "source")]
@@ -143,6 +164,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Trace(args) => trace(args),
+        Command::Rules(args) => {
+            let c = IstioCapture::default_for(args.shape);
+            print!(
+                "{}",
+                match args.form {
+                    RulesForm::Restore => c.to_restore(),
+                    RulesForm::Script => c.to_script(&args.iptables),
+                    RulesForm::Nft => c.to_nft(),
+                }
+            );
+            Ok(true)
+        }
         Command::Clean => clean(),
     };
     match result {
