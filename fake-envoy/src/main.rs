@@ -99,6 +99,12 @@ fn main() {
         }
     };
     stub::exit_with_parent();
+    // Each proxied probe holds two sockets: allow thousands at once.
+    if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
     let outbound = stub::bind_or_exit("fake-envoy", cfg.outbound);
     let inbound = stub::bind_or_exit("fake-envoy", cfg.inbound);
     let terminals: Vec<_> = cfg

@@ -32,3 +32,14 @@ pub fn require_root(what: &str) -> Result<()> {
         Err(Error::NotRoot { what: what.to_string() })
     }
 }
+
+/// Let this process hold as many descriptors as the hard limit allows: a
+/// thousand concurrent probes need a few thousand sockets.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}

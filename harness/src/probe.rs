@@ -158,9 +158,14 @@ impl AppServer {
     /// Listen on `0.0.0.0:port` in `ns`. Must be called inside the runtime.
     pub fn start(ns: &Namespace, name: &str, port: u16, io_timeout: Duration) -> Result<AppServer> {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        let std_listener = ns
-            .run(move || std::net::TcpListener::bind(addr))?
-            .map_err(Error::io(format!("listening on {addr} in namespace {} for {name}", ns.name())))?;
+        let std_listener = ns.run(move || std::net::TcpListener::bind(addr))?.map_err(|err| {
+            let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
+                "; a stub in that namespace already listens there: give the app a port the proxy does not use"
+            } else {
+                ""
+            };
+            Error::Io { doing: format!("listening on {addr} in namespace {} for {name}", ns.name()), err: std::io::Error::new(err.kind(), format!("{err}{hint}")) }
+        })?;
         std_listener.set_nonblocking(true).map_err(Error::io("making a listener non-blocking"))?;
         let listener = TcpListener::from_std(std_listener).map_err(Error::io("registering a listener"))?;
         let name = name.to_string();

@@ -139,6 +139,7 @@ impl Session {
     pub fn start(config: SessionConfig) -> Result<Session> {
         crate::require_root("building the test topology")?;
         Self::preflight(&config, &[])?;
+        crate::raise_fd_limit();
         registry::sweep_stale();
         let run = RunGuard::acquire()?;
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -251,6 +251,72 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
     ]
 }
 
+/// The run prefix named in an error ("... in namespace sidecheck-1-2-local-pod ...").
+fn prefix_in(message: &str) -> Option<String> {
+    let start = message.find("sidecheck-")?;
+    let name: String = message[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let host = ["-local-pod", "-remote-pod", "-prometheus", "-istiod", "-node"].into_iter().find(|h| name.ends_with(h))?;
+    Some(name.trim_end_matches(host).to_string())
+}
+
+/// Setup failures: a clear error naming what to fix, and nothing left behind.
+fn fault_trials() -> Vec<Trial> {
+    let setup_fails = |name: &'static str, config: SessionConfig, says: &'static [&'static str]| {
+        Trial::test(format!("faults::{name}"), move || {
+            let err = match Session::start(config) {
+                Ok(_) => return Err("the session started; it must not".into()),
+                Err(e) => e.to_string(),
+            };
+            for s in says {
+                if !err.contains(s) {
+                    return Err(format!("wanted `{s}` in: {err}").into());
+                }
+            }
+            if let Some(prefix) = prefix_in(&err) {
+                let left = registry::namespaces_of(&prefix);
+                if !left.is_empty() {
+                    return Err(format!("left behind after the failure: {left:?}").into());
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut vip_outside = SessionConfig::default();
+    vip_outside.topology.services[0].vip = std::net::Ipv4Addr::new(192, 168, 7, 10);
+    let mut proxy_clash = SessionConfig::default();
+    proxy_clash.proxy.admin_port = 15001;
+    vec![
+        setup_fails(
+            "app-port-taken-by-the-proxy",
+            SessionConfig { local_app_ports: vec![15001], ..SessionConfig::default() },
+            &["0.0.0.0:15001", "for local-app", "Address already in use", "give the app a port the proxy does not use"],
+        ),
+        setup_fails(
+            "proxy-ports-clash",
+            proxy_clash,
+            &["fake-envoy did not start", "cannot listen on 127.0.0.1:15001", "already listens on a port the stubs need"],
+        ),
+        setup_fails("vip-outside-the-service-cidr", vip_outside, &["VIP 192.168.7.10 is outside the service CIDR 10.96.0.0/12"]),
+        Trial::test("faults::a-panicking-trial-cleans-up-its-topology", || {
+            let prefix = std::sync::Mutex::new(String::new());
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let session = Session::start(SessionConfig::default()).expect("session");
+                *prefix.lock().unwrap() = session.prefix().to_string();
+                panic!("a trial panicking while its session is alive");
+            }));
+            if unwound.is_ok() {
+                return Err("the closure did not panic".into());
+            }
+            let prefix = prefix.into_inner().unwrap();
+            let left = registry::namespaces_of(&prefix);
+            if prefix.is_empty() || !left.is_empty() {
+                return Err(format!("after the panic, namespaces of {prefix:?} are left: {left:?}").into());
+            }
+            Ok(())
+        }),
+    ]
+}
+
 /// The root namespace as the invariant sees it.
 fn host_snapshot() -> Result<String, Failed> {
     let mut snap = String::new();
@@ -322,6 +388,7 @@ fn main() {
     trials.extend(broken_trials(&scenarios));
     trials.extend(path_trials(&scenarios));
     trials.extend(hermetic_trials(&scenarios));
+    trials.extend(fault_trials());
     let conclusion = libtest_mimic::run(&args, trials);
     for s in [&current, &classic, &legacy, &classic_legacy] {
         s.close();
