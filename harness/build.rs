@@ -44,8 +44,12 @@ fn build_stubs(workspace: &Path, out_dir: &Path) {
     for stub in STUBS {
         cmd.args(["-p", stub]);
     }
-    // The outer build's target-dir settings must not redirect this one.
-    cmd.env_remove("CARGO_TARGET_DIR").env_remove("CARGO_BUILD_TARGET_DIR");
+    // The outer build's target-dir settings must not redirect this one, and
+    // its compiler flags (a fuzzer's sanitizer instrumentation, say) are not
+    // for the stubs: they are plain standalone binaries.
+    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"] {
+        cmd.env_remove(var);
+    }
     let status = cmd.status().expect("could not run cargo to build the stub binaries");
     assert!(status.success(), "building fake-envoy and fake-istiod failed: see the cargo output above");
     let bin_dir = stub_target.join("release");

@@ -216,6 +216,20 @@ fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration) -> io::Re
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
     let family = if source.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    // Let connect() pick the source port (IP_BIND_ADDRESS_NO_PORT), as it
+    // does for unbound sockets: it walks the port range per destination,
+    // where bind(port 0) readily hands out a port just freed. A reused
+    // 4-tuple would make two legs' trace events indistinguishable.
+    let one: libc::c_int = 1;
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(source))?;
     match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to)) {
         Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}

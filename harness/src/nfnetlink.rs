@@ -178,6 +178,24 @@ pub fn packet_tuple(network: &[u8], transport: Option<&[u8]>) -> Option<(SocketA
     Some((SocketAddr::new(src, sport), SocketAddr::new(dst, dport)))
 }
 
+/// The TCP sequence number of a packet (same layout rules as [`packet_tuple`]):
+/// for a SYN, the connection's random initial sequence number, which NAT
+/// leaves alone.
+pub fn tcp_seq(network: &[u8], transport: Option<&[u8]>) -> Option<u32> {
+    let l4 = match transport {
+        Some(t) => t,
+        None => {
+            let len = match network.first()? >> 4 {
+                4 => usize::from(network[0] & 0x0f) * 4,
+                6 => 40,
+                _ => return None,
+            };
+            network.get(len..)?
+        }
+    };
+    Some(u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?))
+}
+
 /// A NETLINK_NETFILTER socket.
 pub struct Socket {
     fd: OwnedFd,

@@ -158,7 +158,7 @@ impl AppServer {
     /// Listen on `0.0.0.0:port` in `ns`. Must be called inside the runtime.
     pub fn start(ns: &Namespace, name: &str, port: u16, io_timeout: Duration) -> Result<AppServer> {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        let std_listener = ns.run(move || std::net::TcpListener::bind(addr))?.map_err(|err| {
+        let std_listener = ns.run(move || sidecheck_wire::stub::listen(addr))?.map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
                 "; a stub in that namespace already listens there: give the app a port the proxy does not use"
             } else {

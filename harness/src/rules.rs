@@ -509,7 +509,8 @@ mod tests {
         let c = IstioCapture::default_for(Shape::Current);
         let script = c.to_script("iptables-nft");
         assert_eq!(script.lines().filter(|l| l.contains(" -N ISTIO_")).count(), 4);
-        let restore_rules: Vec<&str> = c.to_restore().lines().filter(|l| l.starts_with("-A ")).collect();
+        let restore = c.to_restore();
+        let restore_rules: Vec<&str> = restore.lines().filter(|l| l.starts_with("-A ")).collect();
         let script_rules: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix("iptables-nft -t nat ")).filter(|l| l.starts_with("-A ")).collect();
         assert_eq!(restore_rules, script_rules);
         let nft = c.to_nft();

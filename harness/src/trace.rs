@@ -61,6 +61,9 @@ pub struct TraceEvent {
     pub src: SocketAddr,
     #[serde(skip)]
     pub dst: SocketAddr,
+    /// TCP sequence number of the SYN: identifies the connection across NAT.
+    #[serde(skip)]
+    pub isn: u32,
 }
 
 /// Read `TRACE: nat:ISTIO_OUTPUT:rule:9 ` (iptables-legacy's NFLOG prefix).
@@ -272,9 +275,9 @@ pub struct Tracer {
 #[derive(Default)]
 struct Pending {
     events: Vec<TraceEvent>,
-    /// nf_tables trace id -> packet tuple (only the first event of a packet
-    /// in a chain call carries the headers).
-    ids: HashMap<u32, (SocketAddr, SocketAddr)>,
+    /// nf_tables trace id -> packet tuple and sequence number (only the
+    /// first event of a packet in a chain call carries the headers).
+    ids: HashMap<u32, Packet>,
     lost: bool,
 }
 
@@ -368,26 +371,42 @@ impl Tracer {
             }) else {
                 continue;
             };
-            // Under iptables-legacy only our own table is in nf_tables.
-            if ev.table != TRACE_TABLE && self.frontend != Frontend::IptablesLegacy {
+            // Our own table's events are kept: they see every traced SYN
+            // before any NAT, which is how a leg finds its sequence number.
+            // Under iptables-legacy nothing else in nf_tables is under test.
+            if ev.table == TRACE_TABLE || self.frontend != Frontend::IptablesLegacy {
                 p.events.push(ev);
             }
         }
     }
 
-    /// Take the events of one connection leg: packets from `src` to `dst`
-    /// before NAT, or to port `reached` after it.
+    /// Take the events of one connection leg: the SYN that left `src` for
+    /// `dst` is found before NAT; its sequence number then claims the events
+    /// after NAT too (where the destination, or even the source port, was
+    /// rewritten). Legs whose SYN was not seen fall back to matching the
+    /// source and the destination, or the port reached.
     pub fn take_leg(&self, src: SocketAddr, dst: SocketAddr, reached: u16) -> (Vec<TraceEvent>, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         self.drain(&mut p);
+        let isns: std::collections::HashSet<u32> = p.events.iter().filter(|e| e.src == src && e.dst == dst).map(|e| e.isn).collect();
         let mut mine = Vec::new();
         p.events.retain(|e| {
-            let ours = e.src == src && (e.dst == dst || e.dst.port() == reached);
-            if ours {
+            let ours = if isns.is_empty() {
+                e.src == src && (e.dst == dst || e.dst.port() == reached)
+            } else {
+                e.src.ip() == src.ip() && isns.contains(&e.isn)
+            };
+            if ours && e.table != TRACE_TABLE {
                 mine.push(e.clone());
             }
             !ours
         });
+        // Events nobody claims (probes that failed before their legs were
+        // known) must not pile up over a long session.
+        if p.events.len() > 100_000 {
+            let excess = p.events.len() - 100_000;
+            p.events.drain(..excess);
+        }
         (mine, p.lost)
     }
 }
@@ -411,11 +430,14 @@ fn open_nflog() -> std::io::Result<Socket> {
     Ok(sock)
 }
 
+/// Addresses and SYN sequence number of a traced packet.
+pub type Packet = (SocketAddr, SocketAddr, u32);
+
 /// One nf_tables trace message -> event. `position` maps a rule handle to
 /// its number in the chain.
 pub fn parse_nft_trace(
     msg: &nl::Msg<'_>,
-    ids: &mut HashMap<u32, (SocketAddr, SocketAddr)>,
+    ids: &mut HashMap<u32, Packet>,
     position: impl Fn(&str, &str, u64) -> Option<u32>,
 ) -> Option<TraceEvent> {
     let attrs = nl::attrs(msg.attrs).ok()?;
@@ -435,12 +457,12 @@ pub fn parse_nft_trace(
         }
     }
     let (table, chain) = (table?, chain?);
-    let tuple = match network.and_then(|n| nl::packet_tuple(n, transport)) {
-        Some(t) => {
+    let packet = match network.and_then(|n| Some((nl::packet_tuple(n, transport)?, nl::tcp_seq(n, transport)?))) {
+        Some(((src, dst), isn)) => {
             if let Some(id) = id {
-                ids.insert(id, t);
+                ids.insert(id, (src, dst, isn));
             }
-            t
+            (src, dst, isn)
         }
         None => *ids.get(&id?)?,
     };
@@ -453,7 +475,7 @@ pub fn parse_nft_trace(
         3 => Step::Rule(handle.and_then(|h| position(&table, &chain, h)).unwrap_or(0)),
         _ => return None,
     };
-    Some(TraceEvent { table, chain, step, verdict, src: tuple.0, dst: tuple.1 })
+    Some(TraceEvent { table, chain, step, verdict, src: packet.0, dst: packet.1, isn: packet.2 })
 }
 
 fn parse_verdict(nested: &[u8]) -> Option<String> {
@@ -472,6 +494,13 @@ fn parse_verdict(nested: &[u8]) -> Option<String> {
     })
 }
 
+/// Trace events in one NFLOG datagram (iptables-legacy `TRACE:` lines).
+pub fn parse_nflog_datagram(buf: &[u8]) -> Vec<TraceEvent> {
+    let mut p = Pending::default();
+    parse_nflog(buf, &mut p);
+    p.events
+}
+
 fn parse_nflog(buf: &[u8], p: &mut Pending) {
     for msg in nl::messages(buf).into_iter().flatten() {
         if msg.ty != (nl::NFNL_SUBSYS_ULOG << 8) | nl::NFULNL_MSG_PACKET {
@@ -482,8 +511,8 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
         let payload = attrs.iter().find(|(t, _)| *t == 9).map(|(_, v)| *v);
         let (Some(prefix), Some(payload)) = (prefix, payload) else { continue };
         let Some((table, chain, step)) = parse_legacy_prefix(&prefix) else { continue };
-        let Some((src, dst)) = nl::packet_tuple(payload, None) else { continue };
-        p.events.push(TraceEvent { table, chain, step, verdict: None, src, dst });
+        let (Some((src, dst)), Some(isn)) = (nl::packet_tuple(payload, None), nl::tcp_seq(payload, None)) else { continue };
+        p.events.push(TraceEvent { table, chain, step, verdict: None, src, dst, isn });
     }
 }
 
@@ -569,6 +598,7 @@ mod tests {
             verdict: None,
             src: "10.244.0.10:40000".parse().unwrap(),
             dst: "10.244.0.20:9090".parse().unwrap(),
+            isn: 1,
         }
     }
 

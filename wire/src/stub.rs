@@ -59,9 +59,26 @@ pub fn exit_with_parent() {
     });
 }
 
+/// Accept queue depth for every listener: std's `TcpListener::bind` asks
+/// for 128, and under a thousand concurrent probes the SYNs past it are
+/// dropped and retried a second later, which reads as a timeout.
+pub const BACKLOG: i32 = 4096;
+
+/// Bind and listen with [`BACKLOG`] (SO_REUSEADDR on), in the calling
+/// thread's network namespace.
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{bind, listen as sys_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
+    sys_listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+    Ok(TcpListener::from(fd))
+}
+
 /// Bind, or exit 2 with a message the harness shows verbatim.
 pub fn bind_or_exit(prog: &str, addr: std::net::SocketAddr) -> TcpListener {
-    match TcpListener::bind(addr) {
+    match listen(addr) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{prog}: cannot listen on {addr}: {e}");

@@ -141,6 +141,10 @@ struct RunArgs {
     /// Do not trace rule paths (ports are still checked).
     #[arg(long, conflicts_with = "assert")]
     no_trace: bool,
+    /// Run every scenario N times, all at once (trials named `name#k`):
+    /// load, and a hunt for flakes.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    repeat: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -189,10 +193,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let scenarios = match &args.scenarios {
+    let mut scenarios = match &args.scenarios {
         Some(dir) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
         None => scenario::builtin().context("loading the built-in scenarios")?,
     };
+    if args.repeat > 1 {
+        scenarios = (1..=args.repeat)
+            .flat_map(|k| scenarios.iter().map(move |s| scenario::Scenario { name: format!("{}#{k}", s.name), ..s.clone() }))
+            .collect();
+    }
     let config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
