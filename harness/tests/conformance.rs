@@ -389,6 +389,19 @@ fn main() {
     trials.extend(path_trials(&scenarios));
     trials.extend(hermetic_trials(&scenarios));
     trials.extend(fault_trials());
+    let many = scenarios.clone();
+    let shared = current.clone();
+    // Concurrency: every probe's legs and trace events stay its own.
+    trials.push(Trial::test("load::203-concurrent-probes-exact-paths", move || {
+        let copies: Vec<Scenario> = (1..=29).flat_map(|k| many.iter().map(move |s| Scenario { name: format!("{}#{k}", s.name), ..s.clone() })).collect();
+        let results = shared.get()?.run(&copies);
+        let failed: Vec<String> = results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| format!("{}: {}", r.name, r.message)).collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} of {} failed:\n{}", failed.len(), results.len(), failed.join("\n")).into())
+        }
+    }));
     let conclusion = libtest_mimic::run(&args, trials);
     for s in [&current, &classic, &legacy, &classic_legacy] {
         s.close();
