@@ -449,3 +449,26 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
     let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().unwrap();
     assert!(sleeping.stdout.is_empty(), "the generator's child survived: {}", String::from_utf8_lossy(&sleeping.stdout));
 }
+
+#[test]
+fn missing_tools_exit_2_naming_the_package() {
+    need_root();
+    // Hide a tool in a private mount namespace (bind /dev/null over it): the
+    // host keeps its tools, the run does not see them.
+    let hide = |path: &str, args: &str| {
+        let script = format!("mount --bind /dev/null {path} && exec {BIN} {args}");
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap()
+    };
+    let nft_multi = std::fs::canonicalize("/usr/sbin/iptables-nft-restore").unwrap();
+    let out = hide(nft_multi.to_str().unwrap(), "run");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("`iptables-nft-restore` is not installed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("apt-get install -y iptables"), "{}", stderr(&out));
+    let nft = std::fs::canonicalize("/usr/sbin/nft").unwrap();
+    let out = hide(nft.to_str().unwrap(), "run");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("apt-get install -y nftables"), "{}", stderr(&out));
+    // Without tracing, nft is not needed.
+    let out = hide(nft.to_str().unwrap(), "run --no-trace");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
