@@ -72,6 +72,8 @@ pub struct StubProcess {
     _stdin: ChildStdin,
     pid: i32,
     run_prefix: String,
+    /// Drains the stub's stderr; joined on drop so its pipe is closed by then.
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StubProcess {
@@ -129,19 +131,21 @@ impl StubProcess {
             _stdin: stdin,
             pid,
             run_prefix: run.prefix().into(),
+            drain: None,
         };
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
         match rx.recv_timeout(timeout) {
             Ok(line) if line.trim() == sidecheck_wire::stub::READY => {
+                let _ = reader.join();
                 // Keep draining stderr so a chatty stub never blocks on a full pipe.
-                std::thread::spawn(move || {
+                proc.drain = Some(std::thread::spawn(move || {
                     let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-                });
+                }));
                 Ok(proc)
             }
             Ok(_) => {
@@ -173,6 +177,9 @@ impl Drop for StubProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
         crate::registry::forget_pid(&self.run_prefix, self.pid);
     }
 }
