@@ -24,8 +24,8 @@ use nix::sys::socket::{getsockopt, sockopt};
 use sidecheck_wire::{read_line, stub, Answer, End, Hop, Probe};
 
 const USAGE: &str = "usage: fake-envoy [options]
-  --outbound ADDR:PORT     outbound capture listener (default 0.0.0.0:15001)
-  --inbound ADDR:PORT      inbound capture listener (default 0.0.0.0:15006)
+  --outbound ADDR:PORT     outbound capture listener (repeatable; default 0.0.0.0:15001)
+  --inbound ADDR:PORT      inbound capture listener (repeatable; default 0.0.0.0:15006)
   --serve NAME=ADDR:PORT   a terminal listener answering as NAME (repeatable)
   --route VIP:PORT=IP:PORT outbound cluster: connections to VIP:PORT go to IP:PORT (repeatable)
   --passthrough4 IP        source of inbound upstream connections, IPv4 (default 127.0.0.6)
@@ -33,8 +33,8 @@ const USAGE: &str = "usage: fake-envoy [options]
   --timeout-ms N           upstream connect and answer budget (default 2000)";
 
 struct Config {
-    outbound: SocketAddr,
-    inbound: SocketAddr,
+    outbound: Vec<SocketAddr>,
+    inbound: Vec<SocketAddr>,
     serve: Vec<(String, SocketAddr)>,
     routes: HashMap<SocketAddr, SocketAddr>,
     passthrough4: Ipv4Addr,
@@ -44,8 +44,8 @@ struct Config {
 
 fn parse_args() -> Result<Config, String> {
     let mut cfg = Config {
-        outbound: "0.0.0.0:15001".parse().unwrap(),
-        inbound: "0.0.0.0:15006".parse().unwrap(),
+        outbound: Vec::new(),
+        inbound: Vec::new(),
         serve: Vec::new(),
         routes: HashMap::new(),
         passthrough4: Ipv4Addr::new(127, 0, 0, 6),
@@ -57,8 +57,8 @@ fn parse_args() -> Result<Config, String> {
         let v = args.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
         let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("{flag}: `{s}` is not ADDRESS:PORT"));
         match flag.as_str() {
-            "--outbound" => cfg.outbound = addr(&v)?,
-            "--inbound" => cfg.inbound = addr(&v)?,
+            "--outbound" => cfg.outbound.push(addr(&v)?),
+            "--inbound" => cfg.inbound.push(addr(&v)?),
             "--serve" => cfg.serve.push(stub::parse_named_addr(&v)?),
             "--route" => {
                 let (vip, ep) = v.split_once('=').ok_or_else(|| format!("--route `{v}` is not VIP:PORT=IP:PORT"))?;
@@ -71,6 +71,12 @@ fn parse_args() -> Result<Config, String> {
             }
             _ => return Err(format!("unknown option `{flag}`")),
         }
+    }
+    if cfg.outbound.is_empty() {
+        cfg.outbound.push("0.0.0.0:15001".parse().unwrap());
+    }
+    if cfg.inbound.is_empty() {
+        cfg.inbound.push("0.0.0.0:15006".parse().unwrap());
     }
     Ok(cfg)
 }
@@ -105,8 +111,8 @@ fn main() {
             let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
-    let outbound = stub::bind_or_exit("fake-envoy", cfg.outbound);
-    let inbound = stub::bind_or_exit("fake-envoy", cfg.inbound);
+    let outbound: Vec<_> = cfg.outbound.iter().map(|a| stub::bind_or_exit("fake-envoy", *a)).collect();
+    let inbound: Vec<_> = cfg.inbound.iter().map(|a| stub::bind_or_exit("fake-envoy", *a)).collect();
     let terminals: Vec<_> = cfg
         .serve
         .iter()
@@ -116,9 +122,14 @@ fn main() {
         stub::serve_terminal(l, name, cfg.timeout);
     }
     let cfg: &'static Config = Box::leak(Box::new(cfg));
-    thread::spawn(move || accept_loop(inbound, Direction::Inbound, cfg));
+    let listeners = inbound.into_iter().map(|l| (l, Direction::Inbound)).chain(outbound.into_iter().map(|l| (l, Direction::Outbound)));
+    for (l, dir) in listeners {
+        thread::spawn(move || accept_loop(l, dir, cfg));
+    }
     stub::announce_ready();
-    accept_loop(outbound, Direction::Outbound, cfg);
+    loop {
+        thread::park();
+    }
 }
 
 fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {

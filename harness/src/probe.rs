@@ -155,9 +155,13 @@ pub struct AppServer {
 }
 
 impl AppServer {
-    /// Listen on `0.0.0.0:port` in `ns`. Must be called inside the runtime.
-    pub fn start(ns: &Namespace, name: &str, port: u16, io_timeout: Duration) -> Result<AppServer> {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    /// Listen on the any-address of `family`, `port`, in `ns`. Must be
+    /// called inside the runtime.
+    pub fn start(ns: &Namespace, name: &str, family: crate::topology::Family, port: u16, io_timeout: Duration) -> Result<AppServer> {
+        let addr = match family {
+            crate::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
+            crate::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        };
         let std_listener = ns.run(move || sidecheck_wire::stub::listen(addr))?.map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
                 "; a stub in that namespace already listens there: give the app a port the proxy does not use"

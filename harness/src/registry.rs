@@ -22,8 +22,34 @@ pub const NAME_PREFIX: &str = "sidecheck-";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Set as soon as a stop signal is being handled.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call before exiting: when a signal is being handled, its handler owns the
+/// exit (status 128+signal, after cleanup); whatever the main thread saw
+/// meanwhile (a stub killed under it, say) is not the run's outcome.
+pub fn wait_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
+
 /// Runs alive in this process, for the signal handler.
 static LIVE: Mutex<Vec<LiveRun>> = Mutex::new(Vec::new());
+
+/// Short-lived children (rule installers, generators), each the leader of
+/// its own process group, for the signal handler to kill with their children.
+static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// A child that leads its own process group: killed (group and all) if a
+/// signal stops the run before it ends.
+pub fn track_group(pgid: i32) {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+}
+
+pub fn untrack_group(pgid: i32) {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pgid);
+}
 
 struct LiveRun {
     prefix: String,
@@ -176,10 +202,21 @@ pub fn install_signal_cleanup() -> Result<()> {
         .name("signal-cleanup".into())
         .spawn(move || {
             let sig = set.wait().unwrap_or(Signal::SIGTERM);
-            let runs = std::mem::take(&mut *LIVE.lock().unwrap());
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            // No child is between fork and registration while we clean up,
+            // and none starts after: hold the fork lock until exit.
+            let _no_forks = crate::stubs::exclusive_fork_lock();
+            for pgid in std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner())) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pgid), None);
+            }
+            let runs = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
             for run in &runs {
                 for pid in &run.pids {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+                    let pid = nix::unistd::Pid::from_raw(*pid);
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    // Reap it: once we exit, none of our stubs is still dying.
+                    let _ = nix::sys::wait::waitpid(pid, None);
                 }
                 remove_run_resources(&run.prefix);
                 let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("{}.lock", run.prefix)));

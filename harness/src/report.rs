@@ -12,6 +12,8 @@ pub struct Report {
     /// Where the rules came from.
     pub rules: String,
     pub backend: String,
+    /// The IP families tested.
+    pub families: Vec<String>,
     pub trials: Vec<TrialResult>,
     pub passed: usize,
     pub failed: usize,
@@ -21,7 +23,7 @@ impl Report {
     pub fn new(rules: String, backend: String, trials: Vec<TrialResult>) -> Report {
         let passed = trials.iter().filter(|t| t.outcome == Outcome::Pass).count();
         let failed = trials.len() - passed;
-        Report { rules, backend, trials, passed, failed }
+        Report { rules, backend, families: Vec::new(), trials, passed, failed }
     }
 
     pub fn all_passed(&self) -> bool {
@@ -76,7 +78,7 @@ impl Report {
             }
         }
         let mut out = String::new();
-        let _ = writeln!(out, "rules: {}  (iptables backend: {})", self.rules, self.backend);
+        let _ = writeln!(out, "rules: {}  (backend: {}; families: {})", self.rules, self.backend, self.families.join(", "));
         for r in std::iter::once(&header).chain(&rows) {
             let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
@@ -120,7 +122,7 @@ pub fn trace_text(
         }
         for e in &leg.events {
             let (what, text) = match &e.step {
-                Step::Rule(n) => (format!("rule {n}"), index.rule_text(&e.table, &e.chain, *n).unwrap_or("").to_string()),
+                Step::Rule(n) => (format!("rule {n}"), index.rule_text(e.nfproto, &e.table, &e.chain, *n).unwrap_or("").to_string()),
                 Step::Return => ("end of chain".into(), "(no rule matched: back to the calling chain)".into()),
                 Step::Policy => ("policy".into(), "(the base chain's policy)".into()),
             };

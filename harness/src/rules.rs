@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::topology::Namespace;
+use crate::topology::{Family, Namespace};
 use crate::{Error, Result};
 
 /// Which iptables front end installs a restore file.
@@ -26,6 +26,14 @@ impl Backend {
         match self {
             Backend::Nft => "iptables-nft-restore",
             Backend::Legacy => "iptables-legacy-restore",
+        }
+    }
+
+    pub fn restore_tool_for(self, family: Family) -> &'static str {
+        match (self, family) {
+            (_, Family::Ipv4) => self.restore_tool(),
+            (Backend::Nft, Family::Ipv6) => "ip6tables-nft-restore",
+            (Backend::Legacy, Family::Ipv6) => "ip6tables-legacy-restore",
         }
     }
 
@@ -70,6 +78,7 @@ pub struct IstioCapture {
     pub inbound_exclude: Vec<u16>,
     /// Passthrough source Envoy uses for inbound upstream connections.
     pub inbound_passthrough: std::net::Ipv4Addr,
+    pub inbound_passthrough6: std::net::Ipv6Addr,
 }
 
 impl IstioCapture {
@@ -84,20 +93,25 @@ impl IstioCapture {
             proxy_gid: 1337,
             inbound_exclude: vec![15090, 15021, 15020],
             inbound_passthrough: std::net::Ipv4Addr::new(127, 0, 0, 6),
+            inbound_passthrough6: std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
         }
     }
 
     /// The same rules as `iptables -t nat ...` commands, the form
     /// `istio-iptables --dry-run` prints (a script for `--script`).
+    /// `iptables` names the IPv4 command (`iptables`, `iptables-nft`, ...);
+    /// the IPv6 commands use the same name with `ip6tables`.
     pub fn to_script(&self, iptables: &str) -> String {
         let mut out = String::from("#!/bin/sh\nset -e\n");
-        for line in self.to_restore().lines() {
-            if let Some(chain) = line.strip_prefix(':').and_then(|l| l.split_whitespace().next()) {
-                if chain.starts_with("ISTIO_") {
-                    out.push_str(&format!("{iptables} -t nat -N {chain}\n"));
+        for (family, cmd) in [(Family::Ipv4, iptables.to_string()), (Family::Ipv6, iptables.replacen("iptables", "ip6tables", 1))] {
+            for line in self.to_restore_for(family).lines() {
+                if let Some(chain) = line.strip_prefix(':').and_then(|l| l.split_whitespace().next()) {
+                    if chain.starts_with("ISTIO_") {
+                        out.push_str(&format!("{cmd} -t nat -N {chain}\n"));
+                    }
+                } else if line.starts_with("-A ") {
+                    out.push_str(&format!("{cmd} -t nat {line}\n"));
                 }
-            } else if line.starts_with("-A ") {
-                out.push_str(&format!("{iptables} -t nat {line}\n"));
             }
         }
         out
@@ -129,21 +143,38 @@ impl IstioCapture {
         }
         rule(&mut r, "istio-inbound", "meta l4proto tcp jump istio-in-redirect");
         rule(&mut r, "istio-in-redirect", &format!("meta l4proto tcp redirect to :{}", self.inbound_port));
+        // One inet table for both families: each address-specific rule comes
+        // in an IPv4 and an IPv6 form, in that order, as istio-nftables writes them.
+        let p6 = self.inbound_passthrough6;
         rule(&mut r, "istio-output", &format!("oifname \"lo\" ip saddr {}/32 return", self.inbound_passthrough));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 saddr {p6}/128 return"));
         rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skuid {uid} jump istio-in-redirect"));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skuid {uid} jump istio-in-redirect"));
         rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skuid != {uid} return"));
         rule(&mut r, "istio-output", &format!("meta skuid {uid} return"));
         rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skgid {gid} jump istio-in-redirect"));
+        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skgid {gid} jump istio-in-redirect"));
         rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skgid != {gid} return"));
         rule(&mut r, "istio-output", &format!("meta skgid {gid} return"));
         rule(&mut r, "istio-output", "ip daddr 127.0.0.1/32 return");
+        rule(&mut r, "istio-output", "ip6 daddr ::1/128 return");
         rule(&mut r, "istio-output", "jump istio-redirect");
         rule(&mut r, "istio-redirect", &format!("meta l4proto tcp redirect to :{}", self.outbound_port));
         r
     }
 
-    /// iptables-restore input for the nat table.
+    /// iptables-restore input for the nat table (IPv4).
     pub fn to_restore(&self) -> String {
+        self.to_restore_for(Family::Ipv4)
+    }
+
+    /// iptables-restore (IPv4) or ip6tables-restore (IPv6) input: the same
+    /// rules, with the family's passthrough source and loopback address.
+    pub fn to_restore_for(&self, family: Family) -> String {
+        let (passthrough, loopback) = match family {
+            Family::Ipv4 => (format!("{}/32", self.inbound_passthrough), "127.0.0.1/32"),
+            Family::Ipv6 => (format!("{}/128", self.inbound_passthrough6), "::1/128"),
+        };
         let classic = self.shape == Shape::Classic;
         let (uid, gid) = (self.proxy_uid, self.proxy_gid);
         // The lo redirect rules skip the HBONE tunnel port in the current shape.
@@ -167,14 +198,14 @@ impl IstioCapture {
         r.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
         // Outbound, the nine rules in Istio's order.
-        let _ = writeln!(r, "-A ISTIO_OUTPUT -s {}/32 -o lo -j RETURN", self.inbound_passthrough);
-        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo{lo_guard} -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN");
-        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo{lo_guard} -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {gid} -j RETURN");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {gid} -j RETURN");
-        r.push_str("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
         r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
         let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
         r.push_str("COMMIT\n");
@@ -187,8 +218,9 @@ impl IstioCapture {
 pub enum RuleSource {
     /// The built-in reference generator.
     Builtin(IstioCapture),
-    /// An iptables-restore file (IPv4), installed with the run's backend.
-    RestoreFile(PathBuf),
+    /// iptables-restore input for IPv4 and/or ip6tables-restore input for
+    /// IPv6, installed with the run's backend.
+    RestoreFiles { v4: Option<PathBuf>, v6: Option<PathBuf> },
     /// A native nftables ruleset, installed with `nft -f`.
     NftFile(PathBuf),
     /// A shell script of iptables/nft/ip commands (the form
@@ -210,6 +242,37 @@ pub enum Frontend {
 }
 
 impl RuleSource {
+    /// An IPv4 restore file alone.
+    pub fn restore(path: impl Into<PathBuf>) -> RuleSource {
+        RuleSource::RestoreFiles { v4: Some(path.into()), v6: None }
+    }
+
+    /// The families this source has rules for: restore files only for the
+    /// families given; every other source for both.
+    pub fn families(&self) -> Vec<Family> {
+        match self {
+            RuleSource::RestoreFiles { v4, v6 } => {
+                let mut f = Vec::new();
+                if v4.is_some() {
+                    f.push(Family::Ipv4);
+                }
+                if v6.is_some() {
+                    f.push(Family::Ipv6);
+                }
+                f
+            }
+            _ => Family::BOTH.to_vec(),
+        }
+    }
+
+    fn files(&self) -> Vec<&PathBuf> {
+        match self {
+            RuleSource::RestoreFiles { v4, v6 } => v4.iter().chain(v6.iter()).collect(),
+            RuleSource::NftFile(p) | RuleSource::Script(p) => vec![p],
+            _ => vec![],
+        }
+    }
+
     /// How reports name the source.
     pub fn describe(&self) -> String {
         match self {
@@ -220,7 +283,10 @@ impl RuleSource {
                     Shape::Classic => "classic",
                 }
             ),
-            RuleSource::RestoreFile(p) => p.display().to_string(),
+            RuleSource::RestoreFiles { v4, v6 } => {
+                let names: Vec<String> = v4.iter().chain(v6.iter()).map(|p| p.display().to_string()).collect();
+                names.join(" + ")
+            }
             RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
             RuleSource::Script(p) => format!("script {}", p.display()),
             RuleSource::Generator(c) => format!("generator `{c}`"),
@@ -235,15 +301,16 @@ impl RuleSource {
                 Shape::Current => "istio-current".into(),
                 Shape::Classic => "istio-classic".into(),
             },
-            RuleSource::RestoreFile(p) | RuleSource::NftFile(p) | RuleSource::Script(p) => stem(p),
+            RuleSource::RestoreFiles { v4, v6 } => v4.as_ref().or(v6.as_ref()).map(|p| stem(p)).unwrap_or_default(),
+            RuleSource::NftFile(p) | RuleSource::Script(p) => stem(p),
             RuleSource::Generator(_) => "generator".into(),
         }
     }
 
     pub fn frontend(&self, backend: Backend) -> Frontend {
         match (self, backend) {
-            (RuleSource::Builtin(_) | RuleSource::RestoreFile(_), Backend::Nft) => Frontend::IptablesNft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFile(_), Backend::Legacy) => Frontend::IptablesLegacy,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Nft) => Frontend::IptablesNft,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Legacy) => Frontend::IptablesLegacy,
             (RuleSource::NftFile(_), _) => Frontend::Nft,
             (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
         }
@@ -252,66 +319,80 @@ impl RuleSource {
     /// Everything that can be checked before a namespace exists: files
     /// readable and not empty, tools installed.
     pub fn check(&self, backend: Backend) -> Result<()> {
-        match self {
-            RuleSource::Builtin(_) => {}
-            RuleSource::RestoreFile(p) | RuleSource::NftFile(p) | RuleSource::Script(p) => {
-                let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
-                if text.trim().is_empty() {
-                    return Err(Error::config(format!("{} is empty: no rules to test", self.describe())));
-                }
+        for p in self.files() {
+            let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+            if text.trim().is_empty() {
+                return Err(Error::config(format!("{} is empty: no rules to test", p.display())));
             }
-            RuleSource::Generator(c) if c.trim().is_empty() => {
+        }
+        if let RuleSource::Generator(c) = self {
+            if c.trim().is_empty() {
                 return Err(Error::config("--generator is empty: give the command that writes the rules"));
             }
-            RuleSource::Generator(_) => {}
+        }
+        if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
+            return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
         match self.frontend(backend) {
-            Frontend::IptablesNft | Frontend::IptablesLegacy => drop(find_tool(backend.restore_tool(), "iptables")?),
+            Frontend::IptablesNft | Frontend::IptablesLegacy => {
+                for f in self.families() {
+                    find_tool(backend.restore_tool_for(f), "iptables")?;
+                }
+            }
             Frontend::Nft => drop(find_tool("nft", "nftables")?),
             Frontend::Any => drop(find_tool("sh", "dash")?),
         }
         Ok(())
     }
 
-    /// Install into `ns`. Failures carry the tool's own output.
-    pub fn install(&self, ns: &Namespace, backend: Backend, timeout: Duration) -> Result<()> {
-        let origin = self.describe();
-        let (tool, program, args, stdin): (String, PathBuf, Vec<String>, String) = match self {
+    /// Install into `ns` for `families`. Failures carry the tool's own output.
+    pub fn install(&self, ns: &Namespace, backend: Backend, families: &[Family], timeout: Duration) -> Result<()> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err });
+        // (what it is called in messages, tool, program, args, stdin)
+        let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
+        match self {
             RuleSource::Builtin(c) => {
-                let t = backend.restore_tool();
-                (t.into(), find_tool(t, "iptables")?, vec![], c.to_restore())
+                for f in families {
+                    let t = backend.restore_tool_for(*f);
+                    steps.push((format!("{} ({})", self.describe(), f.name()), t.into(), find_tool(t, "iptables")?, vec![], c.to_restore_for(*f)));
+                }
             }
-            RuleSource::RestoreFile(p) => {
-                let t = backend.restore_tool();
-                let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
-                (t.into(), find_tool(t, "iptables")?, vec![], text)
+            RuleSource::RestoreFiles { v4, v6 } => {
+                for (f, file) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
+                    if let (Some(p), true) = (file, families.contains(&f)) {
+                        let t = backend.restore_tool_for(f);
+                        steps.push((p.display().to_string(), t.into(), find_tool(t, "iptables")?, vec![], read(p)?));
+                    }
+                }
             }
             // nft reads the file itself so its errors name the user's file and line.
-            RuleSource::NftFile(p) => ("nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), p.display().to_string()], String::new()),
-            RuleSource::Script(p) => ("sh".into(), find_tool("sh", "dash")?, vec![p.display().to_string()], String::new()),
-            RuleSource::Generator(c) => ("sh -c".into(), find_tool("sh", "dash")?, vec!["-c".into(), c.clone()], String::new()),
-        };
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
-            Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
-                origin: origin.clone(),
-                namespace: ns.name().into(),
-                tool: tool.clone(),
-                status: format!("did not finish within {seconds} s and was killed (raise --rules-timeout if it is just slow)"),
-                output: doing,
-            },
-            e => e,
-        })?;
-        if ran.status.success() {
-            return Ok(());
+            RuleSource::NftFile(p) => steps.push((self.describe(), "nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), p.display().to_string()], String::new())),
+            RuleSource::Script(p) => steps.push((self.describe(), "sh".into(), find_tool("sh", "dash")?, vec![p.display().to_string()], String::new())),
+            RuleSource::Generator(c) => steps.push((self.describe(), "sh -c".into(), find_tool("sh", "dash")?, vec!["-c".into(), c.clone()], String::new())),
         }
-        Err(Error::RulesDidNotApply {
-            origin,
-            namespace: ns.name().to_string(),
-            tool,
-            status: ran.status.to_string(),
-            output: ran.output.trim_end().to_string(),
-        })
+        for (origin, tool, program, args, stdin) in steps {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
+                Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
+                    origin: origin.clone(),
+                    namespace: ns.name().into(),
+                    tool: tool.clone(),
+                    status: format!("did not finish within {seconds} s and was killed (raise --rules-timeout if it is just slow)"),
+                    output: doing,
+                },
+                e => e,
+            })?;
+            if !ran.status.success() {
+                return Err(Error::RulesDidNotApply {
+                    origin,
+                    namespace: ns.name().to_string(),
+                    tool,
+                    status: ran.status.to_string(),
+                    output: ran.output.trim_end().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -340,7 +421,9 @@ const OUTPUT_CAP: usize = 64 * 1024;
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub iptables_nft: Option<String>,
+    pub ip6tables_nft: Option<String>,
     pub iptables_legacy: Option<String>,
+    pub ip6tables_legacy: Option<String>,
     /// `nft -a list ruleset` (with rule handles).
     pub nft: Option<String>,
 }
@@ -356,9 +439,13 @@ pub fn snapshot(ns: &Namespace, frontend: Frontend, timeout: Duration) -> Result
         Ok(ran.output)
     };
     let any = frontend == Frontend::Any;
+    let nft = any || frontend == Frontend::IptablesNft;
+    let legacy = any || frontend == Frontend::IptablesLegacy;
     Ok(Snapshot {
-        iptables_nft: (any || frontend == Frontend::IptablesNft).then(|| run("iptables-nft-save", "iptables", &[])).transpose()?,
-        iptables_legacy: (any || frontend == Frontend::IptablesLegacy).then(|| run("iptables-legacy-save", "iptables", &[])).transpose()?,
+        iptables_nft: nft.then(|| run("iptables-nft-save", "iptables", &[])).transpose()?,
+        ip6tables_nft: nft.then(|| run("ip6tables-nft-save", "iptables", &[])).transpose()?,
+        iptables_legacy: legacy.then(|| run("iptables-legacy-save", "iptables", &[])).transpose()?,
+        ip6tables_legacy: legacy.then(|| run("ip6tables-legacy-save", "iptables", &[])).transpose()?,
         nft: Some(run("nft", "nftables", &["-a", "list", "ruleset"])?),
     })
 }
@@ -391,9 +478,21 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
         let _guard = crate::stubs::fork_guard();
-        cmd.spawn()
+        let spawned = cmd.spawn();
+        if let Ok(c) = &spawned {
+            crate::registry::track_group(c.id() as i32);
+        }
+        spawned
     };
     let mut child = spawned.map_err(Error::io(doing.clone()))?;
+    let pgid = child.id() as i32;
+    struct Untrack(i32);
+    impl Drop for Untrack {
+        fn drop(&mut self) {
+            crate::registry::untrack_group(self.0);
+        }
+    }
+    let _untrack = Untrack(pgid);
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -508,16 +607,17 @@ mod tests {
     fn script_and_nft_forms_carry_the_same_rules_in_the_same_order() {
         let c = IstioCapture::default_for(Shape::Current);
         let script = c.to_script("iptables-nft");
-        assert_eq!(script.lines().filter(|l| l.contains(" -N ISTIO_")).count(), 4);
+        assert_eq!(script.lines().filter(|l| l.contains(" -N ISTIO_")).count(), 8);
         let restore = c.to_restore();
         let restore_rules: Vec<&str> = restore.lines().filter(|l| l.starts_with("-A ")).collect();
         let script_rules: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix("iptables-nft -t nat ")).filter(|l| l.starts_with("-A ")).collect();
+        assert!(script.contains("ip6tables-nft -t nat -A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"), "{script}");
         assert_eq!(restore_rules, script_rules);
         let nft = c.to_nft();
         let out: Vec<&str> = nft.lines().filter_map(|l| l.strip_prefix("add rule inet istio-proxy-nat istio-output ")).collect();
-        assert_eq!(out.len(), 9, "{nft}");
-        assert_eq!(out[3], "meta skuid 1337 return");
-        assert_eq!(out[8], "jump istio-redirect");
+        assert_eq!(out.len(), 13, "{nft}");
+        assert_eq!(out[5], "meta skuid 1337 return");
+        assert_eq!(out[12], "jump istio-redirect");
         let inbound = nft.lines().filter(|l| l.contains(" istio-inbound meta")).count();
         assert_eq!(inbound, 5, "{nft}");
     }
@@ -530,11 +630,11 @@ mod tests {
 
     #[test]
     fn missing_and_empty_rule_files_are_reported_by_path() {
-        let e = RuleSource::RestoreFile("/nonexistent/x.rules".into()).check(Backend::Nft).unwrap_err().to_string();
+        let e = RuleSource::restore("/nonexistent/x.rules").check(Backend::Nft).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.rules"), "{e}");
         let file = std::env::temp_dir().join(format!("sidecheck-rules-test-{}", std::process::id()));
         std::fs::write(&file, "\n").unwrap();
-        for source in [RuleSource::RestoreFile(file.clone()), RuleSource::NftFile(file.clone()), RuleSource::Script(file.clone())] {
+        for source in [RuleSource::restore(file.clone()), RuleSource::NftFile(file.clone()), RuleSource::Script(file.clone())] {
             let e = source.check(Backend::Nft).unwrap_err().to_string();
             assert!(e.contains("is empty"), "{e}");
         }

@@ -2,12 +2,12 @@
 //! are errors, reported with file:line:column).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::topology::{Host, TopologyConfig};
+use crate::topology::{Family, Host, TopologyConfig};
 use crate::{Error, Result};
 
 mod builtin {
@@ -21,6 +21,10 @@ pub struct Spec {
     /// Which of the six flows (DESIGN.md's table) this checks.
     pub flow: u8,
     pub description: String,
+    /// `ipv4` or `ipv6`; absent: the scenario runs in every family the
+    /// topology has.
+    #[serde(default)]
+    pub family: Option<Family>,
     pub source: Source,
     pub destination: Destination,
     pub expect: Expect,
@@ -52,7 +56,7 @@ pub struct Destination {
     #[serde(default)]
     pub service: Option<String>,
     #[serde(default)]
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     pub port: u16,
 }
 
@@ -134,13 +138,19 @@ impl Scenario {
         self.spec.source.gid.unwrap_or(self.spec.source.uid)
     }
 
-    /// The address the probe connects to, in this topology.
-    pub fn target(&self, topo: &TopologyConfig) -> Result<SocketAddr> {
+    /// The families this scenario runs in, among `available`.
+    pub fn families(&self, available: &[Family]) -> Vec<Family> {
+        let wanted = self.spec.family.or(self.spec.destination.address.map(Family::of));
+        available.iter().copied().filter(|f| wanted.is_none_or(|w| w == *f)).collect()
+    }
+
+    /// The address the probe connects to, in this topology and family.
+    pub fn target(&self, topo: &TopologyConfig, family: Family) -> Result<SocketAddr> {
         let d = &self.spec.destination;
         let ip = if let Some(h) = &d.host {
             match Host::parse(h) {
-                Some(host) => topo.address(host),
-                None => Ipv4Addr::LOCALHOST,
+                Some(host) => topo.address_of(host, family),
+                None => family.localhost(),
             }
         } else if let Some(s) = &d.service {
             topo.service(s)
@@ -151,7 +161,7 @@ impl Scenario {
                         topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 })?
-                .vip
+                .vip_of(family)
         } else {
             d.address.expect("validated: one destination kind")
         };
@@ -263,7 +273,10 @@ expect:
         assert!(list.iter().all(|s| s.spec.expect.path.is_some()), "every built-in scenario states its path");
         let topo = TopologyConfig::default();
         for s in &list {
-            s.target(&topo).unwrap();
+            assert_eq!(s.families(&topo.families), Family::BOTH, "{}", s.name);
+            for f in Family::BOTH {
+                s.target(&topo, f).unwrap();
+            }
         }
     }
 
@@ -271,7 +284,12 @@ expect:
     fn a_good_file_parses_and_resolves() {
         let s = parse(GOOD).unwrap();
         assert_eq!(s.gid(), 1000);
-        assert_eq!(s.target(&TopologyConfig::default()).unwrap(), "10.244.0.20:9090".parse().unwrap());
+        assert_eq!(s.target(&TopologyConfig::default(), Family::Ipv4).unwrap(), "10.244.0.20:9090".parse().unwrap());
+        assert_eq!(s.target(&TopologyConfig::default(), Family::Ipv6).unwrap(), "[fd00:10:244::20]:9090".parse().unwrap());
+        let v6only = parse(&GOOD.replace("flow: 2", "flow: 2\nfamily: ipv6")).unwrap();
+        assert_eq!(v6only.families(&Family::BOTH), [Family::Ipv6]);
+        let by_address = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ address: 10.0.0.1, port: 9090 }")).unwrap();
+        assert_eq!(by_address.families(&Family::BOTH), [Family::Ipv4]);
     }
 
     #[test]
@@ -301,7 +319,7 @@ expect:
         let e = parse(&GOOD.replace("host: remote-pod", "host: mars")).unwrap_err().to_string();
         assert!(e.contains("`mars` is not a host"), "{e}");
         let s = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ service: nope, port: 80 }")).unwrap();
-        let e = s.target(&TopologyConfig::default()).unwrap_err().to_string();
+        let e = s.target(&TopologyConfig::default(), Family::Ipv4).unwrap_err().to_string();
         assert!(e.contains("not a service of the topology (known: local-app)"), "{e}");
     }
 

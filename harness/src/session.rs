@@ -11,7 +11,7 @@ use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::scenario::Scenario;
 use crate::stubs::{Stub, StubProcess};
-use crate::topology::{Host, Topology, TopologyConfig};
+use crate::topology::{Family, Host, Topology, TopologyConfig};
 use crate::trace::Tracer;
 use crate::verdict::{self, PathCheck, TrialResult};
 use crate::{Error, Result};
@@ -127,7 +127,9 @@ impl Session {
     pub fn preflight(config: &SessionConfig, scenarios: &[Scenario]) -> Result<()> {
         config.topology.validate()?;
         for s in scenarios {
-            s.target(&config.topology)?;
+            for f in s.families(&config.topology.families) {
+                s.target(&config.topology, f)?;
+            }
         }
         config.rules.check(config.backend)?;
         if config.trace {
@@ -136,8 +138,15 @@ impl Session {
         Ok(())
     }
 
-    pub fn start(config: SessionConfig) -> Result<Session> {
+    pub fn start(mut config: SessionConfig) -> Result<Session> {
         crate::require_root("building the test topology")?;
+        // Test the families the rules are for: an IPv4 restore file alone
+        // is an IPv4 test (the report says which families ran).
+        let for_rules = config.rules.families();
+        config.topology.families.retain(|f| for_rules.contains(f));
+        if config.topology.families.is_empty() {
+            return Err(Error::config(format!("{} has rules for no family this run tests", config.rules.describe())));
+        }
         Self::preflight(&config, &[])?;
         crate::raise_fd_limit();
         registry::sweep_stale();
@@ -150,7 +159,7 @@ impl Session {
         let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
 
         let pod = topology.ns(Host::LocalPod);
-        config.rules.install(pod, config.backend, config.rules_timeout)?;
+        config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
             true => Some(Tracer::start(pod, frontend, config.rules_timeout)?),
@@ -160,33 +169,59 @@ impl Session {
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(&run)?;
         let p = &config.proxy;
-        let mut args = vec![
-            "--outbound".into(),
-            format!("0.0.0.0:{}", p.outbound_port),
-            "--inbound".into(),
-            format!("0.0.0.0:{}", p.inbound_port),
-            "--serve".into(),
-            format!("envoy-admin=127.0.0.1:{}", p.admin_port),
-            "--serve".into(),
-            format!("envoy-stats=0.0.0.0:{}", p.stats_port),
-            "--serve".into(),
-            format!("envoy-health=0.0.0.0:{}", p.health_port),
+        let topo = &config.topology;
+        let any = |f: Family| -> &'static str {
+            match f {
+                Family::Ipv4 => "0.0.0.0",
+                Family::Ipv6 => "[::]",
+            }
+        };
+        let loopback = |f: Family| -> &'static str {
+            match f {
+                Family::Ipv4 => "127.0.0.1",
+                Family::Ipv6 => "[::1]",
+            }
+        };
+        let mut args: Vec<String> = Vec::new();
+        for f in topo.families.iter().copied() {
+            args.extend([
+                "--outbound".into(),
+                format!("{}:{}", any(f), p.outbound_port),
+                "--inbound".into(),
+                format!("{}:{}", any(f), p.inbound_port),
+                "--serve".into(),
+                format!("envoy-admin={}:{}", loopback(f), p.admin_port),
+                "--serve".into(),
+                format!("envoy-stats={}:{}", any(f), p.stats_port),
+                "--serve".into(),
+                format!("envoy-health={}:{}", any(f), p.health_port),
+            ]);
+            for s in &topo.services {
+                args.push("--route".into());
+                args.push(format!(
+                    "{}={}",
+                    std::net::SocketAddr::new(s.vip_of(f), s.port),
+                    std::net::SocketAddr::new(topo.address_of(s.endpoint, f), s.target_port)
+                ));
+            }
+        }
+        args.extend([
             "--passthrough4".into(),
             p.passthrough.to_string(),
+            "--passthrough6".into(),
+            topo.passthrough6.to_string(),
             "--timeout-ms".into(),
             config.probe_timeouts.connect.as_millis().to_string(),
-        ];
-        for s in &config.topology.services {
-            args.push("--route".into());
-            args.push(format!("{}:{}={}:{}", s.vip, s.port, topology.address(s.endpoint), s.target_port));
-        }
+        ]);
         stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, p.uid, p.gid, &args, config.stub_ready_timeout)?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
         let mut args: Vec<String> = Vec::new();
-        for port in &config.istiod_ports {
-            args.push("--listen".into());
-            args.push(format!("0.0.0.0:{port}"));
+        for f in config.topology.families.iter().copied() {
+            for port in &config.istiod_ports {
+                args.push("--listen".into());
+                args.push(format!("{}:{port}", any(f)));
+            }
         }
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.istiod_uid;
@@ -196,11 +231,13 @@ impl Session {
         let apps = {
             let _ctx = rt.enter();
             let mut apps = Vec::new();
-            for port in &config.local_app_ports {
-                apps.push(AppServer::start(pod, "local-app", *port, io)?);
-            }
-            for port in &config.remote_app_ports {
-                apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", *port, io)?);
+            for f in config.topology.families.iter().copied() {
+                for port in &config.local_app_ports {
+                    apps.push(AppServer::start(pod, "local-app", f, *port, io)?);
+                }
+                for port in &config.remote_app_ports {
+                    apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", f, *port, io)?);
+                }
             }
             apps
         };
@@ -232,19 +269,53 @@ impl Session {
 
     /// As [`Session::run`], choosing whether paths are asserted.
     pub fn run_with(&self, scenarios: &[Scenario], assert_paths: bool) -> Vec<TrialResult> {
-        let requests = scenarios
+        let cases: Vec<(Scenario, Family)> = scenarios
             .iter()
-            .map(|s| {
-                let target = s.target(&self.topology.config);
+            .flat_map(|s| s.families(&self.config.topology.families).into_iter().map(move |f| (s.clone(), f)))
+            .collect();
+        self.run_cases(&cases, assert_paths)
+    }
+
+    /// The families this session tests.
+    pub fn families(&self) -> &[Family] {
+        &self.config.topology.families
+    }
+
+    /// How trial names and reports call this session's backend.
+    pub fn backend_name(&self) -> String {
+        match self.config.rules.frontend(self.config.backend) {
+            rules::Frontend::IptablesNft => "nft".into(),
+            rules::Frontend::IptablesLegacy => "legacy".into(),
+            rules::Frontend::Nft => "nft-native".into(),
+            rules::Frontend::Any => match self.config.rules {
+                RuleSource::Script(_) => "script".into(),
+                _ => "generator".into(),
+            },
+        }
+    }
+
+    /// Run each (scenario, family) case once, all at once.
+    pub fn run_cases(&self, cases: &[(Scenario, Family)], assert_paths: bool) -> Vec<TrialResult> {
+        let requests = cases
+            .iter()
+            .map(|(s, f)| {
+                let target = s.target(&self.topology.config, *f);
                 ProbeRequest { from: s.spec.source.host, uid: s.spec.source.uid, gid: s.gid(), target }
             })
             .collect();
         let label = self.config.rules.label();
         let check = PathCheck { label: &label, assert: assert_paths };
-        scenarios
+        let backend = self.backend_name();
+        cases
             .iter()
             .zip(self.probe_all(requests))
-            .map(|(s, done)| verdict::judge(s, &done.observation, done.ms, done.path, &check))
+            .map(|((s, f), done)| {
+                let mut r = verdict::judge(s, &done.observation, done.ms, done.path, &check);
+                r.name = format!("{}::{backend}::{}", s.name, f.name());
+                r.backend = backend.clone();
+                r.family = f.name().into();
+                r
+            })
             .collect()
     }
 
@@ -307,7 +378,7 @@ impl Session {
         let frontend = self.config.rules.frontend(self.config.backend);
         let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
         let mut out = String::new();
-        for text in [&snap.iptables_nft, &snap.iptables_legacy].into_iter().flatten() {
+        for text in [&snap.iptables_nft, &snap.ip6tables_nft, &snap.iptables_legacy, &snap.ip6tables_legacy].into_iter().flatten() {
             out.push_str(&normalize_counters(text));
         }
         if let Some(nft) = &snap.nft {

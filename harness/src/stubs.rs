@@ -25,9 +25,14 @@ const FAKE_ISTIOD: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/
 /// the lock; writing a binary takes it alone.
 static FORK_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// Hold this across `Command::spawn`.
+/// Hold this across `Command::spawn` and the registration of the child.
 pub(crate) fn fork_guard() -> std::sync::RwLockReadGuard<'static, ()> {
     FORK_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For the signal handler: no fork starts, and none is half-registered.
+pub(crate) fn exclusive_fork_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FORK_LOCK.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Which stub.
@@ -117,11 +122,14 @@ impl StubProcess {
         };
         let spawned = {
             let _guard = fork_guard();
-            cmd.spawn()
+            let spawned = cmd.spawn();
+            if let Ok(c) = &spawned {
+                run.register_pid(c.id() as i32);
+            }
+            spawned
         };
         let mut child = spawned.map_err(|e| failed(format!("could not start {}: {e}", exe.display())))?;
         let pid = child.id() as i32;
-        run.register_pid(pid);
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();

@@ -7,7 +7,7 @@
 //! namespace.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use netns_rs::NetNs;
@@ -66,24 +66,77 @@ impl std::fmt::Display for Host {
     }
 }
 
+/// An IP family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    pub fn localhost(self) -> IpAddr {
+        match self {
+            Family::Ipv4 => Ipv4Addr::LOCALHOST.into(),
+            Family::Ipv6 => Ipv6Addr::LOCALHOST.into(),
+        }
+    }
+
+    pub fn of(addr: IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
 /// A ClusterIP-style service: connections to `vip:port` are meant for
 /// `endpoint:target_port`. Envoy's outbound listener resolves them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     pub vip: Ipv4Addr,
+    /// The service's IPv6 cluster IP, on a dual-stack topology.
+    pub vip6: Ipv6Addr,
     pub port: u16,
     pub endpoint: Host,
     pub target_port: u16,
 }
 
+impl Service {
+    pub fn vip_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => self.vip.into(),
+            Family::Ipv6 => self.vip6.into(),
+        }
+    }
+}
+
 /// Addresses and services, with Kubernetes-like defaults.
 #[derive(Clone, Debug)]
 pub struct TopologyConfig {
+    /// Which families the pods get addresses in (dual-stack by default).
+    pub families: Vec<Family>,
     pub pod_cidr: (Ipv4Addr, u8),
     pub addresses: BTreeMap<Host, Ipv4Addr>,
+    pub pod_cidr6: (Ipv6Addr, u8),
+    pub addresses6: BTreeMap<Host, Ipv6Addr>,
     pub service_cidr: (Ipv4Addr, u8),
+    pub service_cidr6: (Ipv6Addr, u8),
     pub services: Vec<Service>,
+    /// Added to the local pod's `lo`: Envoy's IPv6 inbound passthrough
+    /// source (pilot-agent adds it in a real pod).
+    pub passthrough6: Ipv6Addr,
 }
 
 impl Default for TopologyConfig {
@@ -98,17 +151,28 @@ impl Default for TopologyConfig {
         .into_iter()
         .map(|(h, a)| (h, Ipv4Addr::from(a)))
         .collect();
+        let v6 = |last: u16| Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, last);
+        let addresses6 = [(Host::Node, 1), (Host::LocalPod, 0x10), (Host::RemotePod, 0x20), (Host::Prometheus, 0x30), (Host::Istiod, 0x40)]
+            .into_iter()
+            .map(|(h, a)| (h, v6(a)))
+            .collect();
         TopologyConfig {
+            families: Family::BOTH.to_vec(),
             pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 24),
             addresses,
+            pod_cidr6: (v6(0), 64),
+            addresses6,
             service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            service_cidr6: (Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0), 112),
             services: vec![Service {
                 name: "local-app".into(),
                 vip: Ipv4Addr::new(10, 96, 0, 10),
+                vip6: Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10),
                 port: 8080,
                 endpoint: Host::LocalPod,
                 target_port: 8080,
             }],
+            passthrough6: Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
         }
     }
 }
@@ -118,9 +182,25 @@ pub fn in_cidr(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
     u32::from(addr) & mask == u32::from(net) & mask
 }
 
+pub fn in_cidr6(addr: Ipv6Addr, (net, len): (Ipv6Addr, u8)) -> bool {
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+    u128::from(addr) & mask == u128::from(net) & mask
+}
+
 impl TopologyConfig {
     pub fn address(&self, host: Host) -> Ipv4Addr {
         self.addresses[&host]
+    }
+
+    pub fn address_of(&self, host: Host, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => self.addresses[&host].into(),
+            Family::Ipv6 => self.addresses6[&host].into(),
+        }
+    }
+
+    pub fn has(&self, family: Family) -> bool {
+        self.families.contains(&family)
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -153,6 +233,29 @@ impl TopologyConfig {
         }
         if in_cidr(self.service_cidr.0, self.pod_cidr) || in_cidr(self.pod_cidr.0, self.service_cidr) {
             return Err(Error::config("the pod CIDR and the service CIDR overlap"));
+        }
+        if self.families.is_empty() {
+            return Err(Error::config("the topology has no IP family: use ipv4, ipv6 or both"));
+        }
+        if self.has(Family::Ipv6) {
+            let mut seen6 = BTreeMap::new();
+            for host in Host::ALL {
+                let addr = *self.addresses6.get(&host).ok_or_else(|| Error::config(format!("no IPv6 address for host {host}")))?;
+                if !in_cidr6(addr, self.pod_cidr6) {
+                    return Err(Error::config(format!("IPv6 address {addr} of {host} is outside the pod CIDR {}/{}", self.pod_cidr6.0, self.pod_cidr6.1)));
+                }
+                if let Some(other) = seen6.insert(addr, host) {
+                    return Err(Error::config(format!("{other} and {host} both have address {addr}")));
+                }
+            }
+            for s in &self.services {
+                if !in_cidr6(s.vip6, self.service_cidr6) {
+                    return Err(Error::config(format!(
+                        "service {}: VIP {} is outside the service CIDR {}/{}: pick a VIP inside it, or widen the CIDR",
+                        s.name, s.vip6, self.service_cidr6.0, self.service_cidr6.1
+                    )));
+                }
+            }
         }
         for s in &self.services {
             if !in_cidr(s.vip, self.service_cidr) {
@@ -292,6 +395,17 @@ impl Topology {
     }
 
     async fn wire(&self) -> Result<()> {
+        let v4 = self.config.has(Family::Ipv4);
+        let v6 = self.config.has(Family::Ipv6);
+        if v6 {
+            // Addresses usable at once: no duplicate address detection in a
+            // sandbox whose addresses are all ours. Set before any link exists.
+            for host in Host::ALL {
+                let ns = self.ns(host);
+                ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+                ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            }
+        }
         let node_ns = self.ns(Host::Node);
         let node = self.netlink(Host::Node).await?;
         let (_, plen) = self.config.pod_cidr;
@@ -306,11 +420,20 @@ impl Topology {
             .await
             .map_err(netlink_err("creating bridge br0", node_ns))?;
         let br0 = link_index(&node, "br0").await.map_err(netlink_err("looking up br0", node_ns))?;
-        node.address()
-            .add(br0, self.config.address(Host::Node).into(), plen)
-            .execute()
-            .await
-            .map_err(netlink_err("adding the node address to br0", node_ns))?;
+        if v4 {
+            node.address()
+                .add(br0, self.config.address(Host::Node).into(), plen)
+                .execute()
+                .await
+                .map_err(netlink_err("adding the node address to br0", node_ns))?;
+        }
+        if v6 {
+            node.address()
+                .add(br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.1)
+                .execute()
+                .await
+                .map_err(netlink_err("adding the node IPv6 address to br0", node_ns))?;
+        }
 
         for pod in Host::PODS {
             let pod_ns = self.ns(pod);
@@ -342,17 +465,39 @@ impl Topology {
                 .execute()
                 .await
                 .map_err(netlink_err("setting eth0 up", pod_ns))?;
-            h.address()
-                .add(POD_ETH0_INDEX, self.config.address(pod).into(), plen)
-                .execute()
-                .await
-                .map_err(netlink_err("adding the pod address to eth0", pod_ns))?;
-            let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(self.config.address(Host::Node)).build();
-            h.route()
-                .add(route)
-                .execute()
-                .await
-                .map_err(netlink_err("adding the default route via the node", pod_ns))?;
+            if v4 {
+                h.address()
+                    .add(POD_ETH0_INDEX, self.config.address(pod).into(), plen)
+                    .execute()
+                    .await
+                    .map_err(netlink_err("adding the pod address to eth0", pod_ns))?;
+                let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(self.config.address(Host::Node)).build();
+                h.route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(netlink_err("adding the default route via the node", pod_ns))?;
+            }
+            if v6 {
+                h.address()
+                    .add(POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.1)
+                    .execute()
+                    .await
+                    .map_err(netlink_err("adding the pod IPv6 address to eth0", pod_ns))?;
+                let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(self.config.addresses6[&Host::Node]).build();
+                h.route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(netlink_err("adding the IPv6 default route via the node", pod_ns))?;
+                if pod == Host::LocalPod {
+                    h.address()
+                        .add(LO_INDEX, self.config.passthrough6.into(), 128)
+                        .execute()
+                        .await
+                        .map_err(netlink_err("adding the IPv6 inbound passthrough address to lo", pod_ns))?;
+                }
+            }
         }
         Ok(())
     }

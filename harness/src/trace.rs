@@ -51,6 +51,9 @@ pub enum Step {
 /// One rule or chain decision for one packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TraceEvent {
+    /// NFPROTO of the table: 2 ip, 10 ip6, 1 inet.
+    #[serde(skip)]
+    pub nfproto: u8,
     pub table: String,
     pub chain: String,
     pub step: Step,
@@ -87,34 +90,34 @@ pub fn parse_legacy_prefix(prefix: &str) -> Option<(String, String, Step)> {
 pub struct RuleIndex {
     /// (family, table, chain, handle) -> position
     positions: HashMap<(u8, String, String, u64), u32>,
-    /// (table, chain) -> number of rules, from the nf_tables dump
-    counts: HashMap<(String, String), usize>,
-    /// (table, chain) -> hook, for nf_tables base chains (any name)
-    hooks: HashMap<(String, String), &'static str>,
-    /// (table, chain) -> rule texts in order
-    pub texts: BTreeMap<(String, String), Vec<String>>,
+    /// (nfproto, table, chain) -> number of rules, from the nf_tables dump
+    counts: HashMap<(u8, String, String), usize>,
+    /// (nfproto, table, chain) -> hook, for nf_tables base chains (any name)
+    hooks: HashMap<(u8, String, String), &'static str>,
+    /// (nfproto, table, chain) -> rule texts in order
+    pub texts: BTreeMap<(u8, String, String), Vec<String>>,
     /// What the kernel held after installation.
     pub snapshot: rules::Snapshot,
 }
 
 impl RuleIndex {
-    /// Parse iptables-save output into rule texts by chain.
-    pub fn parse_save(text: &str) -> BTreeMap<(String, String), Vec<String>> {
-        let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    /// Parse iptables-save output (of family `nfproto`) into rule texts by chain.
+    pub fn parse_save(nfproto: u8, text: &str) -> BTreeMap<(u8, String, String), Vec<String>> {
+        let mut out: BTreeMap<(u8, String, String), Vec<String>> = BTreeMap::new();
         let mut table = String::new();
         for line in text.lines() {
             if let Some(t) = line.strip_prefix('*') {
                 table = t.trim().to_string();
             } else if let Some(rest) = line.strip_prefix("-A ") {
                 let chain = rest.split_whitespace().next().unwrap_or_default().to_string();
-                out.entry((table.clone(), chain)).or_default().push(line.to_string());
+                out.entry((nfproto, table.clone(), chain)).or_default().push(line.to_string());
             }
         }
         out
     }
 
-    pub fn rule_count(&self, table: &str, chain: &str) -> usize {
-        let key = (table.to_string(), chain.to_string());
+    pub fn rule_count(&self, nfproto: u8, table: &str, chain: &str) -> usize {
+        let key = (nfproto, table.to_string(), chain.to_string());
         match self.counts.get(&key) {
             Some(n) => *n,
             None => self.texts.get(&key).map_or(0, Vec::len),
@@ -124,8 +127,8 @@ impl RuleIndex {
     /// The hook a chain is attached to, in the article's spelling
     /// (`OUTPUT`), or None for a user chain. nf_tables says so itself;
     /// x_tables' base chains are named after their hooks.
-    pub fn hook_of(&self, table: &str, chain: &str) -> Option<&'static str> {
-        if let Some(h) = self.hooks.get(&(table.to_string(), chain.to_string())) {
+    pub fn hook_of(&self, nfproto: u8, table: &str, chain: &str) -> Option<&'static str> {
+        if let Some(h) = self.hooks.get(&(nfproto, table.to_string(), chain.to_string())) {
             return Some(h);
         }
         ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].into_iter().find(|h| *h == chain)
@@ -157,7 +160,7 @@ impl RuleIndex {
                     let Some((text, handle)) = t.rsplit_once(" # handle ") else { continue };
                     let Ok(handle) = handle.trim().parse::<u64>() else { continue };
                     let Some(pos) = self.position(family, &table, &chain, handle) else { continue };
-                    let rules = self.texts.entry((table.clone(), chain.clone())).or_default();
+                    let rules = self.texts.entry((family, table.clone(), chain.clone())).or_default();
                     let i = pos as usize - 1;
                     if rules.len() <= i {
                         rules.resize(i + 1, String::new());
@@ -177,9 +180,9 @@ impl RuleIndex {
         }
     }
 
-    pub fn rule_text(&self, table: &str, chain: &str, n: u32) -> Option<&str> {
+    pub fn rule_text(&self, nfproto: u8, table: &str, chain: &str, n: u32) -> Option<&str> {
         let i = (n as usize).checked_sub(1)?;
-        self.texts.get(&(table.to_string(), chain.to_string()))?.get(i).map(String::as_str)
+        self.texts.get(&(nfproto, table.to_string(), chain.to_string()))?.get(i).map(String::as_str)
     }
 
     fn position(&self, family: u8, table: &str, chain: &str, handle: u64) -> Option<u32> {
@@ -188,7 +191,7 @@ impl RuleIndex {
 }
 
 type Positions = HashMap<(u8, String, String, u64), u32>;
-type Hooks = HashMap<(String, String), &'static str>;
+type Hooks = HashMap<(u8, String, String), &'static str>;
 
 /// Dump nf_tables rules and chains (all families) in `ns`: rule handle ->
 /// position, and the hook of every base chain.
@@ -252,7 +255,7 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
                 _ => return,
             };
             if let (Some(t), Some(c)) = (table, chain) {
-                hooks.insert((t, c), name);
+                hooks.insert((m.family, t, c), name);
             }
         })?;
         if bad {
@@ -300,6 +303,7 @@ impl Tracer {
         if legacy {
             // x_tables' TRACE reaches userspace through the family's logger.
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
+            ns.sysctl("net.netfilter.nf_log.10", "nfnetlink_log")?;
         }
         let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], TRACE_RULESET, timeout)?;
         if !ran.status.success() {
@@ -315,12 +319,13 @@ impl Tracer {
             _ => dump_nft(ns)?,
         };
         let mut counts = HashMap::new();
-        for (_, table, chain, _) in positions.keys() {
-            *counts.entry((table.clone(), chain.clone())).or_insert(0) += 1;
+        for (family, table, chain, _) in positions.keys() {
+            *counts.entry((*family, table.clone(), chain.clone())).or_insert(0) += 1;
         }
         let mut texts = BTreeMap::new();
-        for save in [&snapshot.iptables_nft, &snapshot.iptables_legacy].into_iter().flatten() {
-            for (k, v) in RuleIndex::parse_save(save) {
+        let saves = [(2, &snapshot.iptables_nft), (10, &snapshot.ip6tables_nft), (2, &snapshot.iptables_legacy), (10, &snapshot.ip6tables_legacy)];
+        for (nfproto, save) in saves {
+            for (k, v) in RuleIndex::parse_save(nfproto, save.as_deref().unwrap_or("")) {
                 texts.entry(k).or_insert(v);
             }
         }
@@ -418,9 +423,10 @@ fn open_nflog() -> std::io::Result<Socket> {
     let af_inet = libc::AF_INET as u8;
     let mut mode = 256u32.to_be_bytes().to_vec(); // copy the first 256 bytes of each packet
     mode.extend_from_slice(&[2 /* NFULNL_COPY_PACKET */, 0]);
-    // Rebind the family to nfnetlink_log (PF_UNBIND, PF_BIND), bind group 0,
+    // Rebind both families to nfnetlink_log (PF_UNBIND, PF_BIND), bind group 0,
     // set the copy mode: NFULA_CFG_CMD = 1, NFULA_CFG_MODE = 2.
-    let steps: [(u8, u16, &[u8]); 4] = [(af_inet, 1, &[4]), (af_inet, 1, &[3]), (0, 1, &[1]), (0, 2, &mode)];
+    let af_inet6 = libc::AF_INET6 as u8;
+    let steps: [(u8, u16, &[u8]); 6] = [(af_inet, 1, &[4]), (af_inet, 1, &[3]), (af_inet6, 1, &[4]), (af_inet6, 1, &[3]), (0, 1, &[1]), (0, 2, &mode)];
     for (seq, (family, attr, value)) in steps.into_iter().enumerate() {
         let seq = seq as u32 + 1;
         let req = nl::request(nl::NFNL_SUBSYS_ULOG, nl::NFULNL_MSG_CONFIG, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq, family, 0, &[(attr, value)]);
@@ -475,7 +481,7 @@ pub fn parse_nft_trace(
         3 => Step::Rule(handle.and_then(|h| position(&table, &chain, h)).unwrap_or(0)),
         _ => return None,
     };
-    Some(TraceEvent { table, chain, step, verdict, src: packet.0, dst: packet.1, isn: packet.2 })
+    Some(TraceEvent { nfproto: msg.family, table, chain, step, verdict, src: packet.0, dst: packet.1, isn: packet.2 })
 }
 
 fn parse_verdict(nested: &[u8]) -> Option<String> {
@@ -512,7 +518,8 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
         let (Some(prefix), Some(payload)) = (prefix, payload) else { continue };
         let Some((table, chain, step)) = parse_legacy_prefix(&prefix) else { continue };
         let (Some((src, dst)), Some(isn)) = (nl::packet_tuple(payload, None), nl::tcp_seq(payload, None)) else { continue };
-        p.events.push(TraceEvent { table, chain, step, verdict: None, src, dst, isn });
+        let nfproto = if src.is_ipv4() { 2 } else { 10 };
+        p.events.push(TraceEvent { nfproto, table, chain, step, verdict: None, src, dst, isn });
     }
 }
 
@@ -527,9 +534,9 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
 pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, local_origin: bool) -> Vec<String> {
     // Segments: one per hook traversal, user chains in first-visit order
     // with the last step seen in each.
-    let mut segments: Vec<(String, Vec<(String, String, Step)>)> = Vec::new();
+    let mut segments: Vec<(String, Vec<(u8, String, String, Step)>)> = Vec::new();
     for e in events {
-        if let Some(hook) = index.hook_of(&e.table, &e.chain) {
+        if let Some(hook) = index.hook_of(e.nfproto, &e.table, &e.chain) {
             if segments.last().is_none_or(|(h, _)| h != hook) {
                 segments.push((hook.to_string(), Vec::new()));
             }
@@ -539,9 +546,9 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
             segments.push(("?".into(), Vec::new()));
         }
         let chains = &mut segments.last_mut().unwrap().1;
-        match chains.iter_mut().find(|(t, c, _)| *t == e.table && *c == e.chain) {
-            Some(entry) => entry.2 = e.step.clone(),
-            None => chains.push((e.table.clone(), e.chain.clone(), e.step.clone())),
+        match chains.iter_mut().find(|(_, t, c, _)| *t == e.table && *c == e.chain) {
+            Some(entry) => entry.3 = e.step.clone(),
+            None => chains.push((e.nfproto, e.table.clone(), e.chain.clone(), e.step.clone())),
         }
     }
     // nf_tables reports entering a chain (the jump) but not always leaving
@@ -549,16 +556,16 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
     // ended without a decision.
     for e in events {
         let Some(target) = e.verdict.as_deref().and_then(|v| v.strip_prefix("jump ").or(v.strip_prefix("goto "))) else { continue };
-        let hook = index.hook_of(&e.table, &e.chain);
+        let hook = index.hook_of(e.nfproto, &e.table, &e.chain);
         let Some(seg) = segments
             .iter_mut()
-            .find(|(h, chains)| Some(h.as_str()) == hook || chains.iter().any(|(t, c, _)| *t == e.table && *c == e.chain))
+            .find(|(h, chains)| Some(h.as_str()) == hook || chains.iter().any(|(_, t, c, _)| *t == e.table && *c == e.chain))
         else {
             continue;
         };
-        if !seg.1.iter().any(|(t, c, _)| *t == e.table && c == target) {
-            let at = seg.1.iter().position(|(t, c, _)| *t == e.table && *c == e.chain).map_or(0, |i| i + 1);
-            seg.1.insert(at, (e.table.clone(), target.to_string(), Step::Return));
+        if !seg.1.iter().any(|(_, t, c, _)| *t == e.table && c == target) {
+            let at = seg.1.iter().position(|(_, t, c, _)| *t == e.table && *c == e.chain).map_or(0, |i| i + 1);
+            seg.1.insert(at, (e.nfproto, e.table.clone(), target.to_string(), Step::Return));
         }
     }
     let (first, second) = if local_origin { ("OUTPUT", "POSTROUTING") } else { ("PREROUTING", "INPUT") };
@@ -574,9 +581,9 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
             break;
         }
         out.push(hook.clone());
-        for (table, chain, step) in chains {
+        for (nfproto, table, chain, step) in chains {
             out.push(match step {
-                Step::Rule(n) if index.rule_count(table, chain) == 1 => chain.clone(),
+                Step::Rule(_) if index.rule_count(*nfproto, table, chain) == 1 => chain.clone(),
                 Step::Rule(0) => format!("{chain} RULE ?"),
                 Step::Rule(n) => format!("{chain} RULE {n}"),
                 Step::Return | Step::Policy => format!("{chain} (no rule matched)"),
@@ -592,6 +599,7 @@ mod tests {
 
     fn ev(chain: &str, step: Step) -> TraceEvent {
         TraceEvent {
+            nfproto: 2,
             table: "nat".into(),
             chain: chain.into(),
             step,
@@ -604,7 +612,7 @@ mod tests {
 
     fn index() -> RuleIndex {
         let save = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n";
-        RuleIndex { texts: RuleIndex::parse_save(save), ..RuleIndex::default() }
+        RuleIndex { texts: RuleIndex::parse_save(2, save), ..RuleIndex::default() }
     }
 
     #[test]
@@ -655,9 +663,10 @@ mod tests {
     #[test]
     fn save_output_is_indexed_by_chain() {
         let i = index();
-        assert_eq!(i.rule_count("nat", "ISTIO_OUTPUT"), 2);
-        assert_eq!(i.rule_text("nat", "ISTIO_OUTPUT", 2), Some("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
-        assert_eq!(i.rule_count("nat", "NOPE"), 0);
+        assert_eq!(i.rule_count(2, "nat", "ISTIO_OUTPUT"), 2);
+        assert_eq!(i.rule_text(2, "nat", "ISTIO_OUTPUT", 2), Some("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
+        assert_eq!(i.rule_count(2, "nat", "NOPE"), 0);
+        assert_eq!(i.rule_count(10, "nat", "ISTIO_OUTPUT"), 0);
     }
 }
 

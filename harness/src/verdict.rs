@@ -57,7 +57,11 @@ pub struct Observed {
 /// `expected.ports`, `observed.ports`, `message`; other fields may be added.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrialResult {
+    /// `<scenario>::<backend>::<family>`: `istio::type2-local-to-remote::nft::ipv6`.
     pub name: String,
+    pub scenario: String,
+    pub backend: String,
+    pub family: String,
     pub flow: u8,
     pub description: String,
     pub outcome: Outcome,
@@ -197,6 +201,9 @@ pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: O
     };
     TrialResult {
         name: scenario.name.clone(),
+        scenario: scenario.name.clone(),
+        backend: String::new(),
+        family: String::new(),
         flow: scenario.spec.flow,
         description: scenario.spec.description.clone(),
         outcome: if pass { Outcome::Pass } else { Outcome::Fail },

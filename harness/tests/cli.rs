@@ -7,6 +7,20 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
 
+/// Every test that starts a run holds this shared; the tests about stale
+/// runs hold it alone, because any run that starts meanwhile sweeps stale
+/// runs itself (as it should) and would take the evidence away. Under
+/// nextest, `.config/nextest.toml` makes those tests exclusive instead.
+static RUNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_runs() -> std::sync::RwLockReadGuard<'static, ()> {
+    RUNS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive_runs() -> std::sync::RwLockWriteGuard<'static, ()> {
+    RUNS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn need_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -139,6 +153,7 @@ fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 #[test]
 fn sigint_and_sigterm_mid_probe_clean_up_and_exit_130_143() {
     need_root();
+    let _runs = shared_runs();
     let dir = TempDir::new("signals");
     for (sig, want) in [(nix::sys::signal::Signal::SIGINT, 130), (nix::sys::signal::Signal::SIGTERM, 143)] {
         let child = start_stalled_run(&dir);
@@ -154,6 +169,7 @@ fn sigint_and_sigterm_mid_probe_clean_up_and_exit_130_143() {
 #[test]
 fn sigkill_mid_probe_is_swept_by_clean() {
     need_root();
+    let _runs = exclusive_runs();
     let dir = TempDir::new("sigkill");
     let mut child = start_stalled_run(&dir);
     let pid = child.id();
@@ -181,39 +197,48 @@ fn sigkill_mid_probe_is_swept_by_clean() {
 #[test]
 fn default_run_passes_and_keeps_the_json_contract() {
     need_root();
+    let _runs = shared_runs();
     let (out, _) = run_checked(&["run", "--format", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let trials = v["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 7);
-    assert_eq!(v["passed"], 7);
+    // Seven scenarios, each in both families of the dual-stack topology.
+    assert_eq!(trials.len(), 14);
+    assert_eq!(v["passed"], 14);
     assert_eq!(v["failed"], 0);
+    assert_eq!(v["families"], serde_json::json!(["ipv4", "ipv6"]));
     for t in trials {
-        for key in ["name", "flow", "outcome", "expected", "observed", "message"] {
+        for key in ["name", "flow", "outcome", "expected", "observed", "message", "backend", "family"] {
             assert!(!t[key].is_null(), "trial lacks `{key}`: {t}");
         }
         assert_eq!(t["outcome"], "pass");
         assert_eq!(t["expected"]["ports"], t["observed"]["ports"]);
+        assert_eq!(t["expected"]["path"], t["observed"]["path"], "{}", t["name"]);
     }
-    let type4 = trials.iter().find(|t| t["name"] == "istio::type4-local-to-local-via-service").unwrap();
+    let type4 = trials.iter().find(|t| t["name"] == "istio::type4-local-to-local-via-service::nft::ipv4").unwrap();
     assert_eq!(type4["observed"]["ports"], serde_json::json!([15001, 15006, 8080]));
-    // Envoy's inbound passthrough reaches the app from 127.0.0.6.
+    // Envoy's inbound passthrough reaches the app from 127.0.0.6, and from ::6 over IPv6.
     assert!(type4["observed"]["peer"].as_str().unwrap().starts_with("127.0.0.6:"), "{type4}");
+    let type4v6 = trials.iter().find(|t| t["name"] == "istio::type4-local-to-local-via-service::nft::ipv6").unwrap();
+    assert!(type4v6["observed"]["peer"].as_str().unwrap().starts_with("[::6]:"), "{type4v6}");
+    assert_eq!(type4v6["observed"]["hops"][0]["original_dst"], "[fd00:10:96::10]:8080");
 }
 
 #[test]
 fn human_output_has_a_row_per_flow_and_a_closing_line() {
     need_root();
+    let _runs = shared_runs();
     let (out, _) = run_checked(&["run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("istio::") && l.trim_end().ends_with("pass")).count(), 7, "{text}");
-    assert_eq!(text.lines().last(), Some("7 passed, 0 failed"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("istio::") && l.trim_end().ends_with("pass")).count(), 14, "{text}");
+    assert_eq!(text.lines().last(), Some("14 passed, 0 failed"), "{text}");
 }
 
 #[test]
 fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     need_root();
+    let _runs = shared_runs();
     let dir = TempDir::new("broken");
     let good = harness::rules::IstioCapture::default_for(harness::rules::Shape::Current).to_restore();
     // No uid/gid 1337 RETURN: the proxy's own upstream connections loop.
@@ -235,8 +260,10 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     failed.sort();
-    assert_eq!(failed, ["istio::type2-local-to-remote", "istio::type6-agent-as-app-uid", "istio::type6-agent-to-istiod"]);
-    let t2 = v["trials"].as_array().unwrap().iter().find(|t| t["name"] == "istio::type2-local-to-remote").unwrap();
+    // An IPv4 restore file alone: an IPv4 run.
+    assert_eq!(v["families"], serde_json::json!(["ipv4"]));
+    assert_eq!(failed, ["istio::type2-local-to-remote::nft::ipv4", "istio::type6-agent-as-app-uid::nft::ipv4", "istio::type6-agent-to-istiod::nft::ipv4"]);
+    let t2 = v["trials"].as_array().unwrap().iter().find(|t| t["name"] == "istio::type2-local-to-remote::nft::ipv4").unwrap();
     assert_eq!(t2["observed"]["ports"], serde_json::json!([15001, 15001]));
     assert!(t2["message"].as_str().unwrap().contains("came back to the outbound listener 15001"), "{t2}");
 }
@@ -244,6 +271,7 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
 #[test]
 fn istio_cni_golden_passes_all_flows() {
     need_root();
+    let _runs = shared_runs();
     let golden = shared().join("third-party/istio/restore/cni-basic.v4.rules");
     let (out, _) = run_checked(&["run", "--rules", golden.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -252,6 +280,7 @@ fn istio_cni_golden_passes_all_flows() {
 #[test]
 fn rules_that_do_not_apply_exit_2_with_the_tools_message() {
     need_root();
+    let _runs = shared_runs();
     let golden = shared().join("third-party/istio/restore/iptables-outbound-owner-groups.v4.rules");
     let (out, _) = run_checked(&["run", "--rules", golden.to_str().unwrap()]);
     assert_eq!(code(&out), 2);
@@ -266,6 +295,7 @@ fn rules_that_do_not_apply_exit_2_with_the_tools_message() {
 #[test]
 fn bad_input_exits_2_before_anything_is_built() {
     need_root();
+    let _runs = shared_runs();
     let dir = TempDir::new("bad");
     let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/istio/type2-local-to-remote.yaml")).unwrap();
     let unknown = dir.write("unknown/istio/a.yaml", &good.replace("flow: 2", "flow: 2\nflwo: 3"));
@@ -297,6 +327,7 @@ fn bad_input_exits_2_before_anything_is_built() {
 #[test]
 fn not_root_exits_2_saying_so() {
     need_root();
+    let _runs = shared_runs();
     // A copy the unprivileged uid can execute wherever the target dir lives.
     let dir = TempDir::new("nonroot");
     let exe = dir.0.join("sidecheck");
@@ -312,6 +343,7 @@ fn not_root_exits_2_saying_so() {
 #[test]
 fn clean_sweeps_dead_runs_and_spares_live_ones() {
     need_root();
+    let _runs = exclusive_runs();
     // A dead run: its lock file nobody holds, and a namespace named after it.
     let dead = "sidecheck-4000000001-0";
     std::fs::create_dir_all("/run/sidecheck").unwrap();
@@ -333,6 +365,7 @@ fn clean_sweeps_dead_runs_and_spares_live_ones() {
 #[test]
 fn trace_prints_the_path_and_each_rule_with_its_text() {
     need_root();
+    let _runs = shared_runs();
     let (out, _) = run_checked(&["trace", "--from", "local-pod:1000", "--to", "remote-pod:9090"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -347,11 +380,18 @@ fn trace_prints_the_path_and_each_rule_with_its_text() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["path"]["line"], "PREROUTING -> ISTIO_INBOUND RULE 2 -> INPUT -> Envoy 15090");
     assert_eq!(v["path"]["legs"][0]["events"][1]["chain"], "ISTIO_INBOUND");
+    // And over IPv6, to an address.
+    let (out, _) = run_checked(&["trace", "--from", "local-pod:1000", "--to", "[fd00:10:244::20]:9090", "--backend", "legacy"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("path:  OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> OUTPUT -> ISTIO_OUTPUT RULE 4 -> POSTROUTING -> Remote Pod"), "{text}");
+    assert!(text.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN") || text.contains("uid-owner 1337 -j RETURN"), "{text}");
 }
 
 #[test]
 fn trace_names_where_a_stalled_connection_went() {
     need_root();
+    let _runs = shared_runs();
     let (out, _) = run_checked(&["trace", "--from", "local-pod:1000", "--to", "remote-pod:9091"]);
     // Captured to 15001; Envoy's upstream to 9091 is refused.
     assert_eq!(code(&out), 1, "{}", stderr(&out));
@@ -363,6 +403,7 @@ fn trace_names_where_a_stalled_connection_went() {
 #[test]
 fn trace_rejects_unknown_endpoints() {
     need_root();
+    let _runs = shared_runs();
     for (from, to, says) in [
         ("node", "remote-pod:9090", "`node` is not a pod"),
         ("local-pod:abc", "remote-pod:9090", "`abc` is not a uid"),
@@ -375,19 +416,24 @@ fn trace_rejects_unknown_endpoints() {
     }
 }
 
-fn json_ports(out: &Output) -> Vec<(String, String, serde_json::Value)> {
+/// (scenario, family, outcome, observed ports) of every trial.
+fn json_ports(out: &Output) -> Vec<(String, String, String, serde_json::Value)> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     v["trials"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["name"].as_str().unwrap().to_string(), t["outcome"].as_str().unwrap().to_string(), t["observed"]["ports"].clone()))
+        .map(|t| {
+            let s = |k: &str| t[k].as_str().unwrap().to_string();
+            (s("scenario"), s("family"), s("outcome"), t["observed"]["ports"].clone())
+        })
         .collect()
 }
 
 #[test]
 fn the_built_in_rules_give_the_same_result_from_every_source() {
     need_root();
+    let _runs = shared_runs();
     let dir = TempDir::new("sources");
     let print = |form: &str, extra: &[&str]| {
         let mut args = vec!["rules", "--form", form];
@@ -397,20 +443,25 @@ fn the_built_in_rules_give_the_same_result_from_every_source() {
         String::from_utf8(out.stdout).unwrap()
     };
     let restore = dir.write("builtin.rules", &print("restore", &[]));
+    let restore6 = dir.write("builtin.rules6", &print("restore6", &[]));
     let script = dir.write("builtin.sh", &print("script", &["--iptables", "iptables-legacy"]));
     let nft = dir.write("builtin.nft", &print("nft", &[]));
     let generator = format!("{BIN} rules | iptables-nft-restore");
     let (reference, _) = run_checked(&["run", "--format", "json"]);
     assert_eq!(code(&reference), 0);
     let reference = json_ports(&reference);
-    assert_eq!(reference.len(), 7);
-    for (flag, value) in [
-        ("--rules", restore.to_str().unwrap()),
-        ("--script", script.to_str().unwrap()),
-        ("--nft", nft.to_str().unwrap()),
-        ("--generator", generator.as_str()),
+    assert_eq!(reference.len(), 14);
+    let generator = format!("{generator} && {BIN} rules --form restore6 | ip6tables-nft-restore");
+    for args in [
+        vec!["--rules", restore.to_str().unwrap(), "--rules6", restore6.to_str().unwrap()],
+        vec!["--script", script.to_str().unwrap()],
+        vec!["--nft", nft.to_str().unwrap()],
+        vec!["--generator", generator.as_str()],
     ] {
-        let (out, _) = run_checked(&["run", flag, value, "--format", "json"]);
+        let flag = args[0];
+        let mut all = vec!["run", "--format", "json"];
+        all.extend(args.iter());
+        let (out, _) = run_checked(&all);
         assert_eq!(code(&out), 0, "{flag}: {}", stderr(&out));
         assert_eq!(json_ports(&out), reference, "{flag} gave another result");
     }
@@ -419,6 +470,7 @@ fn the_built_in_rules_give_the_same_result_from_every_source() {
 #[test]
 fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
     need_root();
+    let _runs = shared_runs();
     let dir = TempDir::new("badsources");
     let bad_nft = dir.write("bad.nft", "table inet t {\n  chain c {\n    type nat hook output priority -100;\n    tcp dport 80 redirec to :15001\n  }\n}\n");
     let failing_script = dir.write("fail.sh", "echo writing rules\niptables-nft -t nat -A NOPE -j RETURN\n");
@@ -453,6 +505,7 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
 #[test]
 fn missing_tools_exit_2_naming_the_package() {
     need_root();
+    let _runs = shared_runs();
     // Hide a tool in a private mount namespace (bind /dev/null over it): the
     // host keeps its tools, the run does not see them.
     let hide = |path: &str, args: &str| {

@@ -54,16 +54,19 @@ fn builtin(shape: Shape, backend: Backend) -> SessionConfig {
     }
 }
 
+/// One trial per scenario and family: `<prefix>::<scenario>::<backend>::<family>`.
 fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -> Vec<Trial> {
+    let backend = shared.config.backend.name();
     scenarios
         .iter()
-        .map(|s| {
-            let name = s.name.replacen("istio::", &format!("{prefix}::"), 1);
+        .flat_map(|s| s.families(&shared.config.topology.families).into_iter().map(move |f| (s.clone(), f)))
+        .map(|(s, family)| {
+            let name = format!("{}::{backend}::{}", s.name.replacen("istio::", &format!("{prefix}::"), 1), family.name());
             let shared = shared.clone();
-            let s = s.clone();
             Trial::test(name, move || {
                 let session = shared.get()?;
-                let result = session.run(std::slice::from_ref(&s)).remove(0);
+                let assert = session.config().assert_paths;
+                let result = session.run_cases(&[(s, family)], assert).remove(0);
                 match result.outcome {
                     Outcome::Pass => Ok(()),
                     Outcome::Fail => Err(result.message.into()),
@@ -71,6 +74,15 @@ fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -
             })
         })
         .collect()
+}
+
+/// `istio::type2-local-to-remote::nft::ipv4` -> `type2-local-to-remote::ipv4`.
+fn short(name: &str) -> String {
+    let parts: Vec<&str> = name.split("::").collect();
+    match parts.as_slice() {
+        [_, stem, _, family] => format!("{stem}::{family}"),
+        _ => name.to_string(),
+    }
 }
 
 /// A way to break the built-in current rules, and the trials it must fail.
@@ -90,42 +102,42 @@ const BREAKAGES: &[Breakage] = &[
         why: "without the uid/gid 1337 RETURN rules the proxy's own upstream is captured again",
         remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"],
         replace: None,
-        fails: &["type2-local-to-remote", "type6-agent-as-app-uid", "type6-agent-to-istiod"],
+        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
     },
     Breakage {
         name: "wrong-outbound-port",
         why: "outbound capture redirects to 15002, where nothing listens",
         remove: &[],
         replace: Some(("--to-ports 15001", "--to-ports 15002")),
-        fails: &["type2-local-to-remote", "type4-local-to-local-via-service", "type6-agent-as-app-uid"],
+        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
     },
     Breakage {
         name: "wrong-inbound-port",
         why: "inbound capture redirects to 15007, where nothing listens",
         remove: &[],
         replace: Some(("--to-ports 15006", "--to-ports 15007")),
-        fails: &["type1-remote-to-local", "type4-local-to-local-via-service"],
+        fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
     },
     Breakage {
         name: "no-prerouting-jump",
         why: "inbound traffic from other pods is never captured (the lo path of flow 4 still is)",
         remove: &["PREROUTING -p tcp -j ISTIO_INBOUND"],
         replace: None,
-        fails: &["type1-remote-to-local"],
+        fails: &["type1-remote-to-local::ipv4"],
     },
     Breakage {
         name: "stats-port-captured",
         why: "15090 is no longer excluded, so the scrape detours through 15006",
         remove: &["ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN"],
         replace: None,
-        fails: &["type3-prometheus-scrape"],
+        fails: &["type3-prometheus-scrape::ipv4"],
     },
     Breakage {
         name: "no-passthrough-return",
         why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
         remove: &["ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"],
         replace: None,
-        fails: &["type1-remote-to-local", "type4-local-to-local-via-service"],
+        fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
     },
 ];
 
@@ -157,14 +169,14 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             Trial::test(format!("broken::{}", b.name), move || {
                 let file = std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
                 std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
-                let config = SessionConfig { rules: RuleSource::RestoreFile(file.clone()), ..SessionConfig::default() };
+                let config = SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() };
                 let session = Session::start(config);
                 let _ = std::fs::remove_file(&file);
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
                 let failed: BTreeSet<String> = results
                     .iter()
                     .filter(|r| r.outcome == Outcome::Fail)
-                    .map(|r| r.name.trim_start_matches("istio::").to_string())
+                    .map(|r| short(&r.name))
                     .collect();
                 let want: BTreeSet<String> = b.fails.iter().map(|s| s.to_string()).collect();
                 if failed == want {
@@ -200,7 +212,7 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             };
             let file = std::env::temp_dir().join(format!("sidecheck-paths-{}.rules", std::process::id()));
             std::fs::write(&file, break_rules(&b)).map_err(|e| e.to_string())?;
-            let session = Session::start(SessionConfig { rules: RuleSource::RestoreFile(file.clone()), ..SessionConfig::default() });
+            let session = Session::start(SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() });
             let _ = std::fs::remove_file(&file);
             let session = session?;
             let loose = session.run_with(&for_gid, false);
@@ -211,11 +223,11 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             // The gid RETURN now decides where the uid RETURN did (4 -> 6),
             // and the catch-all jump moved up one (9 -> 8).
             let want: Vec<(&str, &str)> = vec![
-                ("istio::type2-local-to-remote", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type4-local-to-local-via-service", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type5-envoy-to-admin", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
-                ("istio::type6-agent-as-app-uid", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type6-agent-to-istiod", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
+                ("istio::type2-local-to-remote::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type4-local-to-local-via-service::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type5-envoy-to-admin::nft::ipv4", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
+                ("istio::type6-agent-as-app-uid::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
+                ("istio::type6-agent-to-istiod::nft::ipv4", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
             ];
             let failed: Vec<&str> = strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
             let want_names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
@@ -317,6 +329,36 @@ fn fault_trials() -> Vec<Trial> {
     ]
 }
 
+/// IPv4 right, IPv6 missing the proxy's uid/gid RETURN: only IPv6 trials fail.
+fn family_trials(scenarios: &[Scenario]) -> Vec<Trial> {
+    let scenarios = scenarios.to_vec();
+    vec![Trial::test("broken::ipv6-only-no-proxy-return", move || {
+        let c = IstioCapture::default_for(Shape::Current);
+        let v6: String = c
+            .to_restore_for(harness::topology::Family::Ipv6)
+            .lines()
+            .filter(|l| !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = std::env::temp_dir();
+        let (f4, f6) = (dir.join(format!("sidecheck-v4-{}.rules", std::process::id())), dir.join(format!("sidecheck-v6-{}.rules", std::process::id())));
+        std::fs::write(&f4, c.to_restore()).map_err(|e| e.to_string())?;
+        std::fs::write(&f6, v6).map_err(|e| e.to_string())?;
+        let session = Session::start(SessionConfig { rules: RuleSource::RestoreFiles { v4: Some(f4.clone()), v6: Some(f6.clone()) }, ..SessionConfig::default() });
+        let _ = (std::fs::remove_file(&f4), std::fs::remove_file(&f6));
+        let results = session?.run(&scenarios);
+        if results.len() != 14 {
+            return Err(format!("expected 14 trials (7 scenarios x 2 families), got {}", results.len()).into());
+        }
+        let failed: BTreeSet<String> = results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
+        let want: BTreeSet<String> = ["type2-local-to-remote::ipv6", "type6-agent-as-app-uid::ipv6", "type6-agent-to-istiod::ipv6"].iter().map(|s| s.to_string()).collect();
+        if failed != want {
+            return Err(format!("expected exactly {want:?} to fail, got {failed:?}").into());
+        }
+        Ok(())
+    })]
+}
+
 /// The root namespace as the invariant sees it.
 fn host_snapshot() -> Result<String, Failed> {
     let mut snap = String::new();
@@ -387,13 +429,14 @@ fn main() {
     trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios));
     trials.extend(broken_trials(&scenarios));
     trials.extend(path_trials(&scenarios));
+    trials.extend(family_trials(&scenarios));
     trials.extend(hermetic_trials(&scenarios));
     trials.extend(fault_trials());
     let many = scenarios.clone();
     let shared = current.clone();
     // Concurrency: every probe's legs and trace events stay its own.
-    trials.push(Trial::test("load::203-concurrent-probes-exact-paths", move || {
-        let copies: Vec<Scenario> = (1..=29).flat_map(|k| many.iter().map(move |s| Scenario { name: format!("{}#{k}", s.name), ..s.clone() })).collect();
+    trials.push(Trial::test("load::210-concurrent-probes-exact-paths", move || {
+        let copies: Vec<Scenario> = (1..=15).flat_map(|k| many.iter().map(move |s| Scenario { name: format!("{}#{k}", s.name), ..s.clone() })).collect();
         let results = shared.get()?.run(&copies);
         let failed: Vec<String> = results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| format!("{}: {}", r.name, r.message)).collect();
         if failed.is_empty() {
@@ -406,5 +449,6 @@ fn main() {
     for s in [&current, &classic, &legacy, &classic_legacy] {
         s.close();
     }
+    registry::wait_if_interrupted();
     conclusion.exit();
 }

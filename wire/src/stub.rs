@@ -71,6 +71,10 @@ pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        // [::]:P and 0.0.0.0:P are separate listeners.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
     sys_listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
     Ok(TcpListener::from(fd))

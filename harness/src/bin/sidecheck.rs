@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
-use harness::topology::{Host, TopologyConfig};
+use harness::topology::{Family, Host, TopologyConfig};
 use harness::{registry, report::Report, scenario, Session, SessionConfig};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Parser)]
 #[command(name = "sidecheck", version, about = "Proves with real packets in network namespaces what sidecar capture rules do to each traffic flow")]
@@ -44,8 +44,18 @@ struct RulesPrintArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum RulesForm {
+    /// iptables-restore input (IPv4)
     Restore,
+    /// ip6tables-restore input (IPv6)
+    Restore6,
     Script,
     Nft,
 }
@@ -70,20 +80,26 @@ struct TraceArgs {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("source").multiple(false)))]
 struct RulesArgs {
-    /// An iptables-restore file to test instead of the built-in Istio rules.
-    #[arg(long, value_name = "FILE", group = "source")]
+    /// An iptables-restore file (IPv4) to test instead of the built-in Istio rules.
+    #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// An ip6tables-restore file (IPv6), alone or beside --rules.
+    #[arg(long, value_name = "FILE")]
+    rules6: Option<PathBuf>,
     /// A native nftables ruleset (`nft -f` input).
-    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(long, value_name = "FILE", group = "source", conflicts_with_all = ["rules", "rules6"])]
     nft: Option<PathBuf>,
     /// A shell script of iptables/ip6tables/nft/ip commands (what
     /// `istio-iptables --dry-run` prints), run with sh in the pod.
-    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(long, value_name = "FILE", group = "source", conflicts_with_all = ["rules", "rules6"])]
     script: Option<PathBuf>,
     /// A generator command line, run with `sh -c` inside the pod once the
     /// topology is up, as an init container would be.
-    #[arg(long, value_name = "COMMAND", group = "source")]
+    #[arg(long, value_name = "COMMAND", group = "source", conflicts_with_all = ["rules", "rules6"])]
     generator: Option<String>,
+    /// Which IP families to test (default: both, or those --rules/--rules6 cover).
+    #[arg(long, value_enum)]
+    family: Option<FamilyArg>,
     /// Seconds the rules (a generator, a script, a restore) may take to install.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     rules_timeout: f64,
@@ -97,8 +113,8 @@ struct RulesArgs {
 
 impl RulesArgs {
     fn source(&self) -> RuleSource {
-        if let Some(p) = &self.rules {
-            RuleSource::RestoreFile(p.clone())
+        if self.rules.is_some() || self.rules6.is_some() {
+            RuleSource::RestoreFiles { v4: self.rules.clone(), v6: self.rules6.clone() }
         } else if let Some(p) = &self.nft {
             RuleSource::NftFile(p.clone())
         } else if let Some(p) = &self.script {
@@ -116,12 +132,22 @@ impl RulesArgs {
             "--rules-timeout {}: give seconds between 0 and 3600",
             self.rules_timeout
         );
-        Ok(SessionConfig {
+        let mut config = SessionConfig {
             rules: self.source(),
             backend: self.backend,
             rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
             ..SessionConfig::default()
-        })
+        };
+        match self.family {
+            Some(FamilyArg::Ipv4) => config.topology.families = vec![Family::Ipv4],
+            Some(FamilyArg::Ipv6) => config.topology.families = vec![Family::Ipv6],
+            Some(FamilyArg::Both) | None => {}
+        }
+        let covered = config.rules.families();
+        if let Some(missing) = config.topology.families.iter().find(|f| !covered.contains(f)).filter(|_| self.family.is_some()) {
+            anyhow::bail!("--family asks for {} but no rules were given for it: add --rules6 / --rules", missing.name());
+        }
+        Ok(config)
     }
 }
 
@@ -174,6 +200,7 @@ fn main() -> ExitCode {
                 "{}",
                 match args.form {
                     RulesForm::Restore => c.to_restore(),
+                    RulesForm::Restore6 => c.to_restore_for(Family::Ipv6),
                     RulesForm::Script => c.to_script(&args.iptables),
                     RulesForm::Nft => c.to_nft(),
                 }
@@ -182,6 +209,7 @@ fn main() -> ExitCode {
         }
         Command::Clean => clean(),
     };
+    registry::wait_if_interrupted();
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -206,10 +234,15 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
+    if scenarios.iter().all(|s| s.families(&config.topology.families).is_empty()) {
+        anyhow::bail!("no scenario runs in the families tested ({:?}): check the scenarios' `family`", config.topology.families);
+    }
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let trials = session.run(&scenarios);
+    let (backend, families) = (session.backend_name(), session.families().to_vec());
     drop(session);
-    let report = Report::new(config.rules.describe(), config.backend.name().into(), trials);
+    let mut report = Report::new(config.rules.describe(), backend, trials);
+    report.families = families.iter().map(|f| f.name().to_string()).collect();
     match args.format {
         Format::Human => print!("{}", report.to_human()),
         Format::Json => println!("{}", report.to_json()),
@@ -229,29 +262,39 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
 }
 
 fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = to.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
     let (target, port) = to
         .rsplit_once(':')
-        .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090"))?;
+        .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090"))?;
     let port: u16 = port.parse().with_context(|| format!("--to {to}: `{port}` is not a port"))?;
-    let ip: Ipv4Addr = if target == "localhost" {
-        Ipv4Addr::LOCALHOST
+    let family = *topo.families.first().unwrap_or(&Family::Ipv4);
+    let ip: IpAddr = if target == "localhost" {
+        family.localhost()
     } else if let Some(h) = Host::parse(target) {
-        topo.address(h)
+        topo.address_of(h, family)
     } else if let Some(s) = topo.service(target) {
-        s.vip
+        s.vip_of(family)
     } else {
         target.parse().with_context(|| {
-            format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an IPv4 address",
+            format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an address",
                 topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
         })?
     };
-    Ok(SocketAddr::from((ip, port)))
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let config = args.rules.config()?;
+    let mut config = args.rules.config()?;
     let (from, uid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
+    // Host names resolve in the first family tested; an address picks its own.
+    let family = if to.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
+    if !config.topology.families.contains(&family) {
+        anyhow::bail!("--to {}: an {} address, but this run tests only {:?}", args.to, family.name(), config.topology.families);
+    }
+    config.topology.families.retain(|f| *f == family || config.rules.families().len() > 1);
     Session::preflight(&config, &[])?;
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
