@@ -19,12 +19,15 @@ pub enum Backend {
     Nft,
     /// iptables-legacy-restore: the rules land in the legacy x_tables.
     Legacy,
+    /// Native nftables (`nft -f`): for the built-in rules, their `inet`
+    /// ruleset; `--nft` files are always installed this way.
+    NftNative,
 }
 
 impl Backend {
     pub fn restore_tool(self) -> &'static str {
         match self {
-            Backend::Nft => "iptables-nft-restore",
+            Backend::Nft | Backend::NftNative => "iptables-nft-restore",
             Backend::Legacy => "iptables-legacy-restore",
         }
     }
@@ -32,14 +35,14 @@ impl Backend {
     pub fn restore_tool_for(self, family: Family) -> &'static str {
         match (self, family) {
             (_, Family::Ipv4) => self.restore_tool(),
-            (Backend::Nft, Family::Ipv6) => "ip6tables-nft-restore",
+            (Backend::Nft | Backend::NftNative, Family::Ipv6) => "ip6tables-nft-restore",
             (Backend::Legacy, Family::Ipv6) => "ip6tables-legacy-restore",
         }
     }
 
     pub fn save_tool(self) -> &'static str {
         match self {
-            Backend::Nft => "iptables-nft-save",
+            Backend::Nft | Backend::NftNative => "iptables-nft-save",
             Backend::Legacy => "iptables-legacy-save",
         }
     }
@@ -48,6 +51,7 @@ impl Backend {
         match self {
             Backend::Nft => "nft",
             Backend::Legacy => "legacy",
+            Backend::NftNative => "nft-native",
         }
     }
 }
@@ -309,7 +313,8 @@ impl RuleSource {
 
     pub fn frontend(&self, backend: Backend) -> Frontend {
         match (self, backend) {
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Nft) => Frontend::IptablesNft,
+            (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Nft | Backend::NftNative) => Frontend::IptablesNft,
             (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Legacy) => Frontend::IptablesLegacy,
             (RuleSource::NftFile(_), _) => Frontend::Nft,
             (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
@@ -333,6 +338,9 @@ impl RuleSource {
         if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
             return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
+        if let (RuleSource::RestoreFiles { .. }, Backend::NftNative) = (self, backend) {
+            return Err(Error::config("restore files are installed with iptables: use --backend nft or legacy (or give a native ruleset with --nft)"));
+        }
         match self.frontend(backend) {
             Frontend::IptablesNft | Frontend::IptablesLegacy => {
                 for f in self.families() {
@@ -351,6 +359,9 @@ impl RuleSource {
         // (what it is called in messages, tool, program, args, stdin)
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
         match self {
+            RuleSource::Builtin(c) if backend == Backend::NftNative => {
+                steps.push((format!("{} (nftables)", self.describe()), "nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), "-".into()], c.to_nft()));
+            }
             RuleSource::Builtin(c) => {
                 for f in families {
                     let t = backend.restore_tool_for(*f);

@@ -75,7 +75,8 @@ pub struct Expect {
     #[serde(default)]
     pub path: Option<String>,
     /// Paths for other rule sets, by label (`istio-classic`, or a rules
-    /// file's name without its extension).
+    /// file's name without its extension), optionally for one family
+    /// (`istio-current-nft-native@ipv6`).
     #[serde(default)]
     pub paths: BTreeMap<String, String>,
     /// Assert the path even when the run was not asked to (`--assert paths`).
@@ -128,9 +129,11 @@ impl Scenario {
         Ok(Scenario { name, file, spec })
     }
 
-    /// The path expected under the rule set labelled `label`.
-    pub fn expected_path(&self, label: &str) -> Option<&str> {
-        self.spec.expect.paths.get(label).or(self.spec.expect.path.as_ref()).map(String::as_str)
+    /// The path expected under the rule set labelled `label`, in `family`:
+    /// `paths["label@ipv6"]`, else `paths["label"]`, else `path`.
+    pub fn expected_path(&self, label: &str, family: Family) -> Option<&str> {
+        let p = &self.spec.expect.paths;
+        p.get(&format!("{label}@{}", family.name())).or(p.get(label)).or(self.spec.expect.path.as_ref()).map(String::as_str)
     }
 
     /// The gid the probe socket is created with.

@@ -303,13 +303,16 @@ impl Session {
                 ProbeRequest { from: s.spec.source.host, uid: s.spec.source.uid, gid: s.gid(), target }
             })
             .collect();
-        let label = self.config.rules.label();
-        let check = PathCheck { label: &label, assert: assert_paths };
+        let mut label = self.config.rules.label();
+        if matches!(self.config.rules, RuleSource::Builtin(_)) && self.config.backend == Backend::NftNative {
+            label.push_str("-nft-native");
+        }
         let backend = self.backend_name();
         cases
             .iter()
             .zip(self.probe_all(requests))
             .map(|((s, f), done)| {
+                let check = PathCheck { label: &label, family: *f, assert: assert_paths };
                 let mut r = verdict::judge(s, &done.observation, done.ms, done.path, &check);
                 r.name = format!("{}::{backend}::{}", s.name, f.name());
                 r.backend = backend.clone();

@@ -149,6 +149,7 @@ pub fn path_diff(expected: &str, observed: &str) -> String {
 pub struct PathCheck<'a> {
     /// The label of the rule set under test (selects `expect.paths`).
     pub label: &'a str,
+    pub family: crate::topology::Family,
     /// Whether the run asked for paths to be asserted.
     pub assert: bool,
 }
@@ -156,7 +157,7 @@ pub struct PathCheck<'a> {
 /// Judge one probe against its scenario.
 pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
     let e = &scenario.spec.expect;
-    let expected_path = scenario.expected_path(check.label).map(str::to_string);
+    let expected_path = scenario.expected_path(check.label, check.family).map(str::to_string);
     let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: expected_path.clone() };
     let mut observed = observe(obs);
     if let Some(t) = traced {
@@ -234,7 +235,7 @@ mod tests {
         Observation::Answered(Answer { probe: Probe { id: 1, hops }, end })
     }
 
-    const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", assert: false };
+    const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", family: crate::topology::Family::Ipv4, assert: false };
 
     fn server(name: &str, port: u16) -> End {
         End::Server { name: name.into(), port, peer: "10.244.0.10:1234".parse().unwrap() }

@@ -423,10 +423,12 @@ fn main() {
     let classic = Shared::new(builtin(Shape::Classic, Backend::Nft));
     let legacy = Shared::new(builtin(Shape::Current, Backend::Legacy));
     let classic_legacy = Shared::new(builtin(Shape::Classic, Backend::Legacy));
+    let native = Shared::new(builtin(Shape::Current, Backend::NftNative));
     let mut trials = scenario_trials("istio", &current, &scenarios);
     trials.extend(scenario_trials("istio-classic", &classic, &scenarios));
     trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios));
     trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios));
+    trials.extend(scenario_trials("istio", &native, &scenarios));
     trials.extend(broken_trials(&scenarios));
     trials.extend(path_trials(&scenarios));
     trials.extend(family_trials(&scenarios));
@@ -446,7 +448,7 @@ fn main() {
         }
     }));
     let conclusion = libtest_mimic::run(&args, trials);
-    for s in [&current, &classic, &legacy, &classic_legacy] {
+    for s in [&current, &classic, &legacy, &classic_legacy, &native] {
         s.close();
     }
     registry::wait_if_interrupted();
