@@ -22,6 +22,22 @@ pub const NAME_PREFIX: &str = "sidecheck-";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Creating things the signal handler must clean (namespaces, children)
+/// takes this shared; the handler takes it alone, so nothing is half made
+/// while it cleans and nothing is made after. Writing a stub binary also
+/// takes it alone: a child forked while another thread holds that file open
+/// for writing would inherit the fd until its exec, and exec of the stub
+/// would then fail with ETXTBSY.
+static CREATE_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub(crate) fn creating() -> std::sync::RwLockReadGuard<'static, ()> {
+    CREATE_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CREATE_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Set as soon as a stop signal is being handled.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -73,6 +89,16 @@ impl RunGuard {
             .create(RUN_DIR)
             .map_err(Error::io(format!("creating {RUN_DIR}")))?;
         let prefix = format!("{NAME_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        // Known to the signal handler before anything named after it exists.
+        let _creating = creating();
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(LiveRun { prefix: prefix.clone(), pids: Vec::new() });
+        Self::make(prefix.clone()).inspect_err(|_| {
+            LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.prefix != prefix);
+            let _ = fs::remove_file(Path::new(RUN_DIR).join(format!(".{prefix}.lock.tmp")));
+        })
+    }
+
+    fn make(prefix: String) -> Result<RunGuard> {
         let lock_path = Path::new(RUN_DIR).join(format!("{prefix}.lock"));
         // Lock a temporary file, then rename it: a sweeper never sees this
         // run's lock file unlocked.
@@ -92,7 +118,6 @@ impl RunGuard {
             .mode(0o755)
             .create(&dir)
             .map_err(Error::io(format!("creating {}", dir.display())))?;
-        LIVE.lock().unwrap().push(LiveRun { prefix: prefix.clone(), pids: Vec::new() });
         Ok(RunGuard { prefix, dir, lock_path, _lock: lock })
     }
 
@@ -205,7 +230,7 @@ pub fn install_signal_cleanup() -> Result<()> {
             INTERRUPTED.store(true, Ordering::SeqCst);
             // No child is between fork and registration while we clean up,
             // and none starts after: hold the fork lock until exit.
-            let _no_forks = crate::stubs::exclusive_fork_lock();
+            let _nothing_new = exclusive();
             for pgid in std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner())) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pgid), None);
@@ -220,6 +245,7 @@ pub fn install_signal_cleanup() -> Result<()> {
                 }
                 remove_run_resources(&run.prefix);
                 let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("{}.lock", run.prefix)));
+                let _ = fs::remove_file(Path::new(RUN_DIR).join(format!(".{}.lock.tmp", run.prefix)));
             }
             eprintln!("sidecheck: interrupted by {sig}; removed {} run(s)", runs.len());
             std::process::exit(128 + sig as i32);

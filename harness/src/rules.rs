@@ -488,7 +488,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     }
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
-        let _guard = crate::stubs::fork_guard();
+        let _guard = crate::registry::creating();
         let spawned = cmd.spawn();
         if let Ok(c) = &spawned {
             crate::registry::track_group(c.id() as i32);

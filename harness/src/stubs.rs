@@ -19,22 +19,6 @@ use crate::{Error, Result};
 const FAKE_ENVOY: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-envoy"));
 const FAKE_ISTIOD: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-istiod"));
 
-/// Forks and writes of executables exclude each other. A child forked while
-/// another thread still holds a stub binary open for writing inherits that fd
-/// until its exec, and exec of the stub then fails with ETXTBSY. Spawns share
-/// the lock; writing a binary takes it alone.
-static FORK_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// Hold this across `Command::spawn` and the registration of the child.
-pub(crate) fn fork_guard() -> std::sync::RwLockReadGuard<'static, ()> {
-    FORK_LOCK.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// For the signal handler: no fork starts, and none is half-registered.
-pub(crate) fn exclusive_fork_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
-    FORK_LOCK.write().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Which stub.
 #[derive(Clone, Copy, Debug)]
 pub enum Stub {
@@ -61,7 +45,7 @@ impl Stub {
     /// must be able to execute it).
     pub fn install(self, run: &RunGuard) -> Result<PathBuf> {
         let path = run.dir().join(self.name());
-        let _exclusive = FORK_LOCK.write().unwrap_or_else(|e| e.into_inner());
+        let _exclusive = crate::registry::exclusive();
         std::fs::write(&path, self.bytes()).map_err(Error::io(format!("writing {}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(Error::io(format!("making {} executable", path.display())))?;
@@ -121,7 +105,7 @@ impl StubProcess {
             detail,
         };
         let spawned = {
-            let _guard = fork_guard();
+            let _guard = crate::registry::creating();
             let spawned = cmd.spawn();
             if let Ok(c) = &spawned {
                 run.register_pid(c.id() as i32);

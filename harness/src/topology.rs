@@ -282,6 +282,9 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn create(name: &str) -> Result<Namespace> {
+        // Under the creation lock: a signal's cleanup never lists the
+        // namespaces while one is being made.
+        let _creating = crate::registry::creating();
         let ns = NetNs::new(name).map_err(|e| Error::Netlink {
             doing: "creating the namespace".into(),
             namespace: name.into(),

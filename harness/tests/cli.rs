@@ -3,6 +3,7 @@
 //! that nothing is left behind either way. Needs root, like the suite.
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
@@ -163,6 +164,33 @@ fn sigint_and_sigterm_mid_probe_clean_up_and_exit_130_143() {
         assert_eq!(code(&out), want, "{sig}: {}", stderr(&out));
         assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
         assert_nothing_left(pid, &format!("a run stopped by {sig}"));
+    }
+}
+
+#[test]
+fn a_signal_in_any_phase_cleans_up() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("phases");
+    let scen = stalling_scenarios(&dir);
+    // From right after exec (namespaces being made) through rule install,
+    // stub start and probing: every point must exit 130 and leave nothing.
+    for delay_us in [0u64, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000] {
+        let child = Command::new(BIN)
+            .args(["run", "--scenarios", scen.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_micros(delay_us));
+        signal(&child, nix::sys::signal::Signal::SIGINT);
+        let out = child.wait_with_output().unwrap();
+        // Before the handler is installed the default action kills it (no
+        // cleanup needed yet: nothing exists before the handler).
+        let status = out.status;
+        assert!(status.code() == Some(130) || status.signal() == Some(2), "SIGINT after {delay_us} us: {status:?} {}", stderr(&out));
+        assert_nothing_left(pid, &format!("SIGINT {delay_us} us after start"));
     }
 }
 

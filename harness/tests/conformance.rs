@@ -314,7 +314,7 @@ fn fault_trials() -> Vec<Trial> {
             let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let session = Session::start(SessionConfig::default()).expect("session");
                 *prefix.lock().unwrap() = session.prefix().to_string();
-                panic!("a trial panicking while its session is alive");
+                panic!("intentional panic (faults::a-panicking-trial-cleans-up-its-topology): a trial panicking while its session is alive");
             }));
             if unwound.is_ok() {
                 return Err("the closure did not panic".into());
