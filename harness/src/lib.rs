@@ -16,6 +16,7 @@ pub mod report;
 pub mod rules;
 pub mod scenario;
 pub mod session;
+pub mod settings;
 pub mod stubs;
 pub mod topology;
 pub mod trace;

@@ -553,3 +553,34 @@ fn missing_tools_exit_2_naming_the_package() {
     let out = hide(nft.to_str().unwrap(), "run --no-trace");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn topology_settings_that_cannot_work_exit_2_and_leave_nothing() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("topology");
+    let cases = [
+        (
+            "services:\n  - { name: local-app, vip: 192.168.9.10, port: 8080, endpoint: local-pod }\n",
+            vec!["VIP 192.168.9.10 is outside the service CIDR 10.96.0.0/12", "pick a VIP inside it"],
+        ),
+        ("local_app_ports: [15001]\n", vec!["0.0.0.0:15001", "Address already in use", "give the app a port the proxy does not use"]),
+        ("families: [ipv4]\nservce_cidr: 10.96.0.0/12\n", vec![":2:1:", "unknown field `servce_cidr`"]),
+        ("addresses: { istiod: 10.244.0.10 }\n", vec!["local-pod and istiod both have address 10.244.0.10"]),
+    ];
+    for (i, (yaml, says)) in cases.iter().enumerate() {
+        let file = dir.write(&format!("t{i}.yaml"), yaml);
+        let (out, _) = run_checked(&["run", "--topology", file.to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{yaml}: {}", stderr(&out));
+        for s in says {
+            assert!(stderr(&out).contains(s), "{yaml}: wanted `{s}` in {}", stderr(&out));
+        }
+    }
+    // And a good one: IPv6 only, a second app port.
+    let file = dir.write("good.yaml", "families: [ipv6]\nlocal_app_ports: [8080, 8081]\n");
+    let (out, _) = run_checked(&["run", "--topology", file.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["families"], serde_json::json!(["ipv6"]));
+    assert_eq!(v["passed"], 7);
+}

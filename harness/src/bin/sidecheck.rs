@@ -100,6 +100,9 @@ struct RulesArgs {
     /// Which IP families to test (default: both, or those --rules/--rules6 cover).
     #[arg(long, value_enum)]
     family: Option<FamilyArg>,
+    /// Topology settings (YAML): addresses, CIDRs, services, app ports.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
     /// Seconds the rules (a generator, a script, a restore) may take to install.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     rules_timeout: f64,
@@ -138,6 +141,10 @@ impl RulesArgs {
             rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
             ..SessionConfig::default()
         };
+        if let Some(file) = &self.topology {
+            let name = file.display().to_string();
+            harness::settings::Settings::load(file)?.apply(&name, &mut config).with_context(|| format!("applying {name}"))?;
+        }
         match self.family {
             Some(FamilyArg::Ipv4) => config.topology.families = vec![Family::Ipv4],
             Some(FamilyArg::Ipv6) => config.topology.families = vec![Family::Ipv6],
