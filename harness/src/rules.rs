@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::topology::{Family, Namespace};
@@ -470,22 +469,8 @@ pub struct Ran {
 /// Run `program args` inside `ns` with `stdin` fed to it, bounded by `timeout`
 /// (killed after it), output (stdout+stderr) capped at 64 KiB.
 pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Result<Ran> {
-    let fd = ns.raw_fd();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .process_group(0);
-    // SAFETY: setns and sigprocmask are async-signal-safe; nothing allocates.
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::registry::unblock_signals_in_child();
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = ns.command(program);
+    cmd.args(args).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").process_group(0);
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
         let _guard = crate::registry::creating();

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -78,21 +78,14 @@ impl StubProcess {
         args: &[String],
         timeout: Duration,
     ) -> Result<StubProcess> {
-        let fd = ns.raw_fd();
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .current_dir("/");
-        // SAFETY: only async-signal-safe calls between fork and exec. The ids
-        // are dropped here rather than with Command::uid/gid because std
-        // drops them before pre_exec runs, and setns needs root.
+        let mut cmd = ns.command(exe);
+        cmd.args(args).current_dir("/");
+        // SAFETY: only async-signal-safe calls between fork and exec. This
+        // runs after the namespace's own pre_exec (setns needs root), which
+        // is why the ids are not dropped with Command::uid/gid: std drops
+        // them before any pre_exec runs.
         unsafe {
             cmd.pre_exec(move || {
-                crate::registry::unblock_signals_in_child();
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
                 if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

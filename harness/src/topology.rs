@@ -323,6 +323,26 @@ impl Namespace {
         self.fd().as_raw_fd()
     }
 
+    /// A command whose process runs in this namespace (entered between
+    /// fork and exec, so nothing in this process changes namespace), with
+    /// the signal mask the harness blocked for itself cleared again and
+    /// its three standard streams piped.
+    pub fn command(&self, program: &std::path::Path) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let fd = self.raw_fd();
+        let mut cmd = std::process::Command::new(program);
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        // SAFETY: sigprocmask and setns are async-signal-safe; nothing allocates.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::registry::unblock_signals_in_child();
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        cmd
+    }
+
     /// Write a namespaced sysctl (`/proc/sys/net/...` resolves against the
     /// namespace of the thread that opens it).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {

@@ -201,17 +201,22 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
         let sock = Socket::open(false)?;
         sock.set_receive_timeout(Duration::from_secs(5))?;
         let mut bad = false;
-        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETRULE, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, 1, 0, 0, &[]);
+        // Dump every object of one kind; `f` gets (family, attributes).
+        let mut dump = |get: u16, new: u16, seq: u32, f: &mut dyn FnMut(u8, &[(u16, &[u8])])| {
+            let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, get, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, seq, 0, 0, &[]);
+            sock.transact(&req, seq, |m| {
+                if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | new {
+                    return;
+                }
+                match nl::attrs(m.attrs) {
+                    Ok(attrs) => f(m.family, &attrs),
+                    Err(_) => bad = true,
+                }
+            })
+        };
         let mut counters: HashMap<(u8, String, String), u32> = HashMap::new();
         let mut positions = HashMap::new();
-        sock.transact(&req, 1, |m| {
-            if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_NEWRULE {
-                return;
-            }
-            let Ok(attrs) = nl::attrs(m.attrs) else {
-                bad = true;
-                return;
-            };
+        dump(nl::NFT_MSG_GETRULE, nl::NFT_MSG_NEWRULE, 1, &mut |family, attrs| {
             let (mut table, mut chain, mut handle) = (None, None, None);
             for (ty, p) in attrs {
                 match ty {
@@ -222,21 +227,13 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
                 }
             }
             if let (Some(t), Some(c), Some(h)) = (table, chain, handle) {
-                let n = counters.entry((m.family, t.clone(), c.clone())).or_insert(0);
+                let n = counters.entry((family, t.clone(), c.clone())).or_insert(0);
                 *n += 1;
-                positions.insert((m.family, t, c, h), *n);
+                positions.insert((family, t, c, h), *n);
             }
         })?;
-        let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, nl::NFT_MSG_GETCHAIN, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, 2, 0, 0, &[]);
         let mut hooks = HashMap::new();
-        sock.transact(&req, 2, |m| {
-            if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_NEWCHAIN {
-                return;
-            }
-            let Ok(attrs) = nl::attrs(m.attrs) else {
-                bad = true;
-                return;
-            };
+        dump(nl::NFT_MSG_GETCHAIN, nl::NFT_MSG_NEWCHAIN, 2, &mut |family, attrs| {
             let (mut table, mut chain, mut hook) = (None, None, None);
             for (ty, p) in attrs {
                 match ty {
@@ -255,7 +252,7 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
                 _ => return,
             };
             if let (Some(t), Some(c)) = (table, chain) {
-                hooks.insert((m.family, t, c), name);
+                hooks.insert((family, t, c), name);
             }
         })?;
         if bad {

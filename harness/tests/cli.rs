@@ -133,15 +133,19 @@ fn stalling_scenarios(dir: &TempDir) -> PathBuf {
     dir.0.join("stall")
 }
 
-/// Start a run that stalls mid-probe; return it once its stubs are up.
-fn start_stalled_run(dir: &TempDir) -> std::process::Child {
-    let scen = stalling_scenarios(dir);
-    let child = Command::new(BIN)
+/// Start `sidecheck run` on the stalling scenarios.
+fn spawn_stalling(scen: &Path) -> std::process::Child {
+    Command::new(BIN)
         .args(["run", "--scenarios", scen.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Start a run that stalls mid-probe; return it once its stubs are up.
+fn start_stalled_run(dir: &TempDir) -> std::process::Child {
+    let child = spawn_stalling(&stalling_scenarios(dir));
     let pid = child.id();
     wait_for("the run's namespaces and stubs", || namespaces_of_pid(pid).len() == 5 && stubs_of_pid(pid).len() == 2);
     child
@@ -176,12 +180,7 @@ fn a_signal_in_any_phase_cleans_up() {
     // From right after exec (namespaces being made) through rule install,
     // stub start and probing: every point must exit 130 and leave nothing.
     for delay_us in [0u64, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000] {
-        let child = Command::new(BIN)
-            .args(["run", "--scenarios", scen.to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_stalling(&scen);
         let pid = child.id();
         std::thread::sleep(std::time::Duration::from_micros(delay_us));
         signal(&child, nix::sys::signal::Signal::SIGINT);
