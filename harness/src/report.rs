@@ -131,3 +131,186 @@ pub fn trace_text(
     }
     out
 }
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters, even escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Report {
+    /// JUnit XML: one `<testsuite>` per run, one `<testcase>` per trial
+    /// (classname = the scenario's directory, name = the rest), a failing
+    /// trial's message and path difference in `<failure>`.
+    pub fn to_junit(&self) -> String {
+        let seconds: f64 = self.trials.iter().map(|t| t.duration_ms as f64 / 1000.0).sum();
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"sidecheck\" tests=\"{}\" failures=\"{}\" errors=\"0\" time=\"{seconds:.3}\">",
+            self.trials.len(),
+            self.failed
+        );
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"0\" time=\"{seconds:.3}\">",
+            xml_escape(&format!("sidecheck: {} ({})", self.rules, self.backend)),
+            self.trials.len(),
+            self.failed
+        );
+        for t in &self.trials {
+            let (class, name) = t.name.split_once("::").unwrap_or(("sidecheck", &t.name));
+            let time = t.duration_ms as f64 / 1000.0;
+            let open = format!("    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"", xml_escape(class), xml_escape(name));
+            match t.outcome {
+                Outcome::Pass => {
+                    let _ = writeln!(out, "{open}/>");
+                }
+                Outcome::Fail => {
+                    let summary = t.message.lines().next().unwrap_or_default();
+                    let mut body = format!("flow {}: {}\n{}\n", t.flow, t.description, t.message);
+                    if let (Some(want), Some(got)) = (&t.expected.path, &t.observed.path) {
+                        if want != got {
+                            body.push_str(&format!("\nexpected path: {want}\nobserved path: {got}\n"));
+                        }
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{open}>\n      <failure message=\"{}\" type=\"sidecheck.mismatch\">{}</failure>\n    </testcase>",
+                        xml_escape(summary),
+                        xml_escape(&body)
+                    );
+                }
+            }
+        }
+        out.push_str("  </testsuite>\n</testsuites>\n");
+        out
+    }
+
+    /// Markdown for a GitHub job summary: a table of the trials, then per
+    /// trial a Mermaid flowchart of the observed path (failing trials with
+    /// the expected path beside it, the first difference highlighted).
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let verdict = if self.failed == 0 { "all passed" } else { "FAILED" };
+        let _ = writeln!(out, "## sidecheck: {} passed, {} failed ({verdict})\n", self.passed, self.failed);
+        let _ = writeln!(out, "Rules: `{}`, backend `{}`, families {}.\n", self.rules, self.backend, self.families.join(", "));
+        out.push_str("| flow | trial | expected | observed | verdict |\n|---|---|---|---|---|\n");
+        for t in &self.trials {
+            let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(" → ");
+            let mark = if t.outcome == Outcome::Pass { "✅ pass" } else { "❌ **fail**" };
+            let _ = writeln!(out, "| {} | `{}` | {} | {} | {mark} |", t.flow, t.name, ports(&t.expected.ports), ports(&t.observed.ports));
+        }
+        for t in &self.trials {
+            let Some(observed) = &t.observed.path else { continue };
+            let _ = writeln!(out, "\n### {} `{}`\n\n{}\n", if t.outcome == Outcome::Pass { "✅" } else { "❌" }, t.name, t.description);
+            let expected = t.expected.path.as_deref().filter(|e| *e != observed);
+            if t.outcome == Outcome::Fail {
+                let _ = writeln!(out, "{}\n", t.message.lines().next().unwrap_or_default());
+            }
+            out.push_str("```mermaid\nflowchart LR\n");
+            let first_diff = expected.map(|e| {
+                let (a, b): (Vec<&str>, Vec<&str>) = (e.split(" -> ").collect(), observed.split(" -> ").collect());
+                a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+            });
+            mermaid_chain(&mut out, "observed", "o", observed, first_diff);
+            if let Some(e) = expected {
+                mermaid_chain(&mut out, "expected", "e", e, first_diff);
+            }
+            out.push_str("classDef diff fill:#f8d7da,stroke:#c00,color:#600\nclassDef envoy fill:#e7f0ff,stroke:#36c\n```\n");
+        }
+        out
+    }
+}
+
+/// One path as a Mermaid subgraph of nodes `{prefix}{i}`; from element
+/// `diff` on, nodes are marked as differing.
+fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: Option<usize>) {
+    let _ = writeln!(out, "subgraph {prefix}[\"{title}\"]\ndirection LR");
+    let parts: Vec<&str> = path.split(" -> ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        let label = p.replace('"', "'");
+        let shape = if p.starts_with("Envoy") || p.ends_with("Pod") || p == &"Istiod" {
+            format!("{prefix}{i}([\"{label}\"])")
+        } else {
+            format!("{prefix}{i}[\"{label}\"]")
+        };
+        let _ = writeln!(out, "{shape}");
+        if i > 0 {
+            let _ = writeln!(out, "{prefix}{} --> {prefix}{i}", i - 1);
+        }
+        if diff.is_some_and(|d| i >= d) {
+            let _ = writeln!(out, "class {prefix}{i} diff");
+        } else if p.starts_with("Envoy") {
+            let _ = writeln!(out, "class {prefix}{i} envoy");
+        }
+    }
+    out.push_str("end\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Expected, Observed};
+
+    fn trial(name: &str, pass: bool, message: &str) -> TrialResult {
+        TrialResult {
+            name: name.into(),
+            scenario: name.into(),
+            backend: "nft".into(),
+            family: "ipv4".into(),
+            flow: 2,
+            description: "app <to> remote & back".into(),
+            outcome: if pass { Outcome::Pass } else { Outcome::Fail },
+            expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: Some("OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod".into()) },
+            observed: Observed {
+                ports: vec![15001, 9090],
+                end: "remote-app:9090".into(),
+                server: Some("remote-app".into()),
+                peer: None,
+                hops: vec![],
+                path: Some(if pass { "OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod" } else { "OUTPUT -> ISTIO_OUTPUT RULE 8 -> Remote Pod" }.into()),
+                legs: vec![],
+            },
+            message: message.into(),
+            duration_ms: 12,
+        }
+    }
+
+    #[test]
+    fn junit_has_a_testcase_per_trial_and_escapes_everything() {
+        let r = Report::new("rules <x> & \"y\"".into(), "nft".into(), vec![trial("istio::a::nft::ipv4", true, "ok"), trial("istio::b::nft::ipv4", false, "path <differs> & \u{1}")]);
+        let x = r.to_junit();
+        assert!(x.contains("<testsuites name=\"sidecheck\" tests=\"2\" failures=\"1\""), "{x}");
+        assert!(x.contains("<testcase classname=\"istio\" name=\"a::nft::ipv4\" time=\"0.012\"/>"), "{x}");
+        assert!(x.contains("<failure message=\"path &lt;differs&gt; &amp; ?\""), "{x}");
+        assert!(x.contains("expected path: OUTPUT -&gt; ISTIO_OUTPUT RULE 9"), "{x}");
+        assert!(!x.contains("\u{1}"));
+        assert_eq!(x.matches("<testcase").count(), 2);
+        assert!(x.contains("rules &lt;x&gt; &amp; &quot;y&quot;"));
+    }
+
+    #[test]
+    fn markdown_draws_observed_and_expected_with_the_difference_marked() {
+        let r = Report::new("r".into(), "nft".into(), vec![trial("istio::b::nft::ipv4", false, "ports as expected, but the rule path differs")]);
+        let m = r.to_markdown();
+        assert!(m.starts_with("## sidecheck: 0 passed, 1 failed (FAILED)"), "{m}");
+        assert!(m.contains("```mermaid\nflowchart LR\nsubgraph o[\"observed\"]"), "{m}");
+        assert!(m.contains("subgraph e[\"expected\"]"), "{m}");
+        // Element 2 (index 1) is the first difference, in both chains.
+        assert!(m.contains("o1[\"ISTIO_OUTPUT RULE 8\"]\no0 --> o1\nclass o1 diff"), "{m}");
+        assert!(m.contains("e1[\"ISTIO_OUTPUT RULE 9\"]\ne0 --> e1\nclass e1 diff"), "{m}");
+        assert!(!m.contains("class o0 diff"));
+    }
+}

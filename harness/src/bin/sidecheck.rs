@@ -167,6 +167,10 @@ struct RunArgs {
     scenarios: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
+    /// Also write the report to a file, as FORMAT=FILE (human, json, junit,
+    /// markdown); repeatable, e.g. --output junit=results.xml.
+    #[arg(long, value_name = "FORMAT=FILE", value_parser = parse_output)]
+    output: Vec<(Format, PathBuf)>,
     /// What must match for a trial to pass; `paths` adds the rule path
     /// (chains and rule numbers) to the ports.
     #[arg(long, value_enum, default_value = "ports")]
@@ -186,10 +190,43 @@ enum Assert {
     Paths,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
     Human,
     Json,
+    Junit,
+    Markdown,
+}
+
+fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
+    let (format, file) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not FORMAT=FILE (e.g. junit=results.xml)"))?;
+    let format = Format::from_str(format, true).map_err(|_| format!("`{format}` is not a format: human, json, junit or markdown"))?;
+    if file.is_empty() {
+        return Err(format!("`{arg}` names no file"));
+    }
+    Ok((format, PathBuf::from(file)))
+}
+
+fn render(report: &Report, format: Format, colour: bool) -> String {
+    match format {
+        Format::Human => {
+            let text = report.to_human();
+            if !colour {
+                return text;
+            }
+            text.lines()
+                .map(|l| match l {
+                    l if l.ends_with("  pass") => format!("{}\x1b[32mpass\x1b[0m\n", &l[..l.len() - 4]),
+                    l if l.ends_with("  FAIL") => format!("{}\x1b[1;31mFAIL\x1b[0m\n", &l[..l.len() - 4]),
+                    l if l.starts_with("FAIL ") => format!("\x1b[1;31m{l}\x1b[0m\n"),
+                    l => format!("{l}\n"),
+                })
+                .collect()
+        }
+        Format::Json => report.to_json() + "\n",
+        Format::Junit => report.to_junit(),
+        Format::Markdown => report.to_markdown(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -250,10 +287,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     drop(session);
     let mut report = Report::new(config.rules.describe(), backend, trials);
     report.families = families.iter().map(|f| f.name().to_string()).collect();
-    match args.format {
-        Format::Human => print!("{}", report.to_human()),
-        Format::Json => println!("{}", report.to_json()),
+    for (format, file) in &args.output {
+        std::fs::write(file, render(&report, *format, false)).with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    print!("{}", render(&report, args.format, colour));
     Ok(report.all_passed())
 }
 
@@ -322,7 +361,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Human => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
+        Format::Human | Format::Junit | Format::Markdown => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
     }
     Ok(reached)
 }
