@@ -82,7 +82,9 @@ pub fn messages(buf: &[u8]) -> Vec<Result<Msg<'_>, Malformed>> {
             if body.len() < 4 {
                 Err(Malformed("short error message".into()))
             } else {
-                let errno = -(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]));
+                // The kernel sends -errno; a hostile or garbled i32::MIN must
+                // not overflow (found by fuzzing).
+                let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]).wrapping_neg();
                 Ok(Msg { ty, flags, seq, family: 0, res_id: 0, attrs: &[], error: Some(errno) })
             }
         } else if ty == NLMSG_DONE || ty < 16 {
@@ -341,6 +343,15 @@ mod tests {
         assert!(attrs(&[8, 0, 1, 0, 1]).is_err());
         assert!(attrs(&[2, 0, 1, 0]).is_err());
         assert_eq!(attrs(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn an_error_message_with_errno_i32_min_does_not_overflow() {
+        // fuzz/artifacts crash-1e8a46d4: an NLMSG_ERROR whose errno is i32::MIN.
+        let crash = [0x16, 0, 0, 0, 0x02, 0, 0, 0xb0, 0, 0x04, 0, 0x15, 0x7e, 0, 0xf5, 0x27, 0, 0, 0, 0x80, 0x11, 0, 0x11, 0x4f];
+        let msgs = messages(&crash);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].as_ref().unwrap().error, Some(i32::MIN));
     }
 
     #[test]
