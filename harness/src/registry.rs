@@ -79,6 +79,7 @@ pub struct RunGuard {
     dir: PathBuf,
     lock_path: PathBuf,
     _lock: Flock<File>,
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl RunGuard {
@@ -118,7 +119,7 @@ impl RunGuard {
             .mode(0o755)
             .create(&dir)
             .map_err(Error::io(format!("creating {}", dir.display())))?;
-        Ok(RunGuard { prefix, dir, lock_path, _lock: lock })
+        Ok(RunGuard { prefix, dir, lock_path, _lock: lock, keep: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Start of every name this run gives: namespaces are `<prefix>-<host>`.
@@ -147,8 +148,23 @@ pub fn forget_pid(prefix: &str, pid: i32) {
     }
 }
 
+impl RunGuard {
+    /// Keep this run's namespaces after it ends: its lock file becomes
+    /// `<prefix>.kept`, which sweeps of stale runs leave alone and
+    /// `sidecheck clean` removes.
+    pub fn keep(&self) {
+        self.keep.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Drop for RunGuard {
     fn drop(&mut self) {
+        if self.keep.load(Ordering::SeqCst) {
+            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::rename(&self.lock_path, Path::new(RUN_DIR).join(format!("{}.kept", self.prefix)));
+            LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.prefix != self.prefix);
+            return;
+        }
         remove_run_resources(&self.prefix);
         let _ = fs::remove_file(&self.lock_path);
         LIVE.lock().unwrap().retain(|r| r.prefix != self.prefix);
@@ -199,12 +215,75 @@ pub struct Swept {
 /// namespaces and directory named after it. Live runs are never touched.
 pub fn sweep_stale() -> Swept {
     let mut swept = Swept::default();
+    if let Ok(entries) = fs::read_dir(RUN_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A lock being made (`.<prefix>.lock.tmp`) is locked before it
+            // is renamed; an unlocked one belongs to a run that died then.
+            let (prefix, tmp) = match (name.strip_suffix(".lock"), name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock.tmp"))) {
+                (Some(p), _) => (p.to_string(), false),
+                (None, Some(p)) => (p.to_string(), true),
+                _ => continue,
+            };
+            if !prefix.starts_with(NAME_PREFIX) {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else { continue };
+            let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
+            swept.runs += usize::from(!tmp);
+            swept.namespaces += remove_run_resources(&prefix);
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    // Namespaces of ours with neither a lock nor a keep marker: no live run
+    // has those (a run's lock exists before its first namespace).
+    if let Ok(entries) = fs::read_dir(NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(prefix) = run_prefix_of(&name) else { continue };
+            let marker = |ext: &str| Path::new(RUN_DIR).join(format!("{prefix}.{ext}")).exists();
+            if !marker("lock") && !marker("kept") && remove_netns(&name).is_ok() {
+                swept.namespaces += 1;
+            }
+        }
+    }
+    swept
+}
+
+/// `sidecheck-<pid>-<n>` of a namespace name `sidecheck-<pid>-<n>-<host>`.
+fn run_prefix_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(NAME_PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let (pid, n) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    if pid.chars().all(|c| c.is_ascii_digit()) && n.chars().all(|c| c.is_ascii_digit()) && !pid.is_empty() && !n.is_empty() {
+        Some(&name[..NAME_PREFIX.len() + pid.len() + 1 + n.len()])
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_prefixes_of_namespace_names() {
+        assert_eq!(run_prefix_of("sidecheck-123-0-local-pod"), Some("sidecheck-123-0"));
+        assert_eq!(run_prefix_of("sidecheck-123-10-node"), Some("sidecheck-123-10"));
+        assert_eq!(run_prefix_of("sidecheck-abc-0-node"), None);
+        assert_eq!(run_prefix_of("sidecheck-123-0"), None);
+        assert_eq!(run_prefix_of("other-123-0-node"), None);
+    }
+}
+
+/// Remove runs kept with `--keep` (their `<prefix>.kept` marker and namespaces).
+pub fn sweep_kept() -> Swept {
+    let mut swept = Swept::default();
     let Ok(entries) = fs::read_dir(RUN_DIR) else { return swept };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(prefix) = name.strip_suffix(".lock").filter(|p| p.starts_with(NAME_PREFIX)) else { continue };
-        let Ok(file) = File::open(entry.path()) else { continue };
-        let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
+        let Some(prefix) = name.strip_suffix(".kept").filter(|p| p.starts_with(NAME_PREFIX)) else { continue };
         swept.runs += 1;
         swept.namespaces += remove_run_resources(prefix);
         let _ = fs::remove_file(entry.path());

@@ -252,6 +252,13 @@ impl Session {
         &self.config
     }
 
+    /// Keep the namespaces (rules, addresses) after this session is dropped,
+    /// for a person to inspect; `sidecheck clean` removes them.
+    pub fn keep(&self) {
+        self.topology.keep();
+        self.run.keep();
+    }
+
     /// The run's name prefix (every namespace name starts with it).
     pub fn prefix(&self) -> &str {
         self.run.prefix()

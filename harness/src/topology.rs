@@ -278,6 +278,7 @@ impl TopologyConfig {
 pub struct Namespace {
     name: String,
     ns: Option<NetNs>,
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Namespace {
@@ -290,7 +291,7 @@ impl Namespace {
             namespace: name.into(),
             detail: format!("{e}; is /run/netns writable and are you root?"),
         })?;
-        Ok(Namespace { name: name.to_string(), ns: Some(ns) })
+        Ok(Namespace { name: name.to_string(), ns: Some(ns), keep: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub fn name(&self) -> &str {
@@ -357,7 +358,9 @@ impl Drop for Namespace {
         // Close our handle first, then unmount: the kernel frees the
         // namespace (and its veth ends) once nothing refers to it.
         drop(self.ns.take());
-        let _ = remove_netns(&self.name);
+        if !self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = remove_netns(&self.name);
+        }
     }
 }
 
@@ -536,6 +539,13 @@ impl Topology {
     /// Namespace names, for `ip netns exec` hints.
     pub fn namespace_names(&self) -> Vec<&str> {
         self.namespaces.values().map(|n| n.name()).collect()
+    }
+
+    /// Leave the namespaces in place when dropped (for inspection).
+    pub fn keep(&self) {
+        for ns in self.namespaces.values() {
+            ns.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 

@@ -583,3 +583,37 @@ fn topology_settings_that_cannot_work_exit_2_and_leave_nothing() {
     assert_eq!(v["families"], serde_json::json!(["ipv6"]));
     assert_eq!(v["passed"], 7);
 }
+
+#[test]
+fn keep_leaves_a_failing_run_to_inspect_until_clean() {
+    need_root();
+    let _runs = exclusive_runs();
+    let dir = TempDir::new("keep");
+    let good = harness::rules::IstioCapture::default_for(harness::rules::Shape::Current).to_restore();
+    let broken = dir.write("broken.rules", &good.replace("--to-ports 15001", "--to-ports 15002"));
+    let child = Command::new(BIN)
+        .args(["run", "--keep", "--rules", broken.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let kept = namespaces_of_pid(pid);
+    assert_eq!(kept.len(), 5, "{}", stderr(&out));
+    let pod = format!("sidecheck-{pid}-0-local-pod");
+    assert!(stderr(&out).contains(&format!("ip netns exec {pod} iptables-save")), "{}", stderr(&out));
+    // The kept rules are the broken ones, inspectable as printed.
+    let saved = Command::new("ip").args(["netns", "exec", &pod, "iptables-nft-save"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&saved.stdout).contains("--to-ports 15002"));
+    assert!(stubs_of_pid(pid).is_empty(), "stubs are not kept");
+    // Another run does not sweep a kept run; clean does.
+    let (other, _) = run_checked(&["run"]);
+    assert_eq!(code(&other), 0);
+    assert_eq!(namespaces_of_pid(pid).len(), 5, "a later run swept the kept namespaces");
+    let out = sidecheck(&["clean"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 kept run(s)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(namespaces_of_pid(pid).is_empty());
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.kept")).exists());
+}

@@ -178,6 +178,10 @@ struct RunArgs {
     /// Do not trace rule paths (ports are still checked).
     #[arg(long, conflicts_with = "assert")]
     no_trace: bool,
+    /// If a trial fails, keep the run's namespaces (with the rules as
+    /// installed) and print how to look inside; `sidecheck clean` removes them.
+    #[arg(long)]
+    keep: bool,
     /// Run every scenario N times, all at once (trials named `name#k`):
     /// load, and a hunt for flakes.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
@@ -284,6 +288,16 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let trials = session.run(&scenarios);
     let (backend, families) = (session.backend_name(), session.families().to_vec());
+    let failed = trials.iter().any(|t| t.outcome == harness::verdict::Outcome::Fail);
+    if args.keep && failed {
+        session.keep();
+        let names: Vec<String> = session.topology().namespace_names().iter().map(|s| s.to_string()).collect();
+        let pod = names.iter().find(|n| n.ends_with("-local-pod")).cloned().unwrap_or_default();
+        eprintln!("sidecheck: kept the namespaces of this failing run: {}", names.join(" "));
+        eprintln!("  ip netns exec {pod} iptables-save        # the rules as installed (ip6tables-save, nft list ruleset)");
+        eprintln!("  ip netns exec {pod} ip addr               # addresses, routes: ip route, ip -6 route");
+        eprintln!("  sidecheck clean                           # remove them when done");
+    }
     drop(session);
     let mut report = Report::new(config.rules.describe(), backend, trials);
     report.families = families.iter().map(|f| f.name().to_string()).collect();
@@ -369,6 +383,12 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
 fn clean() -> anyhow::Result<bool> {
     harness::require_root("sidecheck clean")?;
     let swept = registry::sweep_stale();
-    println!("removed {} stale run(s), {} namespace(s)", swept.runs, swept.namespaces);
+    let kept = registry::sweep_kept();
+    println!(
+        "removed {} stale run(s) and {} kept run(s), {} namespace(s)",
+        swept.runs,
+        kept.runs,
+        swept.namespaces + kept.namespaces
+    );
     Ok(true)
 }
