@@ -617,3 +617,43 @@ fn keep_leaves_a_failing_run_to_inspect_until_clean() {
     assert!(namespaces_of_pid(pid).is_empty());
     assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.kept")).exists());
 }
+
+#[test]
+fn reports_in_every_format_from_one_failing_run() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("reports");
+    let good = harness::rules::IstioCapture::default_for(harness::rules::Shape::Current).to_restore();
+    let broken = dir.write("broken.rules", &good.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN\n", ""));
+    let (junit, md) = (dir.0.join("r.xml"), dir.0.join("r.md"));
+    let (out, _) = run_checked(&[
+        "run",
+        "--rules",
+        broken.to_str().unwrap(),
+        "--format",
+        "json",
+        "--output",
+        &format!("junit={}", junit.display()),
+        "--output",
+        &format!("markdown={}", md.display()),
+    ]);
+    assert_eq!(code(&out), 1);
+    // stdout keeps the JSON contract.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(6), Some(1)));
+    // JUnit: valid against the schema reporters read, the failure explained.
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/schema/junit.xsd");
+    let lint = Command::new("xmllint").args(["--noout", "--schema", schema.to_str().unwrap(), junit.to_str().unwrap()]).output().expect("xmllint (apt-get install libxml2-utils, or ci/setup)");
+    assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stderr));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 7);
+    assert_eq!(xml.matches("<failure ").count(), 1);
+    assert!(xml.contains("name=\"type3-prometheus-scrape::nft::ipv4\""), "{xml}");
+    // Markdown: a table row per trial, a diagram per trial, the failing one
+    // with its expected path beside it.
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert_eq!(md.matches("```mermaid").count(), 7, "{md}");
+    assert!(md.contains("## sidecheck: 6 passed, 1 failed (FAILED)"), "{md}");
+    assert!(md.contains("subgraph e[\"expected\"]"), "{md}");
+    assert!(md.contains("class o1 diff"), "{md}");
+}
