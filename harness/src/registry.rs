@@ -263,19 +263,6 @@ fn run_prefix_of(name: &str) -> Option<&str> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_prefixes_of_namespace_names() {
-        assert_eq!(run_prefix_of("sidecheck-123-0-local-pod"), Some("sidecheck-123-0"));
-        assert_eq!(run_prefix_of("sidecheck-123-10-node"), Some("sidecheck-123-10"));
-        assert_eq!(run_prefix_of("sidecheck-abc-0-node"), None);
-        assert_eq!(run_prefix_of("sidecheck-123-0"), None);
-        assert_eq!(run_prefix_of("other-123-0-node"), None);
-    }
-}
 
 /// Remove runs kept with `--keep` (their `<prefix>.kept` marker and namespaces).
 pub fn sweep_kept() -> Swept {
@@ -336,4 +323,18 @@ pub fn install_signal_cleanup() -> Result<()> {
 /// For children: undo the signal mask they inherit from a blocked thread.
 pub fn unblock_signals_in_child() {
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_prefixes_of_namespace_names() {
+        assert_eq!(run_prefix_of("sidecheck-123-0-local-pod"), Some("sidecheck-123-0"));
+        assert_eq!(run_prefix_of("sidecheck-123-10-node"), Some("sidecheck-123-10"));
+        assert_eq!(run_prefix_of("sidecheck-abc-0-node"), None);
+        assert_eq!(run_prefix_of("sidecheck-123-0"), None);
+        assert_eq!(run_prefix_of("other-123-0-node"), None);
+    }
 }

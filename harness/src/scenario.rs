@@ -168,7 +168,7 @@ impl Scenario {
         } else {
             d.address.expect("validated: one destination kind")
         };
-        Ok(SocketAddr::new(ip.into(), d.port))
+        Ok(SocketAddr::new(ip, d.port))
     }
 }
 

@@ -213,7 +213,7 @@ impl Session {
             "--timeout-ms".into(),
             config.probe_timeouts.connect.as_millis().to_string(),
         ]);
-        stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, p.uid, p.gid, &args, config.stub_ready_timeout)?);
+        stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, (p.uid, p.gid), &args, config.stub_ready_timeout)?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
         let mut args: Vec<String> = Vec::new();
@@ -225,7 +225,7 @@ impl Session {
         }
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.istiod_uid;
-        stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, uid, uid, &args, config.stub_ready_timeout)?);
+        stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, (uid, uid), &args, config.stub_ready_timeout)?);
 
         let io = config.probe_timeouts.answer;
         let apps = {

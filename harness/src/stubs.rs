@@ -73,8 +73,7 @@ impl StubProcess {
         stub: Stub,
         exe: &Path,
         ns: &Namespace,
-        uid: u32,
-        gid: u32,
+        (uid, gid): (u32, u32),
         args: &[String],
         timeout: Duration,
     ) -> Result<StubProcess> {

@@ -191,6 +191,10 @@ impl RuleIndex {
 }
 
 type Positions = HashMap<(u8, String, String, u64), u32>;
+/// Sees each dumped object: (family, attributes).
+type AttrVisitor<'a> = dyn FnMut(u8, &[(u16, &[u8])]) + 'a;
+/// One hook traversal of a leg: the hook, then (nfproto, table, chain, last step) per user chain.
+type Segment = (String, Vec<(u8, String, String, Step)>);
 type Hooks = HashMap<(u8, String, String), &'static str>;
 
 /// Dump nf_tables rules and chains (all families) in `ns`: rule handle ->
@@ -202,7 +206,7 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
         sock.set_receive_timeout(Duration::from_secs(5))?;
         let mut bad = false;
         // Dump every object of one kind; `f` gets (family, attributes).
-        let mut dump = |get: u16, new: u16, seq: u32, f: &mut dyn FnMut(u8, &[(u16, &[u8])])| {
+        let mut dump = |get: u16, new: u16, seq: u32, f: &mut AttrVisitor<'_>| {
             let req = nl::request(nl::NFNL_SUBSYS_NFTABLES, get, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, seq, 0, 0, &[]);
             sock.transact(&req, seq, |m| {
                 if m.ty != (nl::NFNL_SUBSYS_NFTABLES << 8) | new {
@@ -531,7 +535,7 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
 pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, local_origin: bool) -> Vec<String> {
     // Segments: one per hook traversal, user chains in first-visit order
     // with the last step seen in each.
-    let mut segments: Vec<(String, Vec<(u8, String, String, Step)>)> = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
     for e in events {
         if let Some(hook) = index.hook_of(e.nfproto, &e.table, &e.chain) {
             if segments.last().is_none_or(|(h, _)| h != hook) {
