@@ -228,6 +228,15 @@ pub fn sweep_stale() -> Swept {
             if !prefix.starts_with(NAME_PREFIX) {
                 continue;
             }
+            // A lock file is opened before it is locked: a sweeper could lock
+            // it in between. One being made belongs to a live process, so
+            // make sure its creator (the pid in the name) is gone.
+            if tmp {
+                let pid = prefix[NAME_PREFIX.len()..].split('-').next().unwrap_or("");
+                if Path::new("/proc").join(pid).exists() {
+                    continue;
+                }
+            }
             let Ok(file) = File::open(entry.path()) else { continue };
             let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
             swept.runs += usize::from(!tmp);
