@@ -135,7 +135,7 @@ fn main() {
 fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        thread::spawn(move || {
+        stub::spawn_connection(move || {
             let _ = proxy(conn, dir, cfg);
         });
     }
@@ -169,7 +169,7 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
     conn.set_read_timeout(Some(cfg.timeout))?;
     conn.set_write_timeout(Some(cfg.timeout))?;
     let port = conn.local_addr()?.port();
-    let mut reader = BufReader::new(&conn);
+    let mut reader = BufReader::with_capacity(stub::READ_BUFFER, &conn);
     let line = read_line(&mut reader)?;
     let mut probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let role = dir.role().to_string();
@@ -213,7 +213,7 @@ fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budg
     upstream.set_read_timeout(Some(budget))?;
     upstream.set_write_timeout(Some(budget))?;
     (&upstream).write_all(probe.to_line().as_bytes())?;
-    let mut reader = BufReader::new(&upstream);
+    let mut reader = BufReader::with_capacity(stub::READ_BUFFER, &upstream);
     read_line(&mut reader).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             io::Error::new(e.kind(), format!("no answer within {} ms", budget.as_millis()))

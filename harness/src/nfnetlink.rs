@@ -237,6 +237,10 @@ impl Socket {
         Ok(())
     }
 
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     pub fn join_group(&self, group: u32) -> io::Result<()> {
         self.setsockopt(libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group as i32)
     }

@@ -78,7 +78,9 @@ impl StubProcess {
         timeout: Duration,
     ) -> Result<StubProcess> {
         let mut cmd = ns.command(exe);
-        cmd.args(args).current_dir("/");
+        // Thousands of short connection threads would each get a glibc malloc
+        // arena (up to 8 per core); one arena is plenty for line-sized buffers.
+        cmd.args(args).current_dir("/").env("MALLOC_ARENA_MAX", "1");
         // SAFETY: only async-signal-safe calls between fork and exec. This
         // runs after the namespace's own pre_exec (setns needs root), which
         // is why the ids are not dropped with Command::uid/gid: std drops

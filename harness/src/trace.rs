@@ -267,13 +267,38 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
     .map_err(Error::io(doing))
 }
 
-/// Receives and keeps trace events of one namespace until their probes claim them.
+/// Receives and keeps trace events of one namespace until their probes
+/// claim them. A thread reads the sockets as events arrive, so the kernel's
+/// socket buffer never has to hold a whole run's events.
 pub struct Tracer {
+    shared: std::sync::Arc<TraceStore>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Written to on drop: wakes the reader to stop.
+    stop: Option<std::os::fd::OwnedFd>,
+}
+
+pub struct TraceStore {
     frontend: Frontend,
     nft: Socket,
     nflog: Option<Socket>,
-    pub index: RuleIndex,
+    index: RuleIndex,
     pending: Mutex<Pending>,
+}
+
+impl std::ops::Deref for Tracer {
+    type Target = TraceStore;
+    fn deref(&self) -> &TraceStore {
+        &self.shared
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        drop(self.stop.take()); // closes the write end: the reader's poll wakes
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -334,7 +359,42 @@ impl Tracer {
         if let Some(listing) = index.snapshot.nft.clone() {
             index.add_nft_texts(&listing);
         }
-        Ok(Tracer { frontend, nft, nflog, index, pending: Mutex::new(Pending::default()) })
+        let shared = std::sync::Arc::new(TraceStore { frontend, nft, nflog, index, pending: Mutex::new(Pending::default()) });
+        let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io { doing: "creating the trace reader's pipe".into(), err: e.into() })?;
+        let reader_shared = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("trace-reader".into())
+            .spawn(move || reader_shared.read_until_closed(wake))
+            .map_err(Error::io("starting the trace reader"))?;
+        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop) })
+    }
+
+    /// The rules under test as indexed at the start.
+    pub fn index(&self) -> &RuleIndex {
+        &self.shared.index
+    }
+}
+
+impl TraceStore {
+    /// Drain the sockets whenever they have data, until `wake` is closed.
+    fn read_until_closed(&self, wake: std::os::fd::OwnedFd) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        loop {
+            let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN), PollFd::new(self.nft.fd(), PollFlags::POLLIN)];
+            if let Some(s) = &self.nflog {
+                fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            }
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                continue;
+            }
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            drop(fds);
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            self.drain(&mut p);
+        }
     }
 
     /// Read every queued event. Events are queued by the kernel while the

@@ -160,6 +160,7 @@ pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: O
     let expected_path = scenario.expected_path(check.label, check.family).map(str::to_string);
     let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: expected_path.clone() };
     let mut observed = observe(obs);
+    let complete = traced.as_ref().is_none_or(|t| t.complete);
     if let Some(t) = traced {
         observed.path = Some(t.line);
         observed.legs = t.legs;
@@ -199,6 +200,11 @@ pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: O
             m.push_str(&format!("\n  rule path: {path}"));
         }
         m
+    };
+    let message = if pass || complete {
+        message
+    } else {
+        format!("{message}\n  note: the kernel dropped trace events during this run (the trace socket overflowed), so this path may be incomplete")
     };
     TrialResult {
         name: scenario.name.clone(),

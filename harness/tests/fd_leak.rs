@@ -6,6 +6,9 @@
 use harness::rules::Backend;
 use harness::{scenario, Session, SessionConfig};
 
+/// The tests here count the process's own descriptors: one at a time.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -17,6 +20,7 @@ fn threads() -> usize {
 #[test]
 fn sessions_leak_no_descriptors_threads_or_children() {
     assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test");
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let scenarios = scenario::builtin().unwrap();
     let cycle = |backend| {
         let s = Session::start(SessionConfig { backend, ..SessionConfig::default() }).unwrap();
@@ -37,4 +41,22 @@ fn sessions_leak_no_descriptors_threads_or_children() {
     assert_eq!(threads(), tasks, "threads leaked across 5 sessions");
     let children = std::fs::read_to_string(format!("/proc/self/task/{}/children", std::process::id())).unwrap_or_default();
     assert!(children.trim().is_empty(), "child processes left: {children}");
+}
+
+#[test]
+fn children_inherit_no_descriptor_of_a_live_session() {
+    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test");
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    // A descriptor without close-on-exec would live on in every stub and
+    // rule installer (found once: a pipe that then never saw EOF).
+    // What a child inherits regardless of us (cargo's jobserver, say).
+    let inherited = || -> Vec<String> {
+        let out = std::process::Command::new("/bin/sh").args(["-c", "ls /proc/$$/fd"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+    };
+    let before = inherited();
+    let session = Session::start(SessionConfig::default()).unwrap();
+    let during = inherited();
+    drop(session);
+    assert_eq!(during, before, "a child of a live session inherits more than one started before it");
 }

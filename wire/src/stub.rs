@@ -9,6 +9,21 @@ use std::time::Duration;
 
 use crate::{read_line, Answer, End, Probe};
 
+/// Read buffer per connection: probe lines are a few hundred bytes, and a
+/// stub holds thousands of connections at once under load.
+pub const READ_BUFFER: usize = 1024;
+
+/// Stack of a per-connection thread: the handlers are shallow; a small
+/// stack keeps thousands of threads cheap in resident memory.
+pub const CONNECTION_STACK: usize = 32 * 1024;
+
+/// Run `f` on a new thread with [`CONNECTION_STACK`].
+pub fn spawn_connection(f: impl FnOnce() + Send + 'static) {
+    // If even a small thread cannot be had, the connection is dropped and
+    // the client sees it closed: the verdict says so.
+    let _ = thread::Builder::new().stack_size(CONNECTION_STACK).spawn(f);
+}
+
 /// The line a stub prints on stdout once every listener is bound.
 pub const READY: &str = "READY";
 
@@ -18,7 +33,7 @@ pub fn serve_terminal(listener: TcpListener, name: String, io_timeout: Duration)
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let name = name.clone();
-            thread::spawn(move || {
+            spawn_connection(move || {
                 let _ = answer_as_server(conn, &name, io_timeout);
             });
         }
@@ -30,7 +45,7 @@ fn answer_as_server(conn: TcpStream, name: &str, io_timeout: Duration) -> io::Re
     conn.set_write_timeout(Some(io_timeout))?;
     let port = conn.local_addr()?.port();
     let peer = conn.peer_addr()?;
-    let mut reader = BufReader::new(&conn);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, &conn);
     let line = read_line(&mut reader)?;
     let probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let answer = Answer { probe, end: End::Server { name: name.to_string(), port, peer } };

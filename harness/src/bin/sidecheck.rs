@@ -359,7 +359,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let done = session.probe_one(from, uid, uid, to);
-    let index = session.tracer().map(|t| t.index.clone()).unwrap_or_default();
+    let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
     drop(session);
     let observed = harness::verdict::observe(&done.observation);
     let reached = observed.server.is_some();
