@@ -65,6 +65,8 @@ pub struct SessionConfig {
     pub trace: bool,
     /// Fail a trial whose rule path differs from its scenario's.
     pub assert_paths: bool,
+    /// Keep each rule's text for detailed views (`sidecheck trace`).
+    pub rule_texts: bool,
 }
 
 impl Default for SessionConfig {
@@ -83,6 +85,7 @@ impl Default for SessionConfig {
             rules_timeout: Duration::from_secs(30),
             trace: true,
             assert_paths: false,
+            rule_texts: false,
         }
     }
 }
@@ -162,7 +165,7 @@ impl Session {
         config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
-            true => Some(Tracer::start(pod, frontend, config.rules_timeout)?),
+            true => Some(Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?),
             false => None,
         };
 

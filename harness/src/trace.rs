@@ -313,7 +313,10 @@ struct Pending {
 impl Tracer {
     /// Install the trace table in `ns`, open the event sockets there, and
     /// index the rules under test. Call after the rules are installed.
-    pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration) -> Result<Tracer> {
+    /// `rule_texts`: also read the rules back as text (for views that print
+    /// each rule beside its number). x_tables rule counts come from that
+    /// text too, so under iptables-legacy it is read regardless.
+    pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
         let nft_tool = rules::find_tool("nft", "nftables")?;
         let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
         let doing = format!("opening trace sockets in namespace {}", ns.name());
@@ -339,7 +342,11 @@ impl Tracer {
                 ran.output.trim()
             )));
         }
-        let snapshot = rules::snapshot(ns, frontend, timeout)?;
+        let snapshot = if rule_texts || matches!(frontend, Frontend::IptablesLegacy | Frontend::Any) {
+            rules::snapshot(ns, frontend, timeout)?
+        } else {
+            rules::Snapshot::default()
+        };
         let (positions, hooks) = match frontend {
             Frontend::IptablesLegacy => (HashMap::new(), HashMap::new()),
             _ => dump_nft(ns)?,

@@ -346,7 +346,7 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let mut config = args.rules.config()?;
+    let mut config = SessionConfig { rule_texts: true, ..args.rules.config()? };
     let (from, uid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
     // Host names resolve in the first family tested; an address picks its own.
