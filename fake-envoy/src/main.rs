@@ -198,13 +198,15 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
 
 fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
     let upstream = match dir {
-        Direction::Outbound => TcpStream::connect_timeout(&to, budget / 2)?,
+        // Two thirds for the connect: a first SYN that waits on neighbour
+        // resolution (retried after 1 s) must still fit.
+        Direction::Outbound => TcpStream::connect_timeout(&to, budget * 2 / 3)?,
         Direction::Inbound => {
             let source = match to.ip() {
                 IpAddr::V4(_) => SocketAddr::new(cfg.passthrough4.into(), 0),
                 IpAddr::V6(_) => SocketAddr::new(cfg.passthrough6.into(), 0),
             };
-            connect_from(source, to, budget / 2)?
+            connect_from(source, to, budget * 2 / 3)?
         }
     };
     if let Some(hop) = probe.hops.last_mut() {

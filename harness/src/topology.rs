@@ -441,7 +441,9 @@ impl Topology {
             .await
             .map_err(netlink_err("setting lo up", node_ns))?;
         node.link()
-            .add(LinkBridge::new("br0").up().build())
+            // No MLD snooping: IPv6 neighbour discovery is multicast, and a
+            // bridge that has not yet learned a group must not hold it back.
+            .add(LinkBridge::new("br0").mcast_snooping(false).up().build())
             .execute()
             .await
             .map_err(netlink_err("creating bridge br0", node_ns))?;
