@@ -85,6 +85,14 @@ impl Report {
         }
         for t in self.trials.iter().filter(|t| t.outcome == Outcome::Fail) {
             let _ = writeln!(out, "\nFAIL {} (flow {}): {}\n  {}", t.name, t.flow, t.description, t.message);
+            // The paths one above the other, also when the ports failed.
+            if let (Some(want), Some(got)) = (&t.expected.path, &t.observed.path) {
+                if want != got && !t.message.contains("path expected:") {
+                    for line in crate::verdict::path_diff(want, got).lines() {
+                        let _ = writeln!(out, "  {line}");
+                    }
+                }
+            }
         }
         let _ = writeln!(out, "\n{} passed, {} failed", self.passed, self.failed);
         out
@@ -299,6 +307,16 @@ mod tests {
         assert!(!x.contains("\u{1}"));
         assert_eq!(x.matches("<testcase").count(), 2);
         assert!(x.contains("rules &lt;x&gt; &amp; &quot;y&quot;"));
+    }
+
+    #[test]
+    fn human_output_aligns_the_paths_of_a_failing_trial() {
+        let r = Report::new("r".into(), "nft".into(), vec![trial("istio::b::nft::ipv4", false, "expected 15001 -> remote-app:9090, observed ...")]);
+        let h = r.to_human();
+        assert!(h.contains("  path expected: OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod\n"), "{h}");
+        assert!(h.contains("  path observed: OUTPUT -> ISTIO_OUTPUT RULE 8 -> Remote Pod\n"), "{h}");
+        assert!(h.contains("first difference at element 2"), "{h}");
+        assert!(h.trim_end().ends_with("0 passed, 1 failed"), "{h}");
     }
 
     #[test]
