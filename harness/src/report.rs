@@ -14,6 +14,9 @@ pub struct Report {
     pub backend: String,
     /// The IP families tested.
     pub families: Vec<String>,
+    /// The rules as installed (what was actually tested), when read back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ruleset: Option<String>,
     pub trials: Vec<TrialResult>,
     pub passed: usize,
     pub failed: usize,
@@ -23,7 +26,7 @@ impl Report {
     pub fn new(rules: String, backend: String, trials: Vec<TrialResult>) -> Report {
         let passed = trials.iter().filter(|t| t.outcome == Outcome::Pass).count();
         let failed = trials.len() - passed;
-        Report { rules, backend, families: Vec::new(), trials, passed, failed }
+        Report { rules, backend, families: Vec::new(), ruleset: None, trials, passed, failed }
     }
 
     pub fn all_passed(&self) -> bool {
@@ -158,6 +161,38 @@ fn xml_escape(s: &str) -> String {
 }
 
 impl Report {
+    /// One screen a generator author can paste into an issue: the verdict
+    /// per scenario over every family, then a one-line statement.
+    pub fn to_summary(&self) -> String {
+        // (scenario, flow, [(family, passed)])
+        type Row<'a> = (&'a str, u8, Vec<(&'a str, bool)>);
+        let mut scenarios: Vec<Row<'_>> = Vec::new();
+        for t in &self.trials {
+            let pass = t.outcome == Outcome::Pass;
+            match scenarios.iter_mut().find(|(s, _, _)| *s == t.scenario) {
+                Some(entry) => entry.2.push((&t.family, pass)),
+                None => scenarios.push((&t.scenario, t.flow, vec![(&t.family, pass)])),
+            }
+        }
+        let ok = scenarios.iter().filter(|(_, _, f)| f.iter().all(|(_, p)| *p)).count();
+        let families = if self.families.is_empty() { "-".to_string() } else { self.families.join("+").replace("ipv4", "IPv4").replace("ipv6", "IPv6") };
+        let mut out = String::new();
+        let _ = writeln!(out, "sidecheck conformance: {}", self.rules);
+        let _ = writeln!(out, "backend {}, families {}\n", self.backend, families);
+        for (name, flow, fams) in &scenarios {
+            let cells: Vec<String> = fams.iter().map(|(f, p)| format!("{f} {}", if *p { "pass" } else { "FAIL" })).collect();
+            let _ = writeln!(out, "  flow {flow}  {name:<44} {}", cells.join("  "));
+        }
+        let verdict = if ok == scenarios.len() { "conforms to" } else { "does not conform to" };
+        let _ = writeln!(
+            out,
+            "\n{verdict} the Istio sidecar capture contract: {ok}/{} flows, {families}, {}",
+            scenarios.len(),
+            self.backend
+        );
+        out
+    }
+
     /// JUnit XML: one `<testsuite>` per run, one `<testcase>` per trial
     /// (classname = the scenario's directory, name = the rest), a failing
     /// trial's message and path difference in `<failure>`.
@@ -214,6 +249,9 @@ impl Report {
         let verdict = if self.failed == 0 { "all passed" } else { "FAILED" };
         let _ = writeln!(out, "## sidecheck: {} passed, {} failed ({verdict})\n", self.passed, self.failed);
         let _ = writeln!(out, "Rules: `{}`, backend `{}`, families {}.\n", self.rules, self.backend, self.families.join(", "));
+        if let Some(rules) = &self.ruleset {
+            let _ = writeln!(out, "<details><summary>The rules as installed</summary>\n\n```\n{}```\n</details>\n", rules);
+        }
         out.push_str("| flow | trial | expected | observed | verdict |\n|---|---|---|---|---|\n");
         for t in &self.trials {
             let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(" → ");
@@ -294,6 +332,22 @@ mod tests {
             message: message.into(),
             duration_ms: 12,
         }
+    }
+
+    #[test]
+    fn summary_counts_a_scenario_as_passing_only_in_every_family() {
+        let mut a4 = trial("istio::a::nft::ipv4", true, "ok");
+        a4.scenario = "istio::a".into();
+        let mut a6 = trial("istio::a::nft::ipv6", false, "x");
+        a6.scenario = "istio::a".into();
+        a6.family = "ipv6".into();
+        let mut b4 = trial("istio::b::nft::ipv4", true, "ok");
+        b4.scenario = "istio::b".into();
+        let mut r = Report::new("gen".into(), "nft".into(), vec![a4, a6, b4]);
+        r.families = vec!["ipv4".into(), "ipv6".into()];
+        let s = r.to_summary();
+        assert!(s.contains("istio::a") && s.contains("ipv4 pass  ipv6 FAIL"), "{s}");
+        assert!(s.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 1/2 flows, IPv4+IPv6, nft"), "{s}");
     }
 
     #[test]

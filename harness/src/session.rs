@@ -383,6 +383,35 @@ impl Session {
             .collect()
     }
 
+    /// The rules as installed, for reports: every front end's listing
+    /// (iptables-save / ip6tables-save of the backends in use, `nft list
+    /// ruleset`), the harness's own trace table left out.
+    pub fn installed_rules(&self) -> Result<String> {
+        let ns = self.topology.ns(Host::LocalPod);
+        let frontend = self.config.rules.frontend(self.config.backend);
+        let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
+        let mut out = String::new();
+        let saves = [
+            ("iptables-nft-save", &snap.iptables_nft),
+            ("ip6tables-nft-save", &snap.ip6tables_nft),
+            ("iptables-legacy-save", &snap.iptables_legacy),
+            ("ip6tables-legacy-save", &snap.ip6tables_legacy),
+        ];
+        for (tool, text) in saves {
+            if let Some(t) = text.as_deref().filter(|t| t.lines().any(|l| l.starts_with("-A ") || l.starts_with(':'))) {
+                out.push_str(&format!("# {tool}\n{}", t.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect::<String>()));
+            }
+        }
+        if let Some(nft) = &snap.nft {
+            let listing: String = nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
+            let listing = strip_table(&listing, crate::trace::TRACE_TABLE);
+            if !listing.trim().is_empty() && !matches!(frontend, rules::Frontend::IptablesNft | rules::Frontend::IptablesLegacy) {
+                out.push_str(&format!("# nft list ruleset\n{listing}"));
+            }
+        }
+        Ok(out)
+    }
+
     /// The rules under test as the kernel holds them now: `iptables-save`
     /// of the session's backend and `nft list ruleset`, with counters zeroed
     /// and the harness's own trace table left out.

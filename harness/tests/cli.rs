@@ -674,3 +674,21 @@ fn reports_in_every_format_from_one_failing_run() {
     assert!(md.contains("subgraph e[\"expected\"]"), "{md}");
     assert!(md.contains("class o1 diff"), "{md}");
 }
+
+#[test]
+fn reports_show_the_rules_as_installed_and_a_one_screen_summary() {
+    need_root();
+    let _runs = shared_runs();
+    // A generator writing IPv4 rules only: the report shows what it did.
+    let generator = format!("{BIN} rules | iptables-nft-restore");
+    let (out, _) = run_checked(&["run", "--generator", &generator, "--format", "json"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ruleset = v["ruleset"].as_str().expect("the JSON report carries the installed rules");
+    assert!(ruleset.contains("# iptables-nft-save") && ruleset.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"), "{ruleset}");
+    assert!(!ruleset.contains("sidecheck_trace"), "the harness's own trace table is not part of the rules tested");
+    let (out, _) = run_checked(&["run", "--generator", &generator, "--format", "summary"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ipv4 pass  ipv6 FAIL"), "{text}");
+    assert!(text.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 3/7 flows, IPv4+IPv6, generator"), "{text}");
+}

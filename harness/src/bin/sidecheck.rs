@@ -171,6 +171,10 @@ struct RunArgs {
     /// markdown); repeatable, e.g. --output junit=results.xml.
     #[arg(long, value_name = "FORMAT=FILE", value_parser = parse_output)]
     output: Vec<(Format, PathBuf)>,
+    /// Print the rules as installed before the results (JSON and Markdown
+    /// reports always carry them).
+    #[arg(long)]
+    show_rules: bool,
     /// What must match for a trial to pass; `paths` adds the rule path
     /// (chains and rule numbers) to the ports.
     #[arg(long, value_enum, default_value = "ports")]
@@ -194,17 +198,19 @@ enum Assert {
     Paths,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Format {
     Human,
     Json,
     Junit,
     Markdown,
+    /// One screen for an issue or a README: verdict per flow and family.
+    Summary,
 }
 
 fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
     let (format, file) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not FORMAT=FILE (e.g. junit=results.xml)"))?;
-    let format = Format::from_str(format, true).map_err(|_| format!("`{format}` is not a format: human, json, junit or markdown"))?;
+    let format = Format::from_str(format, true).map_err(|_| format!("`{format}` is not a format: human, json, junit, markdown or summary"))?;
     if file.is_empty() {
         return Err(format!("`{arg}` names no file"));
     }
@@ -230,6 +236,7 @@ fn render(report: &Report, format: Format, colour: bool) -> String {
         Format::Json => report.to_json() + "\n",
         Format::Junit => report.to_junit(),
         Format::Markdown => report.to_markdown(),
+        Format::Summary => report.to_summary(),
     }
 }
 
@@ -288,6 +295,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let trials = session.run(&scenarios);
     let (backend, families) = (session.backend_name(), session.families().to_vec());
+    // What was actually tested, for the reports that carry it.
+    let machine = matches!(args.format, Format::Json | Format::Markdown) || args.output.iter().any(|(f, _)| matches!(f, Format::Json | Format::Markdown));
+    let ruleset = if machine || args.show_rules { Some(session.installed_rules().context("reading the installed rules back")?) } else { None };
     let failed = trials.iter().any(|t| t.outcome == harness::verdict::Outcome::Fail);
     if args.keep && failed {
         session.keep();
@@ -301,6 +311,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     drop(session);
     let mut report = Report::new(config.rules.describe(), backend, trials);
     report.families = families.iter().map(|f| f.name().to_string()).collect();
+    if args.show_rules {
+        if let Some(r) = &ruleset {
+            println!("rules as installed:\n{r}");
+        }
+    }
+    report.ruleset = ruleset;
     for (format, file) in &args.output {
         std::fs::write(file, render(&report, *format, false)).with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
@@ -375,7 +391,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Human | Format::Junit | Format::Markdown => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
+        Format::Human | Format::Junit | Format::Markdown | Format::Summary => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
     }
     Ok(reached)
 }
