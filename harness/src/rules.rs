@@ -39,13 +39,6 @@ impl Backend {
         }
     }
 
-    pub fn save_tool(self) -> &'static str {
-        match self {
-            Backend::Nft | Backend::NftNative => "iptables-nft-save",
-            Backend::Legacy => "iptables-legacy-save",
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Backend::Nft => "nft",

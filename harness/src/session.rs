@@ -385,8 +385,20 @@ impl Session {
 
     /// The rules as installed, for reports: every front end's listing
     /// (iptables-save / ip6tables-save of the backends in use, `nft list
-    /// ruleset`), the harness's own trace table left out.
+    /// ruleset` where nftables itself is used), the harness's own trace table
+    /// left out.
     pub fn installed_rules(&self) -> Result<String> {
+        self.listing(false)
+    }
+
+    /// The rules under test as the kernel holds them now, counters zeroed:
+    /// every listing, `nft list ruleset` included whatever the backend (a
+    /// rule added to any table shows).
+    pub fn ruleset_snapshot(&self) -> Result<String> {
+        Ok(normalize_counters(&self.listing(true)?))
+    }
+
+    fn listing(&self, every_nft_table: bool) -> Result<String> {
         let ns = self.topology.ns(Host::LocalPod);
         let frontend = self.config.rules.frontend(self.config.backend);
         let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
@@ -402,30 +414,13 @@ impl Session {
                 out.push_str(&format!("# {tool}\n{}", t.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect::<String>()));
             }
         }
-        if let Some(nft) = &snap.nft {
+        let native = !matches!(frontend, rules::Frontend::IptablesNft | rules::Frontend::IptablesLegacy);
+        if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String = nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
             let listing = strip_table(&listing, crate::trace::TRACE_TABLE);
-            if !listing.trim().is_empty() && !matches!(frontend, rules::Frontend::IptablesNft | rules::Frontend::IptablesLegacy) {
+            if !listing.trim().is_empty() {
                 out.push_str(&format!("# nft list ruleset\n{listing}"));
             }
-        }
-        Ok(out)
-    }
-
-    /// The rules under test as the kernel holds them now: `iptables-save`
-    /// of the session's backend and `nft list ruleset`, with counters zeroed
-    /// and the harness's own trace table left out.
-    pub fn ruleset_snapshot(&self) -> Result<String> {
-        let ns = self.topology.ns(Host::LocalPod);
-        let frontend = self.config.rules.frontend(self.config.backend);
-        let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
-        let mut out = String::new();
-        for text in [&snap.iptables_nft, &snap.ip6tables_nft, &snap.iptables_legacy, &snap.ip6tables_legacy].into_iter().flatten() {
-            out.push_str(&normalize_counters(text));
-        }
-        if let Some(nft) = &snap.nft {
-            let no_handles: String = nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
-            out.push_str(&strip_table(&normalize_counters(&no_handles), crate::trace::TRACE_TABLE));
         }
         Ok(out)
     }

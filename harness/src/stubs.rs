@@ -56,7 +56,6 @@ impl Stub {
 /// A running stub. Dropping it kills and reaps it. Its stdin is a pipe we
 /// hold: if the harness dies, the stub sees EOF and exits by itself.
 pub struct StubProcess {
-    name: String,
     child: Child,
     _stdin: ChildStdin,
     pid: i32,
@@ -112,7 +111,6 @@ impl StubProcess {
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let mut proc = StubProcess {
-            name: stub.name().into(),
             child,
             _stdin: stdin,
             pid,
@@ -147,15 +145,6 @@ impl StubProcess {
             }
             Err(_) => Err(failed(format!("no READY line within {} ms", timeout.as_millis()))),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether it is still running (a crashed stub makes every verdict suspect).
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

@@ -480,6 +480,10 @@ impl TraceStore {
             let excess = p.events.len() - 100_000;
             p.events.drain(..excess);
         }
+        // Trace ids only join events of one chain call: old ones are dead.
+        if p.ids.len() > 100_000 {
+            p.ids.clear();
+        }
         (mine, p.lost)
     }
 }
