@@ -23,6 +23,7 @@ fn main() {
 
     build_stubs(&workspace, &out_dir);
     embed_scenarios(&workspace.join("scenarios"), &out_dir);
+    embed_profiles(&workspace.join("scenarios").join("profiles"), &out_dir);
 }
 
 fn build_stubs(workspace: &Path, out_dir: &Path) {
@@ -73,10 +74,30 @@ fn embed_scenarios(root: &Path, out_dir: &Path) {
     fs::write(out_dir.join("builtin_scenarios.rs"), code).unwrap();
 }
 
+/// Mesh profiles and their rule sets: every file in `scenarios/profiles/`.
+fn embed_profiles(dir: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p)).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut code = String::from("/// (file name, contents) of every file in scenarios/profiles/.\npub static FILES: &[(&str, &str)] = &[\n");
+    for (name, abs) in &files {
+        println!("cargo:rerun-if-changed={}", abs.display());
+        writeln!(code, "    ({name:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
+    }
+    code.push_str("];\n");
+    fs::write(out_dir.join("builtin_profiles.rs"), code).unwrap();
+}
+
+/// Scenario files below `dir`; a `profiles` directory holds mesh profiles, not scenarios.
 fn collect_yaml(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n == "profiles") {
+            continue;
+        }
         if path.is_dir() {
             collect_yaml(root, &path, out);
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {

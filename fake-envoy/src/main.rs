@@ -30,6 +30,7 @@ const USAGE: &str = "usage: fake-envoy [options]
   --route VIP:PORT=IP:PORT outbound cluster: connections to VIP:PORT go to IP:PORT (repeatable)
   --passthrough4 IP        source of inbound upstream connections, IPv4 (default 127.0.0.6)
   --passthrough6 IP        the same for IPv6 (default ::6)
+  --no-passthrough         inbound upstream connections pick no source (the kernel's choice)
   --timeout-ms N           upstream connect and answer budget (default 2000)";
 
 struct Config {
@@ -39,6 +40,8 @@ struct Config {
     routes: HashMap<SocketAddr, SocketAddr>,
     passthrough4: Ipv4Addr,
     passthrough6: Ipv6Addr,
+    /// Bind inbound upstream connections to the passthrough source.
+    passthrough: bool,
     timeout: Duration,
 }
 
@@ -50,10 +53,15 @@ fn parse_args() -> Result<Config, String> {
         routes: HashMap::new(),
         passthrough4: Ipv4Addr::new(127, 0, 0, 6),
         passthrough6: "::6".parse().unwrap(),
+        passthrough: true,
         timeout: Duration::from_millis(2000),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--no-passthrough" {
+            cfg.passthrough = false;
+            continue;
+        }
         let v = args.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
         let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("{flag}: `{s}` is not ADDRESS:PORT"));
         match flag.as_str() {
@@ -201,6 +209,7 @@ fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budg
         // Two thirds for the connect: a first SYN that waits on neighbour
         // resolution (retried after 1 s) must still fit.
         Direction::Outbound => TcpStream::connect_timeout(&to, budget * 2 / 3)?,
+        Direction::Inbound if !cfg.passthrough => TcpStream::connect_timeout(&to, budget * 2 / 3)?,
         Direction::Inbound => {
             let source = match to.ip() {
                 IpAddr::V4(_) => SocketAddr::new(cfg.passthrough4.into(), 0),

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod nfnetlink;
 pub mod probe;
+pub mod profile;
 pub mod registry;
 pub mod report;
 pub mod rules;

@@ -11,6 +11,8 @@ use crate::verdict::{Outcome, TrialResult};
 pub struct Report {
     /// Where the rules came from.
     pub rules: String,
+    /// The mesh profile the expectations came from (`istio`, `linkerd`, ...).
+    pub profile: String,
     pub backend: String,
     /// The IP families tested.
     pub families: Vec<String>,
@@ -26,7 +28,7 @@ impl Report {
     pub fn new(rules: String, backend: String, trials: Vec<TrialResult>) -> Report {
         let passed = trials.iter().filter(|t| t.outcome == Outcome::Pass).count();
         let failed = trials.len() - passed;
-        Report { rules, backend, families: Vec::new(), ruleset: None, trials, passed, failed }
+        Report { rules, profile: "istio".into(), backend, families: Vec::new(), ruleset: None, trials, passed, failed }
     }
 
     pub fn all_passed(&self) -> bool {
@@ -178,7 +180,7 @@ impl Report {
         let families = if self.families.is_empty() { "-".to_string() } else { self.families.join("+").replace("ipv4", "IPv4").replace("ipv6", "IPv6") };
         let mut out = String::new();
         let _ = writeln!(out, "sidecheck conformance: {}", self.rules);
-        let _ = writeln!(out, "backend {}, families {}\n", self.backend, families);
+        let _ = writeln!(out, "profile {}, backend {}, families {}\n", self.profile, self.backend, families);
         for (name, flow, fams) in &scenarios {
             let cells: Vec<String> = fams.iter().map(|(f, p)| format!("{f} {}", if *p { "pass" } else { "FAIL" })).collect();
             let _ = writeln!(out, "  flow {flow}  {name:<44} {}", cells.join("  "));
@@ -186,7 +188,8 @@ impl Report {
         let verdict = if ok == scenarios.len() { "conforms to" } else { "does not conform to" };
         let _ = writeln!(
             out,
-            "\n{verdict} the Istio sidecar capture contract: {ok}/{} flows, {families}, {}",
+            "\n{verdict} the {} sidecar capture contract: {ok}/{} flows, {families}, {}",
+            capitalized(&self.profile),
             scenarios.len(),
             self.backend
         );
@@ -280,6 +283,11 @@ impl Report {
     }
 }
 
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
 /// One path as a Mermaid subgraph of nodes `{prefix}{i}`; from element
 /// `diff` on, nodes are marked as differing.
 fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: Option<usize>) {
@@ -287,7 +295,11 @@ fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: 
     let parts: Vec<&str> = path.split(" -> ").collect();
     for (i, p) in parts.iter().enumerate() {
         let label = p.replace('"', "'");
-        let shape = if p.starts_with("Envoy") || p.ends_with("Pod") || p == &"Istiod" {
+        // Endpoints are capitalized words (`Envoy 15001 (Outbound)`, `Local
+        // Pod`, `Istiod`); chains are upper case or nft's lower case.
+        let mut chars = p.chars();
+        let endpoint = chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        let shape = if endpoint {
             format!("{prefix}{i}([\"{label}\"])")
         } else {
             format!("{prefix}{i}[\"{label}\"]")
@@ -319,7 +331,7 @@ mod tests {
             flow: 2,
             description: "app <to> remote & back".into(),
             outcome: if pass { Outcome::Pass } else { Outcome::Fail },
-            expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: Some("OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod".into()) },
+            expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: Some("OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod".into()), note: None },
             observed: Observed {
                 ports: vec![15001, 9090],
                 end: "remote-app:9090".into(),

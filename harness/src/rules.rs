@@ -225,6 +225,9 @@ pub enum RuleSource {
     /// A generator command line, run with `sh -c` in the pod after the
     /// topology is up (as an init container would be).
     Generator(String),
+    /// Restore input held in memory: a built-in mesh profile's own rule set
+    /// (`label` is the profile's name).
+    Text { label: String, v4: Option<String>, v6: Option<String> },
 }
 
 /// Which netfilter front end the rules land in, as far as the harness can
@@ -247,21 +250,14 @@ impl RuleSource {
     /// families given; every other source for both.
     pub fn families(&self) -> Vec<Family> {
         match self {
-            RuleSource::RestoreFiles { v4, v6 } => {
-                let mut f = Vec::new();
-                if v4.is_some() {
-                    f.push(Family::Ipv4);
-                }
-                if v6.is_some() {
-                    f.push(Family::Ipv6);
-                }
-                f
-            }
+            RuleSource::RestoreFiles { v4, v6 } => given(v4.is_some(), v6.is_some()),
+            RuleSource::Text { v4, v6, .. } => given(v4.is_some(), v6.is_some()),
             _ => Family::BOTH.to_vec(),
         }
     }
 
     fn files(&self) -> Vec<&PathBuf> {
+        // (Text has none: its rules were read with its profile.)
         match self {
             RuleSource::RestoreFiles { v4, v6 } => v4.iter().chain(v6.iter()).collect(),
             RuleSource::NftFile(p) | RuleSource::Script(p) => vec![p],
@@ -286,6 +282,7 @@ impl RuleSource {
             RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
             RuleSource::Script(p) => format!("script {}", p.display()),
             RuleSource::Generator(c) => format!("generator `{c}`"),
+            RuleSource::Text { label, .. } => format!("the {label} profile's rules"),
         }
     }
 
@@ -300,14 +297,15 @@ impl RuleSource {
             RuleSource::RestoreFiles { v4, v6 } => v4.as_ref().or(v6.as_ref()).map(|p| stem(p)).unwrap_or_default(),
             RuleSource::NftFile(p) | RuleSource::Script(p) => stem(p),
             RuleSource::Generator(_) => "generator".into(),
+            RuleSource::Text { label, .. } => label.clone(),
         }
     }
 
     pub fn frontend(&self, backend: Backend) -> Frontend {
         match (self, backend) {
             (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Nft | Backend::NftNative) => Frontend::IptablesNft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. }, Backend::Legacy) => Frontend::IptablesLegacy,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Nft | Backend::NftNative) => Frontend::IptablesNft,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Legacy) => Frontend::IptablesLegacy,
             (RuleSource::NftFile(_), _) => Frontend::Nft,
             (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
         }
@@ -330,7 +328,7 @@ impl RuleSource {
         if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
             return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
-        if let (RuleSource::RestoreFiles { .. }, Backend::NftNative) = (self, backend) {
+        if let (RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::NftNative) = (self, backend) {
             return Err(Error::config("restore files are installed with iptables: use --backend nft or legacy (or give a native ruleset with --nft)"));
         }
         match self.frontend(backend) {
@@ -368,6 +366,14 @@ impl RuleSource {
                     }
                 }
             }
+            RuleSource::Text { v4, v6, .. } => {
+                for (f, text) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
+                    if let (Some(t), true) = (text, families.contains(&f)) {
+                        let tool = backend.restore_tool_for(f);
+                        steps.push((format!("{} ({})", self.describe(), f.name()), tool.into(), find_tool(tool, "iptables")?, vec![], t.clone()));
+                    }
+                }
+            }
             // nft reads the file itself so its errors name the user's file and line.
             RuleSource::NftFile(p) => steps.push((self.describe(), "nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), p.display().to_string()], String::new())),
             RuleSource::Script(p) => steps.push((self.describe(), "sh".into(), find_tool("sh", "dash")?, vec![p.display().to_string()], String::new())),
@@ -397,6 +403,13 @@ impl RuleSource {
         }
         Ok(())
     }
+}
+
+fn given(v4: bool, v6: bool) -> Vec<Family> {
+    Family::BOTH.into_iter().filter(|f| match f {
+        Family::Ipv4 => v4,
+        Family::Ipv6 => v6,
+    }).collect()
 }
 
 /// Find `tool` on PATH (and the sbin directories sudo's secure_path has),

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::profile::{PortRef, Profile, UidRef};
 use crate::topology::{Family, Host, TopologyConfig};
+use crate::verdict::Expected;
 use crate::{Error, Result};
 
 mod builtin {
@@ -35,11 +37,12 @@ pub struct Spec {
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub host: Host,
-    /// The uid the connecting socket is created with (owner match sees it).
-    pub uid: u32,
+    /// The uid the connecting socket is created with (owner match sees
+    /// it): a number, or `proxy` for the profile's proxy uid.
+    pub uid: UidRef,
     /// Defaults to `uid`.
     #[serde(default)]
-    pub gid: Option<u32>,
+    pub gid: Option<UidRef>,
     /// Who this stands for (app, envoy, pilot-agent, prometheus): documentation.
     #[serde(default)]
     pub role: Option<String>,
@@ -57,7 +60,8 @@ pub struct Destination {
     pub service: Option<String>,
     #[serde(default)]
     pub address: Option<IpAddr>,
-    pub port: u16,
+    /// A number, or a role the profile resolves (`stats`, `control-plane`, ...).
+    pub port: PortRef,
 }
 
 /// What must happen.
@@ -65,10 +69,12 @@ pub struct Destination {
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Proxy listener ports passed, in order, then the port of the server
-    /// that answered.
-    pub ports: Vec<u16>,
-    /// Name of the server that must answer (local-app, remote-app,
-    /// envoy-admin, envoy-stats, envoy-health, istiod).
+    /// that answered: numbers or roles (`outbound`, `inbound`, `admin`,
+    /// `stats`, `health`, `control-plane`).
+    pub ports: Vec<PortRef>,
+    /// The server that must answer: `local-app`, `remote-app`, a role
+    /// (`admin`, `stats`, `health`, `control-plane`: the profile names its
+    /// listener), or a literal server name.
     pub server: String,
     /// The rule path in the article's notation, for the built-in default
     /// rules and any rule set `paths` does not name.
@@ -82,6 +88,29 @@ pub struct Expect {
     /// Assert the path even when the run was not asked to (`--assert paths`).
     #[serde(default)]
     pub assert_path: bool,
+    /// Where a mesh's capture differs by design, by profile name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileExpect>,
+}
+
+/// What a flow does under one mesh profile, where it differs from `expect`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileExpect {
+    pub ports: Vec<PortRef>,
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Why the mesh does it differently: shown in reports.
+    pub why: String,
+}
+
+/// A scenario made concrete for one profile and family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    pub uid: u32,
+    pub gid: u32,
+    pub target: SocketAddr,
+    pub expected: Expected,
 }
 
 /// A loaded scenario.
@@ -107,6 +136,9 @@ impl Scenario {
         if spec.expect.ports.is_empty() {
             return Err(invalid("expect.ports is empty: list the proxy ports passed, then the server's port".into()));
         }
+        if let Some((name, _)) = spec.expect.profiles.iter().find(|(_, p)| p.ports.is_empty()) {
+            return Err(invalid(format!("expect.profiles.{name}.ports is empty: list the proxy ports passed, then the server's port")));
+        }
         let d = &spec.destination;
         let given = [d.host.is_some(), d.service.is_some(), d.address.is_some()].iter().filter(|x| **x).count();
         if given != 1 {
@@ -130,15 +162,34 @@ impl Scenario {
     }
 
     /// The path expected under the rule set labelled `label`, in `family`:
-    /// `paths["label@ipv6"]`, else `paths["label"]`, else `path`.
-    pub fn expected_path(&self, label: &str, family: Family) -> Option<&str> {
+    /// `paths["label@ipv6"]`, else `paths["label"]`, else (under the Istio
+    /// profile, whose rules `path` describes) `path`.
+    pub fn expected_path(&self, label: &str, family: Family, profile: &str) -> Option<&str> {
         let p = &self.spec.expect.paths;
-        p.get(&format!("{label}@{}", family.name())).or(p.get(label)).or(self.spec.expect.path.as_ref()).map(String::as_str)
+        let fallback = (profile == "istio").then_some(self.spec.expect.path.as_ref()).flatten();
+        p.get(&format!("{label}@{}", family.name())).or(p.get(label)).or(fallback).map(String::as_str)
     }
 
-    /// The gid the probe socket is created with.
-    pub fn gid(&self) -> u32 {
-        self.spec.source.gid.unwrap_or(self.spec.source.uid)
+    /// This scenario made concrete: who connects where, and what must happen,
+    /// under `profile` in `family`. `label` names the rule set (for paths).
+    pub fn case(&self, profile: &Profile, topo: &TopologyConfig, family: Family, label: &str) -> Result<Case> {
+        let src = &self.spec.source;
+        let uid = profile.uid(src.uid);
+        let gid = profile.uid(src.gid.unwrap_or(src.uid));
+        let target = self.target(profile, topo, family)?;
+        let e = &self.spec.expect;
+        let over = e.profiles.get(&profile.name);
+        let (ports, server) = match over {
+            Some(o) => (&o.ports, o.server.as_ref().unwrap_or(&e.server)),
+            None => (&e.ports, &e.server),
+        };
+        let expected = Expected {
+            ports: ports.iter().map(|p| profile.resolve(*p, family)).collect(),
+            server: profile.server_name(server),
+            path: self.expected_path(label, family, &profile.name).map(str::to_string),
+            note: over.map(|o| format!("{}: {}", profile.name, o.why)),
+        };
+        Ok(Case { uid, gid, target, expected })
     }
 
     /// The families this scenario runs in, among `available`.
@@ -148,7 +199,7 @@ impl Scenario {
     }
 
     /// The address the probe connects to, in this topology and family.
-    pub fn target(&self, topo: &TopologyConfig, family: Family) -> Result<SocketAddr> {
+    pub fn target(&self, profile: &Profile, topo: &TopologyConfig, family: Family) -> Result<SocketAddr> {
         let d = &self.spec.destination;
         let ip = if let Some(h) = &d.host {
             match Host::parse(h) {
@@ -168,7 +219,7 @@ impl Scenario {
         } else {
             d.address.expect("validated: one destination kind")
         };
-        Ok(SocketAddr::new(ip, d.port))
+        Ok(SocketAddr::new(ip, profile.resolve(d.port, family)))
     }
 }
 
@@ -237,6 +288,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|err| Error::Read { path: dir.to_path_buf(), err })?;
     for entry in entries.flatten() {
         let path = entry.path();
+        // A `profiles` directory holds mesh profiles, not scenarios.
+        if path.is_dir() && path.file_name().is_some_and(|n| n == "profiles") {
+            continue;
+        }
         if path.is_dir() {
             collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
@@ -275,20 +330,54 @@ expect:
         assert_eq!(list.iter().filter(|s| s.spec.flow == 6).count(), 2);
         assert!(list.iter().all(|s| s.spec.expect.path.is_some()), "every built-in scenario states its path");
         let topo = TopologyConfig::default();
-        for s in &list {
-            assert_eq!(s.families(&topo.families), Family::BOTH, "{}", s.name);
-            for f in Family::BOTH {
-                s.target(&topo, f).unwrap();
+        for name in Profile::builtin_names() {
+            let profile = Profile::builtin(name).unwrap();
+            for s in &list {
+                assert_eq!(s.families(&topo.families), Family::BOTH, "{}", s.name);
+                for f in Family::BOTH {
+                    s.case(&profile, &topo, f, name).unwrap();
+                }
             }
         }
     }
 
     #[test]
+    fn roles_resolve_through_the_profile_and_overrides_apply() {
+        let text = "flow: 3
+description: scrape
+source: { host: prometheus, uid: 65534 }
+destination: { host: local-pod, port: stats }
+expect:
+  ports: [stats]
+  server: stats
+  path: PREROUTING -> X
+  profiles:
+    kuma: { ports: [inbound, stats], why: no inbound port is excluded }
+";
+        let s = parse(text).unwrap();
+        let topo = TopologyConfig::default();
+        let istio = s.case(&Profile::istio(), &topo, Family::Ipv4, "istio-current").unwrap();
+        assert_eq!(istio.target, "10.244.0.10:15090".parse().unwrap());
+        assert_eq!((istio.expected.ports.clone(), istio.expected.server.as_str()), (vec![15090], "envoy-stats"));
+        assert_eq!(istio.expected.path.as_deref(), Some("PREROUTING -> X"));
+        let kuma = s.case(&Profile::builtin("kuma").unwrap(), &topo, Family::Ipv6, "kuma").unwrap();
+        assert_eq!(kuma.target.port(), 5670);
+        assert_eq!(kuma.expected.ports, vec![15010, 5670]);
+        // Istio's path says nothing about another mesh's rules.
+        assert_eq!(kuma.expected.path, None);
+        let e = parse(&text.replace("port: stats", "port: stat")).unwrap_err().to_string();
+        assert!(e.contains("`stat` is not a port role"), "{e}");
+        let proxy = parse(&text.replace("uid: 65534", "uid: proxy")).unwrap();
+        assert_eq!(proxy.case(&Profile::builtin("linkerd").unwrap(), &topo, Family::Ipv4, "l").unwrap().uid, 2102);
+    }
+
+    #[test]
     fn a_good_file_parses_and_resolves() {
         let s = parse(GOOD).unwrap();
-        assert_eq!(s.gid(), 1000);
-        assert_eq!(s.target(&TopologyConfig::default(), Family::Ipv4).unwrap(), "10.244.0.20:9090".parse().unwrap());
-        assert_eq!(s.target(&TopologyConfig::default(), Family::Ipv6).unwrap(), "[fd00:10:244::20]:9090".parse().unwrap());
+        let (istio, topo) = (Profile::istio(), TopologyConfig::default());
+        assert_eq!(s.case(&istio, &topo, Family::Ipv4, "x").unwrap().gid, 1000);
+        assert_eq!(s.target(&istio, &topo, Family::Ipv4).unwrap(), "10.244.0.20:9090".parse().unwrap());
+        assert_eq!(s.target(&istio, &topo, Family::Ipv6).unwrap(), "[fd00:10:244::20]:9090".parse().unwrap());
         let v6only = parse(&GOOD.replace("flow: 2", "flow: 2\nfamily: ipv6")).unwrap();
         assert_eq!(v6only.families(&Family::BOTH), [Family::Ipv6]);
         let by_address = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ address: 10.0.0.1, port: 9090 }")).unwrap();
@@ -322,7 +411,7 @@ expect:
         let e = parse(&GOOD.replace("host: remote-pod", "host: mars")).unwrap_err().to_string();
         assert!(e.contains("`mars` is not a host"), "{e}");
         let s = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ service: nope, port: 80 }")).unwrap();
-        let e = s.target(&TopologyConfig::default(), Family::Ipv4).unwrap_err().to_string();
+        let e = s.target(&Profile::istio(), &TopologyConfig::default(), Family::Ipv4).unwrap_err().to_string();
         assert!(e.contains("not a service of the topology (known: local-app)"), "{e}");
     }
 

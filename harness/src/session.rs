@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 use crate::probe::{self, AppServer, Observation, Timeouts};
+use crate::profile::{Bind, Profile};
 use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::scenario::Scenario;
@@ -16,48 +17,20 @@ use crate::trace::Tracer;
 use crate::verdict::{self, PathCheck, TrialResult};
 use crate::{Error, Result};
 
-/// Where the sidecar listens and who it runs as.
-#[derive(Clone, Debug)]
-pub struct ProxySettings {
-    pub uid: u32,
-    pub gid: u32,
-    pub outbound_port: u16,
-    pub inbound_port: u16,
-    pub admin_port: u16,
-    pub stats_port: u16,
-    pub health_port: u16,
-    pub passthrough: std::net::Ipv4Addr,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            uid: 1337,
-            gid: 1337,
-            outbound_port: 15001,
-            inbound_port: 15006,
-            admin_port: 15000,
-            stats_port: 15090,
-            health_port: 15021,
-            passthrough: std::net::Ipv4Addr::new(127, 0, 0, 6),
-        }
-    }
-}
-
 /// Everything a session is built from.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     pub rules: RuleSource,
     pub backend: Backend,
     pub topology: TopologyConfig,
-    pub proxy: ProxySettings,
+    /// The mesh: proxy ports and uid, control plane; scenarios' roles resolve here.
+    pub profile: Profile,
     /// Ports the app in the local pod serves (as `local-app`).
     pub local_app_ports: Vec<u16>,
     /// Ports the app in the remote pod serves (as `remote-app`).
     pub remote_app_ports: Vec<u16>,
-    pub istiod_ports: Vec<u16>,
-    /// The uid fake-istiod runs as (any unprivileged one).
-    pub istiod_uid: u32,
+    /// The uid the control-plane stub runs as (any unprivileged one).
+    pub control_plane_uid: u32,
     pub probe_timeouts: Timeouts,
     pub stub_ready_timeout: Duration,
     pub rules_timeout: Duration,
@@ -75,11 +48,10 @@ impl Default for SessionConfig {
             rules: RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
             backend: Backend::Nft,
             topology: TopologyConfig::default(),
-            proxy: ProxySettings::default(),
+            profile: Profile::istio(),
             local_app_ports: vec![8080],
             remote_app_ports: vec![9090],
-            istiod_ports: vec![15010, 15012, 15014, 15017],
-            istiod_uid: 65534,
+            control_plane_uid: 65534,
             probe_timeouts: Timeouts::default(),
             stub_ready_timeout: Duration::from_secs(5),
             rules_timeout: Duration::from_secs(30),
@@ -131,7 +103,7 @@ impl Session {
         config.topology.validate()?;
         for s in scenarios {
             for f in s.families(&config.topology.families) {
-                s.target(&config.topology, f)?;
+                s.target(&config.profile, &config.topology, f)?;
             }
         }
         config.rules.check(config.backend)?;
@@ -165,13 +137,17 @@ impl Session {
         config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
-            true => Some(Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?),
+            true => {
+                let mut t = Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?;
+                t.set_proxy_name(&config.profile.proxy.name);
+                Some(t)
+            }
             false => None,
         };
 
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(&run)?;
-        let p = &config.proxy;
+        let p = &config.profile.proxy;
         let topo = &config.topology;
         let any = |f: Family| -> &'static str {
             match f {
@@ -187,18 +163,15 @@ impl Session {
         };
         let mut args: Vec<String> = Vec::new();
         for f in topo.families.iter().copied() {
-            args.extend([
-                "--outbound".into(),
-                format!("{}:{}", any(f), p.outbound_port),
-                "--inbound".into(),
-                format!("{}:{}", any(f), p.inbound_port),
-                "--serve".into(),
-                format!("envoy-admin={}:{}", loopback(f), p.admin_port),
-                "--serve".into(),
-                format!("envoy-stats={}:{}", any(f), p.stats_port),
-                "--serve".into(),
-                format!("envoy-health={}:{}", any(f), p.health_port),
-            ]);
+            let inbound = config.profile.port(crate::profile::Role::Inbound, f);
+            args.extend(["--outbound".into(), format!("{}:{}", any(f), p.outbound), "--inbound".into(), format!("{}:{inbound}", any(f))]);
+            for (name, port, bind) in config.profile.served() {
+                let addr = match bind {
+                    Bind::Loopback => loopback(f),
+                    Bind::Any => any(f),
+                };
+                args.extend(["--serve".into(), format!("{name}={addr}:{port}")]);
+            }
             for s in &topo.services {
                 args.push("--route".into());
                 args.push(format!(
@@ -208,26 +181,23 @@ impl Session {
                 ));
             }
         }
-        args.extend([
-            "--passthrough4".into(),
-            p.passthrough.to_string(),
-            "--passthrough6".into(),
-            topo.passthrough6.to_string(),
-            "--timeout-ms".into(),
-            config.probe_timeouts.connect.as_millis().to_string(),
-        ]);
+        match &p.passthrough {
+            Some(pt) => args.extend(["--passthrough4".into(), pt.ipv4.to_string(), "--passthrough6".into(), pt.ipv6.to_string()]),
+            None => args.push("--no-passthrough".into()),
+        }
+        args.extend(["--timeout-ms".into(), config.probe_timeouts.connect.as_millis().to_string()]);
         stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, (p.uid, p.gid), &args, config.stub_ready_timeout)?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<String> = vec!["--name".into(), config.profile.control_plane.name.clone()];
         for f in config.topology.families.iter().copied() {
-            for port in &config.istiod_ports {
+            for port in &config.profile.control_plane.ports {
                 args.push("--listen".into());
                 args.push(format!("{}:{port}", any(f)));
             }
         }
         let istiod_ns = topology.ns(Host::Istiod);
-        let uid = config.istiod_uid;
+        let uid = config.control_plane_uid;
         stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, (uid, uid), &args, config.stub_ready_timeout)?);
 
         let io = config.probe_timeouts.answer;
@@ -306,24 +276,35 @@ impl Session {
 
     /// Run each (scenario, family) case once, all at once.
     pub fn run_cases(&self, cases: &[(Scenario, Family)], assert_paths: bool) -> Vec<TrialResult> {
-        let requests = cases
-            .iter()
-            .map(|(s, f)| {
-                let target = s.target(&self.topology.config, *f);
-                ProbeRequest { from: s.spec.source.host, uid: s.spec.source.uid, gid: s.gid(), target }
-            })
-            .collect();
         let mut label = self.config.rules.label();
         if matches!(self.config.rules, RuleSource::Builtin(_)) && self.config.backend == Backend::NftNative {
             label.push_str("-nft-native");
         }
+        let resolved: Vec<_> = cases.iter().map(|(s, f)| s.case(&self.config.profile, &self.topology.config, *f, &label)).collect();
+        let mut expected = Vec::new();
+        let mut requests = Vec::new();
+        for ((s, _), case) in cases.iter().zip(resolved) {
+            let from = s.spec.source.host;
+            match case {
+                Ok(c) => {
+                    requests.push(ProbeRequest { from, uid: c.uid, gid: c.gid, target: Ok(c.target) });
+                    expected.push(c.expected);
+                }
+                // Checked in preflight; a failure here fails the trial with its reason.
+                Err(e) => {
+                    requests.push(ProbeRequest { from, uid: 0, gid: 0, target: Err(e) });
+                    expected.push(verdict::Expected { ports: Vec::new(), server: String::new(), path: None, note: None });
+                }
+            }
+        }
         let backend = self.backend_name();
         cases
             .iter()
+            .zip(expected)
             .zip(self.probe_all(requests))
-            .map(|((s, f), done)| {
-                let check = PathCheck { label: &label, family: *f, assert: assert_paths };
-                let mut r = verdict::judge(s, &done.observation, done.ms, done.path, &check);
+            .map(|(((s, f), expected), done)| {
+                let check = PathCheck { label: &label, assert: assert_paths };
+                let mut r = verdict::judge(s, expected, &done.observation, done.ms, done.path, &check);
                 r.name = format!("{}::{backend}::{}", s.name, f.name());
                 r.backend = backend.clone();
                 r.family = f.name().into();

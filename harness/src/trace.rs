@@ -275,6 +275,9 @@ pub struct Tracer {
     reader: Option<std::thread::JoinHandle<()>>,
     /// Written to on drop: wakes the reader to stop.
     stop: Option<std::os::fd::OwnedFd>,
+    /// The proxy's name in the profile (`envoy`): its listeners are
+    /// `<name>-admin`, ... and paths call it `Envoy 15001 (Outbound)`.
+    proxy: String,
 }
 
 pub struct TraceStore {
@@ -373,7 +376,7 @@ impl Tracer {
             .name("trace-reader".into())
             .spawn(move || reader_shared.read_until_closed(wake))
             .map_err(Error::io("starting the trace reader"))?;
-        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop) })
+        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop), proxy: "envoy".into() })
     }
 
     /// The rules under test as indexed at the start.
@@ -763,26 +766,34 @@ pub struct ObservedPath {
     pub complete: bool,
 }
 
-/// Where a leg ended, and the name it has in a path.
-fn reached_label(role: &str, port: u16) -> String {
-    let mut role = role.to_string();
-    if let Some(first) = role.get_mut(0..1) {
+fn capitalized(s: &str) -> String {
+    let mut s = s.to_string();
+    if let Some(first) = s.get_mut(0..1) {
         first.make_ascii_uppercase();
     }
-    format!("Envoy {port} ({role})")
+    s
 }
 
-fn server_label(name: &str, port: u16) -> String {
+/// Where a leg ended, and the name it has in a path.
+fn reached_label(proxy: &str, role: &str, port: u16) -> String {
+    format!("{} {port} ({})", capitalized(proxy), capitalized(role))
+}
+
+fn server_label(proxy: &str, name: &str, port: u16) -> String {
     match name {
         "local-app" => "Local Pod".into(),
         "remote-app" => "Remote Pod".into(),
-        "istiod" => "Istiod".into(),
-        n if n.starts_with("envoy-") => format!("Envoy {port}"),
-        n => n.into(),
+        n if n.strip_prefix(proxy).is_some_and(|rest| rest.starts_with('-')) => format!("{} {port}", capitalized(proxy)),
+        n => capitalized(n),
     }
 }
 
 impl Tracer {
+    /// Name the proxy as the profile does (its listeners are `<proxy>-admin`, ...).
+    pub fn set_proxy_name(&mut self, proxy: &str) {
+        self.proxy = proxy.to_string();
+    }
+
     /// The path of a probe whose client connected from `client` to `target`.
     /// `client_local`: the client runs in the traced (local pod) namespace.
     pub fn path(&self, client: Option<SocketAddr>, client_local: bool, target: SocketAddr, obs: &crate::probe::Observation) -> ObservedPath {
@@ -794,12 +805,12 @@ impl Tracer {
             (Some(client), Observation::Answered(a)) => {
                 let hops = &a.probe.hops;
                 let end = match &a.end {
-                    End::Server { name, port, .. } => (Some(*port), server_label(name, *port)),
-                    End::Loop { role, port } => (Some(*port), format!("{} LOOP", reached_label(role, *port))),
+                    End::Server { name, port, .. } => (Some(*port), server_label(&self.proxy, name, *port)),
+                    End::Loop { role, port } => (Some(*port), format!("{} LOOP", reached_label(&self.proxy, role, *port))),
                     End::Error { .. } => (None, "(could not forward)".into()),
                 };
                 let reach = |k: usize| match hops.get(k) {
-                    Some(h) => (Some(h.port), reached_label(&h.role, h.port)),
+                    Some(h) => (Some(h.port), reached_label(&self.proxy, &h.role, h.port)),
                     None => end.clone(),
                 };
                 let (p, l) = reach(0);

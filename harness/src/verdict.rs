@@ -22,6 +22,10 @@ pub struct Expected {
     pub server: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Why the run's mesh profile expects something other than the
+    /// scenario's default (`expect.profiles.<name>.why`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One proxy hop as fake-envoy recorded it.
@@ -149,16 +153,15 @@ pub fn path_diff(expected: &str, observed: &str) -> String {
 pub struct PathCheck<'a> {
     /// The label of the rule set under test (selects `expect.paths`).
     pub label: &'a str,
-    pub family: crate::topology::Family,
     /// Whether the run asked for paths to be asserted.
     pub assert: bool,
 }
 
-/// Judge one probe against its scenario.
-pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
+/// Judge one probe against what its scenario expects (made concrete for
+/// the run's profile and family by [`Scenario::case`]).
+pub fn judge(scenario: &Scenario, expected: Expected, obs: &Observation, duration_ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
     let e = &scenario.spec.expect;
-    let expected_path = scenario.expected_path(check.label, check.family).map(str::to_string);
-    let expected = Expected { ports: e.ports.clone(), server: e.server.clone(), path: expected_path.clone() };
+    let expected_path = expected.path.clone();
     let mut observed = observe(obs);
     let complete = traced.as_ref().is_none_or(|t| t.complete);
     if let Some(t) = traced {
@@ -180,7 +183,10 @@ pub fn judge(scenario: &Scenario, obs: &Observation, duration_ms: u64, traced: O
     let pass = ports_ok && path_problem.is_none();
     let want = describe(&expected.ports, &format!("{}:{}", expected.server, expected.ports.last().copied().unwrap_or(0)));
     let message = if pass {
-        format!("{want}: as expected")
+        match &expected.note {
+            Some(note) => format!("{want}: as expected ({note})"),
+            None => format!("{want}: as expected"),
+        }
     } else if ports_ok {
         format!("ports as expected ({want}), but the rule path differs:\n{}", path_problem.unwrap_or_default())
     } else {
@@ -241,7 +247,14 @@ mod tests {
         Observation::Answered(Answer { probe: Probe { id: 1, hops }, end })
     }
 
-    const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", family: crate::topology::Family::Ipv4, assert: false };
+    const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", assert: false };
+
+    /// Judge under the Istio profile, IPv4.
+    fn judge(s: &Scenario, obs: &Observation, ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
+        let topo = crate::topology::TopologyConfig::default();
+        let case = s.case(&crate::profile::Profile::istio(), &topo, crate::topology::Family::Ipv4, check.label).unwrap();
+        super::judge(s, case.expected, obs, ms, traced, check)
+    }
 
     fn server(name: &str, port: u16) -> End {
         End::Server { name: name.into(), port, peer: "10.244.0.10:1234".parse().unwrap() }

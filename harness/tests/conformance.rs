@@ -296,7 +296,7 @@ fn fault_trials() -> Vec<Trial> {
     let mut vip_outside = SessionConfig::default();
     vip_outside.topology.services[0].vip = std::net::Ipv4Addr::new(192, 168, 7, 10);
     let mut proxy_clash = SessionConfig::default();
-    proxy_clash.proxy.admin_port = 15001;
+    proxy_clash.profile.proxy.admin = 15001;
     vec![
         setup_fails(
             "app-port-taken-by-the-proxy",

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use harness::profile::Profile;
 use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
 use harness::topology::{Family, Host, TopologyConfig};
 use harness::{registry, report::Report, scenario, Session, SessionConfig};
@@ -112,11 +113,16 @@ struct RulesArgs {
     /// Which iptables installs the rules.
     #[arg(long, value_enum, default_value = "nft")]
     backend: Backend,
+    /// The mesh whose capture contract the rules are checked against: a
+    /// built-in profile (istio, linkerd, kuma, consul) or a profile file.
+    /// Without a rule source, the profile's own rule set is tested.
+    #[arg(long, value_name = "NAME|FILE", default_value = "istio")]
+    profile: String,
 }
 
 impl RulesArgs {
-    fn source(&self) -> RuleSource {
-        if self.rules.is_some() || self.rules6.is_some() {
+    fn source(&self, profile: &Profile) -> anyhow::Result<RuleSource> {
+        Ok(if self.rules.is_some() || self.rules6.is_some() {
             RuleSource::RestoreFiles { v4: self.rules.clone(), v6: self.rules6.clone() }
         } else if let Some(p) = &self.nft {
             RuleSource::NftFile(p.clone())
@@ -124,9 +130,18 @@ impl RulesArgs {
             RuleSource::Script(p.clone())
         } else if let Some(c) = &self.generator {
             RuleSource::Generator(c.clone())
-        } else {
+        } else if profile.name == "istio" {
             RuleSource::Builtin(IstioCapture::default_for(self.shape))
-        }
+        } else {
+            match profile.rules() {
+                Some(r) => r,
+                None => anyhow::bail!(
+                    "profile {} ({}) has no rule set of its own: give the rules to test with --rules, --nft, --script or --generator",
+                    profile.name,
+                    profile.file
+                ),
+            }
+        })
     }
 
     fn config(&self) -> anyhow::Result<SessionConfig> {
@@ -135,8 +150,10 @@ impl RulesArgs {
             "--rules-timeout {}: give seconds between 0 and 3600",
             self.rules_timeout
         );
+        let profile = Profile::load(&self.profile).with_context(|| format!("loading --profile {}", self.profile))?;
         let mut config = SessionConfig {
-            rules: self.source(),
+            rules: self.source(&profile)?,
+            profile,
             backend: self.backend,
             rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
             ..SessionConfig::default()
@@ -311,6 +328,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     drop(session);
     let mut report = Report::new(config.rules.describe(), backend, trials);
     report.families = families.iter().map(|f| f.name().to_string()).collect();
+    report.profile = config.profile.name.clone();
     if args.show_rules {
         if let Some(r) = &ruleset {
             println!("rules as installed:\n{r}");
