@@ -348,6 +348,9 @@ fn bad_input_exits_2_before_anything_is_built() {
     std::fs::create_dir_all(dir.0.join("empty")).unwrap();
     dir.write("dup/istio/a.yml", &good);
     dir.write("dup/istio/a.yaml", &good);
+    let istio_profile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/istio.yaml")).unwrap();
+    let mesh = dir.write("mesh.yaml", &istio_profile.replace("name: istio", "name: mymesh"));
+    let typo = dir.write("typo.yaml", &istio_profile.replace("  stats: 15090", "  stats: 15090\n  stat: 1"));
     let cases: Vec<(Vec<String>, String)> = vec![
         (vec!["--scenarios".into(), dir.0.join("unknown").display().to_string()], format!("{}:2:1: ", unknown.display())),
         (vec!["--scenarios".into(), dir.0.join("wrongtype").display().to_string()], format!("{}:", wrong_type.display())),
@@ -357,6 +360,10 @@ fn bad_input_exits_2_before_anything_is_built() {
         (vec!["--scenarios".into(), dir.0.join("dup").display().to_string()], "both named istio::a".into()),
         (vec!["--rules".into(), "/nonexistent/rules.v4".into()], "cannot read /nonexistent/rules.v4".into()),
         (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
+        (vec!["--profile".into(), "nope".into()], "no built-in profile `nope`: use one of consul, istio, kuma, linkerd".into()),
+        (vec!["--profile".into(), mesh.display().to_string()], "profile mymesh".into()),
+        (vec!["--profile".into(), mesh.display().to_string()], "has no rule set of its own: give the rules to test with --rules".into()),
+        (vec!["--profile".into(), typo.display().to_string()], format!("{}:", typo.display())),
     ];
     for (args, says) in cases {
         let mut all = vec!["run".to_string()];
@@ -673,6 +680,44 @@ fn reports_in_every_format_from_one_failing_run() {
     assert!(md.contains("## sidecheck: 6 passed, 1 failed (FAILED)"), "{md}");
     assert!(md.contains("subgraph e[\"expected\"]"), "{md}");
     assert!(md.contains("class o1 diff"), "{md}");
+}
+
+#[test]
+fn each_mesh_profile_passes_with_its_rules_and_not_with_istios() {
+    need_root();
+    let _runs = shared_runs();
+    for (mesh, title) in [("linkerd", "Linkerd"), ("kuma", "Kuma"), ("consul", "Consul")] {
+        let (out, _) = run_checked(&["run", "--profile", mesh, "--assert", "paths", "--format", "summary"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(code(&out), 0, "{mesh}: {text}{}", stderr(&out));
+        assert!(text.contains(&format!("profile {mesh}, backend nft")), "{text}");
+        assert!(text.trim_end().ends_with(&format!("conforms to the {title} sidecar capture contract: 7/7 flows, IPv4+IPv6, nft")), "{text}");
+    }
+    // Istio's rules are not Linkerd's contract: wrong ports, wrong uid.
+    let dir = TempDir::new("meshes");
+    let istio = dir.write("istio.rules", &String::from_utf8(sidecheck(&["rules"]).stdout).unwrap());
+    let (out, _) = run_checked(&["run", "--profile", "linkerd", "--rules", istio.to_str().unwrap(), "--format", "summary"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
+    assert!(text.contains("does not conform to the Linkerd sidecar capture contract"), "{text}");
+}
+
+#[test]
+fn a_generator_writing_the_wrong_table_gets_exit_2_or_a_failing_verdict() {
+    need_root();
+    let _runs = shared_runs();
+    // REDIRECT exists only in nat: restoring into mangle fails, and says why.
+    let mangle = format!("{BIN} rules | sed 's/^\\*nat/*mangle/' | iptables-nft-restore");
+    // (run_checked asserts the failed run left nothing behind.)
+    let (out, _) = run_checked(&["run", "--generator", &mangle]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("REDIRECT") && stderr(&out).contains("did not apply"), "{}", stderr(&out));
+    // Rules in a table no hook reaches: installed, but nothing is captured.
+    let unhooked = "nft add table ip elsewhere && nft add chain ip elsewhere out && nft add rule ip elsewhere out tcp dport 9090 redirect to :15001";
+    let (out, _) = run_checked(&["run", "--generator", unhooked, "--format", "summary"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
+    assert!(text.contains("does not conform to the Istio sidecar capture contract"), "{text}");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use harness::profile::Profile;
 use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
 use harness::scenario::{self, Scenario};
 use harness::verdict::Outcome;
@@ -85,8 +86,11 @@ fn short(name: &str) -> String {
     }
 }
 
-/// A way to break the built-in current rules, and the trials it must fail.
+/// A way to break a rule set, and the trials it must fail.
 struct Breakage {
+    /// Whose rules: `istio` (the built-in current rules) or a built-in
+    /// profile's own rule set.
+    profile: &'static str,
     name: &'static str,
     why: &'static str,
     /// Rules to remove (the text after `-A `, exactly)...
@@ -98,6 +102,7 @@ struct Breakage {
 
 const BREAKAGES: &[Breakage] = &[
     Breakage {
+        profile: "istio",
         name: "no-proxy-return",
         why: "without the uid/gid 1337 RETURN rules the proxy's own upstream is captured again",
         remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"],
@@ -105,6 +110,7 @@ const BREAKAGES: &[Breakage] = &[
         fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
     },
     Breakage {
+        profile: "istio",
         name: "wrong-outbound-port",
         why: "outbound capture redirects to 15002, where nothing listens",
         remove: &[],
@@ -112,6 +118,7 @@ const BREAKAGES: &[Breakage] = &[
         fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
     },
     Breakage {
+        profile: "istio",
         name: "wrong-inbound-port",
         why: "inbound capture redirects to 15007, where nothing listens",
         remove: &[],
@@ -119,6 +126,7 @@ const BREAKAGES: &[Breakage] = &[
         fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
     },
     Breakage {
+        profile: "istio",
         name: "no-prerouting-jump",
         why: "inbound traffic from other pods is never captured (the lo path of flow 4 still is)",
         remove: &["PREROUTING -p tcp -j ISTIO_INBOUND"],
@@ -126,6 +134,7 @@ const BREAKAGES: &[Breakage] = &[
         fails: &["type1-remote-to-local::ipv4"],
     },
     Breakage {
+        profile: "istio",
         name: "stats-port-captured",
         why: "15090 is no longer excluded, so the scrape detours through 15006",
         remove: &["ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN"],
@@ -133,16 +142,154 @@ const BREAKAGES: &[Breakage] = &[
         fails: &["type3-prometheus-scrape::ipv4"],
     },
     Breakage {
+        profile: "istio",
         name: "no-passthrough-return",
         why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
         remove: &["ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"],
         replace: None,
         fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
     },
+    // The same breakages of the other meshes' rule sets (IPv4). A flow a
+    // breakage cannot touch in that mesh is not listed: Linkerd and Consul
+    // send the proxy's call to its own pod straight to the app, Kuma
+    // captures the stats port inbound and has no excluded port to lose.
+    Breakage {
+        profile: "linkerd",
+        name: "no-proxy-return",
+        why: "without the uid 2102 RETURN the proxy's upstream is captured again (its calls on lo still pass: -o lo RETURNs)",
+        remove: &["PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -j RETURN"],
+        replace: None,
+        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
+    },
+    Breakage {
+        profile: "linkerd",
+        name: "wrong-outbound-port",
+        why: "outbound capture redirects to 4141, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 4140", "--to-ports 4141")),
+        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
+    },
+    Breakage {
+        profile: "linkerd",
+        name: "wrong-inbound-port",
+        why: "inbound capture redirects to 4144, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 4143", "--to-ports 4144")),
+        fails: &["type1-remote-to-local::ipv4"],
+    },
+    Breakage {
+        profile: "linkerd",
+        name: "no-prerouting-jump",
+        why: "inbound traffic from other pods is never captured",
+        remove: &["PREROUTING -j PROXY_INIT_REDIRECT"],
+        replace: None,
+        fails: &["type1-remote-to-local::ipv4"],
+    },
+    Breakage {
+        profile: "linkerd",
+        name: "stats-port-captured",
+        why: "4191 is no longer ignored inbound, so the scrape detours through 4143",
+        remove: &[],
+        replace: Some(("--dports 4190,4191,4567,4568", "--dports 4190,4567,4568")),
+        fails: &["type3-prometheus-scrape::ipv4"],
+    },
+    Breakage {
+        profile: "kuma",
+        name: "no-proxy-return",
+        why: "without the uid 5678 RETURN Envoy's upstream is captured again (its calls to localhost still pass)",
+        remove: &["KUMA_MESH_OUTBOUND -m owner --uid-owner 5678 -j RETURN"],
+        replace: None,
+        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
+    },
+    Breakage {
+        profile: "kuma",
+        name: "wrong-outbound-port",
+        why: "outbound capture redirects to 15002, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 15001", "--to-ports 15002")),
+        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
+    },
+    Breakage {
+        profile: "kuma",
+        name: "wrong-inbound-port",
+        why: "inbound capture redirects to 15007, where nothing listens (Kuma captures the stats port too)",
+        remove: &[],
+        replace: Some(("--to-ports 15006", "--to-ports 15007")),
+        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4", "type4-local-to-local-via-service::ipv4"],
+    },
+    Breakage {
+        profile: "kuma",
+        name: "no-prerouting-jump",
+        why: "inbound traffic from other pods is never captured: the scrape no longer passes 15006 either",
+        remove: &["PREROUTING -p tcp -j KUMA_MESH_INBOUND"],
+        replace: None,
+        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4"],
+    },
+    Breakage {
+        profile: "kuma",
+        name: "no-passthrough-return",
+        why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
+        remove: &["KUMA_MESH_OUTBOUND -s 127.0.0.6/32 -o lo -j RETURN"],
+        replace: None,
+        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4", "type4-local-to-local-via-service::ipv4"],
+    },
+    Breakage {
+        profile: "consul",
+        name: "no-proxy-return",
+        why: "without the uid 5995 RETURN every Envoy upstream but localhost is captured again, inbound ones too",
+        remove: &["CONSUL_PROXY_OUTPUT -m owner --uid-owner 5995 -j RETURN"],
+        replace: None,
+        fails: &[
+            "type1-remote-to-local::ipv4",
+            "type2-local-to-remote::ipv4",
+            "type4-local-to-local-via-service::ipv4",
+            "type6-agent-as-app-uid::ipv4",
+            "type6-agent-to-istiod::ipv4",
+        ],
+    },
+    Breakage {
+        profile: "consul",
+        name: "wrong-outbound-port",
+        why: "outbound capture redirects to 15002, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 15001", "--to-ports 15002")),
+        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
+    },
+    Breakage {
+        profile: "consul",
+        name: "wrong-inbound-port",
+        why: "inbound capture redirects to 20001, where nothing listens",
+        remove: &[],
+        replace: Some(("--to-ports 20000", "--to-ports 20001")),
+        fails: &["type1-remote-to-local::ipv4"],
+    },
+    Breakage {
+        profile: "consul",
+        name: "no-prerouting-jump",
+        why: "inbound traffic from other pods is never captured",
+        remove: &["PREROUTING -p tcp -j CONSUL_PROXY_INBOUND"],
+        replace: None,
+        fails: &["type1-remote-to-local::ipv4"],
+    },
+    Breakage {
+        profile: "consul",
+        name: "stats-port-captured",
+        why: "20200 is no longer excluded, so the scrape detours through 20000",
+        remove: &["CONSUL_PROXY_INBOUND -p tcp -m tcp --dport 20200 -j RETURN"],
+        replace: None,
+        fails: &["type3-prometheus-scrape::ipv4"],
+    },
 ];
 
+fn profile(name: &str) -> Profile {
+    Profile::builtin(name).unwrap_or_else(|e| panic!("built-in profile {name}: {e}"))
+}
+
 fn break_rules(b: &Breakage) -> String {
-    let text = IstioCapture::default_for(Shape::Current).to_restore();
+    let text = match b.profile {
+        "istio" => IstioCapture::default_for(Shape::Current).to_restore(),
+        p => profile(p).rule_texts.0.unwrap_or_else(|| panic!("profile {p} has no IPv4 rules")),
+    };
     let mut out = String::new();
     let mut removed = 0;
     for line in text.lines() {
@@ -166,12 +313,23 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
         .iter()
         .map(|b| {
             let scenarios = scenarios.to_vec();
-            Trial::test(format!("broken::{}", b.name), move || {
-                let file = std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
-                std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
-                let config = SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() };
-                let session = Session::start(config);
-                let _ = std::fs::remove_file(&file);
+            let name = match b.profile {
+                "istio" => format!("broken::{}", b.name),
+                p => format!("broken::{p}::{}", b.name),
+            };
+            Trial::test(name, move || {
+                let session = if b.profile == "istio" {
+                    // Istio's through a file: the --rules path end to end.
+                    let file = std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
+                    std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
+                    let config = SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() };
+                    let session = Session::start(config);
+                    let _ = std::fs::remove_file(&file);
+                    session
+                } else {
+                    let rules = RuleSource::Text { label: format!("{}-broken", b.profile), v4: Some(break_rules(b)), v6: None };
+                    Session::start(SessionConfig { rules, profile: profile(b.profile), ..SessionConfig::default() })
+                };
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
                 let failed: BTreeSet<String> = results
                     .iter()
@@ -204,6 +362,7 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
         // lets the proxy's traffic through: every port is right, the path is not.
         Trial::test("paths::gid-rule-does-the-uid-rules-work", move || {
             let b = Breakage {
+                profile: "istio",
                 name: "gid-rule-does-the-uid-rules-work",
                 why: "",
                 remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"],
@@ -424,11 +583,23 @@ fn main() {
     let legacy = Shared::new(builtin(Shape::Current, Backend::Legacy));
     let classic_legacy = Shared::new(builtin(Shape::Classic, Backend::Legacy));
     let native = Shared::new(builtin(Shape::Current, Backend::NftNative));
+    // Each other mesh's own rule set under its profile, paths asserted.
+    let meshes: Vec<(&str, Arc<Shared>)> = ["linkerd", "kuma", "consul"]
+        .into_iter()
+        .map(|name| {
+            let p = profile(name);
+            let rules = p.rules().unwrap_or_else(|| panic!("profile {name} has no rule set"));
+            (name, Shared::new(SessionConfig { rules, profile: p, assert_paths: true, ..SessionConfig::default() }))
+        })
+        .collect();
     let mut trials = scenario_trials("istio", &current, &scenarios);
     trials.extend(scenario_trials("istio-classic", &classic, &scenarios));
     trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios));
     trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios));
     trials.extend(scenario_trials("istio", &native, &scenarios));
+    for (name, shared) in &meshes {
+        trials.extend(scenario_trials(name, shared, &scenarios));
+    }
     trials.extend(broken_trials(&scenarios));
     trials.extend(path_trials(&scenarios));
     trials.extend(family_trials(&scenarios));
@@ -448,7 +619,7 @@ fn main() {
         }
     }));
     let conclusion = libtest_mimic::run(&args, trials);
-    for s in [&current, &classic, &legacy, &classic_legacy, &native] {
+    for s in [&current, &classic, &legacy, &classic_legacy, &native].into_iter().chain(meshes.iter().map(|(_, s)| s)) {
         s.close();
     }
     registry::wait_if_interrupted();
