@@ -1,13 +1,18 @@
 //! Scenario YAML: any input is either a scenario or an error with a
-//! location; never a panic.
+//! location; never a panic, under every built-in profile.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(s) = harness::scenario::Scenario::parse("fuzz::x".into(), "x.yaml".into(), text) {
-            let _ = s.target(&harness::topology::TopologyConfig::default());
-            let _ = s.expected_path("istio-classic");
+            let topo = harness::topology::TopologyConfig::default();
+            for name in harness::profile::Profile::builtin_names() {
+                let profile = harness::profile::Profile::builtin(name).expect("built-in profiles load");
+                for family in harness::topology::Family::BOTH {
+                    let _ = s.case(&profile, &topo, family, "istio-classic");
+                }
+            }
         }
     }
 });

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod nfnetlink;
+pub mod policy;
 pub mod probe;
 pub mod profile;
 pub mod registry;

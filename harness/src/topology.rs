@@ -137,6 +137,10 @@ pub struct TopologyConfig {
     /// Added to the local pod's `lo`: Envoy's IPv6 inbound passthrough
     /// source (pilot-agent adds it in a real pod).
     pub passthrough6: Ipv6Addr,
+    /// More addresses of the remote pod, outside the pod subnet (on its
+    /// `lo`, routed by the node): destinations on either side of a
+    /// policy's address ranges.
+    pub remote_extra: Vec<IpAddr>,
 }
 
 impl Default for TopologyConfig {
@@ -173,6 +177,7 @@ impl Default for TopologyConfig {
                 target_port: 8080,
             }],
             passthrough6: Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
+            remote_extra: Vec::new(),
         }
     }
 }
@@ -391,6 +396,9 @@ impl Topology {
         }
         let topo = Topology { config, namespaces };
         topo.wire().await?;
+        if !topo.config.remote_extra.is_empty() {
+            topo.wire_extra().await?;
+        }
         Ok(topo)
     }
 
@@ -524,6 +532,30 @@ impl Topology {
                         .execute()
                         .await
                         .map_err(netlink_err("adding the IPv6 inbound passthrough address to lo", pod_ns))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The remote pod's extra addresses, routed to it by the node.
+    async fn wire_extra(&self) -> Result<()> {
+        let (node_ns, remote_ns) = (self.ns(Host::Node), self.ns(Host::RemotePod));
+        let (node, remote) = (self.netlink(Host::Node).await?, self.netlink(Host::RemotePod).await?);
+        node_ns.sysctl("net.ipv4.ip_forward", "1")?;
+        node_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for ip in &self.config.remote_extra {
+            let doing = format!("adding {ip} to lo");
+            match ip {
+                IpAddr::V4(a) => {
+                    remote.address().add(LO_INDEX, (*a).into(), 32).execute().await.map_err(netlink_err(doing, remote_ns))?;
+                    let r = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(*a, 32).gateway(self.config.address(Host::RemotePod)).build();
+                    node.route().add(r).execute().await.map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
+                }
+                IpAddr::V6(a) => {
+                    remote.address().add(LO_INDEX, (*a).into(), 128).execute().await.map_err(netlink_err(doing, remote_ns))?;
+                    let r = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(*a, 128).gateway(self.config.addresses6[&Host::RemotePod]).build();
+                    node.route().add(r).execute().await.map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use harness::policy::Policy;
 use harness::profile::Profile;
 use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
 use harness::topology::{Family, Host, TopologyConfig};
@@ -121,6 +122,11 @@ struct RulesArgs {
 }
 
 impl RulesArgs {
+    /// Whether a rule source was given (else the default for the profile or policy).
+    fn given(&self) -> bool {
+        self.rules.is_some() || self.rules6.is_some() || self.nft.is_some() || self.script.is_some() || self.generator.is_some()
+    }
+
     fn source(&self, profile: &Profile) -> anyhow::Result<RuleSource> {
         Ok(if self.rules.is_some() || self.rules6.is_some() {
             RuleSource::RestoreFiles { v4: self.rules.clone(), v6: self.rules6.clone() }
@@ -182,6 +188,11 @@ struct RunArgs {
     /// A directory of scenario YAML files, replacing the built-in set.
     #[arg(long, value_name = "DIR")]
     scenarios: Option<PathBuf>,
+    /// A capture policy (YAML, istio-iptables' flags as fields): probe every
+    /// boundary it draws and compare each connection with what the policy
+    /// says. Without a rule source, the reference rules for it are tested.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios", "profile"])]
+    policy: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
     /// Also write the report to a file, as FORMAT=FILE (human, json, junit,
@@ -293,16 +304,37 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let mut scenarios = match &args.scenarios {
-        Some(dir) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
-        None => scenario::builtin().context("loading the built-in scenarios")?,
+    let mut config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
+    let mut scenarios = match (&args.scenarios, &args.policy) {
+        (Some(dir), _) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
+        (None, Some(file)) => {
+            let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
+            let missing = policy.unsupported();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "{} asks for {}: sidecheck cannot probe that yet, so it would pass without checking it; remove it from the policy to check the rest",
+                file.display(),
+                missing.join(", ")
+            );
+            config.profile = policy.profile();
+            if !args.rules.given() {
+                config.rules = policy.reference_rules();
+            }
+            let families = policy.families();
+            config.topology.families.retain(|f| families.contains(f));
+            let plan = policy.run_plan(&config.topology, &config.profile);
+            config.topology.remote_extra = plan.remote_extra;
+            config.local_app_ports = plan.local_app_ports;
+            config.remote_app_ports = plan.remote_app_ports;
+            plan.scenarios
+        }
+        (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
     if args.repeat > 1 {
         scenarios = (1..=args.repeat)
             .flat_map(|k| scenarios.iter().map(move |s| scenario::Scenario { name: format!("{}#{k}", s.name), ..s.clone() }))
             .collect();
     }
-    let config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;

@@ -1,0 +1,749 @@
+//! Capture policies: what a rule generator was asked to do, with fields that
+//! mirror `istio-iptables`' flags. From a policy the harness derives three
+//! things: the reference rules ([`Policy::to_restore_for`]), the expected
+//! hops of any connection ([`oracle`], the specification), and a matrix of
+//! probes on every boundary the policy draws ([`Policy::matrix`]).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::topology::{Family, Host};
+use crate::{Error, Result};
+
+/// `*` (everything) or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Select<T> {
+    All,
+    Only(Vec<T>),
+}
+
+impl<T> Default for Select<T> {
+    fn default() -> Self {
+        Select::Only(Vec::new())
+    }
+}
+
+impl<T: PartialEq> Select<T> {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Select::Only(v) if v.is_empty())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Select<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Select<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`*` or a list")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Select<T>, E> {
+                match v {
+                    "*" => Ok(Select::All),
+                    _ => Err(E::custom(format!("`{v}`: give `*` or a list"))),
+                }
+            }
+            // Element by element, so a bad element's own error is kept.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Select<T>, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(Select::Only(v))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if l.is_empty() { max } else { l.parse().ok()? };
+        (len <= max).then_some(Cidr { addr, len })
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u32) {
+        match ip {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        let (_, width) = Cidr::bits(self.addr);
+        let host = width - u32::from(self.len);
+        let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
+        if host >= 128 { 0 } else { all & !((1u128 << host).wrapping_sub(1)) }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let m = self.mask();
+        Cidr::bits(ip).0 & m == Cidr::bits(self.addr).0 & m
+    }
+
+    fn from_bits(v4: bool, b: u128) -> IpAddr {
+        if v4 {
+            IpAddr::V4((b as u32).into())
+        } else {
+            IpAddr::V6(b.into())
+        }
+    }
+
+    /// First and last address of the range.
+    pub fn bounds(&self) -> (IpAddr, IpAddr) {
+        let (b, width) = Cidr::bits(self.addr);
+        let m = self.mask();
+        let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
+        let v4 = self.addr.is_ipv4();
+        (Cidr::from_bits(v4, b & m), Cidr::from_bits(v4, (b & m) | (all & !m)))
+    }
+
+    /// The address `delta` after `ip`, if it does not wrap.
+    pub fn step(ip: IpAddr, delta: i8) -> Option<IpAddr> {
+        let (b, width) = Cidr::bits(ip);
+        let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
+        let n = if delta >= 0 { b.checked_add(delta as u128)? } else { b.checked_sub(delta.unsigned_abs() as u128)? };
+        (n <= all).then(|| Cidr::from_bits(ip.is_ipv4(), n))
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(self.addr)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not an address range (like 10.0.0.0/8 or 2001:db8::/32)")))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Mode {
+    #[default]
+    Redirect,
+    Tproxy,
+}
+
+fn d_uids() -> Vec<u32> {
+    vec![1337]
+}
+fn d_outbound() -> u16 {
+    15001
+}
+fn d_inbound() -> u16 {
+    15006
+}
+fn d_tunnel() -> u16 {
+    15008
+}
+
+/// What the generator was asked to do. Each field is an `istio-iptables`
+/// flag (README maps them); defaults are the flags' defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `-u`: uids whose traffic is the proxy's.
+    #[serde(default = "d_uids")]
+    pub proxy_uids: Vec<u32>,
+    /// `-g`: gids whose traffic is the proxy's.
+    #[serde(default = "d_uids")]
+    pub proxy_gids: Vec<u32>,
+    /// `-p`
+    #[serde(default = "d_outbound")]
+    pub outbound_port: u16,
+    /// `-z`
+    #[serde(default = "d_inbound")]
+    pub inbound_port: u16,
+    /// `--inbound-tunnel-port` (HBONE): never captured inbound.
+    #[serde(default = "d_tunnel")]
+    pub tunnel_port: u16,
+    /// `-m`
+    #[serde(default)]
+    pub mode: Mode,
+    /// `-b`: inbound ports to capture.
+    #[serde(default)]
+    pub inbound_ports: Select<u16>,
+    /// `-d`: with `inbound_ports: "*"`, ports not captured.
+    #[serde(default)]
+    pub inbound_exclude: Vec<u16>,
+    /// `-q`: outbound ports captured whatever the address.
+    #[serde(default)]
+    pub outbound_ports_include: Vec<u16>,
+    /// `-o`: outbound ports never captured.
+    #[serde(default)]
+    pub outbound_ports_exclude: Vec<u16>,
+    /// `-i`: outbound address ranges captured.
+    #[serde(default)]
+    pub outbound_ranges_include: Select<Cidr>,
+    /// `-x`: outbound address ranges never captured.
+    #[serde(default)]
+    pub outbound_ranges_exclude: Vec<Cidr>,
+    /// `-c`
+    #[serde(default)]
+    pub exclude_interfaces: Vec<String>,
+    /// `-k`
+    #[serde(default)]
+    pub kube_virt_interfaces: Vec<String>,
+    /// `--include-outbound-owner-groups` (ISTIO_OUTBOUND_OWNER_GROUPS)
+    #[serde(default)]
+    pub owner_groups_include: Vec<String>,
+    /// `--exclude-outbound-owner-groups`
+    #[serde(default)]
+    pub owner_groups_exclude: Vec<String>,
+    /// `--redirect-dns`
+    #[serde(default)]
+    pub dns_capture: bool,
+    /// `--capture-all-dns` unset: the DNS servers whose queries are captured.
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
+    /// `--drop-invalid`
+    #[serde(default)]
+    pub drop_invalid: bool,
+    /// `--ipv6`: also write ip6tables rules.
+    #[serde(default)]
+    pub ipv6: bool,
+    /// Where it came from and why, free text.
+    #[serde(default)]
+    pub note: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        serde_norway::from_str("{}").expect("an empty policy takes every default")
+    }
+}
+
+impl Policy {
+    pub fn parse(file: &str, text: &str) -> Result<Policy> {
+        let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => Error::ScenarioSyntax { file: file.into(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
+        })?;
+        let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
+        if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
+            return Err(invalid("proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into()));
+        }
+        if p.outbound_port == p.inbound_port {
+            return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
+        }
+        Ok(p)
+    }
+
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        Policy::parse(&path.display().to_string(), &text)
+    }
+
+    /// What this policy asks for that the harness cannot check yet.
+    pub fn unsupported(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.mode == Mode::Tproxy {
+            out.push("mode: TPROXY");
+        }
+        if !self.exclude_interfaces.is_empty() {
+            out.push("exclude_interfaces");
+        }
+        if !self.kube_virt_interfaces.is_empty() {
+            out.push("kube_virt_interfaces");
+        }
+        if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
+            out.push("owner_groups_include/exclude");
+        }
+        if self.dns_capture {
+            out.push("dns_capture");
+        }
+        if self.drop_invalid {
+            out.push("drop_invalid");
+        }
+        out
+    }
+
+    pub fn families(&self) -> Vec<Family> {
+        if self.ipv6 {
+            Family::BOTH.to_vec()
+        } else {
+            vec![Family::Ipv4]
+        }
+    }
+
+    /// The reference rules for this policy (iptables-restore input), in
+    /// Istio's chains. They implement what [`oracle`] specifies; where
+    /// Istio's own order gives another answer the goldens show it.
+    pub fn to_restore_for(&self, family: Family) -> String {
+        use std::fmt::Write as _;
+        let (passthrough, loopback) = match family {
+            Family::Ipv4 => ("127.0.0.6/32", "127.0.0.1/32"),
+            Family::Ipv6 => ("::6/128", "::1/128"),
+        };
+        let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+        for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
+            let _ = writeln!(r, ":{chain} - [0:0]");
+        }
+        let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
+        let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+        if !self.inbound_ports.is_none() {
+            r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+            let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
+            match &self.inbound_ports {
+                Select::All => {
+                    for p in &self.inbound_exclude {
+                        let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j RETURN");
+                    }
+                    r.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
+                }
+                Select::Only(ports) => {
+                    for p in ports {
+                        let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j ISTIO_IN_REDIRECT");
+                    }
+                }
+            }
+        }
+        r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
+        for p in &self.outbound_ports_exclude {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j RETURN");
+        }
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+        // Every proxy identity's lo redirect before any lo RETURN, so a
+        // second uid, or a gid alone, is treated as the proxy too.
+        let lo_redirect = format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {}", self.tunnel_port);
+        for u in &self.proxy_uids {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --uid-owner {u} -j ISTIO_IN_REDIRECT");
+        }
+        for g in &self.proxy_gids {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
+        }
+        r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+        for u in &self.proxy_uids {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
+        }
+        for g in &self.proxy_gids {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
+        }
+        let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
+        for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+        }
+        match &self.outbound_ranges_include {
+            Select::All => r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n"),
+            Select::Only(list) => {
+                for c in list.iter().filter(|c| c.family() == family) {
+                    let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j ISTIO_REDIRECT");
+                }
+                for p in &self.outbound_ports_include {
+                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j ISTIO_REDIRECT");
+                }
+            }
+        }
+        r.push_str("COMMIT\n");
+        r
+    }
+}
+
+/// Where a probe connects to, as the oracle sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// The pod's own address, from inside the pod (leaves on lo).
+    OwnPod,
+    /// 127.0.0.1 / ::1.
+    Loopback,
+    /// An address outside the pod.
+    Remote(IpAddr),
+}
+
+/// One TCP connection for the oracle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    /// From another pod to this pod's address (arrives on eth0).
+    pub inbound: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub dest: Dest,
+    pub port: u16,
+}
+
+/// The specification: the proxy listener ports a TCP connection passes
+/// under `policy`, in order, then the port that answers. A proxy hop's own
+/// upstream connection is judged again (outbound upstreams come from the
+/// proxy identity; inbound ones from the passthrough source, never captured).
+pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
+    if q.inbound {
+        let captured = q.port != p.tunnel_port
+            && match &p.inbound_ports {
+                Select::All => !p.inbound_exclude.contains(&q.port),
+                Select::Only(list) => list.contains(&q.port),
+            };
+        return if captured { vec![p.inbound_port, q.port] } else { vec![q.port] };
+    }
+    let proxy = p.proxy_uids.contains(&q.uid) || p.proxy_gids.contains(&q.gid);
+    if p.outbound_ports_exclude.contains(&q.port) {
+        return vec![q.port];
+    }
+    match q.dest {
+        Dest::Loopback => vec![q.port],
+        // Over lo: only the proxy's connections to the pod's own address are
+        // captured, to the inbound listener (a service call to itself).
+        Dest::OwnPod if proxy && q.port != p.tunnel_port => vec![p.inbound_port, q.port],
+        Dest::OwnPod => vec![q.port],
+        Dest::Remote(_) if proxy => vec![q.port],
+        Dest::Remote(ip) => {
+            if p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+                return vec![q.port];
+            }
+            let captured = match &p.outbound_ranges_include {
+                Select::All => true,
+                Select::Only(list) => list.iter().any(|c| c.contains(ip)) || p.outbound_ports_include.contains(&q.port),
+            };
+            if captured {
+                // The proxy then dials the original destination as itself.
+                let mut hops = vec![p.outbound_port];
+                let upstream = Query { uid: p.proxy_uids.first().copied().unwrap_or(q.uid), gid: p.proxy_gids.first().copied().unwrap_or(q.gid), ..q };
+                hops.extend(oracle(p, upstream));
+                hops
+            } else {
+                vec![q.port]
+            }
+        }
+    }
+}
+
+/// One probe of a policy's matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatrixProbe {
+    /// What it checks, for the trial name: `outbound-port-excluded-5555`.
+    pub label: String,
+    pub from: Host,
+    pub uid: u32,
+    pub gid: u32,
+    pub family: Family,
+    pub dest: Dest,
+    pub port: u16,
+    pub expected: Vec<u16>,
+}
+
+/// Addresses of the topology the matrix probes from and to.
+pub struct MatrixTopology {
+    /// (family, the local pod's address, the remote pod's) per family.
+    pub hosts: Vec<(Family, IpAddr, IpAddr)>,
+    /// Whether an address can be given to the remote pod as an extra
+    /// destination (not on a pod subnet, not loopback).
+    pub usable: Box<dyn Fn(IpAddr) -> bool>,
+}
+
+impl Policy {
+    /// The six flows' kinds of connection plus a probe on each side of every
+    /// boundary the policy draws.
+    pub fn matrix(&self, topo: &MatrixTopology, app_uid: u32) -> Vec<MatrixProbe> {
+        let mut out = Vec::new();
+        let (puid, pgid) = (self.proxy_uids.first().copied().unwrap_or(app_uid), self.proxy_gids.first().copied().unwrap_or(app_uid));
+        let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
+        for family in self.families() {
+            let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
+            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16| {
+                if served(port) {
+                    return;
+                }
+                let q = Query { inbound: from != Host::LocalPod, uid, gid, dest, port };
+                let expected = oracle(self, q);
+                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, expected });
+            };
+            // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
+            let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
+            let listed: Vec<u16> = match &self.inbound_ports {
+                Select::All => self.inbound_exclude.clone(),
+                Select::Only(l) => l.clone(),
+            };
+            for p in listed {
+                inbound.push((format!("inbound-{p}"), p));
+                inbound.push((format!("inbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+            }
+            for (label, port) in dedup(inbound) {
+                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port);
+            }
+            // Outbound from the app, by port.
+            let mut ports: Vec<(String, u16)> = vec![("outbound-9090".into(), 9090)];
+            for p in self.outbound_ports_exclude.iter().chain(&self.outbound_ports_include) {
+                ports.push((format!("outbound-{p}"), *p));
+                ports.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+            }
+            for (label, port) in dedup(ports) {
+                push(label, Host::LocalPod, app_uid, app_uid, Dest::Remote(remote), port);
+            }
+            // Outbound by address: each range's edges, inside and out.
+            let mut ranges: Vec<&Cidr> = self.outbound_ranges_exclude.iter().collect();
+            if let Select::Only(l) = &self.outbound_ranges_include {
+                ranges.extend(l);
+            }
+            for c in ranges.into_iter().filter(|c| c.family() == family) {
+                let (first, last) = c.bounds();
+                let candidates = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
+                for (edge, ip) in candidates {
+                    if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
+                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_uid, Dest::Remote(ip), 9090);
+                    }
+                }
+            }
+            // Identities: each proxy uid and gid, to the pod itself and out.
+            for u in &self.proxy_uids {
+                push(format!("proxy-uid-{u}-to-remote"), Host::LocalPod, *u, *u, Dest::Remote(remote), 9090);
+                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_uid, Dest::OwnPod, 8080);
+            }
+            for g in &self.proxy_gids {
+                push(format!("proxy-gid-{g}-to-remote"), Host::LocalPod, app_uid, *g, Dest::Remote(remote), 9090);
+                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod, 8080);
+            }
+            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_uid, Dest::OwnPod, 8080);
+            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_uid, Dest::Loopback, 8080);
+            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080);
+        }
+        out
+    }
+}
+
+/// A policy's matrix as scenarios, with what the topology and the app
+/// servers need for them.
+pub struct PolicyRun {
+    pub scenarios: Vec<crate::scenario::Scenario>,
+    pub local_app_ports: Vec<u16>,
+    pub remote_app_ports: Vec<u16>,
+    pub remote_extra: Vec<IpAddr>,
+}
+
+impl Policy {
+    /// The profile the stubs run under: Istio's, with this policy's ports and identity.
+    pub fn profile(&self) -> crate::profile::Profile {
+        let mut p = crate::profile::Profile::istio();
+        p.proxy.outbound = self.outbound_port;
+        p.proxy.inbound = self.inbound_port;
+        p.proxy.uid = self.proxy_uids.first().copied().unwrap_or(p.proxy.uid);
+        p.proxy.gid = self.proxy_gids.first().copied().unwrap_or(p.proxy.gid);
+        p
+    }
+
+    /// The reference rules as a rule source.
+    pub fn reference_rules(&self) -> crate::rules::RuleSource {
+        crate::rules::RuleSource::Text {
+            label: "reference".into(),
+            v4: Some(self.to_restore_for(Family::Ipv4)),
+            v6: self.ipv6.then(|| self.to_restore_for(Family::Ipv6)),
+        }
+    }
+
+    /// Build the matrix for `topo` (app uid 1000) as scenarios named
+    /// `policy::<label>`.
+    pub fn run_plan(&self, topo: &crate::topology::TopologyConfig, profile: &crate::profile::Profile) -> PolicyRun {
+        use crate::profile::{PortRef, UidRef};
+        use crate::scenario::{Destination, Expect, Scenario, Source, Spec};
+        let (c4, c6) = (topo.pod_cidr, topo.pod_cidr6);
+        let mt = MatrixTopology {
+            hosts: Family::BOTH.iter().map(|f| (*f, topo.address_of(Host::LocalPod, *f), topo.address_of(Host::RemotePod, *f))).collect(),
+            usable: Box::new(move |ip: IpAddr| match ip {
+                IpAddr::V4(a) => !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() && !crate::topology::in_cidr(a, c4),
+                IpAddr::V6(a) => !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !crate::topology::in_cidr6(a, c6),
+            }),
+        };
+        let probes = self.matrix(&mt, 1000);
+        let served: Vec<(String, u16)> = profile.served().into_iter().map(|(n, p, _)| (n, p)).collect();
+        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new() };
+        for pr in probes {
+            let pod = topo.address_of(Host::LocalPod, pr.family);
+            let local = pr.from != Host::LocalPod || matches!(pr.dest, Dest::OwnPod | Dest::Loopback);
+            let (address, host) = match pr.dest {
+                Dest::OwnPod => (Some(pod), None),
+                Dest::Loopback => (None, Some("localhost".to_string())),
+                Dest::Remote(ip) => (Some(ip), None),
+            };
+            if let Dest::Remote(ip) = pr.dest {
+                if ip != pod && ip != topo.address_of(Host::RemotePod, pr.family) && !run.remote_extra.contains(&ip) {
+                    run.remote_extra.push(ip);
+                }
+            }
+            let server = match served.iter().find(|(_, p)| local && *p == pr.port) {
+                Some((name, _)) => name.clone(),
+                None if local => "local-app".into(),
+                None => "remote-app".into(),
+            };
+            if server == "local-app" && !run.local_app_ports.contains(&pr.port) {
+                run.local_app_ports.push(pr.port);
+            }
+            if server == "remote-app" && !run.remote_app_ports.contains(&pr.port) {
+                run.remote_app_ports.push(pr.port);
+            }
+            let flow = match (pr.from, pr.dest) {
+                (Host::LocalPod, Dest::OwnPod) => 4,
+                (Host::LocalPod, Dest::Loopback) => 5,
+                (Host::LocalPod, _) => 2,
+                _ => 1,
+            };
+            let spec = Spec {
+                flow,
+                description: format!("policy probe {}: uid {} gid {} from {} to port {}", pr.label, pr.uid, pr.gid, pr.from.name(), pr.port),
+                family: Some(pr.family),
+                source: Source { host: pr.from, uid: UidRef::Number(pr.uid), gid: Some(UidRef::Number(pr.gid)), role: None },
+                destination: Destination { host, service: None, address, port: PortRef::Number(pr.port) },
+                expect: Expect {
+                    ports: pr.expected.iter().map(|p| PortRef::Number(*p)).collect(),
+                    server,
+                    path: None,
+                    paths: Default::default(),
+                    assert_path: false,
+                    profiles: Default::default(),
+                },
+            };
+            run.scenarios.push(Scenario { name: format!("policy::{}", pr.label), file: "(policy matrix)".into(), spec });
+        }
+        run
+    }
+}
+
+fn dedup(v: Vec<(String, u16)>) -> Vec<(String, u16)> {
+    let mut seen = Vec::new();
+    v.into_iter().filter(|(_, p)| if seen.contains(p) { false } else { seen.push(*p); true }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::parse("p.yaml", yaml).unwrap()
+    }
+
+    const REMOTE: Dest = Dest::Remote(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 20)));
+
+    fn inbound(port: u16) -> Query {
+        Query { inbound: true, uid: 65534, gid: 65534, dest: Dest::OwnPod, port }
+    }
+
+    fn app(dest: Dest, port: u16) -> Query {
+        Query { inbound: false, uid: 1000, gid: 1000, dest, port }
+    }
+
+    fn ip(s: &str) -> Dest {
+        Dest::Remote(s.parse().unwrap())
+    }
+
+    /// The sidecar injector's policy (istio-cni's base): the six flows.
+    #[test]
+    fn the_injector_policy_gives_the_six_flows() {
+        let p = policy("inbound_ports: '*'\ninbound_exclude: [15090, 15021, 15020]\noutbound_ranges_include: '*'\noutbound_ports_exclude: [15020]");
+        let rows: &[(&str, Query, &[u16])] = &[
+            ("1 remote -> pod:8080", inbound(8080), &[15006, 8080]),
+            ("2 app -> remote:9090", app(REMOTE, 9090), &[15001, 9090]),
+            ("3 scrape :15090", inbound(15090), &[15090]),
+            ("4 proxy -> own pod (service to self)", Query { uid: 1337, gid: 1337, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("5 proxy -> localhost:15000", Query { uid: 1337, gid: 1337, ..app(Dest::Loopback, 15000) }, &[15000]),
+            ("6 agent as 1337 -> istiod", Query { uid: 1337, gid: 1337, ..app(REMOTE, 15012) }, &[15012]),
+            ("6 agent as 1000 -> istiod", app(REMOTE, 15012), &[15001, 15012]),
+            ("tunnel port never captured inbound", inbound(15008), &[15008]),
+            ("app -> own pod is not captured", app(Dest::OwnPod, 8080), &[8080]),
+            ("excluded outbound port", app(REMOTE, 15020), &[15020]),
+        ];
+        for (what, q, want) in rows {
+            assert_eq!(oracle(&p, *q), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn ranges_ports_and_identities_draw_the_boundaries() {
+        let p = policy("outbound_ranges_include: [10.0.0.0/8]\noutbound_ranges_exclude: [10.1.0.0/16]\noutbound_ports_include: [31000]\nproxy_uids: [3, 4]\nproxy_gids: [1]");
+        let rows: &[(&str, Query, &[u16])] = &[
+            ("inside the include", app(ip("10.0.0.1"), 80), &[15001, 80]),
+            ("just below it", app(ip("9.255.255.255"), 80), &[80]),
+            ("inside the exclude, inside the include", app(ip("10.1.2.3"), 80), &[80]),
+            ("outside every range, included port", app(ip("1.1.1.1"), 31000), &[15001, 31000]),
+            ("outside every range, port beside it", app(ip("1.1.1.1"), 31001), &[31001]),
+            ("second proxy uid is the proxy", Query { uid: 4, ..app(ip("10.0.0.1"), 80) }, &[80]),
+            ("second proxy uid to its own pod", Query { uid: 4, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("proxy gid alone to its own pod", Query { gid: 1, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("no inbound ports: nothing inbound", inbound(8080), &[8080]),
+        ];
+        for (what, q, want) in rows {
+            assert_eq!(oracle(&p, *q), *want, "{what}");
+        }
+        let listed = policy("inbound_ports: [32000]\ninbound_exclude: [32000]");
+        assert_eq!(oracle(&listed, inbound(32000)), [15006, 32000], "a list ignores inbound_exclude, as istio-iptables does");
+        assert_eq!(oracle(&listed, inbound(32001)), [32001]);
+    }
+
+    #[test]
+    fn cidrs_know_their_edges() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert_eq!(c.bounds(), ("10.0.0.0".parse().unwrap(), "10.255.255.255".parse().unwrap()));
+        assert!(c.contains("10.9.9.9".parse().unwrap()) && !c.contains("11.0.0.0".parse().unwrap()));
+        assert!(!c.contains("::a00:1".parse().unwrap()));
+        let six = Cidr::parse("2001:db8::/32").unwrap();
+        assert_eq!(six.bounds().1, "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse::<IpAddr>().unwrap());
+        assert_eq!(Cidr::step("10.0.0.0".parse().unwrap(), -1), Some("9.255.255.255".parse().unwrap()));
+        assert_eq!(Cidr::step("255.255.255.255".parse().unwrap(), 1), None);
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().bounds().1, "255.255.255.255".parse::<IpAddr>().unwrap());
+        assert!(Cidr::parse("10.0.0.0/33").is_none() && Cidr::parse("nope/8").is_none());
+    }
+
+    #[test]
+    fn bad_policies_say_where() {
+        let e = Policy::parse("p.yaml", "inbound_ports: '*'\ninbound_exclud: [1]").unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml:2:1") && e.contains("inbound_exclud"), "{e}");
+        let e = Policy::parse("p.yaml", "outbound_ranges_include: [10.0.0.0/99]").unwrap_err().to_string();
+        assert!(e.contains("not an address range"), "{e}");
+        let e = Policy::parse("p.yaml", "inbound_ports: all").unwrap_err().to_string();
+        assert!(e.contains("p.yaml:"), "{e}");
+        let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
+        assert!(e.contains("captured again"), "{e}");
+        assert_eq!(policy("mode: TPROXY\ndns_capture: true").unsupported(), ["mode: TPROXY", "dns_capture"]);
+    }
+
+    #[test]
+    fn the_matrix_probes_both_sides_of_each_boundary() {
+        let p = policy("inbound_ports: [32000]\noutbound_ports_exclude: [5555]\noutbound_ranges_include: [10.0.0.0/8]");
+        let topo = MatrixTopology {
+            hosts: vec![(Family::Ipv4, "10.244.0.10".parse().unwrap(), "10.244.0.20".parse().unwrap())],
+            usable: Box::new(|ip: IpAddr| !Cidr::parse("10.244.0.0/24").unwrap().contains(ip)),
+        };
+        let m = p.matrix(&topo, 1000);
+        let find = |l: &str| m.iter().find(|x| x.label == l && x.family == Family::Ipv4).unwrap_or_else(|| panic!("no {l} in {:?}", m.iter().map(|x| &x.label).collect::<Vec<_>>()));
+        assert_eq!(find("inbound-32000").expected, [15006, 32000]);
+        assert_eq!(find("inbound-32001-beside-32000").expected, [32001]);
+        assert_eq!(find("outbound-5555").expected, [5555]);
+        assert_eq!(find("outbound-5556-beside-5555").expected, [15001, 5556]);
+        assert_eq!(find("range-10.0.0.0/8-first-10.0.0.1").expected, [15001, 9090]);
+        assert_eq!(find("range-10.0.0.0/8-below-9.255.255.255").expected, [9090]);
+        assert!(m.iter().all(|x| x.family == Family::Ipv4), "no IPv6 probes without ipv6: true");
+    }
+
+    /// The reference rules follow the policy's flags: the lines a generator
+    /// author would look for are there, in order.
+    #[test]
+    fn reference_rules_carry_each_flag() {
+        let p = policy("inbound_ports: '*'\ninbound_exclude: [15090]\noutbound_ports_exclude: [5555]\noutbound_ranges_exclude: [10.1.0.0/16, '2001:db8::/32']\noutbound_ranges_include: '*'\nproxy_uids: [3, 4]");
+        let r = p.to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("--dport 15008 -j RETURN") < pos("--dport 15090 -j RETURN"));
+        assert!(pos("--dport 5555 -j RETURN") < pos("-s 127.0.0.6/32"));
+        assert!(pos("--uid-owner 4 -j ISTIO_IN_REDIRECT") < pos("-A ISTIO_OUTPUT -o lo -j RETURN"));
+        assert!(pos("-d 10.1.0.0/16 -j RETURN") < pos("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
+        assert!(!r.contains("2001:db8"), "IPv6 ranges stay out of the IPv4 rules");
+    }
+}
