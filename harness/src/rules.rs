@@ -282,6 +282,7 @@ impl RuleSource {
             RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
             RuleSource::Script(p) => format!("script {}", p.display()),
             RuleSource::Generator(c) => format!("generator `{c}`"),
+            RuleSource::Text { label, .. } if label == "reference" => "the reference rules for the policy".into(),
             RuleSource::Text { label, .. } => format!("the {label} profile's rules"),
         }
     }
