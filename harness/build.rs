@@ -64,30 +64,29 @@ fn embed_scenarios(root: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     collect_yaml(root, root, &mut files);
-    files.sort();
-    let mut code = String::from("/// (path relative to scenarios/, contents) of every built-in scenario.\npub static BUILTIN: &[(&str, &str)] = &[\n");
-    for (rel, abs) in &files {
-        println!("cargo:rerun-if-changed={}", abs.display());
-        writeln!(code, "    ({rel:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
-    }
-    code.push_str("];\n");
-    fs::write(out_dir.join("builtin_scenarios.rs"), code).unwrap();
+    let doc = "(path relative to scenarios/, contents) of every built-in scenario.";
+    write_embedded(&out_dir.join("builtin_scenarios.rs"), doc, "BUILTIN", files);
 }
 
 /// Mesh profiles and their rule sets: every file in `scenarios/profiles/`.
 fn embed_profiles(dir: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut files: Vec<(String, PathBuf)> = fs::read_dir(dir)
+    let files: Vec<(String, PathBuf)> = fs::read_dir(dir)
         .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p)).collect())
         .unwrap_or_default();
+    write_embedded(&out_dir.join("builtin_profiles.rs"), "(file name, contents) of every file in scenarios/profiles/.", "FILES", files);
+}
+
+/// `pub static NAME: &[(&str, &str)]` of (name, include_str!(file)), sorted.
+fn write_embedded(out: &Path, doc: &str, name: &str, mut files: Vec<(String, PathBuf)>) {
     files.sort();
-    let mut code = String::from("/// (file name, contents) of every file in scenarios/profiles/.\npub static FILES: &[(&str, &str)] = &[\n");
-    for (name, abs) in &files {
+    let mut code = format!("/// {doc}\npub static {name}: &[(&str, &str)] = &[\n");
+    for (rel, abs) in &files {
         println!("cargo:rerun-if-changed={}", abs.display());
-        writeln!(code, "    ({name:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
+        writeln!(code, "    ({rel:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
     }
     code.push_str("];\n");
-    fs::write(out_dir.join("builtin_profiles.rs"), code).unwrap();
+    fs::write(out, code).unwrap();
 }
 
 /// Scenario files below `dir`; a `profiles` directory holds mesh profiles, not scenarios.
