@@ -298,10 +298,7 @@ impl Policy {
             Family::Ipv4 => ("127.0.0.6/32", "127.0.0.1/32"),
             Family::Ipv6 => ("::6/128", "::1/128"),
         };
-        let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-        for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
-            let _ = writeln!(r, ":{chain} - [0:0]");
-        }
+        let mut r = crate::rules::istio_nat_preamble();
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
         let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
         if !self.inbound_ports.is_none() {
@@ -546,6 +543,7 @@ impl Policy {
     pub fn reference_rules(&self) -> crate::rules::RuleSource {
         crate::rules::RuleSource::Text {
             label: "reference".into(),
+            what: "the reference rules for the policy".into(),
             v4: Some(self.to_restore_for(Family::Ipv4)),
             v6: self.ipv6.then(|| self.to_restore_for(Family::Ipv6)),
         }

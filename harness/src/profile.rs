@@ -365,7 +365,7 @@ impl Profile {
     /// The profile's own rule set, when it has one.
     pub fn rules(&self) -> Option<RuleSource> {
         let (v4, v6) = self.rule_texts.clone();
-        (v4.is_some() || v6.is_some()).then(|| RuleSource::Text { label: self.name.clone(), v4, v6 })
+        (v4.is_some() || v6.is_some()).then(|| RuleSource::Text { label: self.name.clone(), what: format!("the {} profile's rules", self.name), v4, v6 })
     }
 }
 

@@ -175,10 +175,7 @@ impl IstioCapture {
         let (uid, gid) = (self.proxy_uid, self.proxy_gid);
         // The lo redirect rules skip the HBONE tunnel port in the current shape.
         let lo_guard = if classic { String::new() } else { format!(" -p tcp -m tcp ! --dport {}", self.tunnel_port) };
-        let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-        for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
-            let _ = writeln!(r, ":{chain} - [0:0]");
-        }
+        let mut r = istio_nat_preamble();
         r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
         r.push_str(if classic { "-A OUTPUT -p tcp -j ISTIO_OUTPUT\n" } else { "-A OUTPUT -j ISTIO_OUTPUT\n" });
         // Inbound: the tunnel port, (ssh in the classic shape), the excluded
@@ -209,6 +206,16 @@ impl IstioCapture {
     }
 }
 
+/// The head of Istio's nat table as restore input: the built-in chains and
+/// Istio's four, declared.
+pub(crate) fn istio_nat_preamble() -> String {
+    let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    r
+}
+
 /// Where the rules under test come from.
 #[derive(Clone, Debug)]
 pub enum RuleSource {
@@ -225,9 +232,10 @@ pub enum RuleSource {
     /// A generator command line, run with `sh -c` in the pod after the
     /// topology is up (as an init container would be).
     Generator(String),
-    /// Restore input held in memory: a built-in mesh profile's own rule set
-    /// (`label` is the profile's name).
-    Text { label: String, v4: Option<String>, v6: Option<String> },
+    /// Restore input held in memory (a mesh profile's own rule set, a
+    /// policy's reference rules): `label` selects `expect.paths`, `what`
+    /// names it in reports.
+    Text { label: String, what: String, v4: Option<String>, v6: Option<String> },
 }
 
 /// Which netfilter front end the rules land in, as far as the harness can
@@ -282,8 +290,7 @@ impl RuleSource {
             RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
             RuleSource::Script(p) => format!("script {}", p.display()),
             RuleSource::Generator(c) => format!("generator `{c}`"),
-            RuleSource::Text { label, .. } if label == "reference" => "the reference rules for the policy".into(),
-            RuleSource::Text { label, .. } => format!("the {label} profile's rules"),
+            RuleSource::Text { what, .. } => what.clone(),
         }
     }
 

@@ -327,7 +327,7 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
                     let _ = std::fs::remove_file(&file);
                     session
                 } else {
-                    let rules = RuleSource::Text { label: format!("{}-broken", b.profile), v4: Some(break_rules(b)), v6: None };
+                    let rules = RuleSource::Text { label: format!("{}-broken", b.profile), what: format!("the {} profile's rules, broken: {}", b.profile, b.name), v4: Some(break_rules(b)), v6: None };
                     Session::start(SessionConfig { rules, profile: profile(b.profile), ..SessionConfig::default() })
                 };
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
