@@ -289,30 +289,50 @@ impl Policy {
         }
     }
 
+    /// Whether some app connection leaving the pod in `family` is captured:
+    /// without that, the rules after the lo redirects could change nothing.
+    pub fn captures_outbound(&self, family: Family) -> bool {
+        !self.outbound_ports_include.is_empty() || !self.live_includes(family).is_empty() || self.outbound_ranges_include == Select::All
+    }
+
+    /// The included ranges of `family` that a packet can reach: a range
+    /// inside loopback is never reached, since lo returns first.
+    fn live_includes(&self, family: Family) -> Vec<Cidr> {
+        let loopback = Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
+        match &self.outbound_ranges_include {
+            Select::All => Vec::new(),
+            Select::Only(l) => l.iter().filter(|c| c.family() == family && !(c.len >= loopback.len && loopback.contains(c.addr))).copied().collect(),
+        }
+    }
+
     /// The reference rules for this policy (iptables-restore input), in
-    /// Istio's chains. They implement what [`oracle`] specifies; where
-    /// Istio's own order gives another answer the goldens show it.
+    /// Istio's chains. They implement what [`oracle`] specifies and hold no
+    /// rule that cannot change a packet's fate (so a mutation run can tell
+    /// whether the probes would catch any wrong rule).
     pub fn to_restore_for(&self, family: Family) -> String {
         use std::fmt::Write as _;
         let (passthrough, loopback) = match family {
             Family::Ipv4 => ("127.0.0.6/32", "127.0.0.1/32"),
             Family::Ipv6 => ("::6/128", "::1/128"),
         };
+        let capture_out = self.captures_outbound(family);
         let mut r = crate::rules::istio_nat_preamble();
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
-        let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+        if capture_out {
+            let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+        }
         if !self.inbound_ports.is_none() {
             r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
-            let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
             match &self.inbound_ports {
                 Select::All => {
-                    for p in &self.inbound_exclude {
+                    let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
+                    for p in self.inbound_exclude.iter().filter(|p| **p != self.tunnel_port) {
                         let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j RETURN");
                     }
                     r.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
                 }
                 Select::Only(ports) => {
-                    for p in ports {
+                    for p in ports.iter().filter(|p| **p != self.tunnel_port) {
                         let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j ISTIO_IN_REDIRECT");
                     }
                 }
@@ -332,21 +352,22 @@ impl Policy {
         for g in &self.proxy_gids {
             let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
         }
-        r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
-        for u in &self.proxy_uids {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
-        }
-        for g in &self.proxy_gids {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
-        }
-        let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
-        for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
-        }
-        match &self.outbound_ranges_include {
-            Select::All => r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n"),
-            Select::Only(list) => {
-                for c in list.iter().filter(|c| c.family() == family) {
+        if capture_out {
+            r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+            for u in &self.proxy_uids {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
+            }
+            for g in &self.proxy_gids {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
+            }
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
+            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+            }
+            if self.outbound_ranges_include == Select::All {
+                r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
+            } else {
+                for c in self.live_includes(family) {
                     let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j ISTIO_REDIRECT");
                 }
                 for p in &self.outbound_ports_include {
@@ -479,37 +500,66 @@ impl Policy {
             for (label, port) in dedup(inbound) {
                 push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port);
             }
-            // Outbound from the app, by port.
-            let mut ports: Vec<(String, u16)> = vec![("outbound-9090".into(), 9090)];
-            for p in self.outbound_ports_exclude.iter().chain(&self.outbound_ports_include) {
-                ports.push((format!("outbound-{p}"), *p));
-                ports.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+            // Where an app connection is captured, if anywhere: the probes
+            // of rules that exempt something (a port, a proxy identity) go
+            // there, or an exemption that is missing would go unseen.
+            let ranges: Vec<Cidr> = match &self.outbound_ranges_include {
+                Select::All => self.outbound_ranges_exclude.clone(),
+                Select::Only(l) => self.outbound_ranges_exclude.iter().chain(l).copied().collect(),
+            };
+            let ranges: Vec<Cidr> = ranges.into_iter().filter(|c| c.family() == family).collect();
+            let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
+            candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
+            candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
+            let app = |ip: IpAddr, port: u16| Query { inbound: false, uid: app_uid, gid: app_uid, dest: Dest::Remote(ip), port };
+            let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
+            // Outbound from the app, by port: excluded ports where the rest is
+            // captured, included ports where the address is not.
+            push("outbound-9090".into(), Host::LocalPod, app_uid, app_uid, Dest::Remote(remote), 9090);
+            let mut excluded: Vec<(String, u16)> = Vec::new();
+            for p in &self.outbound_ports_exclude {
+                excluded.push((format!("outbound-{p}"), *p));
+                excluded.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
-            for (label, port) in dedup(ports) {
+            for (label, port) in dedup(excluded) {
+                push(label, Host::LocalPod, app_uid, app_uid, Dest::Remote(target), port);
+            }
+            for p in &self.outbound_ports_exclude {
+                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_uid, Dest::OwnPod, *p);
+            }
+            let mut included: Vec<(String, u16)> = Vec::new();
+            for p in &self.outbound_ports_include {
+                included.push((format!("outbound-{p}"), *p));
+                included.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+            }
+            for (label, port) in dedup(included) {
                 push(label, Host::LocalPod, app_uid, app_uid, Dest::Remote(remote), port);
             }
-            // Outbound by address: each range's edges, inside and out.
-            let mut ranges: Vec<&Cidr> = self.outbound_ranges_exclude.iter().collect();
-            if let Select::Only(l) = &self.outbound_ranges_include {
-                ranges.extend(l);
+            for p in &self.outbound_ports_include {
+                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod, *p);
             }
-            for c in ranges.into_iter().filter(|c| c.family() == family) {
+            // Outbound by address: each range's edges, inside and out.
+            for c in &ranges {
                 let (first, last) = c.bounds();
-                let candidates = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
-                for (edge, ip) in candidates {
+                let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
+                for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
                         push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_uid, Dest::Remote(ip), 9090);
                     }
                 }
             }
-            // Identities: each proxy uid and gid, to the pod itself and out.
+            // Identities: each proxy uid and gid alone (with the app's gid or
+            // uid), so a missing uid rule is not hidden by the gid rule after
+            // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(format!("proxy-uid-{u}-to-remote"), Host::LocalPod, *u, *u, Dest::Remote(remote), 9090);
+                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_uid, Dest::Remote(target), target_port);
                 push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_uid, Dest::OwnPod, 8080);
+                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_uid, Dest::OwnPod, self.tunnel_port);
             }
             for g in &self.proxy_gids {
-                push(format!("proxy-gid-{g}-to-remote"), Host::LocalPod, app_uid, *g, Dest::Remote(remote), 9090);
+                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port);
                 push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod, 8080);
+                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod, self.tunnel_port);
             }
             push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_uid, Dest::OwnPod, 8080);
             push("app-to-localhost".into(), Host::LocalPod, app_uid, app_uid, Dest::Loopback, 8080);
@@ -743,5 +793,19 @@ mod tests {
         assert!(pos("--uid-owner 4 -j ISTIO_IN_REDIRECT") < pos("-A ISTIO_OUTPUT -o lo -j RETURN"));
         assert!(pos("-d 10.1.0.0/16 -j RETURN") < pos("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(!r.contains("2001:db8"), "IPv6 ranges stay out of the IPv4 rules");
+    }
+
+    /// A rule no packet can reach would be a mutant no probe can catch; the
+    /// reference rules write none.
+    #[test]
+    fn reference_rules_hold_no_dead_rule() {
+        let none = policy("inbound_ports: [32000]").to_restore_for(Family::Ipv4);
+        assert!(!none.contains("ISTIO_REDIRECT -p tcp"), "nothing jumps to ISTIO_REDIRECT:\n{none}");
+        assert!(!none.contains("-o lo -j RETURN"), "nothing after lo captures:\n{none}");
+        assert!(!none.contains("--dport 15008 -j RETURN"), "a list never captures the tunnel port anyway:\n{none}");
+        let lo_only = policy("outbound_ranges_include: [127.0.0.0/8]");
+        assert!(!lo_only.captures_outbound(Family::Ipv4), "lo returns before a loopback range is reached");
+        let some = policy("outbound_ports_include: [31000]").to_restore_for(Family::Ipv4);
+        assert!(some.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001") && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), "{some}");
     }
 }

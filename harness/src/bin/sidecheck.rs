@@ -43,6 +43,10 @@ struct RulesPrintArgs {
     /// The iptables command the script form calls.
     #[arg(long, default_value = "iptables")]
     iptables: String,
+    /// Print the reference rules of this capture policy instead (restore and
+    /// restore6 forms).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -268,6 +272,19 @@ fn render(report: &Report, format: Format, colour: bool) -> String {
     }
 }
 
+fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
+    let file = args.policy.as_deref().expect("guarded by the caller");
+    let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
+    let family = match args.form {
+        RulesForm::Restore => Family::Ipv4,
+        RulesForm::Restore6 if policy.ipv6 => Family::Ipv6,
+        RulesForm::Restore6 => anyhow::bail!("{} has no `ipv6: true`, so it has no IPv6 reference rules", file.display()),
+        RulesForm::Script | RulesForm::Nft => anyhow::bail!("a policy's reference rules come as restore input: use --form restore or --form restore6"),
+    };
+    print!("{}", policy.to_restore_for(family));
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     if let Err(e) = registry::install_signal_cleanup() {
         eprintln!("sidecheck: {e}");
@@ -277,6 +294,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Trace(args) => trace(args),
+        Command::Rules(args) if args.policy.is_some() => print_policy_rules(&args),
         Command::Rules(args) => {
             let c = IstioCapture::default_for(args.shape);
             print!(
