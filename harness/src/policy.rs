@@ -139,6 +139,34 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// A group as the generator was given it: a number, or a name the kernel
+/// rules resolve when they are installed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Id(u32),
+    Name(String),
+}
+
+impl GroupRef {
+    /// The gid, if this machine knows the name.
+    pub fn gid(&self) -> Option<u32> {
+        match self {
+            GroupRef::Id(n) => Some(*n),
+            GroupRef::Name(s) => s.parse().ok().or_else(|| nix::unistd::Group::from_name(s).ok().flatten().map(|g| g.gid.as_raw())),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupRef::Id(n) => write!(f, "{n}"),
+            GroupRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Mode {
@@ -207,12 +235,13 @@ pub struct Policy {
     /// `-k`
     #[serde(default)]
     pub kube_virt_interfaces: Vec<String>,
-    /// `--include-outbound-owner-groups` (ISTIO_OUTBOUND_OWNER_GROUPS)
+    /// `--include-outbound-owner-groups`: only these groups' outbound
+    /// traffic is captured (numbers or names).
     #[serde(default)]
-    pub owner_groups_include: Vec<String>,
-    /// `--exclude-outbound-owner-groups`
+    pub owner_groups_include: Vec<GroupRef>,
+    /// `--exclude-outbound-owner-groups`: these groups' outbound traffic is not.
     #[serde(default)]
-    pub owner_groups_exclude: Vec<String>,
+    pub owner_groups_exclude: Vec<GroupRef>,
     /// `--redirect-dns`
     #[serde(default)]
     pub dns_capture: bool,
@@ -269,9 +298,6 @@ impl Policy {
         if !self.kube_virt_interfaces.is_empty() {
             out.push("kube_virt_interfaces");
         }
-        if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
-            out.push("owner_groups_include/exclude");
-        }
         if self.dns_capture {
             out.push("dns_capture");
         }
@@ -279,6 +305,24 @@ impl Policy {
             out.push("drop_invalid");
         }
         out
+    }
+
+    /// Groups named in the policy that this machine lacks: rules naming
+    /// them cannot be installed, and the oracle could not place a probe.
+    pub fn check_groups(&self, file: &str) -> Result<()> {
+        for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude) {
+            if g.gid().is_none() {
+                return Err(Error::ScenarioInvalid {
+                    file: file.into(),
+                    message: format!("owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn in_groups(list: &[GroupRef], gid: u32) -> bool {
+        list.iter().any(|g| g.gid() == Some(gid))
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -357,7 +401,16 @@ impl Policy {
             for u in &self.proxy_uids {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
             }
-            for g in &self.proxy_gids {
+            // A proxy gid outside the included owner groups is returned by
+            // the group rule anyway.
+            for g in self.proxy_gids.iter().filter(|g| self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)) {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
+            }
+            if !self.owner_groups_include.is_empty() {
+                let not_in: Vec<String> = self.owner_groups_include.iter().map(|g| format!("-m owner ! --gid-owner {g}")).collect();
+                let _ = writeln!(r, "-A ISTIO_OUTPUT {} -j RETURN", not_in.join(" "));
+            }
+            for g in &self.owner_groups_exclude {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
             let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
@@ -427,7 +480,8 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         Dest::OwnPod => vec![q.port],
         Dest::Remote(_) if proxy => vec![q.port],
         Dest::Remote(ip) => {
-            if p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+            let grouped = p.owner_groups_include.is_empty() || Policy::in_groups(&p.owner_groups_include, q.gid);
+            if !grouped || Policy::in_groups(&p.owner_groups_exclude, q.gid) || p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
                 return vec![q.port];
             }
             let captured = match &p.outbound_ranges_include {
@@ -476,6 +530,9 @@ impl Policy {
     pub fn matrix(&self, topo: &MatrixTopology, app_uid: u32) -> Vec<MatrixProbe> {
         let mut out = Vec::new();
         let (puid, pgid) = (self.proxy_uids.first().copied().unwrap_or(app_uid), self.proxy_gids.first().copied().unwrap_or(app_uid));
+        // The app runs in the first included owner group, if any, so its
+        // traffic is the kind the policy captures.
+        let app_gid = self.owner_groups_include.iter().find_map(GroupRef::gid).unwrap_or(app_uid);
         let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
@@ -511,21 +568,21 @@ impl Policy {
             let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
             candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
             candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
-            let app = |ip: IpAddr, port: u16| Query { inbound: false, uid: app_uid, gid: app_uid, dest: Dest::Remote(ip), port };
+            let app = |ip: IpAddr, port: u16| Query { inbound: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port };
             let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
-            push("outbound-9090".into(), Host::LocalPod, app_uid, app_uid, Dest::Remote(remote), 9090);
+            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090);
             let mut excluded: Vec<(String, u16)> = Vec::new();
             for p in &self.outbound_ports_exclude {
                 excluded.push((format!("outbound-{p}"), *p));
                 excluded.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
             for (label, port) in dedup(excluded) {
-                push(label, Host::LocalPod, app_uid, app_uid, Dest::Remote(target), port);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port);
             }
             for p in &self.outbound_ports_exclude {
-                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_uid, Dest::OwnPod, *p);
+                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod, *p);
             }
             let mut included: Vec<(String, u16)> = Vec::new();
             for p in &self.outbound_ports_include {
@@ -533,10 +590,10 @@ impl Policy {
                 included.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
             for (label, port) in dedup(included) {
-                push(label, Host::LocalPod, app_uid, app_uid, Dest::Remote(remote), port);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port);
             }
             for p in &self.outbound_ports_include {
-                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod, *p);
+                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod, *p);
             }
             // Outbound by address: each range's edges, inside and out.
             for c in &ranges {
@@ -544,7 +601,7 @@ impl Policy {
                 let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
                 for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
-                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_uid, Dest::Remote(ip), 9090);
+                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090);
                     }
                 }
             }
@@ -552,17 +609,25 @@ impl Policy {
             // uid), so a missing uid rule is not hidden by the gid rule after
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_uid, Dest::Remote(target), target_port);
-                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_uid, Dest::OwnPod, 8080);
-                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_uid, Dest::OwnPod, self.tunnel_port);
+                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port);
+                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod, 8080);
+                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod, self.tunnel_port);
             }
             for g in &self.proxy_gids {
                 push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port);
                 push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod, 8080);
                 push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod, self.tunnel_port);
             }
-            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_uid, Dest::OwnPod, 8080);
-            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_uid, Dest::Loopback, 8080);
+            // Owner groups: each listed group, and a group outside the list.
+            for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
+                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port);
+            }
+            if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
+                let outside = (app_uid..).find(|g| !Policy::in_groups(&self.owner_groups_include, *g) && !Policy::in_groups(&self.owner_groups_exclude, *g) && !self.proxy_gids.contains(g)).unwrap_or(app_uid);
+                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port);
+            }
+            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod, 8080);
+            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080);
             push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080);
         }
         out
@@ -737,6 +802,28 @@ mod tests {
     }
 
     #[test]
+    fn owner_groups_choose_whose_traffic_is_captured() {
+        let inc = policy("outbound_ranges_include: '*'\nowner_groups_include: [202, 203]");
+        let exc = policy("outbound_ranges_include: '*'\nowner_groups_exclude: [888]");
+        let rows: &[(&str, &Policy, Query, &[u16])] = &[
+            ("an included group is captured", &inc, Query { gid: 203, ..app(REMOTE, 80) }, &[15001, 80]),
+            ("a group outside the list is not", &inc, app(REMOTE, 80), &[80]),
+            ("groups do not touch lo", &inc, Query { uid: 1337, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("an excluded group is not captured", &exc, Query { gid: 888, ..app(REMOTE, 80) }, &[80]),
+            ("any other group is", &exc, app(REMOTE, 80), &[15001, 80]),
+        ];
+        for (what, p, q, want) in rows {
+            assert_eq!(oracle(p, *q), *want, "{what}");
+        }
+        let named = policy("owner_groups_include: [no-such-group-here, 202]");
+        let e = named.check_groups("p.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml: owner group `no-such-group-here` does not exist") && e.contains("groupadd"), "{e}");
+        assert!(policy("owner_groups_exclude: [root, 5]").check_groups("p.yaml").is_ok(), "root is on every machine");
+        let r = inc.to_restore_for(Family::Ipv4);
+        assert!(r.contains("-A ISTIO_OUTPUT -m owner ! --gid-owner 202 -m owner ! --gid-owner 203 -j RETURN"), "{r}");
+    }
+
+    #[test]
     fn cidrs_know_their_edges() {
         let c = Cidr::parse("10.0.0.0/8").unwrap();
         assert_eq!(c.bounds(), ("10.0.0.0".parse().unwrap(), "10.255.255.255".parse().unwrap()));
@@ -761,6 +848,8 @@ mod tests {
         let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
         assert!(e.contains("captured again"), "{e}");
         assert_eq!(policy("mode: TPROXY\ndns_capture: true").unsupported(), ["mode: TPROXY", "dns_capture"]);
+        let e = Policy::parse("p.yaml", "owner_groups_include: [[1]]").unwrap_err().to_string();
+        assert!(e.contains("p.yaml:"), "{e}");
     }
 
     #[test]

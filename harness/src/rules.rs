@@ -322,10 +322,15 @@ impl RuleSource {
     /// Everything that can be checked before a namespace exists: files
     /// readable and not empty, tools installed.
     pub fn check(&self, backend: Backend) -> Result<()> {
-        for p in self.files() {
-            let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+        for (origin, text) in self.texts()? {
             if text.trim().is_empty() {
-                return Err(Error::config(format!("{} is empty: no rules to test", p.display())));
+                return Err(Error::config(format!("{origin} is empty: no rules to test")));
+            }
+            if let Some((line, what, name)) = unknown_owners(&text).into_iter().next() {
+                return Err(Error::config(format!(
+                    "{origin}:{line}: the rules match {what} `{name}`, which this machine does not have: owner matches resolve names when the rules are installed, so they cannot be installed here. Create it ({}add {name}) or write its number in the rules",
+                    if what == "user" { "user" } else { "group" }
+                )));
             }
         }
         if let RuleSource::Generator(c) = self {
@@ -349,6 +354,19 @@ impl RuleSource {
             Frontend::Any => drop(find_tool("sh", "dash")?),
         }
         Ok(())
+    }
+
+    /// The rule texts known before anything runs, with where each came from.
+    fn texts(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for p in self.files() {
+            let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+            out.push((p.display().to_string(), text));
+        }
+        if let RuleSource::Text { what, v4, v6, .. } = self {
+            out.extend(v4.iter().chain(v6).map(|t| (what.clone(), t.clone())));
+        }
+        Ok(out)
     }
 
     /// Install into `ns` for `families`. Failures carry the tool's own output.
@@ -422,6 +440,38 @@ fn given(v4: bool, v6: bool) -> Vec<Family> {
 
 /// Find `tool` on PATH (and the sbin directories sudo's secure_path has),
 /// or say which package provides it.
+/// Owner matches naming a user or group this machine lacks, as (line,
+/// "user"/"group", name): iptables' `--uid-owner`/`--gid-owner` and nft's
+/// `skuid`/`skgid`. The tools resolve names at install time and fail there
+/// with a bare "Bad value"; finding them first gives a message that says why.
+pub fn unknown_owners(text: &str) -> Vec<(usize, &'static str, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (k, w) in words.iter().enumerate() {
+            let what = match *w {
+                "--uid-owner" | "skuid" => "user",
+                "--gid-owner" | "skgid" => "group",
+                _ => continue,
+            };
+            let Some(value) = words[k + 1..].iter().find(|v| !matches!(**v, "!" | "!=" | "==")) else { continue };
+            // A range (1000-2000), a number or an nft set is not a name.
+            let name = value.trim_matches(|c| c == '"' || c == '\'');
+            if name.is_empty() || name.chars().all(|c| c.is_ascii_digit() || c == '-') || name.starts_with('{') {
+                continue;
+            }
+            let known = match what {
+                "user" => nix::unistd::User::from_name(name).ok().flatten().is_some(),
+                _ => nix::unistd::Group::from_name(name).ok().flatten().is_some(),
+            };
+            if !known {
+                out.push((i + 1, what, name.to_string()));
+            }
+        }
+    }
+    out
+}
+
 pub fn find_tool(tool: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
@@ -558,6 +608,14 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_names_this_machine_lacks_are_found_before_install() {
+        let text = "*nat\n-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN\n-A ISTIO_OUTPUT -m owner ! --gid-owner nosuchgrp -m owner ! --gid-owner 202 -j RETURN\n-A X -m owner --uid-owner root -j RETURN\n";
+        assert_eq!(unknown_owners(text), [(3, "group", "nosuchgrp".to_string())]);
+        let nft = "add rule inet t c skuid != nosuchusr skgid 1000-2000 counter return\n";
+        assert_eq!(unknown_owners(nft), [(1, "user", "nosuchusr".to_string())]);
+    }
 
     fn rules_of(text: &str, chain: &str) -> Vec<String> {
         let prefix = format!("-A {chain} ");

@@ -327,6 +327,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         (Some(dir), _) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
         (None, Some(file)) => {
             let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
+            policy.check_groups(&file.display().to_string())?;
             let missing = policy.unsupported();
             anyhow::ensure!(
                 missing.is_empty(),
