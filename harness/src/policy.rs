@@ -178,6 +178,9 @@ pub enum Mode {
 fn d_uids() -> Vec<u32> {
     vec![1337]
 }
+fn d_host_loopback() -> Cidr {
+    Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), len: 32 }
+}
 fn d_outbound() -> u16 {
     15001
 }
@@ -251,6 +254,10 @@ pub struct Policy {
     /// `--drop-invalid`
     #[serde(default)]
     pub drop_invalid: bool,
+    /// `--host-loopback-cidr` (IPv4): lo destinations the proxy's own
+    /// connections are never captured to.
+    #[serde(default = "d_host_loopback")]
+    pub host_loopback_cidr: Cidr,
     /// `--ipv6`: also write ip6tables rules.
     #[serde(default)]
     pub ipv6: bool,
@@ -336,17 +343,22 @@ impl Policy {
     /// Whether some app connection leaving the pod in `family` is captured:
     /// without that, the rules after the lo redirects could change nothing.
     pub fn captures_outbound(&self, family: Family) -> bool {
-        !self.outbound_ports_include.is_empty() || !self.live_includes(family).is_empty() || self.outbound_ranges_include == Select::All
+        !self.outbound_ports_include.is_empty() || !self.includes(family).is_empty() || self.outbound_ranges_include == Select::All
     }
 
-    /// The included ranges of `family` that a packet can reach: a range
-    /// inside loopback is never reached, since lo returns first.
-    fn live_includes(&self, family: Family) -> Vec<Cidr> {
-        let loopback = Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
+    fn includes(&self, family: Family) -> Vec<Cidr> {
         match &self.outbound_ranges_include {
             Select::All => Vec::new(),
-            Select::Only(l) => l.iter().filter(|c| c.family() == family && !(c.len >= loopback.len && loopback.contains(c.addr))).copied().collect(),
+            Select::Only(l) => l.iter().filter(|c| c.family() == family).copied().collect(),
         }
+    }
+
+    /// Whether the app's lo traffic is judged by the address ranges: when a
+    /// range to capture is a loopback one, as istio-iptables does (it then
+    /// writes no lo RETURN). Otherwise lo is never captured for the app.
+    pub fn judges_lo(&self, family: Family) -> bool {
+        let loopback = Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
+        self.includes(family).iter().any(|c| loopback.contains(c.addr))
     }
 
     /// The reference rules for this policy (iptables-restore input), in
@@ -356,8 +368,8 @@ impl Policy {
     pub fn to_restore_for(&self, family: Family) -> String {
         use std::fmt::Write as _;
         let (passthrough, loopback) = match family {
-            Family::Ipv4 => ("127.0.0.6/32", "127.0.0.1/32"),
-            Family::Ipv6 => ("::6/128", "::1/128"),
+            Family::Ipv4 => ("127.0.0.6/32", self.host_loopback_cidr.to_string()),
+            Family::Ipv6 => ("::6/128", "::1/128".to_string()),
         };
         let capture_out = self.captures_outbound(family);
         let mut r = crate::rules::istio_nat_preamble();
@@ -397,7 +409,9 @@ impl Policy {
             let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
         }
         if capture_out {
-            r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+            if !self.judges_lo(family) {
+                r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+            }
             for u in &self.proxy_uids {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
             }
@@ -414,13 +428,16 @@ impl Policy {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
             let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
-            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
+            // An excluded range matters only where something would capture it.
+            let includes = self.includes(family);
+            let overlaps = |c: &Cidr| self.outbound_ranges_include == Select::All || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr));
+            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family && overlaps(c)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
             }
             if self.outbound_ranges_include == Select::All {
                 r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
             } else {
-                for c in self.live_includes(family) {
+                for c in self.includes(family) {
                     let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j ISTIO_REDIRECT");
                 }
                 for p in &self.outbound_ports_include {
@@ -437,9 +454,12 @@ impl Policy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
     /// The pod's own address, from inside the pod (leaves on lo).
-    OwnPod,
+    OwnPod(IpAddr),
     /// 127.0.0.1 / ::1.
     Loopback,
+    /// Another loopback address (127.0.0.2): over lo, inside or outside
+    /// the host loopback range as the policy draws it.
+    LoopbackAlias(IpAddr),
     /// An address outside the pod.
     Remote(IpAddr),
 }
@@ -472,33 +492,44 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     if p.outbound_ports_exclude.contains(&q.port) {
         return vec![q.port];
     }
-    match q.dest {
-        Dest::Loopback => vec![q.port],
-        // Over lo: only the proxy's connections to the pod's own address are
-        // captured, to the inbound listener (a service call to itself).
-        Dest::OwnPod if proxy && q.port != p.tunnel_port => vec![p.inbound_port, q.port],
-        Dest::OwnPod => vec![q.port],
-        Dest::Remote(_) if proxy => vec![q.port],
-        Dest::Remote(ip) => {
-            let grouped = p.owner_groups_include.is_empty() || Policy::in_groups(&p.owner_groups_include, q.gid);
-            if !grouped || Policy::in_groups(&p.owner_groups_exclude, q.gid) || p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
-                return vec![q.port];
-            }
-            let captured = match &p.outbound_ranges_include {
-                Select::All => true,
-                Select::Only(list) => list.iter().any(|c| c.contains(ip)) || p.outbound_ports_include.contains(&q.port),
-            };
-            if captured {
-                // The proxy then dials the original destination as itself.
-                let mut hops = vec![p.outbound_port];
-                let upstream = Query { uid: p.proxy_uids.first().copied().unwrap_or(q.uid), gid: p.proxy_gids.first().copied().unwrap_or(q.gid), ..q };
-                hops.extend(oracle(p, upstream));
-                hops
-            } else {
-                vec![q.port]
-            }
+    let (ip, over_lo) = match q.dest {
+        Dest::Loopback => return vec![q.port],
+        Dest::LoopbackAlias(ip) if p.host_loopback_cidr.contains(ip) => return vec![q.port],
+        Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) => (ip, true),
+        Dest::Remote(ip) => (ip, false),
+    };
+    if over_lo {
+        // Over lo: the proxy's connections to the pod's own address (or
+        // any lo address outside the host loopback range) are captured, to
+        // the inbound listener (a service call to itself).
+        if proxy && q.port != p.tunnel_port {
+            return vec![p.inbound_port, q.port];
+        }
+        // The app's are not, unless an included range is a loopback one:
+        // then lo traffic is judged by the ranges like any other.
+        if !p.judges_lo(Family::of(ip)) {
+            return vec![q.port];
         }
     }
+    if proxy {
+        return vec![q.port];
+    }
+    let grouped = p.owner_groups_include.is_empty() || Policy::in_groups(&p.owner_groups_include, q.gid);
+    if !grouped || Policy::in_groups(&p.owner_groups_exclude, q.gid) || p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+        return vec![q.port];
+    }
+    let captured = match &p.outbound_ranges_include {
+        Select::All => true,
+        Select::Only(list) => list.iter().any(|c| c.contains(ip)) || p.outbound_ports_include.contains(&q.port),
+    };
+    if !captured {
+        return vec![q.port];
+    }
+    // The proxy then dials the original destination as itself.
+    let mut hops = vec![p.outbound_port];
+    let upstream = Query { uid: p.proxy_uids.first().copied().unwrap_or(q.uid), gid: p.proxy_gids.first().copied().unwrap_or(q.gid), ..q };
+    hops.extend(oracle(p, upstream));
+    hops
 }
 
 /// One probe of a policy's matrix.
@@ -582,7 +613,7 @@ impl Policy {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port);
             }
             for p in &self.outbound_ports_exclude {
-                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod, *p);
+                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p);
             }
             let mut included: Vec<(String, u16)> = Vec::new();
             for p in &self.outbound_ports_include {
@@ -593,9 +624,19 @@ impl Policy {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port);
             }
             for p in &self.outbound_ports_include {
-                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod, *p);
+                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p);
             }
             // Outbound by address: each range's edges, inside and out.
+            let lo = |c: &Cidr| Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(c.addr));
+            for c in ranges.iter().filter(|c| lo(c)) {
+                // A loopback range: over lo, on its edges (a /32's address and the next).
+                let (first, last) = c.bounds();
+                // (Not a wide range's network or broadcast address: lo refuses those.)
+                let edges = if c.len >= 31 { [Some(first), Some(last), Cidr::step(last, 1)] } else { [Cidr::step(first, 1), Cidr::step(last, -1), None] };
+                for ip in edges.into_iter().flatten().filter(|ip| ip.is_loopback()) {
+                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090);
+                }
+            }
             for c in &ranges {
                 let (first, last) = c.bounds();
                 let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
@@ -610,13 +651,24 @@ impl Policy {
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
                 push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port);
-                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod, 8080);
-                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod, self.tunnel_port);
+                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080);
+                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port);
+            }
+            // Where lo is judged by the ranges, the proxy's lo call that is
+            // not redirected inbound (the tunnel port) is returned as the proxy's.
+            let lo_target = ranges.iter().filter(|c| lo(c)).find_map(|c| if c.len >= 31 { Some(c.bounds().0) } else { Cidr::step(c.bounds().0, 2) });
+            if let Some(ip) = lo_target.filter(|_| self.judges_lo(family)) {
+                for u in &self.proxy_uids {
+                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port);
+                }
+                for g in &self.proxy_gids {
+                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port);
+                }
             }
             for g in &self.proxy_gids {
                 push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port);
-                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod, 8080);
-                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod, self.tunnel_port);
+                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080);
+                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port);
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
@@ -626,9 +678,15 @@ impl Policy {
                 let outside = (app_uid..).find(|g| !Policy::in_groups(&self.owner_groups_include, *g) && !Policy::in_groups(&self.owner_groups_exclude, *g) && !self.proxy_gids.contains(g)).unwrap_or(app_uid);
                 push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port);
             }
-            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod, 8080);
+            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080);
             push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080);
             push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080);
+            // Another lo address, on the edge of the host loopback range.
+            if family == Family::Ipv4 {
+                let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1).filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
+                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080);
+                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080);
+            }
         }
         out
     }
@@ -682,10 +740,11 @@ impl Policy {
         let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new() };
         for pr in probes {
             let pod = topo.address_of(Host::LocalPod, pr.family);
-            let local = pr.from != Host::LocalPod || matches!(pr.dest, Dest::OwnPod | Dest::Loopback);
+            let local = pr.from != Host::LocalPod || matches!(pr.dest, Dest::OwnPod(_) | Dest::Loopback | Dest::LoopbackAlias(_));
             let (address, host) = match pr.dest {
-                Dest::OwnPod => (Some(pod), None),
+                Dest::OwnPod(ip) => (Some(ip), None),
                 Dest::Loopback => (None, Some("localhost".to_string())),
+                Dest::LoopbackAlias(ip) => (Some(ip), None),
                 Dest::Remote(ip) => (Some(ip), None),
             };
             if let Dest::Remote(ip) = pr.dest {
@@ -705,8 +764,8 @@ impl Policy {
                 run.remote_app_ports.push(pr.port);
             }
             let flow = match (pr.from, pr.dest) {
-                (Host::LocalPod, Dest::OwnPod) => 4,
-                (Host::LocalPod, Dest::Loopback) => 5,
+                (Host::LocalPod, Dest::OwnPod(_)) => 4,
+                (Host::LocalPod, Dest::Loopback | Dest::LoopbackAlias(_)) => 5,
                 (Host::LocalPod, _) => 2,
                 _ => 1,
             };
@@ -745,9 +804,10 @@ mod tests {
     }
 
     const REMOTE: Dest = Dest::Remote(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 20)));
+    const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, uid: 65534, gid: 65534, dest: Dest::OwnPod, port }
+        Query { inbound: true, uid: 65534, gid: 65534, dest: OWN, port }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
@@ -766,12 +826,12 @@ mod tests {
             ("1 remote -> pod:8080", inbound(8080), &[15006, 8080]),
             ("2 app -> remote:9090", app(REMOTE, 9090), &[15001, 9090]),
             ("3 scrape :15090", inbound(15090), &[15090]),
-            ("4 proxy -> own pod (service to self)", Query { uid: 1337, gid: 1337, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("4 proxy -> own pod (service to self)", Query { uid: 1337, gid: 1337, ..app(OWN, 8080) }, &[15006, 8080]),
             ("5 proxy -> localhost:15000", Query { uid: 1337, gid: 1337, ..app(Dest::Loopback, 15000) }, &[15000]),
             ("6 agent as 1337 -> istiod", Query { uid: 1337, gid: 1337, ..app(REMOTE, 15012) }, &[15012]),
             ("6 agent as 1000 -> istiod", app(REMOTE, 15012), &[15001, 15012]),
             ("tunnel port never captured inbound", inbound(15008), &[15008]),
-            ("app -> own pod is not captured", app(Dest::OwnPod, 8080), &[8080]),
+            ("app -> own pod is not captured", app(OWN, 8080), &[8080]),
             ("excluded outbound port", app(REMOTE, 15020), &[15020]),
         ];
         for (what, q, want) in rows {
@@ -789,13 +849,22 @@ mod tests {
             ("outside every range, included port", app(ip("1.1.1.1"), 31000), &[15001, 31000]),
             ("outside every range, port beside it", app(ip("1.1.1.1"), 31001), &[31001]),
             ("second proxy uid is the proxy", Query { uid: 4, ..app(ip("10.0.0.1"), 80) }, &[80]),
-            ("second proxy uid to its own pod", Query { uid: 4, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
-            ("proxy gid alone to its own pod", Query { gid: 1, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("second proxy uid to its own pod", Query { uid: 4, ..app(OWN, 8080) }, &[15006, 8080]),
+            ("proxy gid alone to its own pod", Query { gid: 1, ..app(OWN, 8080) }, &[15006, 8080]),
             ("no inbound ports: nothing inbound", inbound(8080), &[8080]),
         ];
         for (what, q, want) in rows {
             assert_eq!(oracle(&p, *q), *want, "{what}");
         }
+        let lo = policy("outbound_ranges_include: [127.0.0.0/8]\noutbound_ranges_exclude: [10.0.0.0/8]");
+        let alias = Dest::LoopbackAlias("127.0.0.2".parse().unwrap());
+        assert_eq!(oracle(&lo, app(alias, 8080)), [15001, 15006, 8080], "a loopback range to capture: out, then the proxy's own lo call comes back in");
+        assert_eq!(oracle(&lo, app(Dest::Loopback, 8080)), [8080], "127.0.0.1 is still returned");
+        assert_eq!(oracle(&lo, app(OWN, 8080)), [8080], "the pod's address is in the excluded range");
+        assert_eq!(oracle(&p, app(alias, 8080)), [8080], "without a loopback range, the app's lo traffic is never captured");
+        let wide = policy("host_loopback_cidr: 127.0.0.1/8");
+        assert_eq!(oracle(&wide, Query { uid: 1337, gid: 1337, ..app(alias, 8080) }), [8080], "inside the host loopback range");
+        assert_eq!(oracle(&Policy::default(), Query { uid: 1337, gid: 1337, ..app(alias, 8080) }), [15006, 8080], "outside 127.0.0.1/32");
         let listed = policy("inbound_ports: [32000]\ninbound_exclude: [32000]");
         assert_eq!(oracle(&listed, inbound(32000)), [15006, 32000], "a list ignores inbound_exclude, as istio-iptables does");
         assert_eq!(oracle(&listed, inbound(32001)), [32001]);
@@ -808,7 +877,7 @@ mod tests {
         let rows: &[(&str, &Policy, Query, &[u16])] = &[
             ("an included group is captured", &inc, Query { gid: 203, ..app(REMOTE, 80) }, &[15001, 80]),
             ("a group outside the list is not", &inc, app(REMOTE, 80), &[80]),
-            ("groups do not touch lo", &inc, Query { uid: 1337, ..app(Dest::OwnPod, 8080) }, &[15006, 8080]),
+            ("groups do not touch lo", &inc, Query { uid: 1337, ..app(OWN, 8080) }, &[15006, 8080]),
             ("an excluded group is not captured", &exc, Query { gid: 888, ..app(REMOTE, 80) }, &[80]),
             ("any other group is", &exc, app(REMOTE, 80), &[15001, 80]),
         ];
@@ -892,8 +961,9 @@ mod tests {
         assert!(!none.contains("ISTIO_REDIRECT -p tcp"), "nothing jumps to ISTIO_REDIRECT:\n{none}");
         assert!(!none.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), "nothing after lo captures:\n{none}");
         assert!(!none.contains("--dport 15008 -j RETURN"), "a list never captures the tunnel port anyway:\n{none}");
-        let lo_only = policy("outbound_ranges_include: [127.0.0.0/8]");
-        assert!(!lo_only.captures_outbound(Family::Ipv4), "lo returns before a loopback range is reached");
+        let lo = policy("outbound_ranges_include: [127.0.0.0/8]");
+        let r = lo.to_restore_for(Family::Ipv4);
+        assert!(lo.judges_lo(Family::Ipv4) && !r.contains("-A ISTIO_OUTPUT -o lo -j RETURN") && r.contains("-d 127.0.0.0/8 -j ISTIO_REDIRECT"), "a loopback range to capture needs lo judged:\n{r}");
         let some = policy("outbound_ports_include: [31000]").to_restore_for(Family::Ipv4);
         assert!(some.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001") && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), "{some}");
     }

@@ -746,7 +746,9 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
     need_root();
     let _runs = shared_runs();
     let restore = shared().join("third-party/istio/restore");
+    let nft_goldens = shared().join("third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies");
+    let mut checked = 0;
     // Where Istio writes `-o lo -m owner ! --uid-owner 1337 -j RETURN` before
     // the gid rules, a process with only the proxy's gid calling its own pod
     // is returned instead of captured inbound (README: policies).
@@ -757,6 +759,7 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("cni-include-exclude-ip", vec![]),
         ("cni-include-exclude-ports", gid_over_lo(&["ipv4"])),
         ("iptables-empty", gid_over_lo(&["ipv4"])),
+        ("iptables-host-ipv4-loopback-cidr", gid_over_lo(&["ipv4"])),
         ("iptables-inbound-ports-include", gid_over_lo(&["ipv4"])),
         ("iptables-inbound-ports-wildcard", gid_over_lo(&["ipv4"])),
         ("iptables-ipnets", gid_over_lo(&["ipv4"])),
@@ -790,6 +793,11 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             assert_eq!(code(&out), 2, "{}", stderr(&out));
             let want = format!("{}:{line}: the rules match group `{group}`, which this machine does not have", rules.display());
             assert!(stderr(&out).contains(&want), "{want}\n{}", stderr(&out));
+            let nft = nft_goldens.join(format!("{}.golden", name.trim_start_matches("iptables-")));
+            let (out, _) = run_checked(&["run", "--nft", nft.to_str().unwrap()]);
+            assert_eq!(code(&out), 2, "{}", stderr(&out));
+            assert!(stderr(&out).contains(&format!("the rules match group `{group}`, which this machine does not have")), "{}", stderr(&out));
+            checked += 2;
             continue;
         }
         if name.starts_with("sidecheck-") {
@@ -808,16 +816,33 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         let (out, _) = run_checked(&["run", "--policy", policy, "--format", "json"]);
         assert_eq!(code(&out), 0, "{name}: the reference rules disagree with the oracle:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         let want = &known.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: no expectation in this test")).1;
-        let mut args = vec!["run".to_string(), "--policy".into(), policy.into(), "--format".into(), "json".into(), "--rules".into(), restore.join(format!("{name}.v4.rules")).display().to_string()];
-        let v6 = restore.join(format!("{name}.v6.rules"));
-        if v6.exists() {
-            args.extend(["--rules6".into(), v6.display().to_string()]);
+        // The restore golden, and for istio-iptables variants the native
+        // nftables golden of the same variant (istio-nftables' testdata).
+        let mut sets: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let v4 = restore.join(format!("{name}.v4.rules"));
+        if v4.exists() {
+            let mut rules = vec!["--rules".to_string(), v4.display().to_string()];
+            let v6 = restore.join(format!("{name}.v6.rules"));
+            if v6.exists() {
+                rules.extend(["--rules6".into(), v6.display().to_string()]);
+            }
+            sets.push((rules, want.clone()));
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (out, _) = run_checked(&args);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {}", stderr(&out)));
-        let failed: Vec<String> = v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| t["name"].as_str().unwrap().to_string()).collect();
-        assert_eq!(&failed, want, "{name}: the golden's failures differ from the documented ones");
-        assert_eq!(code(&out), if want.is_empty() { 0 } else { 1 }, "{name}");
+        let nft = name.strip_prefix("iptables-").map(|v| nft_goldens.join(format!("{v}.golden")));
+        if let Some(nft) = nft.filter(|f| f.exists()) {
+            sets.push((vec!["--nft".into(), nft.display().to_string()], want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect()));
+        }
+        assert!(!sets.is_empty(), "{name}: no golden found for this policy");
+        for (rules, want) in sets {
+            let mut args = vec!["run", "--policy", policy, "--format", "json"];
+            args.extend(rules.iter().map(String::as_str));
+            let (out, _) = run_checked(&args);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
+            let failed: Vec<String> = v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| t["name"].as_str().unwrap().to_string()).collect();
+            assert_eq!(failed, want, "{name} {rules:?}: the golden's failures differ from the documented ones");
+            assert_eq!(code(&out), if want.is_empty() { 0 } else { 1 }, "{name} {rules:?}");
+            checked += 1;
+        }
     }
+    assert!(checked >= 22, "only {checked} goldens ran");
 }
