@@ -325,14 +325,15 @@ fn istio_cni_goldens_pass_all_flows() {
 fn rules_that_do_not_apply_exit_2_with_the_tools_message() {
     need_root();
     let _runs = shared_runs();
-    let golden = shared().join("third-party/istio/restore/iptables-outbound-owner-groups.v4.rules");
-    let (out, _) = run_checked(&["run", "--rules", golden.to_str().unwrap()]);
+    let dir = TempDir::new("apply");
+    let bad = dir.write("bad.v4.rules", "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 99999 -j RETURN\nCOMMIT\n");
+    let (out, _) = run_checked(&["run", "--rules", bad.to_str().unwrap()]);
     assert_eq!(code(&out), 2);
     let err = stderr(&out);
     assert!(err.contains("did not apply"), "{err}");
-    assert!(err.contains("iptables-outbound-owner-groups.v4.rules"), "{err}");
-    // iptables' own words about the group that does not exist.
-    assert!(err.contains("java"), "{err}");
+    assert!(err.contains("bad.v4.rules"), "{err}");
+    // iptables' own words about the port and the line.
+    assert!(err.contains("99999") && err.contains("line: 3"), "{err}");
     assert!(out.stdout.is_empty(), "no report when nothing ran");
 }
 
