@@ -31,6 +31,11 @@ const USAGE: &str = "usage: fake-envoy [options]
   --passthrough4 IP        source of inbound upstream connections, IPv4 (default 127.0.0.6)
   --passthrough6 IP        the same for IPv6 (default ::6)
   --no-passthrough         inbound upstream connections pick no source (the kernel's choice)
+  --tproxy-mark N          TPROXY mode, as Istio's sidecar under interceptionMode TPROXY: inbound
+                           listeners are transparent (IP_TRANSPARENT; the original destination is
+                           the accepted socket's local address) and inbound upstream connections
+                           keep the client's address as their source and carry mark N (Envoy's
+                           original_src filter); needs CAP_NET_ADMIN, so run as root
   --timeout-ms N           upstream connect and answer budget (default 2000)";
 
 struct Config {
@@ -42,6 +47,8 @@ struct Config {
     passthrough6: Ipv6Addr,
     /// Bind inbound upstream connections to the passthrough source.
     passthrough: bool,
+    /// TPROXY mode: the mark of inbound upstream connections.
+    tproxy_mark: Option<u32>,
     timeout: Duration,
 }
 
@@ -54,6 +61,7 @@ fn parse_args() -> Result<Config, String> {
         passthrough4: Ipv4Addr::new(127, 0, 0, 6),
         passthrough6: "::6".parse().unwrap(),
         passthrough: true,
+        tproxy_mark: None,
         timeout: Duration::from_millis(2000),
     };
     let mut args = std::env::args().skip(1);
@@ -74,6 +82,7 @@ fn parse_args() -> Result<Config, String> {
             }
             "--passthrough4" => cfg.passthrough4 = v.parse().map_err(|_| format!("--passthrough4 `{v}` is not an IPv4 address"))?,
             "--passthrough6" => cfg.passthrough6 = v.parse().map_err(|_| format!("--passthrough6 `{v}` is not an IPv6 address"))?,
+            "--tproxy-mark" => cfg.tproxy_mark = Some(v.parse().map_err(|_| format!("--tproxy-mark `{v}` is not a number"))?),
             "--timeout-ms" => {
                 cfg.timeout = Duration::from_millis(v.parse().map_err(|_| format!("--timeout-ms `{v}` is not a number"))?)
             }
@@ -121,6 +130,14 @@ fn main() {
     }
     let outbound: Vec<_> = cfg.outbound.iter().map(|a| stub::bind_or_exit("fake-envoy", *a)).collect();
     let inbound: Vec<_> = cfg.inbound.iter().map(|a| stub::bind_or_exit("fake-envoy", *a)).collect();
+    if cfg.tproxy_mark.is_some() {
+        for l in &inbound {
+            if let Err(e) = set_transparent(l.as_fd(), l.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)) {
+                eprintln!("fake-envoy: making the inbound listener transparent (IP_TRANSPARENT, TPROXY mode): {e}; it needs CAP_NET_ADMIN: run fake-envoy as root");
+                std::process::exit(2);
+            }
+        }
+    }
     let terminals: Vec<_> = cfg
         .serve
         .iter()
@@ -141,10 +158,13 @@ fn main() {
 }
 
 fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {
+    // The listener's own port: under TPROXY an accepted socket's local
+    // address is the client's original destination, not the listener.
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         stub::spawn_connection(move || {
-            let _ = proxy(conn, dir, cfg);
+            let _ = proxy(conn, port, dir, cfg);
         });
     }
 }
@@ -173,10 +193,9 @@ fn original_dst(conn: &TcpStream) -> io::Result<SocketAddr> {
     Ok(got.unwrap_or(local))
 }
 
-fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
+fn proxy(conn: TcpStream, port: u16, dir: Direction, cfg: &Config) -> io::Result<()> {
     conn.set_read_timeout(Some(cfg.timeout))?;
     conn.set_write_timeout(Some(cfg.timeout))?;
-    let port = conn.local_addr()?.port();
     let mut reader = BufReader::with_capacity(stub::READ_BUFFER, &conn);
     let line = read_line(&mut reader)?;
     let mut probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -195,7 +214,7 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
     // Nested proxies answer sooner than the ones in front of them, so an
     // error from deep in the chain reaches the client before it gives up.
     let budget = cfg.timeout.saturating_sub(cfg.timeout / 8 * probe.hops.len() as u32);
-    match forward(&mut probe, upstream_addr, dir, cfg, budget) {
+    match forward(&mut probe, conn.peer_addr()?, upstream_addr, dir, cfg, budget) {
         Ok(answer_line) => (&conn).write_all(answer_line.as_bytes()),
         Err(e) => {
             let message = format!("{upstream_addr} {e}");
@@ -204,18 +223,22 @@ fn proxy(conn: TcpStream, dir: Direction, cfg: &Config) -> io::Result<()> {
     }
 }
 
-fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
+fn forward(probe: &mut Probe, client: SocketAddr, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
     let upstream = match dir {
         // Two thirds for the connect: a first SYN that waits on neighbour
         // resolution (retried after 1 s) must still fit.
         Direction::Outbound => TcpStream::connect_timeout(&to, budget * 2 / 3)?,
+        // TPROXY: from the client's own address, marked (Envoy's original_src).
+        Direction::Inbound if cfg.tproxy_mark.is_some() => {
+            connect_from(SocketAddr::new(client.ip(), 0), to, budget * 2 / 3, cfg.tproxy_mark)?
+        }
         Direction::Inbound if !cfg.passthrough => TcpStream::connect_timeout(&to, budget * 2 / 3)?,
         Direction::Inbound => {
             let source = match to.ip() {
                 IpAddr::V4(_) => SocketAddr::new(cfg.passthrough4.into(), 0),
                 IpAddr::V6(_) => SocketAddr::new(cfg.passthrough6.into(), 0),
             };
-            connect_from(source, to, budget * 2 / 3)?
+            connect_from(source, to, budget * 2 / 3, None)?
         }
     };
     if let Some(hop) = probe.hops.last_mut() {
@@ -233,8 +256,18 @@ fn forward(probe: &mut Probe, to: SocketAddr, dir: Direction, cfg: &Config, budg
     })
 }
 
-/// Connect from a fixed source address, as Envoy's inbound passthrough does.
-fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+fn set_transparent(fd: std::os::fd::BorrowedFd<'_>, v4: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, name) = if v4 { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
+    let rc = unsafe {
+        libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&fd), level, name, &one as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Connect from a fixed source address, as Envoy's inbound passthrough does;
+/// with a mark, transparently (the source need not be local).
+fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration, mark: Option<u32>) -> io::Result<TcpStream> {
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
     let family = if source.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
@@ -251,6 +284,10 @@ fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration) -> io::Re
             &one as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as u32,
         );
+    }
+    if let Some(mark) = mark {
+        set_transparent(fd.as_fd(), source.is_ipv4())?;
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::Mark, &mark)?;
     }
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(source))?;
     match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to)) {

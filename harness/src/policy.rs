@@ -178,6 +178,12 @@ pub enum Mode {
 fn d_uids() -> Vec<u32> {
     vec![1337]
 }
+fn d_tproxy_mark() -> u32 {
+    1337
+}
+fn d_tproxy_table() -> u32 {
+    133
+}
 fn d_host_loopback() -> Cidr {
     Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), len: 32 }
 }
@@ -214,6 +220,12 @@ pub struct Policy {
     /// `-m`
     #[serde(default)]
     pub mode: Mode,
+    /// `-t` (`--inbound-tproxy-mark`): the mark TPROXY gives captured packets.
+    #[serde(default = "d_tproxy_mark")]
+    pub tproxy_mark: u32,
+    /// `-r` (`--inbound-tproxy-route-table`): the table marked packets are routed by.
+    #[serde(default = "d_tproxy_table")]
+    pub tproxy_table: u32,
     /// `-b`: inbound ports to capture.
     #[serde(default)]
     pub inbound_ports: Select<u16>,
@@ -282,6 +294,9 @@ impl Policy {
         if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
             return Err(invalid("proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into()));
         }
+        if p.mode == Mode::Tproxy && p.proxy_gids.is_empty() {
+            return Err(invalid("mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart".into()));
+        }
         if p.outbound_port == p.inbound_port {
             return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
         }
@@ -296,9 +311,6 @@ impl Policy {
     /// What this policy asks for that the harness cannot check yet.
     pub fn unsupported(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.mode == Mode::Tproxy {
-            out.push("mode: TPROXY");
-        }
         if !self.exclude_interfaces.is_empty() {
             out.push("exclude_interfaces");
         }
@@ -377,28 +389,64 @@ impl Policy {
         if capture_out {
             let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
         }
+        // The inbound capture: nat REDIRECT, or under TPROXY the mangle
+        // table (written first, as the table order of a restore file).
+        let mut inbound = String::new();
+        let jump = if self.mode == Mode::Tproxy { "ISTIO_TPROXY" } else { "ISTIO_IN_REDIRECT" };
         if !self.inbound_ports.is_none() {
-            r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+            inbound.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+            if self.mode == Mode::Tproxy {
+                // lo traffic is never TPROXY'd: the proxy's own transparent
+                // upstream and the app calling its own pod (istio#31095)
+                // arrive there; the proxy calling its pod is nat-redirected.
+                inbound.push_str("-A ISTIO_INBOUND -p tcp -i lo -j RETURN\n");
+                // TPROXY drops a packet whose socket is not transparent: the
+                // replies to the pod's own outbound connections must pass
+                // (with a list of ports they never reach a TPROXY rule).
+                if self.inbound_ports == Select::All {
+                    inbound.push_str("-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n");
+                }
+            }
             match &self.inbound_ports {
                 Select::All => {
-                    let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
+                    let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
                     for p in self.inbound_exclude.iter().filter(|p| **p != self.tunnel_port) {
-                        let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j RETURN");
+                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j RETURN");
                     }
-                    r.push_str("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n");
+                    let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -j {jump}");
                 }
                 Select::Only(ports) => {
                     for p in ports.iter().filter(|p| **p != self.tunnel_port) {
-                        let _ = writeln!(r, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j ISTIO_IN_REDIRECT");
+                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j {jump}");
                     }
                 }
             }
+        }
+        if self.mode == Mode::Tproxy && !self.inbound_ports.is_none() {
+            let m = self.tproxy_mark;
+            let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
+            let _ = writeln!(mangle, "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff", self.inbound_port);
+            mangle.push_str(&inbound);
+            // The proxy's transparent upstream to the app is marked; its
+            // connection keeps the mark so the app's replies, addressed to
+            // the client, are routed back to the proxy (table `tproxy_table`).
+            let _ = writeln!(mangle, "-A PREROUTING -p tcp -m mark --mark {m} -j CONNMARK --save-mark");
+            let _ = writeln!(mangle, "-A OUTPUT -p tcp -m connmark --mark {m} -j CONNMARK --restore-mark");
+            mangle.push_str("COMMIT\n");
+            r = mangle + &r;
+        } else {
+            r.push_str(&inbound);
         }
         r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
         for p in &self.outbound_ports_exclude {
             let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j RETURN");
         }
-        let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+        if self.mode == Mode::Tproxy {
+            // The transparent upstream comes from the proxy gid over lo.
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -m mark --mark {} -j RETURN", self.tproxy_mark);
+        } else {
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+        }
         // Every proxy identity's lo redirect before any lo RETURN, so a
         // second uid, or a gid alone, is treated as the proxy too.
         let lo_redirect = format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {}", self.tunnel_port);
@@ -588,6 +636,13 @@ impl Policy {
             for (label, port) in dedup(inbound) {
                 push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port);
             }
+            // The app calling its own pod on a captured inbound port: lo
+            // traffic is not inbound traffic (under TPROXY, istio#31095).
+            if let Select::Only(l) = &self.inbound_ports {
+                for p in l {
+                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p);
+                }
+            }
             // Where an app connection is captured, if anywhere: the probes
             // of rules that exempt something (a port, a proxy identity) go
             // there, or an exemption that is missing would go unseen.
@@ -709,7 +764,19 @@ impl Policy {
         p.proxy.inbound = self.inbound_port;
         p.proxy.uid = self.proxy_uids.first().copied().unwrap_or(p.proxy.uid);
         p.proxy.gid = self.proxy_gids.first().copied().unwrap_or(p.proxy.gid);
+        if self.mode == Mode::Tproxy {
+            // Istio's injector under TPROXY: runAsUser 0 (IP_TRANSPARENT
+            // needs CAP_NET_ADMIN), runAsGroup the proxy gid; the transparent
+            // upstream keeps the client's address (no passthrough source).
+            p.proxy.uid = 0;
+            p.proxy.passthrough = None;
+        }
         p
+    }
+
+    /// The routing a TPROXY policy needs beside its rules.
+    pub fn tproxy(&self) -> Option<crate::session::Tproxy> {
+        (self.mode == Mode::Tproxy).then_some(crate::session::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
     }
 
     /// The reference rules as a rule source.
@@ -916,7 +983,7 @@ mod tests {
         assert!(e.contains("p.yaml:"), "{e}");
         let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
         assert!(e.contains("captured again"), "{e}");
-        assert_eq!(policy("mode: TPROXY\ndns_capture: true").unsupported(), ["mode: TPROXY", "dns_capture"]);
+        assert_eq!(policy("mode: TPROXY\ndns_capture: true").unsupported(), ["dns_capture"]);
         let e = Policy::parse("p.yaml", "owner_groups_include: [[1]]").unwrap_err().to_string();
         assert!(e.contains("p.yaml:"), "{e}");
     }
@@ -951,6 +1018,24 @@ mod tests {
         assert!(pos("--uid-owner 4 -j ISTIO_IN_REDIRECT") < pos("-A ISTIO_OUTPUT -o lo -j RETURN"));
         assert!(pos("-d 10.1.0.0/16 -j RETURN") < pos("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(!r.contains("2001:db8"), "IPv6 ranges stay out of the IPv4 rules");
+    }
+
+    #[test]
+    fn tproxy_captures_inbound_in_mangle_and_needs_a_proxy_gid() {
+        let p = policy("mode: TPROXY\ninbound_ports: '*'\ntproxy_mark: 7\ntproxy_table: 70");
+        let r = p.to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("*mangle") < pos("-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006 --tproxy-mark 7/0xffffffff") && pos("-A ISTIO_TPROXY") < pos("*nat"));
+        assert!(pos("-A ISTIO_INBOUND -p tcp -i lo -j RETURN") < pos("-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY"), "lo is never TPROXY'd (istio#31095)");
+        assert!(pos("--ctstate RELATED,ESTABLISHED -j RETURN") < pos("-j ISTIO_TPROXY\n"), "replies to the pod's own connections pass before TPROXY");
+        assert!(!r.contains("-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"), "no nat inbound capture");
+        assert!(pos("-A ISTIO_OUTPUT -m mark --mark 7 -j RETURN") < pos("--gid-owner 1337 -j ISTIO_IN_REDIRECT"), "the transparent upstream is not redirected back");
+        assert_eq!(p.tproxy(), Some(crate::session::Tproxy { mark: 7, table: 70 }));
+        assert_eq!((p.profile().proxy.uid, p.profile().proxy.gid), (0, 1337), "the injector's TPROXY identity");
+        let e = Policy::parse("p.yaml", "mode: TPROXY\nproxy_gids: []").unwrap_err().to_string();
+        assert!(e.contains("only a gid tells its traffic apart"), "{e}");
+        assert_eq!(oracle(&p, inbound(8080)), [15006, 8080]);
+        assert_eq!(oracle(&p, inbound(15008)), [15008], "the tunnel port is never captured, whatever the mode");
     }
 
     /// A rule no packet can reach would be a mutant no probe can catch; the

@@ -40,6 +40,18 @@ pub struct SessionConfig {
     pub assert_paths: bool,
     /// Keep each rule's text for detailed views (`sidecheck trace`).
     pub rule_texts: bool,
+    /// Inbound capture by TPROXY: the policy routing istio-iptables sets up
+    /// beside its rules, and a transparent fake-envoy.
+    pub tproxy: Option<Tproxy>,
+}
+
+/// TPROXY's policy routing: packets with `mark` are delivered locally
+/// through route table `table` (`ip rule add fwmark MARK lookup TABLE`,
+/// `ip route add local default dev lo table TABLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tproxy {
+    pub mark: u32,
+    pub table: u32,
 }
 
 impl Default for SessionConfig {
@@ -58,6 +70,7 @@ impl Default for SessionConfig {
             trace: true,
             assert_paths: false,
             rule_texts: false,
+            tproxy: None,
         }
     }
 }
@@ -134,6 +147,9 @@ impl Session {
         let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
 
         let pod = topology.ns(Host::LocalPod);
+        if let Some(t) = config.tproxy {
+            tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
+        }
         config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
@@ -186,6 +202,9 @@ impl Session {
             None => args.push("--no-passthrough".into()),
         }
         args.extend(["--timeout-ms".into(), config.probe_timeouts.connect.as_millis().to_string()]);
+        if let Some(t) = config.tproxy {
+            args.extend(["--tproxy-mark".into(), t.mark.to_string()]);
+        }
         stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, (p.uid, p.gid), &args, config.stub_ready_timeout)?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
@@ -460,4 +479,23 @@ mod tests {
         let got = strip_table(&normalize_counters(text), "sidecheck_trace");
         assert_eq!(got, ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n");
     }
+}
+
+/// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.
+fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Family], timeout: Duration) -> Result<()> {
+    let ip = rules::find_tool("ip", "iproute2")?;
+    let (mark, table) = (t.mark.to_string(), t.table.to_string());
+    for f in families {
+        let (flag, default) = match f {
+            Family::Ipv4 => ("-4", "0.0.0.0/0"),
+            Family::Ipv6 => ("-6", "::/0"),
+        };
+        for args in [vec![flag, "rule", "add", "fwmark", &mark, "lookup", &table], vec![flag, "route", "add", "local", default, "dev", "lo", "table", &table]] {
+            let ran = rules::run_in(pod, &ip, &args, "", timeout)?;
+            if !ran.status.success() {
+                return Err(Error::config(format!("setting up TPROXY routing in namespace {}: ip {} failed: {}", pod.name(), args.join(" "), ran.output.trim())));
+            }
+        }
+    }
+    Ok(())
 }

@@ -336,6 +336,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
                 missing.join(", ")
             );
             config.profile = policy.profile();
+            config.tproxy = policy.tproxy();
             if !args.rules.given() {
                 config.rules = policy.reference_rules();
             }
