@@ -260,7 +260,11 @@ pub struct Policy {
     /// `--redirect-dns`
     #[serde(default)]
     pub dns_capture: bool,
-    /// `--capture-all-dns` unset: the DNS servers whose queries are captured.
+    /// `--capture-all-dns`: every query to port 53 is captured, whatever the server.
+    #[serde(default)]
+    pub dns_capture_all: bool,
+    /// The pod's nameservers (resolv.conf): without `dns_capture_all`, the
+    /// servers whose queries are captured; the agent asks the first.
     #[serde(default)]
     pub dns_servers: Vec<IpAddr>,
     /// `--drop-invalid`
@@ -317,9 +321,6 @@ impl Policy {
         if !self.kube_virt_interfaces.is_empty() {
             out.push("kube_virt_interfaces");
         }
-        if self.dns_capture {
-            out.push("dns_capture");
-        }
         if self.drop_invalid {
             out.push("drop_invalid");
         }
@@ -342,6 +343,21 @@ impl Policy {
 
     fn in_groups(list: &[GroupRef], gid: u32) -> bool {
         list.iter().any(|g| g.gid() == Some(gid))
+    }
+
+    /// The nameservers of `family` whose queries are captured: the listed
+    /// ones, or with `dns_capture_all` the agent's upstream (standing for any).
+    pub fn dns_servers_for(&self, family: Family) -> Vec<IpAddr> {
+        if self.dns_capture_all {
+            vec![self.dns_upstream(family)]
+        } else {
+            self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == family).collect()
+        }
+    }
+
+    /// The nameserver the agent asks: the first listed, else kube-dns.
+    pub fn dns_upstream(&self, family: Family) -> IpAddr {
+        self.dns_servers.iter().copied().find(|ip| Family::of(*ip) == family).unwrap_or(kube_dns(family))
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -438,8 +454,13 @@ impl Policy {
             r.push_str(&inbound);
         }
         r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
+        let dns_servers = if self.dns_capture { self.dns_servers_for(family) } else { Vec::new() };
+        let dns = !dns_servers.is_empty();
         for p in &self.outbound_ports_exclude {
             let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j RETURN");
+            if dns && *p == 53 {
+                r.push_str("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j RETURN\n");
+            }
         }
         if self.mode == Mode::Tproxy {
             // The transparent upstream comes from the proxy gid over lo.
@@ -449,16 +470,22 @@ impl Policy {
         }
         // Every proxy identity's lo redirect before any lo RETURN, so a
         // second uid, or a gid alone, is treated as the proxy too.
-        let lo_redirect = format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {}", self.tunnel_port);
+        // (With DNS capture the proxy's own TCP queries over lo are not redirected.)
+        let lo_redirect = if dns {
+            format!("! -d {loopback} -o lo -p tcp -m multiport ! --dports 53,{}", self.tunnel_port)
+        } else {
+            format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {}", self.tunnel_port)
+        };
         for u in &self.proxy_uids {
             let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --uid-owner {u} -j ISTIO_IN_REDIRECT");
         }
         for g in &self.proxy_gids {
             let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
         }
-        if capture_out {
-            if !self.judges_lo(family) {
-                r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+        if capture_out || dns {
+            if capture_out && !self.judges_lo(family) {
+                // The app's DNS over lo (127.0.0.53) must reach the DNS rules.
+                r.push_str(if dns { "-A ISTIO_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -j RETURN\n" } else { "-A ISTIO_OUTPUT -o lo -j RETURN\n" });
             }
             for u in &self.proxy_uids {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
@@ -468,6 +495,18 @@ impl Policy {
             for g in self.proxy_gids.iter().filter(|g| self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
+            // The app's queries to the nameservers go to the agent.
+            for server in &dns_servers {
+                let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
+                for proto in ["udp", "tcp"] {
+                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p {proto} -m {proto} --dport 53{d} -j REDIRECT --to-ports {DNS_AGENT_PORT}");
+                }
+                if d.is_empty() {
+                    break;
+                }
+            }
+        }
+        if capture_out {
             if !self.owner_groups_include.is_empty() {
                 let not_in: Vec<String> = self.owner_groups_include.iter().map(|g| format!("-m owner ! --gid-owner {g}")).collect();
                 let _ = writeln!(r, "-A ISTIO_OUTPUT {} -j RETURN", not_in.join(" "));
@@ -494,7 +533,59 @@ impl Policy {
             }
         }
         r.push_str("COMMIT\n");
+        if dns {
+            r.push_str(&self.dns_zones(&dns_servers));
+        }
         r
+    }
+
+    /// Conntrack zones for DNS, as istio-iptables writes them: the proxy's
+    /// queries and the answers to it in zone 1, the app's queries and the
+    /// agent's answers in zone 2, so that a query of the agent and one of
+    /// the app with the same addresses and ports are never one connection
+    /// (istio/istio#46935).
+    fn dns_zones(&self, servers: &[IpAddr]) -> String {
+        use std::fmt::Write as _;
+        let mut r = String::from("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+        let owners = self.proxy_uids.iter().map(|u| format!("--uid-owner {u}")).chain(self.proxy_gids.iter().map(|g| format!("--gid-owner {g}")));
+        for o in owners {
+            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53 -m owner {o} -j CT --zone 1");
+            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --sport {DNS_AGENT_PORT} -m owner {o} -j CT --zone 2");
+        }
+        for server in servers {
+            let (d, s) = if self.dns_capture_all { (String::new(), String::new()) } else { (format!(" -d {server}"), format!(" -s {server}")) };
+            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53{d} -j CT --zone 2");
+            let _ = writeln!(r, "-A PREROUTING -p udp -m udp --sport 53{s} -j CT --zone 1");
+            if d.is_empty() {
+                break;
+            }
+        }
+        r.push_str("COMMIT\n");
+        r
+    }
+}
+
+/// Where pilot-agent's DNS proxy listens (on 127.0.0.1 and ::1).
+pub const DNS_AGENT_PORT: u16 = 15053;
+/// How the nameserver stubs answer.
+pub const DNS_SERVER_NAME: &str = "dns-server";
+
+/// The nameserver a pod has when the policy lists none (kube-dns's VIP in a
+/// default cluster), on the remote pod.
+pub fn kube_dns(family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)),
+        Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa)),
+    }
+}
+
+/// A DNS server on the pod itself: a 127/8 address (systemd-resolved's
+/// 127.0.0.53), or one written as an IPv4-compatible IPv6 address
+/// (`::127.0.0.53`, as Istio's own tests give it).
+pub fn dns_server_is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback() || a.segments()[..6] == [0; 6] && a.octets()[12] == 127,
     }
 }
 
@@ -517,6 +608,8 @@ pub enum Dest {
 pub struct Query {
     /// From another pod to this pod's address (arrives on eth0).
     pub inbound: bool,
+    /// One UDP datagram (a DNS query) instead of a TCP connection.
+    pub udp: bool,
     pub uid: u32,
     pub gid: u32,
     pub dest: Dest,
@@ -541,25 +634,34 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         return vec![q.port];
     }
     let (ip, over_lo) = match q.dest {
-        Dest::Loopback => return vec![q.port],
-        Dest::LoopbackAlias(ip) if p.host_loopback_cidr.contains(ip) => return vec![q.port],
+        // (The family does not matter: 127.0.0.1 and ::1 are both host loopback.)
+        Dest::Loopback => (IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), true),
         Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) => (ip, true),
         Dest::Remote(ip) => (ip, false),
     };
-    if over_lo {
-        // Over lo: the proxy's connections to the pod's own address (or
-        // any lo address outside the host loopback range) are captured, to
-        // the inbound listener (a service call to itself).
-        if proxy && q.port != p.tunnel_port {
-            return vec![p.inbound_port, q.port];
-        }
-        // The app's are not, unless an included range is a loopback one:
-        // then lo traffic is judged by the ranges like any other.
-        if !p.judges_lo(Family::of(ip)) {
-            return vec![q.port];
-        }
+    let host_lo = matches!(q.dest, Dest::Loopback) || p.host_loopback_cidr.contains(ip) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let dns = p.dns_capture && q.port == 53;
+    // Over lo: the proxy's TCP connections to the pod's own address (or any
+    // lo address outside the host loopback range) are captured, to the
+    // inbound listener (a service call to itself); its DNS is not.
+    if over_lo && proxy && !q.udp && !host_lo && q.port != p.tunnel_port && !dns {
+        return vec![p.inbound_port, q.port];
     }
     if proxy {
+        return vec![q.port];
+    }
+    // DNS capture: the app's queries to the listed servers (any server when
+    // none is listed), UDP or TCP, go to the agent, which asks the server as
+    // the proxy.
+    if dns && (p.dns_capture_all || p.dns_servers.contains(&ip)) {
+        return vec![DNS_AGENT_PORT, q.port];
+    }
+    if host_lo || q.udp {
+        return vec![q.port];
+    }
+    // The app's lo traffic is not captured, unless an included range is a
+    // loopback one: then lo traffic is judged by the ranges like any other.
+    if over_lo && !p.judges_lo(Family::of(ip)) {
         return vec![q.port];
     }
     let grouped = p.owner_groups_include.is_empty() || Policy::in_groups(&p.owner_groups_include, q.gid);
@@ -591,6 +693,7 @@ pub struct MatrixProbe {
     pub family: Family,
     pub dest: Dest,
     pub port: u16,
+    pub protocol: crate::scenario::Protocol,
     pub expected: Vec<u16>,
 }
 
@@ -615,13 +718,14 @@ impl Policy {
         let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16| {
+            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool| {
                 if served(port) {
                     return;
                 }
-                let q = Query { inbound: from != Host::LocalPod, uid, gid, dest, port };
+                let q = Query { inbound: from != Host::LocalPod, udp, uid, gid, dest, port };
                 let expected = oracle(self, q);
-                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, expected });
+                let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
+                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, expected });
             };
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
             let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
@@ -634,13 +738,13 @@ impl Policy {
                 inbound.push((format!("inbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
             for (label, port) in dedup(inbound) {
-                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port);
+                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false);
             }
             // The app calling its own pod on a captured inbound port: lo
             // traffic is not inbound traffic (under TPROXY, istio#31095).
             if let Select::Only(l) = &self.inbound_ports {
                 for p in l {
-                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p);
+                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p, false);
                 }
             }
             // Where an app connection is captured, if anywhere: the probes
@@ -654,21 +758,21 @@ impl Policy {
             let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
             candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
             candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
-            let app = |ip: IpAddr, port: u16| Query { inbound: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port };
+            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port };
             let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
-            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090);
+            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false);
             let mut excluded: Vec<(String, u16)> = Vec::new();
             for p in &self.outbound_ports_exclude {
                 excluded.push((format!("outbound-{p}"), *p));
                 excluded.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
             for (label, port) in dedup(excluded) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false);
             }
             for p in &self.outbound_ports_exclude {
-                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p);
+                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p, false);
             }
             let mut included: Vec<(String, u16)> = Vec::new();
             for p in &self.outbound_ports_include {
@@ -676,10 +780,10 @@ impl Policy {
                 included.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
             }
             for (label, port) in dedup(included) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false);
             }
             for p in &self.outbound_ports_include {
-                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p);
+                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p, false);
             }
             // Outbound by address: each range's edges, inside and out.
             let lo = |c: &Cidr| Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(c.addr));
@@ -689,7 +793,7 @@ impl Policy {
                 // (Not a wide range's network or broadcast address: lo refuses those.)
                 let edges = if c.len >= 31 { [Some(first), Some(last), Cidr::step(last, 1)] } else { [Cidr::step(first, 1), Cidr::step(last, -1), None] };
                 for ip in edges.into_iter().flatten().filter(|ip| ip.is_loopback()) {
-                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090);
+                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090, false);
                 }
             }
             for c in &ranges {
@@ -697,7 +801,7 @@ impl Policy {
                 let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
                 for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
-                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090);
+                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090, false);
                     }
                 }
             }
@@ -705,42 +809,63 @@ impl Policy {
             // uid), so a missing uid rule is not hidden by the gid rule after
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port);
-                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080);
-                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port);
+                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port, false);
+                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080, false);
+                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port, false);
             }
             // Where lo is judged by the ranges, the proxy's lo call that is
             // not redirected inbound (the tunnel port) is returned as the proxy's.
             let lo_target = ranges.iter().filter(|c| lo(c)).find_map(|c| if c.len >= 31 { Some(c.bounds().0) } else { Cidr::step(c.bounds().0, 2) });
             if let Some(ip) = lo_target.filter(|_| self.judges_lo(family)) {
                 for u in &self.proxy_uids {
-                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port);
+                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port, false);
                 }
                 for g in &self.proxy_gids {
-                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port);
+                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port, false);
                 }
             }
             for g in &self.proxy_gids {
-                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port);
-                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080);
-                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port);
+                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port, false);
+                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080, false);
+                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port, false);
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
-                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port);
+                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port, false);
             }
             if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
                 let outside = (app_uid..).find(|g| !Policy::in_groups(&self.owner_groups_include, *g) && !Policy::in_groups(&self.owner_groups_exclude, *g) && !self.proxy_gids.contains(g)).unwrap_or(app_uid);
-                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port);
+                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port, false);
             }
-            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080);
-            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080);
-            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080);
+            // DNS: each server the app's queries are captured for, over UDP
+            // and TCP, from the app and from each proxy identity; with a
+            // list of servers, one outside it.
+            if self.dns_capture {
+                for server in self.dns_servers_for(family) {
+                    let dest = if dns_server_is_local(server) { Dest::LoopbackAlias(server) } else { Dest::Remote(server) };
+                    for (proto, udp) in [("udp", true), ("tcp", false)] {
+                        push(format!("dns-{server}-{proto}"), Host::LocalPod, app_uid, app_gid, dest, 53, udp);
+                        for u in &self.proxy_uids {
+                            push(format!("proxy-uid-{u}-dns-{server}-{proto}"), Host::LocalPod, *u, app_gid, dest, 53, udp);
+                        }
+                        for g in &self.proxy_gids {
+                            push(format!("proxy-gid-{g}-dns-{server}-{proto}"), Host::LocalPod, app_uid, *g, dest, 53, udp);
+                        }
+                    }
+                }
+                let unlisted = kube_dns(family);
+                if !self.dns_capture_all && !self.dns_servers.contains(&unlisted) {
+                    push(format!("dns-unlisted-{unlisted}-udp"), Host::LocalPod, app_uid, app_gid, Dest::Remote(unlisted), 53, true);
+                }
+            }
+            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false);
+            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080, false);
+            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080, false);
             // Another lo address, on the edge of the host loopback range.
             if family == Family::Ipv4 {
                 let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1).filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
-                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080);
-                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080);
+                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080, false);
+                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080, false);
             }
         }
         out
@@ -754,6 +879,10 @@ pub struct PolicyRun {
     pub local_app_ports: Vec<u16>,
     pub remote_app_ports: Vec<u16>,
     pub remote_extra: Vec<IpAddr>,
+    /// Addresses for the local pod's lo (a local nameserver's IPv6 form).
+    pub local_extra: Vec<IpAddr>,
+    /// The DNS agent and nameservers, when the policy captures DNS.
+    pub dns: Option<crate::session::Dns>,
 }
 
 impl Policy {
@@ -804,7 +933,29 @@ impl Policy {
         };
         let probes = self.matrix(&mt, 1000);
         let served: Vec<(String, u16)> = profile.served().into_iter().map(|(n, p, _)| (n, p)).collect();
-        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new() };
+        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new(), local_extra: Vec::new(), dns: None };
+        if self.dns_capture {
+            let mut dns = crate::session::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
+            for f in topo.families.iter().copied().filter(|f| self.families().contains(f)) {
+                dns.upstreams.push((f, self.dns_upstream(f)));
+                let listed = self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == f);
+                for ip in listed.chain([kube_dns(f)]) {
+                    let host = if dns_server_is_local(ip) { Host::LocalPod } else { Host::RemotePod };
+                    if !dns.servers.contains(&(ip, host)) {
+                        dns.servers.push((ip, host));
+                    }
+                    let extra = match host {
+                        Host::LocalPod if !ip.is_loopback() && ip.is_ipv6() => &mut run.local_extra,
+                        Host::RemotePod => &mut run.remote_extra,
+                        _ => continue,
+                    };
+                    if !extra.contains(&ip) {
+                        extra.push(ip);
+                    }
+                }
+            }
+            run.dns = Some(dns);
+        }
         for pr in probes {
             let pod = topo.address_of(Host::LocalPod, pr.family);
             let local = pr.from != Host::LocalPod || matches!(pr.dest, Dest::OwnPod(_) | Dest::Loopback | Dest::LoopbackAlias(_));
@@ -820,6 +971,7 @@ impl Policy {
                 }
             }
             let server = match served.iter().find(|(_, p)| local && *p == pr.port) {
+                _ if self.dns_capture && pr.port == 53 => DNS_SERVER_NAME.to_string(),
                 Some((name, _)) => name.clone(),
                 None if local => "local-app".into(),
                 None => "remote-app".into(),
@@ -841,7 +993,7 @@ impl Policy {
                 description: format!("policy probe {}: uid {} gid {} from {} to port {}", pr.label, pr.uid, pr.gid, pr.from.name(), pr.port),
                 family: Some(pr.family),
                 source: Source { host: pr.from, uid: UidRef::Number(pr.uid), gid: Some(UidRef::Number(pr.gid)), role: None },
-                destination: Destination { host, service: None, address, port: PortRef::Number(pr.port) },
+                destination: Destination { host, service: None, address, port: PortRef::Number(pr.port), protocol: pr.protocol },
                 expect: Expect {
                     ports: pr.expected.iter().map(|p| PortRef::Number(*p)).collect(),
                     server,
@@ -874,11 +1026,11 @@ mod tests {
     const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, uid: 65534, gid: 65534, dest: OWN, port }
+        Query { inbound: true, udp: false, uid: 65534, gid: 65534, dest: OWN, port }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
-        Query { inbound: false, uid: 1000, gid: 1000, dest, port }
+        Query { inbound: false, udp: false, uid: 1000, gid: 1000, dest, port }
     }
 
     fn ip(s: &str) -> Dest {
@@ -983,7 +1135,7 @@ mod tests {
         assert!(e.contains("p.yaml:"), "{e}");
         let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
         assert!(e.contains("captured again"), "{e}");
-        assert_eq!(policy("mode: TPROXY\ndns_capture: true").unsupported(), ["dns_capture"]);
+        assert_eq!(policy("mode: TPROXY\ndns_capture: true\ndrop_invalid: true").unsupported(), ["drop_invalid"]);
         let e = Policy::parse("p.yaml", "owner_groups_include: [[1]]").unwrap_err().to_string();
         assert!(e.contains("p.yaml:"), "{e}");
     }
@@ -1018,6 +1170,36 @@ mod tests {
         assert!(pos("--uid-owner 4 -j ISTIO_IN_REDIRECT") < pos("-A ISTIO_OUTPUT -o lo -j RETURN"));
         assert!(pos("-d 10.1.0.0/16 -j RETURN") < pos("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(!r.contains("2001:db8"), "IPv6 ranges stay out of the IPv4 rules");
+    }
+
+    #[test]
+    fn dns_capture_sends_the_apps_queries_to_the_agent() {
+        let listed = policy("dns_capture: true\ndns_servers: [127.0.0.53]\nproxy_uids: [3]\nproxy_gids: [1]");
+        let all = policy("dns_capture: true\ndns_capture_all: true");
+        let none = policy("dns_capture: true");
+        let local = Dest::LoopbackAlias("127.0.0.53".parse().unwrap());
+        let udp = |q: Query| Query { udp: true, ..q };
+        let rows: &[(&str, &Policy, Query, &[u16])] = &[
+            ("the app's UDP query to a listed server", &listed, udp(app(local, 53)), &[15053, 53]),
+            ("the app's TCP query to it, over lo", &listed, app(local, 53), &[15053, 53]),
+            ("the proxy uid's query is its own", &listed, udp(Query { uid: 3, ..app(local, 53) }), &[53]),
+            ("the proxy gid's TCP query over lo is not redirected inbound", &listed, Query { gid: 1, ..app(local, 53) }, &[53]),
+            ("a server not listed", &listed, udp(app(REMOTE, 53)), &[53]),
+            ("another UDP port", &listed, udp(app(local, 54)), &[54]),
+            ("capture all: any server", &all, udp(app(REMOTE, 53)), &[15053, 53]),
+            ("no server, not all: nothing", &none, udp(app(REMOTE, 53)), &[53]),
+        ];
+        for (what, p, q, want) in rows {
+            assert_eq!(oracle(p, *q), *want, "{what}");
+        }
+        let r = listed.to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("--uid-owner 3 -j RETURN") < pos("-p udp -m udp --dport 53 -d 127.0.0.53 -j REDIRECT --to-ports 15053"), "the proxy's own queries return first");
+        assert!(pos("multiport ! --dports 53,15008 -m owner --gid-owner 1") > 0);
+        assert!(pos("*raw") > pos("*nat") && pos("--sport 15053 -m owner --uid-owner 3 -j CT --zone 2") > 0 && pos("-A PREROUTING -p udp -m udp --sport 53 -s 127.0.0.53 -j CT --zone 1") > 0);
+        assert!(!listed.to_restore_for(Family::Ipv6).contains("53"), "no IPv6 server listed: no IPv6 DNS rules");
+        assert!(all.to_restore_for(Family::Ipv4).contains("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"));
+        assert!(dns_server_is_local("::127.0.0.53".parse().unwrap()) && !dns_server_is_local("10.96.0.10".parse().unwrap()));
     }
 
     #[test]

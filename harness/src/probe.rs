@@ -46,8 +46,8 @@ pub enum Observation {
     Failed { stage: String, detail: String },
 }
 
-/// Create a TCP socket in `ns` owned by `uid`/`gid` (no supplementary groups).
-pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool) -> Result<OwnedFd> {
+/// Create a TCP (or UDP) socket in `ns` owned by `uid`/`gid` (no supplementary groups).
+pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool, udp: bool) -> Result<OwnedFd> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     ns.run(move || -> std::io::Result<OwnedFd> {
         // Raw syscalls: these act on this thread only, and the thread ends
@@ -64,7 +64,13 @@ pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool) -> Result<O
             }
         }
         let family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
-        Ok(socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?)
+        let kind = if udp { SockType::Datagram } else { SockType::Stream };
+        let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        if udp {
+            // So the DNS agent may ask from this very address and port (fake-envoy --dns).
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true)?;
+        }
+        Ok(fd)
     })?
     .map_err(Error::io(format!("creating a socket as uid {uid} gid {gid} in namespace {}", ns.name())))
 }
@@ -87,6 +93,33 @@ pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> (Observat
         std::task::Poll::Pending => timeout(t.connect, connecting).await,
     };
     (finish(connected, to, id, t).await, local)
+}
+
+/// Send probe `id` as one datagram to `to` and wait for the answer datagram
+/// (a connected socket: only an answer from `to`, as NAT undoes it, counts).
+pub async fn run_udp(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Observation {
+    let failed = |stage: &str, detail: String| Observation::Failed { stage: stage.into(), detail };
+    let sock = match tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
+        Ok(s) => s,
+        Err(e) => return failed("setup", format!("registering a UDP socket: {e}")),
+    };
+    if let Err(e) = sock.connect(to).await {
+        return failed("connect", format!("{to}: {e}"));
+    }
+    if let Err(e) = sock.send(Probe::new(id).to_line().as_bytes()).await {
+        return failed("send", format!("{to}: {e}"));
+    }
+    let mut buf = vec![0u8; sidecheck_wire::MAX_LINE];
+    let budget = t.connect + t.answer;
+    match timeout(budget, sock.recv(&mut buf)).await {
+        Err(_) => failed("answer", format!("no answer datagram from {to} within {} ms: a rule dropped it, it went where nothing listens, or the answer came back from another address", budget.as_millis())),
+        Ok(Err(e)) => failed("answer", format!("{to}: {e}")),
+        Ok(Ok(n)) => match Answer::parse(&String::from_utf8_lossy(&buf[..n])) {
+            Ok(a) if a.probe.id == id => Observation::Answered(a),
+            Ok(a) => failed("answer", format!("{to}: answer is for probe {} instead of {id}", a.probe.id)),
+            Err(e) => failed("answer", format!("{to}: unreadable answer: {e}")),
+        },
+    }
 }
 
 async fn finish(
@@ -162,6 +195,12 @@ impl AppServer {
             crate::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
             crate::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
         };
+        AppServer::start_at(ns, name, addr, io_timeout)
+    }
+
+    /// Listen on `addr` in `ns`. Must be called inside the runtime.
+    pub fn start_at(ns: &Namespace, name: &str, addr: SocketAddr, io_timeout: Duration) -> Result<AppServer> {
+        let port = addr.port();
         let std_listener = ns.run(move || sidecheck_wire::stub::listen(addr))?.map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
                 "; a stub in that namespace already listens there: give the app a port the proxy does not use"
@@ -191,6 +230,39 @@ async fn answer(mut conn: TcpStream, peer: SocketAddr, name: &str, port: u16) ->
     let probe = Probe::parse(&line).map_err(|e| e.to_string())?;
     let answer = Answer { probe, end: End::Server { name: name.into(), port, peer } };
     conn.write_all(answer.to_line().as_bytes()).await.map_err(|e| e.to_string())
+}
+
+/// A UDP server answering each datagram's probe as `name` (a nameserver).
+pub struct UdpServer {
+    task: JoinHandle<()>,
+}
+
+impl UdpServer {
+    /// Bind `addr` in `ns`. Must be called inside the runtime.
+    pub fn start(ns: &Namespace, name: &str, addr: SocketAddr) -> Result<UdpServer> {
+        let sock = ns
+            .run(move || std::net::UdpSocket::bind(addr))?
+            .map_err(Error::io(format!("listening on udp {addr} in namespace {} for {name}", ns.name())))?;
+        sock.set_nonblocking(true).map_err(Error::io("making a UDP socket non-blocking"))?;
+        let sock = tokio::net::UdpSocket::from_std(sock).map_err(Error::io("registering a UDP socket"))?;
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; sidecheck_wire::MAX_LINE];
+            loop {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+                let Ok(probe) = Probe::parse(&String::from_utf8_lossy(&buf[..n])) else { continue };
+                let answer = Answer { probe, end: End::Server { name: name.clone(), port: addr.port(), peer } };
+                let _ = sock.send_to(answer.to_line().as_bytes(), peer).await;
+            }
+        });
+        Ok(UdpServer { task })
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Drop for AppServer {

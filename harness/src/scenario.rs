@@ -62,6 +62,17 @@ pub struct Destination {
     pub address: Option<IpAddr>,
     /// A number, or a role the profile resolves (`stats`, `control-plane`, ...).
     pub port: PortRef,
+    /// `tcp` (the default) or `udp` (one datagram and its answer: DNS).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
 }
 
 /// What must happen.
@@ -110,6 +121,7 @@ pub struct Case {
     pub uid: u32,
     pub gid: u32,
     pub target: SocketAddr,
+    pub protocol: Protocol,
     pub expected: Expected,
 }
 
@@ -189,7 +201,7 @@ impl Scenario {
             path: self.expected_path(label, family, &profile.name).map(str::to_string),
             note: over.map(|o| format!("{}: {}", profile.name, o.why)),
         };
-        Ok(Case { uid, gid, target, expected })
+        Ok(Case { uid, gid, target, protocol: self.spec.destination.protocol, expected })
     }
 
     /// The families this scenario runs in, among `available`.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
+use crate::scenario::Protocol;
 use crate::probe::{self, AppServer, Observation, Timeouts};
 use crate::profile::{Bind, Profile};
 use crate::registry::{self, RunGuard};
@@ -43,6 +44,18 @@ pub struct SessionConfig {
     /// Inbound capture by TPROXY: the policy routing istio-iptables sets up
     /// beside its rules, and a transparent fake-envoy.
     pub tproxy: Option<Tproxy>,
+    pub dns: Option<Dns>,
+}
+
+/// DNS capture: pilot-agent's DNS proxy (in fake-envoy, on 127.0.0.1 and
+/// ::1) and the nameservers it forwards to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    pub agent_port: u16,
+    /// The nameserver the agent asks, per family.
+    pub upstreams: Vec<(Family, std::net::IpAddr)>,
+    /// Nameserver stubs (UDP and TCP port 53) and the host each runs on.
+    pub servers: Vec<(std::net::IpAddr, Host)>,
 }
 
 /// TPROXY's policy routing: packets with `mark` are delivered locally
@@ -71,6 +84,7 @@ impl Default for SessionConfig {
             assert_paths: false,
             rule_texts: false,
             tproxy: None,
+            dns: None,
         }
     }
 }
@@ -80,6 +94,7 @@ struct ProbeRequest {
     uid: u32,
     gid: u32,
     target: Result<std::net::SocketAddr>,
+    protocol: Protocol,
 }
 
 /// One finished probe.
@@ -101,6 +116,7 @@ pub struct Session {
     // tasks hold sockets in the namespaces), then the namespaces, then the
     // run's lock.
     _apps: Vec<AppServer>,
+    _udp: Vec<probe::UdpServer>,
     _stubs: Vec<StubProcess>,
     rt: Runtime,
     tracer: Option<Tracer>,
@@ -205,6 +221,12 @@ impl Session {
         if let Some(t) = config.tproxy {
             args.extend(["--tproxy-mark".into(), t.mark.to_string()]);
         }
+        if let Some(dns) = &config.dns {
+            for (f, up) in dns.upstreams.iter().filter(|(f, _)| topo.families.contains(f)) {
+                let listen = std::net::SocketAddr::new(f.localhost(), dns.agent_port);
+                args.extend(["--dns".into(), format!("{listen}={}", std::net::SocketAddr::new(*up, 53))]);
+            }
+        }
         stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, (p.uid, p.gid), &args, config.stub_ready_timeout)?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
@@ -223,6 +245,14 @@ impl Session {
         let apps = {
             let _ctx = rt.enter();
             let mut apps = Vec::new();
+            let mut udp = Vec::new();
+            for (ip, host) in config.dns.iter().flat_map(|d| &d.servers) {
+                if config.topology.families.contains(&Family::of(*ip)) {
+                    let addr = std::net::SocketAddr::new(*ip, 53);
+                    apps.push(AppServer::start_at(topology.ns(*host), crate::policy::DNS_SERVER_NAME, addr, io)?);
+                    udp.push(probe::UdpServer::start(topology.ns(*host), crate::policy::DNS_SERVER_NAME, addr)?);
+                }
+            }
             for f in config.topology.families.iter().copied() {
                 for port in &config.local_app_ports {
                     apps.push(AppServer::start(pod, "local-app", f, *port, io)?);
@@ -231,9 +261,10 @@ impl Session {
                     apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", f, *port, io)?);
                 }
             }
-            apps
+            (apps, udp)
         };
-        Ok(Session { _apps: apps, _stubs: stubs, rt, tracer, topology, config, run })
+        let (apps, udp) = apps;
+        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -306,12 +337,12 @@ impl Session {
             let from = s.spec.source.host;
             match case {
                 Ok(c) => {
-                    requests.push(ProbeRequest { from, uid: c.uid, gid: c.gid, target: Ok(c.target) });
+                    requests.push(ProbeRequest { from, uid: c.uid, gid: c.gid, target: Ok(c.target), protocol: c.protocol });
                     expected.push(c.expected);
                 }
                 // Checked in preflight; a failure here fails the trial with its reason.
                 Err(e) => {
-                    requests.push(ProbeRequest { from, uid: 0, gid: 0, target: Err(e) });
+                    requests.push(ProbeRequest { from, uid: 0, gid: 0, target: Err(e), protocol: Protocol::Tcp });
                     expected.push(verdict::Expected { ports: Vec::new(), server: String::new(), path: None, note: None });
                 }
             }
@@ -334,7 +365,7 @@ impl Session {
 
     /// One connection, for troubleshooting: what happened and its path.
     pub fn probe_one(&self, from: Host, uid: u32, gid: u32, target: std::net::SocketAddr) -> ProbeDone {
-        self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target) }]).remove(0)
+        self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target), protocol: Protocol::Tcp }]).remove(0)
     }
 
     /// Run probes concurrently; then collect each one's trace.
@@ -343,8 +374,9 @@ impl Session {
             .iter()
             .map(|r| {
                 let to = r.target.as_ref().map_err(|e| e.to_string())?;
-                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6()).map_err(|e| e.to_string())?;
-                Ok::<_, String>((fd, *to))
+                let udp = r.protocol == Protocol::Udp;
+                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp).map_err(|e| e.to_string())?;
+                Ok::<_, String>((fd, *to, udp))
             })
             .collect();
         let t = self.config.probe_timeouts;
@@ -355,7 +387,8 @@ impl Session {
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let (obs, client) = match p {
-                            Ok((fd, to)) => probe::run(fd, to, next_probe_id(), t).await,
+                            Ok((fd, to, false)) => probe::run(fd, to, next_probe_id(), t).await,
+                            Ok((fd, to, true)) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
                             Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
                         };
                         (obs, client, started.elapsed().as_millis() as u64)
@@ -374,8 +407,9 @@ impl Session {
             .into_iter()
             .zip(probes)
             .map(|(r, (observation, client, ms))| {
+                // The tracer follows TCP SYNs; a datagram's hops are its answer.
                 let path = match (&self.tracer, &r.target) {
-                    (Some(tracer), Ok(target)) => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
+                    (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
                     _ => None,
                 };
                 ProbeDone { observation, path, ms }

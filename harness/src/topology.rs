@@ -141,6 +141,8 @@ pub struct TopologyConfig {
     /// `lo`, routed by the node): destinations on either side of a
     /// policy's address ranges.
     pub remote_extra: Vec<IpAddr>,
+    /// More addresses on the local pod's `lo` (a nameserver of the pod itself).
+    pub local_extra: Vec<IpAddr>,
 }
 
 impl Default for TopologyConfig {
@@ -178,6 +180,7 @@ impl Default for TopologyConfig {
             }],
             passthrough6: Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
             remote_extra: Vec::new(),
+            local_extra: Vec::new(),
         }
     }
 }
@@ -398,6 +401,13 @@ impl Topology {
         topo.wire().await?;
         if !topo.config.remote_extra.is_empty() {
             topo.wire_extra().await?;
+        }
+        if !topo.config.local_extra.is_empty() {
+            let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
+            for ip in &topo.config.local_extra {
+                let len = if ip.is_ipv4() { 32 } else { 128 };
+                pod.address().add(LO_INDEX, *ip, len).execute().await.map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
+            }
         }
         Ok(topo)
     }

@@ -344,6 +344,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             config.topology.families.retain(|f| families.contains(f));
             let plan = policy.run_plan(&config.topology, &config.profile);
             config.topology.remote_extra = plan.remote_extra;
+            config.topology.local_extra = plan.local_extra;
+            config.dns = plan.dns;
             config.local_app_ports = plan.local_app_ports;
             config.remote_app_ports = plan.remote_app_ports;
             plan.scenarios
