@@ -323,17 +323,11 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
 /// exist for (istio/istio#46935), made on purpose instead of by chance; the
 /// kernel's choice otherwise.
 fn dns_forward(probe: &mut Probe, client: SocketAddr, upstream: SocketAddr, timeout: Duration) -> io::Result<String> {
-    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
-    let family = if upstream.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    if client.is_ipv4() != upstream.is_ipv4() || bind(raw, &SockaddrStorage::from(client)).is_err() {
-        let any: SocketAddr = if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-        bind(raw, &SockaddrStorage::from(any))?;
-    }
-    let up = std::net::UdpSocket::from(fd);
-    up.connect(upstream)?;
+    let up = match upstream_socket(Some(client), upstream) {
+        Ok(s) => s,
+        // (The client's address cannot reach this nameserver: 127.0.0.1 to a remote one.)
+        Err(_) => upstream_socket(None, upstream)?,
+    };
     if let Some(hop) = probe.hops.last_mut() {
         hop.upstream = Some((up.local_addr()?, upstream));
     }
@@ -345,6 +339,19 @@ fn dns_forward(probe: &mut Probe, client: SocketAddr, upstream: SocketAddr, time
         _ => e,
     })?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn upstream_socket(from: Option<SocketAddr>, upstream: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if upstream.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    let any: SocketAddr = if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let from = from.filter(|c| c.is_ipv4() == upstream.is_ipv4()).unwrap_or(any);
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(from))?;
+    let up = std::net::UdpSocket::from(fd);
+    up.connect(upstream)?;
+    Ok(up)
 }
 
 fn set_transparent(fd: std::os::fd::BorrowedFd<'_>, v4: bool) -> io::Result<()> {

@@ -349,7 +349,13 @@ impl Policy {
     /// ones, or with `dns_capture_all` the agent's upstream (standing for any).
     pub fn dns_servers_for(&self, family: Family) -> Vec<IpAddr> {
         if self.dns_capture_all {
-            vec![self.dns_upstream(family)]
+            // Any server: the agent's upstream, and one on the pod (over lo).
+            let mut v = vec![self.dns_upstream(family)];
+            let local = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 53));
+            if family == Family::Ipv4 && !v.contains(&local) {
+                v.push(local);
+            }
+            v
         } else {
             self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == family).collect()
         }
@@ -483,19 +489,16 @@ impl Policy {
             let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
         }
         if capture_out || dns {
-            if capture_out && !self.judges_lo(family) {
-                // The app's DNS over lo (127.0.0.53) must reach the DNS rules.
-                r.push_str(if dns { "-A ISTIO_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -j RETURN\n" } else { "-A ISTIO_OUTPUT -o lo -j RETURN\n" });
-            }
             for u in &self.proxy_uids {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
             }
             // A proxy gid outside the included owner groups is returned by
-            // the group rule anyway.
-            for g in self.proxy_gids.iter().filter(|g| self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)) {
+            // the group rule anyway (but its DNS would be captured first).
+            for g in self.proxy_gids.iter().filter(|g| dns || self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
-            // The app's queries to the nameservers go to the agent.
+            // The app's queries to the nameservers go to the agent, over lo
+            // (127.0.0.53) too: before lo is returned.
             for server in &dns_servers {
                 let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
                 for proto in ["udp", "tcp"] {
@@ -504,6 +507,9 @@ impl Policy {
                 if d.is_empty() {
                     break;
                 }
+            }
+            if capture_out && !self.judges_lo(family) {
+                r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
             }
         }
         if capture_out {
@@ -514,7 +520,15 @@ impl Policy {
             for g in &self.owner_groups_exclude {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
+            // The host loopback range: reached only where lo is not returned
+            // before, and needed only where something after would capture it.
+            let loopback_cidr = Cidr::parse(&loopback).expect("a literal range");
+            let captures_loopback = self.outbound_ranges_include == Select::All
+                || !self.outbound_ports_include.is_empty()
+                || self.includes(family).iter().any(|c| c.contains(loopback_cidr.addr) || loopback_cidr.contains(c.addr));
+            if self.judges_lo(family) && captures_loopback {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
+            }
             // An excluded range matters only where something would capture it.
             let includes = self.includes(family);
             let overlaps = |c: &Cidr| self.outbound_ranges_include == Select::All || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr));
@@ -539,23 +553,27 @@ impl Policy {
         r
     }
 
-    /// Conntrack zones for DNS, as istio-iptables writes them: the proxy's
-    /// queries and the answers to it in zone 1, the app's queries and the
-    /// agent's answers in zone 2, so that a query of the agent and one of
-    /// the app with the same addresses and ports are never one connection
-    /// (istio/istio#46935).
+    /// Conntrack zones for DNS, after istio-iptables: the agent's queries in
+    /// zone 1, the app's queries and the agent's answers in zone 2, so that
+    /// a query of the agent and one of the app with the same addresses and
+    /// ports are never one connection (istio/istio#46935). Istio also puts
+    /// the nameservers' answers in zone 1 (raw PREROUTING); nothing NATs
+    /// them, so no packet's fate depends on that, and it is left out.
     fn dns_zones(&self, servers: &[IpAddr]) -> String {
         use std::fmt::Write as _;
-        let mut r = String::from("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-        let owners = self.proxy_uids.iter().map(|u| format!("--uid-owner {u}")).chain(self.proxy_gids.iter().map(|g| format!("--gid-owner {g}")));
-        for o in owners {
-            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53 -m owner {o} -j CT --zone 1");
-            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --sport {DNS_AGENT_PORT} -m owner {o} -j CT --zone 2");
-        }
+        let mut r = String::from("*raw\n:OUTPUT ACCEPT [0:0]\n");
+        // The agent's identity (the proxy's first gid, else its first uid:
+        // under TPROXY it runs as root with the gid).
+        let agent = match (self.proxy_gids.first(), self.proxy_uids.first()) {
+            (Some(g), _) => format!("--gid-owner {g}"),
+            (None, Some(u)) => format!("--uid-owner {u}"),
+            (None, None) => unreachable!("a policy has a proxy uid or gid"),
+        };
+        let _ = writeln!(r, "-A OUTPUT -p udp -m udp --sport {DNS_AGENT_PORT} -m owner {agent} -j CT --zone 2");
+        let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53 -m owner {agent} -j CT --zone 1");
         for server in servers {
-            let (d, s) = if self.dns_capture_all { (String::new(), String::new()) } else { (format!(" -d {server}"), format!(" -s {server}")) };
+            let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
             let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53{d} -j CT --zone 2");
-            let _ = writeln!(r, "-A PREROUTING -p udp -m udp --sport 53{s} -j CT --zone 1");
             if d.is_empty() {
                 break;
             }
@@ -939,7 +957,7 @@ impl Policy {
             for f in topo.families.iter().copied().filter(|f| self.families().contains(f)) {
                 dns.upstreams.push((f, self.dns_upstream(f)));
                 let listed = self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == f);
-                for ip in listed.chain([kube_dns(f)]) {
+                for ip in listed.chain(self.dns_servers_for(f)).chain([kube_dns(f)]) {
                     let host = if dns_server_is_local(ip) { Host::LocalPod } else { Host::RemotePod };
                     if !dns.servers.contains(&(ip, host)) {
                         dns.servers.push((ip, host));
@@ -1196,7 +1214,8 @@ mod tests {
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
         assert!(pos("--uid-owner 3 -j RETURN") < pos("-p udp -m udp --dport 53 -d 127.0.0.53 -j REDIRECT --to-ports 15053"), "the proxy's own queries return first");
         assert!(pos("multiport ! --dports 53,15008 -m owner --gid-owner 1") > 0);
-        assert!(pos("*raw") > pos("*nat") && pos("--sport 15053 -m owner --uid-owner 3 -j CT --zone 2") > 0 && pos("-A PREROUTING -p udp -m udp --sport 53 -s 127.0.0.53 -j CT --zone 1") > 0);
+        assert!(pos("*raw") > pos("*nat") && pos("--sport 15053 -m owner --gid-owner 1 -j CT --zone 2") < pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1"));
+        assert!(pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1") < pos("-A OUTPUT -p udp -m udp --dport 53 -d 127.0.0.53 -j CT --zone 2"), "the agent's queries take zone 1 before the app's rule");
         assert!(!listed.to_restore_for(Family::Ipv6).contains("53"), "no IPv6 server listed: no IPv6 DNS rules");
         assert!(all.to_restore_for(Family::Ipv4).contains("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"));
         assert!(dns_server_is_local("::127.0.0.53".parse().unwrap()) && !dns_server_is_local("10.96.0.10".parse().unwrap()));

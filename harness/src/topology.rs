@@ -404,7 +404,7 @@ impl Topology {
         }
         if !topo.config.local_extra.is_empty() {
             let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
-            for ip in &topo.config.local_extra {
+            for ip in topo.config.local_extra.iter().filter(|ip| topo.config.families.contains(&Family::of(**ip))) {
                 let len = if ip.is_ipv4() { 32 } else { 128 };
                 pod.address().add(LO_INDEX, *ip, len).execute().await.map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
             }
@@ -554,7 +554,8 @@ impl Topology {
         let (node, remote) = (self.netlink(Host::Node).await?, self.netlink(Host::RemotePod).await?);
         node_ns.sysctl("net.ipv4.ip_forward", "1")?;
         node_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        for ip in &self.config.remote_extra {
+        // (An address of a family this run does not test has nowhere to go.)
+        for ip in self.config.remote_extra.iter().filter(|ip| self.config.families.contains(&Family::of(**ip))) {
             let doing = format!("adding {ip} to lo");
             match ip {
                 IpAddr::V4(a) => {

@@ -771,11 +771,12 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
     };
     // The gid lo redirects exclude 15008 but not 53 (the uid ones exclude
     // both): a gid-only proxy's TCP query to a nameserver on lo goes to 15006.
-    let gid_dns = |fam: &str, server: &str| -> Vec<String> { [1, 2].iter().map(|g| format!("policy::proxy-gid-{g}-dns-{server}-tcp::nft::{fam}")).collect() };
+    let gid_dns_of = |gids: &[u32], fam: &str, server: &str| -> Vec<String> { gids.iter().map(|g| format!("policy::proxy-gid-{g}-dns-{server}-tcp::nft::{fam}")).collect() };
+    let gid_dns = |fam: &str, server: &str| gid_dns_of(&[1, 2], fam, server);
     let cat = |parts: Vec<Vec<String>>| -> Vec<String> { parts.concat() };
     let known: Vec<(&str, Vec<String>)> = vec![
         ("cni-basic", gid_over_lo(&["ipv4"])),
-        ("cni-dns", gid_over_lo(&["ipv4"])),
+        ("cni-dns", cat(vec![gid_over_lo(&["ipv4"]), gid_dns_of(&[1337], "ipv4", "127.0.0.53")])),
         (
             "iptables-dns-uid-gid",
             cat(vec![identities_over_lo("ipv4"), gid_dns("ipv4", "127.0.0.53"), identities_over_lo("ipv6"), gid_dns("ipv6", "::7f00:35")]),
@@ -874,4 +875,34 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         }
     }
     assert!(checked >= 22, "only {checked} goldens ran");
+}
+
+/// The two DNS regressions Istio had, replayed on its own golden: a RETURN
+/// placed before the DNS redirect (istio/istio#51377) lets the app's queries
+/// out uncaptured; without the raw-table zones (istio/istio#46935) the
+/// agent's query, from the app's own port, is taken for the app's and
+/// redirected back to the agent.
+#[test]
+fn istios_dns_regressions_are_caught_on_its_golden() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("dns");
+    let golden = std::fs::read_to_string(shared().join("third-party/istio/restore/iptables-loopback-outbound-iprange.v4.rules")).unwrap();
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies/iptables-loopback-outbound-iprange.yaml");
+    let failed = |rules: &Path| -> Vec<(String, serde_json::Value)> {
+        let (out, _) = run_checked(&["run", "--policy", policy.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| (t["name"].as_str().unwrap().to_string(), t["observed"]["ports"].clone())).collect()
+    };
+    let dns = "policy::dns-127.0.0.53-udp::nft::ipv4";
+    assert!(!failed(&dir.write("golden.rules", &golden)).iter().any(|(n, _)| n == dns), "the golden captures the app's DNS");
+    let early_return = golden.replace("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n", "-A ISTIO_OUTPUT -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n");
+    assert_ne!(early_return, golden);
+    let f = failed(&dir.write("early-return.rules", &early_return));
+    let hit = f.iter().find(|(n, _)| n == dns).unwrap_or_else(|| panic!("#51377 not caught: {f:?}"));
+    assert_eq!(hit.1, serde_json::json!([53]), "the query went straight to the server");
+    let no_zones = golden[..golden.find("*raw").expect("the golden has a raw table")].to_string();
+    let f = failed(&dir.write("no-zones.rules", &no_zones));
+    let hit = f.iter().find(|(n, _)| n == dns).unwrap_or_else(|| panic!("#46935 not caught: {f:?}"));
+    assert_eq!(hit.1, serde_json::json!([15053, 15053]), "the agent's own query came back to it");
 }
