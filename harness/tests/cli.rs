@@ -874,7 +874,7 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             checked += 1;
         }
     }
-    assert!(checked >= 22, "only {checked} goldens ran");
+    assert!(checked >= 46, "only {checked} goldens ran");
 }
 
 /// The two DNS regressions Istio had, replayed on its own golden: a RETURN
