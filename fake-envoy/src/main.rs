@@ -10,6 +10,11 @@
 //! passed is a loop: it is answered as such and closed, never left to hang.
 //! Admin, stats and health listeners are plain terminal servers.
 //!
+//! Under TPROXY (`--tproxy-mark`) the inbound listener is transparent and its
+//! upstream keeps the client's address, marked, as Envoy's original_src
+//! filter does. With `--dns` it also plays pilot-agent's DNS proxy (15053,
+//! UDP and TCP), which asks the pod's nameserver itself.
+//!
 //! It runs as the proxy uid/gid (1337) inside the pod's network namespace, so
 //! the rules under test see its upstream connections as the proxy's own.
 

@@ -751,10 +751,7 @@ impl Policy {
                 Select::All => self.inbound_exclude.clone(),
                 Select::Only(l) => l.clone(),
             };
-            for p in listed {
-                inbound.push((format!("inbound-{p}"), p));
-                inbound.push((format!("inbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
-            }
+            inbound.extend(with_neighbours("inbound", &listed));
             for (label, port) in dedup(inbound) {
                 push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false);
             }
@@ -781,23 +778,13 @@ impl Policy {
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
             push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false);
-            let mut excluded: Vec<(String, u16)> = Vec::new();
-            for p in &self.outbound_ports_exclude {
-                excluded.push((format!("outbound-{p}"), *p));
-                excluded.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
-            }
-            for (label, port) in dedup(excluded) {
+            for (label, port) in with_neighbours("outbound", &self.outbound_ports_exclude) {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false);
             }
             for p in &self.outbound_ports_exclude {
                 push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p, false);
             }
-            let mut included: Vec<(String, u16)> = Vec::new();
-            for p in &self.outbound_ports_include {
-                included.push((format!("outbound-{p}"), *p));
-                included.push((format!("outbound-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
-            }
-            for (label, port) in dedup(included) {
+            for (label, port) in with_neighbours("outbound", &self.outbound_ports_include) {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false);
             }
             for p in &self.outbound_ports_include {
@@ -1025,6 +1012,16 @@ impl Policy {
         }
         run
     }
+}
+
+/// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`), once each.
+fn with_neighbours(prefix: &str, ports: &[u16]) -> Vec<(String, u16)> {
+    let mut v = Vec::new();
+    for p in ports {
+        v.push((format!("{prefix}-{p}"), *p));
+        v.push((format!("{prefix}-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+    }
+    dedup(v)
 }
 
 fn dedup(v: Vec<(String, u16)>) -> Vec<(String, u16)> {

@@ -242,7 +242,7 @@ impl Session {
         stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, (uid, uid), &args, config.stub_ready_timeout)?);
 
         let io = config.probe_timeouts.answer;
-        let apps = {
+        let (apps, udp) = {
             let _ctx = rt.enter();
             let mut apps = Vec::new();
             let mut udp = Vec::new();
@@ -263,7 +263,6 @@ impl Session {
             }
             (apps, udp)
         };
-        let (apps, udp) = apps;
         Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run })
     }
 
