@@ -27,6 +27,9 @@ pub enum Host {
     RemotePod,
     Prometheus,
     Istiod,
+    /// A host behind the local pod's extra interface number N (1..=4): a VM
+    /// of a KubeVirt pod, or a network the pod reaches off eth0.
+    Side(u8),
 }
 
 impl Host {
@@ -40,6 +43,7 @@ impl Host {
             Host::RemotePod => "remote-pod",
             Host::Prometheus => "prometheus",
             Host::Istiod => "istiod",
+            Host::Side(k) => ["side-1", "side-2", "side-3", "side-4"].get(usize::from(k).wrapping_sub(1)).copied().unwrap_or("side"),
         }
     }
 
@@ -52,6 +56,7 @@ impl Host {
             Host::Prometheus => "veth-prom",
             Host::Istiod => "veth-istiod",
             Host::Node => "br0",
+            Host::Side(_) => "",
         }
     }
 
@@ -143,6 +148,10 @@ pub struct TopologyConfig {
     pub remote_extra: Vec<IpAddr>,
     /// More addresses on the local pod's `lo` (a nameserver of the pod itself).
     pub local_extra: Vec<IpAddr>,
+    /// Extra interfaces of the local pod, by name; behind interface N
+    /// (counted from 1) sits host `Side(N)`, on 172.31.N.0/24 and
+    /// fd00:31:N::/64 (the pod .1/::1, the host .2/::2).
+    pub pod_links: Vec<String>,
 }
 
 impl Default for TopologyConfig {
@@ -181,6 +190,7 @@ impl Default for TopologyConfig {
             passthrough6: Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
             remote_extra: Vec::new(),
             local_extra: Vec::new(),
+            pod_links: Vec::new(),
         }
     }
 }
@@ -204,6 +214,20 @@ impl TopologyConfig {
         match family {
             Family::Ipv4 => self.addresses[&host].into(),
             Family::Ipv6 => self.addresses6[&host].into(),
+        }
+    }
+
+    /// Every host this topology builds: the fixed ones, then a side host
+    /// per extra pod interface.
+    pub fn hosts(&self) -> Vec<Host> {
+        Host::ALL.into_iter().chain((1..=self.pod_links.len()).map(|k| Host::Side(k as u8))).collect()
+    }
+
+    /// (the pod's address on interface `k`, the side host's) in `family`.
+    pub fn link_addresses(k: u8, family: Family) -> (IpAddr, IpAddr) {
+        match family {
+            Family::Ipv4 => (Ipv4Addr::new(172, 31, k, 1).into(), Ipv4Addr::new(172, 31, k, 2).into()),
+            Family::Ipv6 => (Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 1).into(), Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 2).into()),
         }
     }
 
@@ -244,6 +268,14 @@ impl TopologyConfig {
         }
         if self.families.is_empty() {
             return Err(Error::config("the topology has no IP family: use ipv4, ipv6 or both"));
+        }
+        if self.pod_links.len() > 4 {
+            return Err(Error::config(format!("{} extra pod interfaces ({}): sidecheck builds at most 4", self.pod_links.len(), self.pod_links.join(", "))));
+        }
+        for name in &self.pod_links {
+            if name.is_empty() || name.len() > 15 || name == "eth0" || name == "lo" || name.contains(['/', ' ']) || self.pod_links.iter().filter(|n| *n == name).count() > 1 {
+                return Err(Error::config(format!("`{name}` cannot be an extra pod interface: give a unique name of 1 to 15 characters, not eth0 or lo")));
+            }
         }
         if self.has(Family::Ipv6) {
             let mut seen6 = BTreeMap::new();
@@ -394,13 +426,16 @@ impl Topology {
     pub async fn build(prefix: &str, config: TopologyConfig) -> Result<Topology> {
         config.validate()?;
         let mut namespaces = BTreeMap::new();
-        for host in Host::ALL {
+        for host in config.hosts() {
             namespaces.insert(host, Namespace::create(&format!("{prefix}-{}", host.name()))?);
         }
         let topo = Topology { config, namespaces };
         topo.wire().await?;
         if !topo.config.remote_extra.is_empty() {
             topo.wire_extra().await?;
+        }
+        if !topo.config.pod_links.is_empty() {
+            topo.wire_links().await?;
         }
         if !topo.config.local_extra.is_empty() {
             let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
@@ -444,7 +479,7 @@ impl Topology {
         if v6 {
             // Addresses usable at once: no duplicate address detection in a
             // sandbox whose addresses are all ours. Set before any link exists.
-            for host in Host::ALL {
+            for host in self.config.hosts() {
                 let ns = self.ns(host);
                 ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
                 ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
@@ -542,6 +577,57 @@ impl Topology {
                         .execute()
                         .await
                         .map_err(netlink_err("adding the IPv6 inbound passthrough address to lo", pod_ns))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The local pod's extra interfaces, each a veth to its side host; the
+    /// pod forwards between them and eth0, the node routes each side's
+    /// subnet to the pod.
+    async fn wire_links(&self) -> Result<()> {
+        let (pod_ns, node_ns) = (self.ns(Host::LocalPod), self.ns(Host::Node));
+        let (pod, node) = (self.netlink(Host::LocalPod).await?, self.netlink(Host::Node).await?);
+        for ns in [pod_ns, node_ns] {
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            if self.config.has(Family::Ipv6) {
+                ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            }
+        }
+        for (i, name) in self.config.pod_links.iter().enumerate() {
+            let k = (i + 1) as u8;
+            let side = Host::Side(k);
+            let side_ns = self.ns(side);
+            let peer = LinkUnspec::new_with_name("eth0").index(POD_ETH0_INDEX).setns_by_fd(side_ns.raw_fd()).build();
+            let veth = LinkVeth::new(name, "eth0").set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).up().build();
+            pod.link().add(veth).execute().await.map_err(netlink_err(format!("creating interface {name} with its peer in {}", side_ns.name()), pod_ns))?;
+            let index = link_index(&pod, name).await.map_err(netlink_err(format!("looking up {name}"), pod_ns))?;
+            let h = self.netlink(side).await?;
+            for idx in [LO_INDEX, POD_ETH0_INDEX] {
+                h.link().change(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(netlink_err("setting links up", side_ns))?;
+            }
+            for f in self.config.families.iter().copied() {
+                let (at_pod, at_side) = TopologyConfig::link_addresses(k, f);
+                let len = if f == Family::Ipv4 { 24 } else { 64 };
+                pod.address().add(index, at_pod, len).execute().await.map_err(netlink_err(format!("adding {at_pod} to {name}"), pod_ns))?;
+                h.address().add(POD_ETH0_INDEX, at_side, len).execute().await.map_err(netlink_err(format!("adding {at_side} to eth0"), side_ns))?;
+                let doing = format!("routing {side}'s traffic through the pod");
+                let via_pod = self.config.address_of(Host::LocalPod, f);
+                match (at_pod, at_side) {
+                    (IpAddr::V4(gw), IpAddr::V4(a)) => {
+                        h.route().add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build()).execute().await.map_err(netlink_err(doing.clone(), side_ns))?;
+                        let IpAddr::V4(via) = via_pod else { unreachable!() };
+                        let net = Ipv4Addr::from(u32::from(a) & 0xffff_ff00);
+                        node.route().add(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net, 24).gateway(via).build()).execute().await.map_err(netlink_err(doing, node_ns))?;
+                    }
+                    (IpAddr::V6(gw), IpAddr::V6(a)) => {
+                        h.route().add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build()).execute().await.map_err(netlink_err(doing.clone(), side_ns))?;
+                        let IpAddr::V6(via) = via_pod else { unreachable!() };
+                        let net = Ipv6Addr::from(u128::from(a) & !0xffff_ffff_ffff_ffffu128);
+                        node.route().add(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(net, 64).gateway(via).build()).execute().await.map_err(netlink_err(doing, node_ns))?;
+                    }
+                    _ => unreachable!("both addresses of one family"),
                 }
             }
         }
