@@ -315,16 +315,22 @@ impl Policy {
     /// What this policy asks for that the harness cannot check yet.
     pub fn unsupported(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.exclude_interfaces.is_empty() {
-            out.push("exclude_interfaces");
-        }
-        if !self.kube_virt_interfaces.is_empty() {
-            out.push("kube_virt_interfaces");
-        }
         if self.drop_invalid {
             out.push("drop_invalid");
         }
         out
+    }
+
+    /// The pod's interfaces besides eth0 that the policy names, in order:
+    /// the topology gives the pod these, each with a host behind it.
+    pub fn pod_links(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for i in self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces) {
+            if i != "eth0" && !v.contains(i) {
+                v.push(i.clone());
+            }
+        }
+        v
     }
 
     /// Groups named in the policy that this machine lacks: rules naming
@@ -408,8 +414,31 @@ impl Policy {
         let capture_out = self.captures_outbound(family);
         let mut r = crate::rules::istio_nat_preamble();
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
-        if capture_out {
+        // What arrives on a KubeVirt interface is the VM's outbound traffic:
+        // to the outbound listener where the ranges capture it.
+        let mut virt = Vec::new();
+        for x in &self.kube_virt_interfaces {
+            match &self.outbound_ranges_include {
+                Select::All => virt.push(format!("-A PREROUTING -i {x} -j ISTIO_REDIRECT")),
+                Select::Only(_) => virt.extend(self.includes(family).iter().map(|c| format!("-A PREROUTING -i {x} -d {c} -j ISTIO_REDIRECT"))),
+            }
+        }
+        if capture_out || !virt.is_empty() {
             let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+        }
+        for line in &virt {
+            let _ = writeln!(r, "{line}");
+        }
+        // Nothing arriving on an excluded or KubeVirt interface is inbound
+        // traffic (under TPROXY, in mangle below).
+        let not_inbound: Vec<String> = self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces).map(|x| format!("-A PREROUTING -i {x} -j RETURN\n")).collect();
+        if !self.inbound_ports.is_none() && self.mode == Mode::Redirect {
+            r.push_str(&not_inbound.concat());
+        }
+        if capture_out {
+            for x in &self.exclude_interfaces {
+                let _ = writeln!(r, "-A OUTPUT -o {x} -j RETURN");
+            }
         }
         // The inbound capture: nat REDIRECT, or under TPROXY the mangle
         // table (written first, as the table order of a restore file).
@@ -448,6 +477,7 @@ impl Policy {
             let m = self.tproxy_mark;
             let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
             let _ = writeln!(mangle, "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff", self.inbound_port);
+            mangle.push_str(&not_inbound.concat());
             mangle.push_str(&inbound);
             // The proxy's transparent upstream to the app is marked; its
             // connection keeps the mark so the app's replies, addressed to
@@ -585,6 +615,8 @@ impl Policy {
 
 /// Where pilot-agent's DNS proxy listens (on 127.0.0.1 and ::1).
 pub const DNS_AGENT_PORT: u16 = 15053;
+/// How the servers on the hosts behind the pod's extra interfaces answer.
+pub const SIDE_APP_NAME: &str = "side-app";
 /// How the nameserver stubs answer.
 pub const DNS_SERVER_NAME: &str = "dns-server";
 
@@ -619,6 +651,9 @@ pub enum Dest {
     LoopbackAlias(IpAddr),
     /// An address outside the pod.
     Remote(IpAddr),
+    /// An address beyond the pod, from a host behind one of its extra
+    /// interfaces: the pod forwards it (a KubeVirt VM's traffic).
+    Through(IpAddr),
 }
 
 /// One TCP connection for the oracle.
@@ -628,6 +663,10 @@ pub struct Query {
     pub inbound: bool,
     /// One UDP datagram (a DNS query) instead of a TCP connection.
     pub udp: bool,
+    /// The pod interface it arrives on (inbound) or leaves by (outbound): 0
+    /// for eth0 (or lo), N for the policy's Nth extra interface
+    /// ([`Policy::pod_links`]).
+    pub link: u8,
     pub uid: u32,
     pub gid: u32,
     pub dest: Dest,
@@ -639,6 +678,46 @@ pub struct Query {
 /// upstream connection is judged again (outbound upstreams come from the
 /// proxy identity; inbound ones from the passthrough source, never captured).
 pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
+    let links = p.pod_links();
+    let iface = if q.link == 0 { "eth0" } else { links.get(usize::from(q.link) - 1).map(String::as_str).unwrap_or("?") };
+    let on = |list: &[String]| list.iter().any(|i| i == iface);
+    if q.inbound && on(&p.exclude_interfaces) {
+        return vec![q.port];
+    }
+    // Arriving on a KubeVirt interface: the VM's traffic is the pod's
+    // outbound traffic, captured by the ranges, else left alone.
+    if q.inbound && on(&p.kube_virt_interfaces) {
+        let (ip, local) = match q.dest {
+            Dest::Through(ip) => (ip, false),
+            Dest::Remote(ip) | Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) => (ip, true),
+            Dest::Loopback => return vec![q.port],
+        };
+        let captured = match &p.outbound_ranges_include {
+            Select::All => true,
+            Select::Only(list) => list.iter().any(|c| c.contains(ip)),
+        };
+        if !captured {
+            return vec![q.port];
+        }
+        let upstream = Query {
+            inbound: false,
+            uid: p.proxy_uids.first().copied().unwrap_or(q.uid),
+            gid: p.proxy_gids.first().copied().unwrap_or(q.gid),
+            dest: if local { Dest::OwnPod(ip) } else { Dest::Remote(ip) },
+            link: 0,
+            ..q
+        };
+        let mut hops = vec![p.outbound_port];
+        hops.extend(oracle(p, upstream));
+        return hops;
+    }
+    if matches!(q.dest, Dest::Through(_)) {
+        return vec![q.port];
+    }
+    // Leaving by an excluded interface: never captured.
+    if !q.inbound && on(&p.exclude_interfaces) {
+        return vec![q.port];
+    }
     if q.inbound {
         let captured = q.port != p.tunnel_port
             && match &p.inbound_ports {
@@ -655,7 +734,7 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         // (The family does not matter: 127.0.0.1 and ::1 are both host loopback.)
         Dest::Loopback => (IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), true),
         Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) => (ip, true),
-        Dest::Remote(ip) => (ip, false),
+        Dest::Remote(ip) | Dest::Through(ip) => (ip, false),
     };
     let host_lo = matches!(q.dest, Dest::Loopback) || p.host_loopback_cidr.contains(ip) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
     let dns = p.dns_capture && q.port == 53;
@@ -712,6 +791,8 @@ pub struct MatrixProbe {
     pub dest: Dest,
     pub port: u16,
     pub protocol: crate::scenario::Protocol,
+    /// The pod interface it crosses (see [`Query::link`]).
+    pub link: u8,
     pub expected: Vec<u16>,
 }
 
@@ -736,14 +817,14 @@ impl Policy {
         let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool| {
+            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool, link: u8| {
                 if served(port) {
                     return;
                 }
-                let q = Query { inbound: from != Host::LocalPod, udp, uid, gid, dest, port };
+                let q = Query { inbound: from != Host::LocalPod, udp, uid, gid, dest, port, link };
                 let expected = oracle(self, q);
                 let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
-                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, expected });
+                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
             };
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
             let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
@@ -753,13 +834,13 @@ impl Policy {
             };
             inbound.extend(with_neighbours("inbound", &listed));
             for (label, port) in dedup(inbound) {
-                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false);
+                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false, 0);
             }
             // The app calling its own pod on a captured inbound port: lo
             // traffic is not inbound traffic (under TPROXY, istio#31095).
             if let Select::Only(l) = &self.inbound_ports {
                 for p in l {
-                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p, false);
+                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p, false, 0);
                 }
             }
             // Where an app connection is captured, if anywhere: the probes
@@ -773,22 +854,22 @@ impl Policy {
             let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
             candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
             candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
-            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port };
+            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port, link: 0 };
             let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
-            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false);
+            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false, 0);
             for (label, port) in with_neighbours("outbound", &self.outbound_ports_exclude) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false, 0);
             }
             for p in &self.outbound_ports_exclude {
-                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p, false);
+                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p, false, 0);
             }
             for (label, port) in with_neighbours("outbound", &self.outbound_ports_include) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false);
+                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false, 0);
             }
             for p in &self.outbound_ports_include {
-                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p, false);
+                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p, false, 0);
             }
             // Outbound by address: each range's edges, inside and out.
             let lo = |c: &Cidr| Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(c.addr));
@@ -798,7 +879,7 @@ impl Policy {
                 // (Not a wide range's network or broadcast address: lo refuses those.)
                 let edges = if c.len >= 31 { [Some(first), Some(last), Cidr::step(last, 1)] } else { [Cidr::step(first, 1), Cidr::step(last, -1), None] };
                 for ip in edges.into_iter().flatten().filter(|ip| ip.is_loopback()) {
-                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090, false);
+                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090, false, 0);
                 }
             }
             for c in &ranges {
@@ -806,7 +887,7 @@ impl Policy {
                 let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
                 for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
-                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090, false);
+                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090, false, 0);
                     }
                 }
             }
@@ -814,33 +895,33 @@ impl Policy {
             // uid), so a missing uid rule is not hidden by the gid rule after
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port, false);
-                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080, false);
-                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port, false);
+                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port, false, 0);
+                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080, false, 0);
+                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port, false, 0);
             }
             // Where lo is judged by the ranges, the proxy's lo call that is
             // not redirected inbound (the tunnel port) is returned as the proxy's.
             let lo_target = ranges.iter().filter(|c| lo(c)).find_map(|c| if c.len >= 31 { Some(c.bounds().0) } else { Cidr::step(c.bounds().0, 2) });
             if let Some(ip) = lo_target.filter(|_| self.judges_lo(family)) {
                 for u in &self.proxy_uids {
-                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port, false);
+                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port, false, 0);
                 }
                 for g in &self.proxy_gids {
-                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port, false);
+                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port, false, 0);
                 }
             }
             for g in &self.proxy_gids {
-                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port, false);
-                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080, false);
-                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port, false);
+                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port, false, 0);
+                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080, false, 0);
+                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port, false, 0);
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
-                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port, false);
+                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port, false, 0);
             }
             if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
                 let outside = (app_uid..).find(|g| !Policy::in_groups(&self.owner_groups_include, *g) && !Policy::in_groups(&self.owner_groups_exclude, *g) && !self.proxy_gids.contains(g)).unwrap_or(app_uid);
-                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port, false);
+                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port, false, 0);
             }
             // DNS: each server the app's queries are captured for, over UDP
             // and TCP, from the app and from each proxy identity; with a
@@ -849,28 +930,37 @@ impl Policy {
                 for server in self.dns_servers_for(family) {
                     let dest = if dns_server_is_local(server) { Dest::LoopbackAlias(server) } else { Dest::Remote(server) };
                     for (proto, udp) in [("udp", true), ("tcp", false)] {
-                        push(format!("dns-{server}-{proto}"), Host::LocalPod, app_uid, app_gid, dest, 53, udp);
+                        push(format!("dns-{server}-{proto}"), Host::LocalPod, app_uid, app_gid, dest, 53, udp, 0);
                         for u in &self.proxy_uids {
-                            push(format!("proxy-uid-{u}-dns-{server}-{proto}"), Host::LocalPod, *u, app_gid, dest, 53, udp);
+                            push(format!("proxy-uid-{u}-dns-{server}-{proto}"), Host::LocalPod, *u, app_gid, dest, 53, udp, 0);
                         }
                         for g in &self.proxy_gids {
-                            push(format!("proxy-gid-{g}-dns-{server}-{proto}"), Host::LocalPod, app_uid, *g, dest, 53, udp);
+                            push(format!("proxy-gid-{g}-dns-{server}-{proto}"), Host::LocalPod, app_uid, *g, dest, 53, udp, 0);
                         }
                     }
                 }
                 let unlisted = kube_dns(family);
                 if !self.dns_capture_all && !self.dns_servers.contains(&unlisted) {
-                    push(format!("dns-unlisted-{unlisted}-udp"), Host::LocalPod, app_uid, app_gid, Dest::Remote(unlisted), 53, true);
+                    push(format!("dns-unlisted-{unlisted}-udp"), Host::LocalPod, app_uid, app_gid, Dest::Remote(unlisted), 53, true, 0);
                 }
             }
-            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false);
-            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080, false);
-            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080, false);
+            // Each extra interface: from the host behind it to the pod, and
+            // through the pod to the remote pod; from the app out by it.
+            for (i, name) in self.pod_links().iter().enumerate() {
+                let k = (i + 1) as u8;
+                let (at_pod, at_side) = crate::topology::TopologyConfig::link_addresses(k, family);
+                push(format!("iface-{name}-inbound-8080"), Host::Side(k), 65534, 65534, Dest::Remote(at_pod), 8080, false, k);
+                push(format!("iface-{name}-through-to-remote-9090"), Host::Side(k), 65534, 65534, Dest::Through(remote), 9090, false, k);
+                push(format!("iface-{name}-outbound-9090"), Host::LocalPod, app_uid, app_gid, Dest::Remote(at_side), 9090, false, k);
+            }
+            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false, 0);
+            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080, false, 0);
+            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080, false, 0);
             // Another lo address, on the edge of the host loopback range.
             if family == Family::Ipv4 {
                 let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1).filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
-                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080, false);
-                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080, false);
+                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
+                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
             }
         }
         out
@@ -888,6 +978,8 @@ pub struct PolicyRun {
     pub local_extra: Vec<IpAddr>,
     /// The DNS agent and nameservers, when the policy captures DNS.
     pub dns: Option<crate::session::Dns>,
+    /// Ports the hosts behind the pod's extra interfaces serve (as `side-app`).
+    pub side_app_ports: Vec<u16>,
 }
 
 impl Policy {
@@ -938,7 +1030,7 @@ impl Policy {
         };
         let probes = self.matrix(&mt, 1000);
         let served: Vec<(String, u16)> = profile.served().into_iter().map(|(n, p, _)| (n, p)).collect();
-        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new(), local_extra: Vec::new(), dns: None };
+        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new(), local_extra: Vec::new(), dns: None, side_app_ports: Vec::new() };
         if self.dns_capture {
             let mut dns = crate::session::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
             for f in topo.families.iter().copied().filter(|f| self.families().contains(f)) {
@@ -968,15 +1060,18 @@ impl Policy {
                 Dest::OwnPod(ip) => (Some(ip), None),
                 Dest::Loopback => (None, Some("localhost".to_string())),
                 Dest::LoopbackAlias(ip) => (Some(ip), None),
-                Dest::Remote(ip) => (Some(ip), None),
+                Dest::Remote(ip) | Dest::Through(ip) => (Some(ip), None),
             };
+            let to_side = pr.link != 0 && pr.from == Host::LocalPod;
             if let Dest::Remote(ip) = pr.dest {
-                if ip != pod && ip != topo.address_of(Host::RemotePod, pr.family) && !run.remote_extra.contains(&ip) {
+                if !to_side && ip != pod && ip != topo.address_of(Host::RemotePod, pr.family) && !run.remote_extra.contains(&ip) {
                     run.remote_extra.push(ip);
                 }
             }
             let server = match served.iter().find(|(_, p)| local && *p == pr.port) {
                 _ if self.dns_capture && pr.port == 53 => DNS_SERVER_NAME.to_string(),
+                _ if to_side => SIDE_APP_NAME.to_string(),
+                _ if matches!(pr.dest, Dest::Through(_)) => "remote-app".to_string(),
                 Some((name, _)) => name.clone(),
                 None if local => "local-app".into(),
                 None => "remote-app".into(),
@@ -986,6 +1081,9 @@ impl Policy {
             }
             if server == "remote-app" && !run.remote_app_ports.contains(&pr.port) {
                 run.remote_app_ports.push(pr.port);
+            }
+            if server == SIDE_APP_NAME && !run.side_app_ports.contains(&pr.port) {
+                run.side_app_ports.push(pr.port);
             }
             let flow = match (pr.from, pr.dest) {
                 (Host::LocalPod, Dest::OwnPod(_)) => 4,
@@ -1041,11 +1139,11 @@ mod tests {
     const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, udp: false, uid: 65534, gid: 65534, dest: OWN, port }
+        Query { inbound: true, udp: false, uid: 65534, gid: 65534, dest: OWN, port, link: 0 }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
-        Query { inbound: false, udp: false, uid: 1000, gid: 1000, dest, port }
+        Query { inbound: false, udp: false, uid: 1000, gid: 1000, dest, port, link: 0 }
     }
 
     fn ip(s: &str) -> Dest {

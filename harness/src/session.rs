@@ -30,6 +30,8 @@ pub struct SessionConfig {
     pub local_app_ports: Vec<u16>,
     /// Ports the app in the remote pod serves (as `remote-app`).
     pub remote_app_ports: Vec<u16>,
+    /// Ports each host behind the pod's extra interfaces serves (as `side-app`).
+    pub side_app_ports: Vec<u16>,
     /// The uid the control-plane stub runs as (any unprivileged one).
     pub control_plane_uid: u32,
     pub probe_timeouts: Timeouts,
@@ -76,6 +78,7 @@ impl Default for SessionConfig {
             profile: Profile::istio(),
             local_app_ports: vec![8080],
             remote_app_ports: vec![9090],
+            side_app_ports: Vec::new(),
             control_plane_uid: 65534,
             probe_timeouts: Timeouts::default(),
             stub_ready_timeout: Duration::from_secs(5),
@@ -259,6 +262,11 @@ impl Session {
                 }
                 for port in &config.remote_app_ports {
                     apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", f, *port, io)?);
+                }
+                for side in config.topology.hosts().into_iter().filter(|h| matches!(h, Host::Side(_))) {
+                    for port in &config.side_app_ports {
+                        apps.push(AppServer::start(topology.ns(side), crate::policy::SIDE_APP_NAME, f, *port, io)?);
+                    }
                 }
             }
             (apps, udp)

@@ -345,6 +345,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             let plan = policy.run_plan(&config.topology, &config.profile);
             config.topology.remote_extra = plan.remote_extra;
             config.topology.local_extra = plan.local_extra;
+            config.topology.pod_links = policy.pod_links();
+            config.side_app_ports = plan.side_app_ports;
             config.dns = plan.dns;
             config.local_app_ports = plan.local_app_ports;
             config.remote_app_ports = plan.remote_app_ports;
