@@ -312,15 +312,6 @@ impl Policy {
         Policy::parse(&path.display().to_string(), &text)
     }
 
-    /// What this policy asks for that the harness cannot check yet.
-    pub fn unsupported(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.drop_invalid {
-            out.push("drop_invalid");
-        }
-        out
-    }
-
     /// The pod's interfaces besides eth0 that the policy names, in order:
     /// the topology gives the pod these, each with a host behind it.
     pub fn pod_links(&self) -> Vec<String> {
@@ -473,9 +464,13 @@ impl Policy {
                 }
             }
         }
+        // A packet conntrack cannot place skips NAT and would reach the app
+        // port directly (and be reset): dropped first, when asked.
+        let drop_invalid = if self.drop_invalid { "-A PREROUTING -m conntrack --ctstate INVALID -j DROP\n" } else { "" }.to_string();
         if self.mode == Mode::Tproxy && !self.inbound_ports.is_none() {
             let m = self.tproxy_mark;
             let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
+            mangle.push_str(&drop_invalid);
             let _ = writeln!(mangle, "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff", self.inbound_port);
             mangle.push_str(&not_inbound.concat());
             mangle.push_str(&inbound);
@@ -488,6 +483,9 @@ impl Policy {
             r = mangle + &r;
         } else {
             r.push_str(&inbound);
+            if !drop_invalid.is_empty() {
+                r = format!("*mangle\n:PREROUTING ACCEPT [0:0]\n{drop_invalid}COMMIT\n") + &r;
+            }
         }
         r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
         let dns_servers = if self.dns_capture { self.dns_servers_for(family) } else { Vec::new() };
@@ -663,6 +661,8 @@ pub struct Query {
     pub inbound: bool,
     /// One UDP datagram (a DNS query) instead of a TCP connection.
     pub udp: bool,
+    /// One TCP segment conntrack marks INVALID (SYN+FIN+ACK): it skips NAT.
+    pub invalid: bool,
     /// The pod interface it arrives on (inbound) or leaves by (outbound): 0
     /// for eth0 (or lo), N for the policy's Nth extra interface
     /// ([`Policy::pod_links`]).
@@ -678,6 +678,11 @@ pub struct Query {
 /// upstream connection is judged again (outbound upstreams come from the
 /// proxy identity; inbound ones from the passthrough source, never captured).
 pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
+    // An INVALID segment is never NATed: it reaches its port (and is reset
+    // there) or is dropped ([`invalid_fate`]).
+    if q.invalid {
+        return vec![q.port];
+    }
     let links = p.pod_links();
     let iface = if q.link == 0 { "eth0" } else { links.get(usize::from(q.link) - 1).map(String::as_str).unwrap_or("?") };
     let on = |list: &[String]| list.iter().any(|i| i == iface);
@@ -779,6 +784,16 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     hops
 }
 
+/// What becomes of an INVALID segment: reset by the pod's kernel, or
+/// dropped by the `drop_invalid` rule.
+pub fn invalid_fate(p: &Policy) -> &'static str {
+    if p.drop_invalid {
+        crate::probe::DROPPED
+    } else {
+        crate::probe::RESET
+    }
+}
+
 /// One probe of a policy's matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatrixProbe {
@@ -821,7 +836,7 @@ impl Policy {
                 if served(port) {
                     return;
                 }
-                let q = Query { inbound: from != Host::LocalPod, udp, uid, gid, dest, port, link };
+                let q = Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link };
                 let expected = oracle(self, q);
                 let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
                 out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
@@ -854,7 +869,7 @@ impl Policy {
             let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
             candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
             candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
-            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port, link: 0 };
+            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, invalid: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port, link: 0 };
             let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
@@ -961,6 +976,22 @@ impl Policy {
                 let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1).filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
                 push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
                 push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
+            }
+            // A TCP segment conntrack marks INVALID, to an app port.
+            if family == Family::Ipv4 && self.drop_invalid {
+                let q = Query { inbound: true, udp: false, invalid: true, uid: 65534, gid: 65534, dest: Dest::Remote(pod), port: 8080, link: 0 };
+                out.push(MatrixProbe {
+                    label: "invalid-segment-to-8080".into(),
+                    from: Host::RemotePod,
+                    uid: 0,
+                    gid: 0,
+                    family,
+                    dest: Dest::Remote(pod),
+                    port: 8080,
+                    protocol: crate::scenario::Protocol::TcpInvalid,
+                    link: 0,
+                    expected: oracle(self, q),
+                });
             }
         }
         out
@@ -1069,6 +1100,7 @@ impl Policy {
                 }
             }
             let server = match served.iter().find(|(_, p)| local && *p == pr.port) {
+                _ if pr.protocol == crate::scenario::Protocol::TcpInvalid => invalid_fate(self).to_string(),
                 _ if self.dns_capture && pr.port == 53 => DNS_SERVER_NAME.to_string(),
                 _ if to_side => SIDE_APP_NAME.to_string(),
                 _ if matches!(pr.dest, Dest::Through(_)) => "remote-app".to_string(),
@@ -1139,11 +1171,11 @@ mod tests {
     const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, udp: false, uid: 65534, gid: 65534, dest: OWN, port, link: 0 }
+        Query { inbound: true, udp: false, invalid: false, uid: 65534, gid: 65534, dest: OWN, port, link: 0 }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
-        Query { inbound: false, udp: false, uid: 1000, gid: 1000, dest, port, link: 0 }
+        Query { inbound: false, udp: false, invalid: false, uid: 1000, gid: 1000, dest, port, link: 0 }
     }
 
     fn ip(s: &str) -> Dest {
@@ -1248,7 +1280,6 @@ mod tests {
         assert!(e.contains("p.yaml:"), "{e}");
         let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
         assert!(e.contains("captured again"), "{e}");
-        assert_eq!(policy("mode: TPROXY\ndns_capture: true\ndrop_invalid: true").unsupported(), ["drop_invalid"]);
         let e = Policy::parse("p.yaml", "owner_groups_include: [[1]]").unwrap_err().to_string();
         assert!(e.contains("p.yaml:"), "{e}");
     }
@@ -1332,6 +1363,18 @@ mod tests {
         assert!(e.contains("only a gid tells its traffic apart"), "{e}");
         assert_eq!(oracle(&p, inbound(8080)), [15006, 8080]);
         assert_eq!(oracle(&p, inbound(15008)), [15008], "the tunnel port is never captured, whatever the mode");
+    }
+
+    #[test]
+    fn invalid_segments_are_reset_unless_dropped() {
+        let drop = policy("drop_invalid: true");
+        assert_eq!(invalid_fate(&drop), crate::probe::DROPPED);
+        assert_eq!(invalid_fate(&Policy::default()), crate::probe::RESET);
+        assert_eq!(oracle(&drop, Query { invalid: true, ..inbound(8080) }), [8080], "never NATed to the inbound listener");
+        let r = drop.to_restore_for(Family::Ipv4);
+        assert!(r.starts_with("*mangle\n") && r.contains("-A PREROUTING -m conntrack --ctstate INVALID -j DROP"), "{r}");
+        let t = policy("drop_invalid: true\nmode: TPROXY\ninbound_ports: '*'").to_restore_for(Family::Ipv4);
+        assert_eq!(t.matches("*mangle").count(), 1, "one mangle table under TPROXY:\n{t}");
     }
 
     /// A rule no packet can reach would be a mutant no probe can catch; the

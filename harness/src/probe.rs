@@ -95,6 +95,72 @@ pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> (Observat
     (finish(connected, to, id, t).await, local)
 }
 
+/// Outcome names of an INVALID-segment probe (`Protocol::TcpInvalid`).
+pub const RESET: &str = "reset";
+pub const DROPPED: &str = "dropped";
+
+/// Send one TCP segment with SYN, FIN and ACK set (conntrack marks it
+/// INVALID, so NAT never touches it) from `src` to `to` over a raw socket
+/// created in `ns`, and wait `window` for the reset the destination's kernel
+/// sends back. Blocking. The answer's server is [`RESET`] or [`DROPPED`].
+pub fn run_invalid(ns: &Namespace, src: std::net::Ipv4Addr, to: std::net::SocketAddrV4, id: u64, window: Duration) -> Observation {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+    let failed = |detail: String| Observation::Failed { stage: "setup".into(), detail };
+    let fd = match ns.run(|| socket(AddressFamily::Inet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Tcp)) {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => return failed(format!("a raw TCP socket in namespace {}: {e}", ns.name())),
+        Err(e) => return failed(e.to_string()),
+    };
+    let sport = 20000 + (id % 40000) as u16;
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&to.port().to_be_bytes());
+    seg[4..8].copy_from_slice(&(id as u32).to_be_bytes());
+    seg[8..12].copy_from_slice(&1u32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x13; // FIN|SYN|ACK
+    seg[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&seg);
+    let sum = checksum(&pseudo);
+    seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    let sock = std::net::UdpSocket::from(fd); // only for its fd's send_to/recv
+    let dest = SocketAddr::from((*to.ip(), 0));
+    if let Err(e) = sock.send_to(&seg, dest) {
+        return Observation::Failed { stage: "send".into(), detail: format!("{to}: {e}") };
+    }
+    let end = Instant::now() + window;
+    let mut buf = [0u8; 128];
+    while let Some(left) = end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        let _ = sock.set_read_timeout(Some(left));
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        let ihl = usize::from(buf[0] & 15) * 4;
+        if n < ihl + 14 || buf[12..16] != to.ip().octets() {
+            continue;
+        }
+        let (from_port, to_port) = (u16::from_be_bytes([buf[ihl], buf[ihl + 1]]), u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]));
+        if from_port == to.port() && to_port == sport && buf[ihl + 13] & 0x04 != 0 {
+            return answered(id, RESET, to);
+        }
+    }
+    answered(id, DROPPED, to)
+}
+
+fn answered(id: u64, fate: &str, to: std::net::SocketAddrV4) -> Observation {
+    Observation::Answered(Answer { probe: Probe::new(id), end: End::Server { name: fate.into(), port: to.port(), peer: SocketAddr::V4(to) } })
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// Send probe `id` as one datagram to `to` and wait for the answer datagram
 /// (a connected socket: only an answer from `to`, as NAT undoes it, counts).
 pub async fn run_udp(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Observation {

@@ -73,6 +73,10 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+    /// One TCP segment conntrack marks INVALID (SYN+FIN+ACK, IPv4), sent
+    /// raw: the pod's kernel answers it with a reset unless a rule drops it.
+    #[serde(rename = "tcp-invalid")]
+    TcpInvalid,
 }
 
 /// What must happen.

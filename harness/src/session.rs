@@ -381,9 +381,12 @@ impl Session {
             .iter()
             .map(|r| {
                 let to = r.target.as_ref().map_err(|e| e.to_string())?;
+                if r.protocol == Protocol::TcpInvalid {
+                    return Ok(None); // sent below, from a raw socket
+                }
                 let udp = r.protocol == Protocol::Udp;
                 let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp).map_err(|e| e.to_string())?;
-                Ok::<_, String>((fd, *to, udp))
+                Ok::<_, String>(Some((fd, *to, udp)))
             })
             .collect();
         let t = self.config.probe_timeouts;
@@ -394,8 +397,9 @@ impl Session {
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let (obs, client) = match p {
-                            Ok((fd, to, false)) => probe::run(fd, to, next_probe_id(), t).await,
-                            Ok((fd, to, true)) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
+                            Ok(Some((fd, to, false))) => probe::run(fd, to, next_probe_id(), t).await,
+                            Ok(Some((fd, to, true))) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
+                            Ok(None) => (Observation::Failed { stage: "setup".into(), detail: String::new() }, None),
                             Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
                         };
                         (obs, client, started.elapsed().as_millis() as u64)
@@ -413,7 +417,11 @@ impl Session {
         requests
             .into_iter()
             .zip(probes)
-            .map(|(r, (observation, client, ms))| {
+            .map(|(r, done)| match (r.protocol, &r.target) {
+                (Protocol::TcpInvalid, Ok(target)) => (self.probe_invalid(r.from, *target), r),
+                _ => (done, r),
+            })
+            .map(|((observation, client, ms), r)| {
                 // The tracer follows TCP SYNs; a datagram's hops are its answer.
                 let path = match (&self.tracer, &r.target) {
                     (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
@@ -422,6 +430,17 @@ impl Session {
                 ProbeDone { observation, path, ms }
             })
             .collect()
+    }
+
+    /// One INVALID segment (IPv4 only), after the concurrent probes: it
+    /// waits out a short window when nothing answers.
+    fn probe_invalid(&self, from: Host, target: std::net::SocketAddr) -> (Observation, Option<std::net::SocketAddr>, u64) {
+        let started = Instant::now();
+        let obs = match (target, self.topology.config.address_of(from, Family::Ipv4)) {
+            (std::net::SocketAddr::V4(to), std::net::IpAddr::V4(src)) => probe::run_invalid(self.topology.ns(from), src, to, next_probe_id(), Duration::from_millis(300)),
+            _ => Observation::Failed { stage: "setup".into(), detail: format!("an INVALID segment is sent over IPv4 only, not to {target}") },
+        };
+        (obs, None, started.elapsed().as_millis() as u64)
     }
 
     /// The rules as installed, for reports: every front end's listing

@@ -794,6 +794,8 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("iptables-ip-range", cat(vec![identities_over_lo("ipv4"), gid_dns("ipv4", "127.0.0.53")])),
         ("iptables-loopback-outbound-iprange", gid_dns("ipv4", "127.0.0.53")),
         ("iptables-basic-exclude-nic", gid_over_lo(&["ipv4"])),
+        ("iptables-drop-invalid", gid_over_lo(&["ipv4"])),
+        ("cni-invalid-drop", gid_over_lo(&["ipv4"])),
         // An older release's rules: no `! --dport 15008` on the lo redirects,
         // so the proxy's own call to its pod's tunnel port goes to 15006.
         ("cni-status-ports", cat(vec![vec!["policy::proxy-uid-1337-to-own-pod-tunnel-15008::nft::ipv4".to_string()], gid_over_lo(&["ipv4"])])),
@@ -896,7 +898,7 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             checked += 1;
         }
     }
-    assert!(checked >= 61, "only {checked} goldens ran");
+    assert!(checked >= 64, "only {checked} goldens ran");
 }
 
 /// The two DNS regressions Istio had, replayed on its own golden: a RETURN

@@ -328,13 +328,6 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         (None, Some(file)) => {
             let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
             policy.check_groups(&file.display().to_string())?;
-            let missing = policy.unsupported();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "{} asks for {}: sidecheck cannot probe that yet, so it would pass without checking it; remove it from the policy to check the rest",
-                file.display(),
-                missing.join(", ")
-            );
             config.profile = policy.profile();
             config.tproxy = policy.tproxy();
             if !args.rules.given() {
