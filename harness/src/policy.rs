@@ -374,7 +374,20 @@ impl Policy {
     /// Whether some app connection leaving the pod in `family` is captured:
     /// without that, the rules after the lo redirects could change nothing.
     pub fn captures_outbound(&self, family: Family) -> bool {
-        !self.outbound_ports_include.is_empty() || !self.includes(family).is_empty() || self.outbound_ranges_include == Select::All
+        !self.outbound_ports_include.is_empty() || !self.live_includes(family).is_empty() || self.outbound_ranges_include == Select::All
+    }
+
+    /// The included ranges of `family` not wholly inside an excluded one
+    /// (ipv6-ipnets includes and excludes the same range: nothing is left).
+    fn live_includes(&self, family: Family) -> Vec<Cidr> {
+        self.includes(family).into_iter().filter(|i| !self.outbound_ranges_exclude.iter().any(|x| x.len <= i.len && x.contains(i.addr))).collect()
+    }
+
+    /// Whether any connection can arrive as inbound traffic: not when eth0
+    /// is itself excluded or a KubeVirt interface (the extra interfaces
+    /// always are one or the other).
+    fn inbound_reachable(&self) -> bool {
+        !self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces).any(|i| i == "eth0")
     }
 
     fn includes(&self, family: Family) -> Vec<Cidr> {
@@ -423,7 +436,8 @@ impl Policy {
         // Nothing arriving on an excluded or KubeVirt interface is inbound
         // traffic (under TPROXY, in mangle below).
         let not_inbound: Vec<String> = self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces).map(|x| format!("-A PREROUTING -i {x} -j RETURN\n")).collect();
-        if !self.inbound_ports.is_none() && self.mode == Mode::Redirect {
+        let capture_in = !self.inbound_ports.is_none() && self.inbound_reachable();
+        if capture_in && self.mode == Mode::Redirect {
             r.push_str(&not_inbound.concat());
         }
         if capture_out {
@@ -435,7 +449,7 @@ impl Policy {
         // table (written first, as the table order of a restore file).
         let mut inbound = String::new();
         let jump = if self.mode == Mode::Tproxy { "ISTIO_TPROXY" } else { "ISTIO_IN_REDIRECT" };
-        if !self.inbound_ports.is_none() {
+        if capture_in {
             inbound.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
             if self.mode == Mode::Tproxy {
                 // lo traffic is never TPROXY'd: the proxy's own transparent
@@ -467,7 +481,7 @@ impl Policy {
         // A packet conntrack cannot place skips NAT and would reach the app
         // port directly (and be reset): dropped first, when asked.
         let drop_invalid = if self.drop_invalid { "-A PREROUTING -m conntrack --ctstate INVALID -j DROP\n" } else { "" }.to_string();
-        if self.mode == Mode::Tproxy && !self.inbound_ports.is_none() {
+        if self.mode == Mode::Tproxy && capture_in {
             let m = self.tproxy_mark;
             let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
             mangle.push_str(&drop_invalid);
@@ -566,7 +580,7 @@ impl Policy {
             if self.outbound_ranges_include == Select::All {
                 r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
             } else {
-                for c in self.includes(family) {
+                for c in self.live_includes(family) {
                     let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j ISTIO_REDIRECT");
                 }
                 for p in &self.outbound_ports_include {
@@ -966,6 +980,11 @@ impl Policy {
                 let (at_pod, at_side) = crate::topology::TopologyConfig::link_addresses(k, family);
                 push(format!("iface-{name}-inbound-8080"), Host::Side(k), 65534, 65534, Dest::Remote(at_pod), 8080, false, k);
                 push(format!("iface-{name}-through-to-remote-9090"), Host::Side(k), 65534, 65534, Dest::Through(remote), 9090, false, k);
+                if self.kube_virt_interfaces.contains(name) {
+                    for ip in self.includes(family).iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)) {
+                        push(format!("iface-{name}-through-to-{ip}-9090"), Host::Side(k), 65534, 65534, Dest::Through(ip), 9090, false, k);
+                    }
+                }
                 push(format!("iface-{name}-outbound-9090"), Host::LocalPod, app_uid, app_gid, Dest::Remote(at_side), 9090, false, k);
             }
             push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false, 0);
@@ -1094,7 +1113,7 @@ impl Policy {
                 Dest::Remote(ip) | Dest::Through(ip) => (Some(ip), None),
             };
             let to_side = pr.link != 0 && pr.from == Host::LocalPod;
-            if let Dest::Remote(ip) = pr.dest {
+            if let Dest::Remote(ip) | Dest::Through(ip) = pr.dest {
                 if !to_side && ip != pod && ip != topo.address_of(Host::RemotePod, pr.family) && !run.remote_extra.contains(&ip) {
                     run.remote_extra.push(ip);
                 }
