@@ -766,9 +766,9 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     if proxy {
         return vec![q.port];
     }
-    // DNS capture: the app's queries to the listed servers (any server when
-    // none is listed), UDP or TCP, go to the agent, which asks the server as
-    // the proxy.
+    // DNS capture: the app's queries to the listed servers (to any server
+    // with `dns_capture_all`), UDP or TCP, go to the agent, which asks the
+    // server as the proxy.
     if dns && (p.dns_capture_all || p.dns_servers.contains(&ip)) {
         return vec![DNS_AGENT_PORT, q.port];
     }
@@ -1382,6 +1382,35 @@ mod tests {
         assert!(e.contains("only a gid tells its traffic apart"), "{e}");
         assert_eq!(oracle(&p, inbound(8080)), [15006, 8080]);
         assert_eq!(oracle(&p, inbound(15008)), [15008], "the tunnel port is never captured, whatever the mode");
+    }
+
+    #[test]
+    fn interfaces_decide_before_ports_and_ranges() {
+        let p = policy("inbound_ports: '*'\noutbound_ranges_include: [10.0.0.0/8]\nexclude_interfaces: [nic9]\nkube_virt_interfaces: [eth1]");
+        assert_eq!(p.pod_links(), ["nic9", "eth1"], "excluded first, then KubeVirt, eth0 never");
+        let on = |link: u8, q: Query| Query { link, ..q };
+        let side_pod = Dest::Remote("172.31.2.1".parse().unwrap());
+        let rows: &[(&str, Query, &[u16])] = &[
+            ("inbound on eth0 is captured", inbound(8080), &[15006, 8080]),
+            ("inbound on an excluded interface is not", on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) }), &[8080]),
+            ("the app out by an excluded interface is not", on(1, app(ip("10.0.0.9"), 80)), &[80]),
+            ("a VM's connection through the pod to an included range", on(2, Query { dest: Dest::Through("10.244.0.20".parse().unwrap()), ..inbound(9090) }), &[15001, 9090]),
+            ("a VM's connection through the pod elsewhere", on(2, Query { dest: Dest::Through("192.0.2.1".parse().unwrap()), ..inbound(9090) }), &[9090]),
+            ("a VM's connection to the pod, outside the ranges", on(2, Query { dest: side_pod, ..inbound(8080) }), &[8080]),
+        ];
+        for (what, q, want) in rows {
+            assert_eq!(oracle(&p, *q), *want, "{what}");
+        }
+        let all = policy("outbound_ranges_include: '*'\nkube_virt_interfaces: [eth1]");
+        assert_eq!(oracle(&all, on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) })), [15001, 15006, 8080], "to the pod itself: out, then the proxy's own call back in");
+        let virt0 = policy("inbound_ports: [4000]\nkube_virt_interfaces: [eth0]");
+        assert_eq!(oracle(&virt0, inbound(4000)), [4000], "eth0 as a KubeVirt interface: nothing inbound is captured");
+        assert!(!virt0.to_restore_for(Family::Ipv4).contains("ISTIO_INBOUND -p tcp -m tcp --dport 4000"), "so no inbound rule is written");
+        let r = p.to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("-A PREROUTING -i eth1 -d 10.0.0.0/8 -j ISTIO_REDIRECT") < pos("-A PREROUTING -i eth1 -j RETURN"));
+        assert!(pos("-A PREROUTING -i nic9 -j RETURN") < pos("-A PREROUTING -p tcp -j ISTIO_INBOUND"));
+        assert!(pos("-A OUTPUT -o nic9 -j RETURN") < pos("-A OUTPUT -j ISTIO_OUTPUT"));
     }
 
     #[test]

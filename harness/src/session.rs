@@ -166,7 +166,9 @@ impl Session {
         let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
 
         let pod = topology.ns(Host::LocalPod);
-        if let Some(t) = config.tproxy {
+        // A script or a generator sets up its own routing, as istio-iptables
+        // does (`ip rule add fwmark ...`); rule files carry none.
+        if let (Some(t), false) = (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_))) {
             tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
         }
         config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
