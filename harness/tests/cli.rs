@@ -864,8 +864,6 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             assert_eq!(code(&out), 0, "{name}:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
             continue;
         }
-        let (out, _) = run_checked(&["run", "--policy", policy, "--format", "json"]);
-        assert_eq!(code(&out), 0, "{name}: the reference rules disagree with the oracle:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         let want = &known.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: no expectation in this test")).1;
         // The restore golden, and for istio-iptables variants the native
         // nftables golden of the same variant (istio-nftables' testdata).
@@ -884,10 +882,26 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             sets.push((vec!["--nft".into(), nft.display().to_string()], want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect()));
         }
         assert!(!sets.is_empty(), "{name}: no golden found for this policy");
-        for (rules, want) in sets {
-            let mut args = vec!["run", "--policy", policy, "--format", "json"];
-            args.extend(rules.iter().map(String::as_str));
-            let (out, _) = run_checked(&args);
+        // The reference rules and each golden at once: separate runs, and
+        // mostly waiting on probes.
+        let runs: Vec<Output> = std::thread::scope(|scope| {
+            let reference = scope.spawn(|| run_checked(&["run", "--policy", policy, "--format", "json"]).0);
+            let goldens: Vec<_> = sets
+                .iter()
+                .map(|(rules, _)| {
+                    scope.spawn(move || {
+                        let mut args = vec!["run", "--policy", policy, "--format", "json"];
+                        args.extend(rules.iter().map(String::as_str));
+                        run_checked(&args).0
+                    })
+                })
+                .collect();
+            std::iter::once(reference).chain(goldens).map(|h| h.join().expect("a run thread panicked")).collect()
+        });
+        let mut runs = runs.into_iter();
+        let out = runs.next().expect("the reference run");
+        assert_eq!(code(&out), 0, "{name}: the reference rules disagree with the oracle:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        for ((rules, want), out) in sets.into_iter().zip(runs) {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
             let mut failed: Vec<String> = v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| t["name"].as_str().unwrap().to_string()).collect();
             let mut want = want;
