@@ -718,17 +718,7 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         if !captured {
             return vec![q.port];
         }
-        let upstream = Query {
-            inbound: false,
-            uid: p.proxy_uids.first().copied().unwrap_or(q.uid),
-            gid: p.proxy_gids.first().copied().unwrap_or(q.gid),
-            dest: if local { Dest::OwnPod(ip) } else { Dest::Remote(ip) },
-            link: 0,
-            ..q
-        };
-        let mut hops = vec![p.outbound_port];
-        hops.extend(oracle(p, upstream));
-        return hops;
+        return through_outbound(p, Query { inbound: false, dest: if local { Dest::OwnPod(ip) } else { Dest::Remote(ip) }, link: 0, ..q });
     }
     if matches!(q.dest, Dest::Through(_)) {
         return vec![q.port];
@@ -791,9 +781,14 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     if !captured {
         return vec![q.port];
     }
-    // The proxy then dials the original destination as itself.
-    let mut hops = vec![p.outbound_port];
+    through_outbound(p, q)
+}
+
+/// Captured to the outbound listener: the proxy then dials `q`'s
+/// destination as itself, and that connection is judged again.
+fn through_outbound(p: &Policy, q: Query) -> Vec<u16> {
     let upstream = Query { uid: p.proxy_uids.first().copied().unwrap_or(q.uid), gid: p.proxy_gids.first().copied().unwrap_or(q.gid), ..q };
+    let mut hops = vec![p.outbound_port];
     hops.extend(oracle(p, upstream));
     hops
 }

@@ -127,16 +127,16 @@ pub fn run_invalid(ns: &Namespace, src: std::net::Ipv4Addr, to: std::net::Socket
     pseudo.extend_from_slice(&seg);
     let sum = checksum(&pseudo);
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
-    let sock = std::net::UdpSocket::from(fd); // only for its fd's send_to/recv
-    let dest = SocketAddr::from((*to.ip(), 0));
-    if let Err(e) = sock.send_to(&seg, dest) {
+    use nix::sys::socket::{recv, sendto, setsockopt, sockopt, MsgFlags, SockaddrIn};
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    if let Err(e) = sendto(raw, &seg, &SockaddrIn::from(std::net::SocketAddrV4::new(*to.ip(), 0)), MsgFlags::empty()) {
         return Observation::Failed { stage: "send".into(), detail: format!("{to}: {e}") };
     }
     let end = Instant::now() + window;
     let mut buf = [0u8; 128];
     while let Some(left) = end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-        let _ = sock.set_read_timeout(Some(left));
-        let Ok(n) = sock.recv(&mut buf) else { break };
+        let _ = setsockopt(&fd, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(left.as_secs() as i64, left.subsec_micros().into()));
+        let Ok(n) = recv(raw, &mut buf, MsgFlags::empty()) else { break };
         let ihl = usize::from(buf[0] & 15) * 4;
         if n < ihl + 14 || buf[12..16] != to.ip().octets() {
             continue;

@@ -393,37 +393,46 @@ impl Session {
             .collect();
         let t = self.config.probe_timeouts;
         let probes = self.rt.block_on(async move {
+            // (None: an INVALID segment, sent afterwards from a raw socket.)
             let tasks: Vec<_> = prepared
                 .into_iter()
                 .map(|p| {
-                    tokio::spawn(async move {
+                    let p = match p {
+                        Ok(None) => return None,
+                        Ok(Some(p)) => Ok(p),
+                        Err(e) => Err(e),
+                    };
+                    Some(tokio::spawn(async move {
                         let started = Instant::now();
                         let (obs, client) = match p {
-                            Ok(Some((fd, to, false))) => probe::run(fd, to, next_probe_id(), t).await,
-                            Ok(Some((fd, to, true))) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
-                            Ok(None) => (Observation::Failed { stage: "setup".into(), detail: String::new() }, None),
+                            Ok((fd, to, false)) => probe::run(fd, to, next_probe_id(), t).await,
+                            Ok((fd, to, true)) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
                             Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
                         };
                         (obs, client, started.elapsed().as_millis() as u64)
-                    })
+                    }))
                 })
                 .collect();
             let mut out = Vec::new();
             for task in tasks {
-                out.push(task.await.unwrap_or_else(|e| {
-                    (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, None, 0)
-                }));
+                out.push(match task {
+                    None => None,
+                    Some(task) => Some(task.await.unwrap_or_else(|e| {
+                        (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, None, 0)
+                    })),
+                });
             }
             out
         });
         requests
             .into_iter()
             .zip(probes)
-            .map(|(r, done)| match (r.protocol, &r.target) {
-                (Protocol::TcpInvalid, Ok(target)) => (self.probe_invalid(r.from, *target), r),
-                _ => (done, r),
-            })
-            .map(|((observation, client, ms), r)| {
+            .map(|(r, done)| {
+                let (observation, client, ms) = match (done, &r.target) {
+                    (Some(done), _) => done,
+                    (None, Ok(target)) => self.probe_invalid(r.from, *target),
+                    (None, Err(e)) => (Observation::Failed { stage: "setup".into(), detail: e.to_string() }, None, 0),
+                };
                 // The tracer follows TCP SYNs; a datagram's hops are its answer.
                 let path = match (&self.tracer, &r.target) {
                     (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
