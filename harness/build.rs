@@ -48,7 +48,15 @@ fn build_stubs(workspace: &Path, out_dir: &Path) {
     // The outer build's target-dir settings must not redirect this one, and
     // its compiler flags (a fuzzer's sanitizer instrumentation, say) are not
     // for the stubs: they are plain standalone binaries.
-    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("could not run cargo to build the stub binaries");
@@ -72,9 +80,20 @@ fn embed_scenarios(root: &Path, out_dir: &Path) {
 fn embed_profiles(dir: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", dir.display());
     let files: Vec<(String, PathBuf)> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
+                .collect()
+        })
         .unwrap_or_default();
-    write_embedded(&out_dir.join("builtin_profiles.rs"), "(file name, contents) of every file in scenarios/profiles/.", "FILES", files);
+    write_embedded(
+        &out_dir.join("builtin_profiles.rs"),
+        "(file name, contents) of every file in scenarios/profiles/.",
+        "FILES",
+        files,
+    );
 }
 
 /// `pub static NAME: &[(&str, &str)]` of (name, include_str!(file)), sorted.

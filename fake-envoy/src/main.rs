@@ -91,15 +91,22 @@ fn parse_args() -> Result<Config, String> {
                 let (vip, ep) = v.split_once('=').ok_or_else(|| format!("--route `{v}` is not VIP:PORT=IP:PORT"))?;
                 cfg.routes.insert(addr(vip)?, addr(ep)?);
             }
-            "--passthrough4" => cfg.passthrough4 = v.parse().map_err(|_| format!("--passthrough4 `{v}` is not an IPv4 address"))?,
-            "--passthrough6" => cfg.passthrough6 = v.parse().map_err(|_| format!("--passthrough6 `{v}` is not an IPv6 address"))?,
+            "--passthrough4" => {
+                cfg.passthrough4 = v.parse().map_err(|_| format!("--passthrough4 `{v}` is not an IPv4 address"))?
+            }
+            "--passthrough6" => {
+                cfg.passthrough6 = v.parse().map_err(|_| format!("--passthrough6 `{v}` is not an IPv6 address"))?
+            }
             "--dns" => {
                 let (listen, up) = v.split_once('=').ok_or_else(|| format!("--dns `{v}` is not LISTEN=UPSTREAM"))?;
                 cfg.dns.push((addr(listen)?, addr(up)?));
             }
-            "--tproxy-mark" => cfg.tproxy_mark = Some(v.parse().map_err(|_| format!("--tproxy-mark `{v}` is not a number"))?),
+            "--tproxy-mark" => {
+                cfg.tproxy_mark = Some(v.parse().map_err(|_| format!("--tproxy-mark `{v}` is not a number"))?)
+            }
             "--timeout-ms" => {
-                cfg.timeout = Duration::from_millis(v.parse().map_err(|_| format!("--timeout-ms `{v}` is not a number"))?)
+                cfg.timeout =
+                    Duration::from_millis(v.parse().map_err(|_| format!("--timeout-ms `{v}` is not a number"))?)
             }
             _ => return Err(format!("unknown option `{flag}`")),
         }
@@ -156,15 +163,13 @@ fn main() {
             }
         }
     }
-    let terminals: Vec<_> = cfg
-        .serve
-        .iter()
-        .map(|(name, a)| (name.clone(), stub::bind_or_exit("fake-envoy", *a)))
-        .collect();
+    let terminals: Vec<_> =
+        cfg.serve.iter().map(|(name, a)| (name.clone(), stub::bind_or_exit("fake-envoy", *a))).collect();
     for (name, l) in terminals {
         stub::serve_terminal(l, name, cfg.timeout);
     }
-    let dns_tcp: Vec<_> = cfg.dns.iter().map(|(a, up)| (stub::bind_or_exit("fake-envoy", *a), Direction::Dns(*up))).collect();
+    let dns_tcp: Vec<_> =
+        cfg.dns.iter().map(|(a, up)| (stub::bind_or_exit("fake-envoy", *a), Direction::Dns(*up))).collect();
     let dns_udp: Vec<_> = cfg
         .dns
         .iter()
@@ -180,7 +185,11 @@ fn main() {
     for (sock, up) in dns_udp {
         thread::spawn(move || dns_udp_loop(sock, up, cfg));
     }
-    let listeners = inbound.into_iter().map(|l| (l, Direction::Inbound)).chain(outbound.into_iter().map(|l| (l, Direction::Outbound))).chain(dns_tcp);
+    let listeners = inbound
+        .into_iter()
+        .map(|l| (l, Direction::Inbound))
+        .chain(outbound.into_iter().map(|l| (l, Direction::Outbound)))
+        .chain(dns_tcp);
     for (l, dir) in listeners {
         thread::spawn(move || accept_loop(l, dir, cfg));
     }
@@ -213,12 +222,7 @@ fn original_dst(conn: &TcpStream) -> io::Result<SocketAddr> {
             ))
         }),
         SocketAddr::V6(_) => getsockopt(&conn.as_fd(), sockopt::Ip6tOriginalDst).map(|sa| {
-            SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sa.sin6_addr.s6_addr),
-                u16::from_be(sa.sin6_port),
-                0,
-                0,
-            ))
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(sa.sin6_addr.s6_addr), u16::from_be(sa.sin6_port), 0, 0))
         }),
     };
     // ENOENT: no NAT entry, so nothing was rewritten (TPROXY, or a direct
@@ -257,7 +261,14 @@ fn proxy(conn: TcpStream, port: u16, dir: Direction, cfg: &Config) -> io::Result
     }
 }
 
-fn forward(probe: &mut Probe, client: SocketAddr, to: SocketAddr, dir: Direction, cfg: &Config, budget: Duration) -> io::Result<String> {
+fn forward(
+    probe: &mut Probe,
+    client: SocketAddr,
+    to: SocketAddr,
+    dir: Direction,
+    cfg: &Config,
+    budget: Duration,
+) -> io::Result<String> {
     let upstream = match dir {
         // Two thirds for the connect: a first SYN that waits on neighbour
         // resolution (retried after 1 s) must still fit.
@@ -314,7 +325,8 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
                     probe.hops.push(Hop { role: role.clone(), port, original_dst: upstream, upstream: None });
                     match dns_forward(&mut probe, client, upstream, cfg.timeout) {
                         Ok(answer) => answer,
-                        Err(e) => Answer { probe, end: End::Error { role, port, message: format!("{upstream} {e}") } }.to_line(),
+                        Err(e) => Answer { probe, end: End::Error { role, port, message: format!("{upstream} {e}") } }
+                            .to_line(),
                     }
                 }
             };
@@ -340,7 +352,9 @@ fn dns_forward(probe: &mut Probe, client: SocketAddr, upstream: SocketAddr, time
     up.send(probe.to_line().as_bytes())?;
     let mut buf = vec![0u8; sidecheck_wire::MAX_LINE];
     let n = up.recv(&mut buf).map_err(|e| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(e.kind(), format!("no answer within {} ms", timeout.as_millis())),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(e.kind(), format!("no answer within {} ms", timeout.as_millis()))
+        }
         _ => e,
     })?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -351,7 +365,8 @@ fn upstream_socket(from: Option<SocketAddr>, upstream: SocketAddr) -> io::Result
     let family = if upstream.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    let any: SocketAddr = if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let any: SocketAddr =
+        if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let from = from.filter(|c| c.is_ipv4() == upstream.is_ipv4()).unwrap_or(any);
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(from))?;
     let up = std::net::UdpSocket::from(fd);
@@ -361,11 +376,22 @@ fn upstream_socket(from: Option<SocketAddr>, upstream: SocketAddr) -> io::Result
 
 fn set_transparent(fd: std::os::fd::BorrowedFd<'_>, v4: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
-    let (level, name) = if v4 { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
+    let (level, name) =
+        if v4 { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
     let rc = unsafe {
-        libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&fd), level, name, &one as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            name,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Connect from a fixed source address, as Envoy's inbound passthrough does;
@@ -408,7 +434,10 @@ fn wait_connected(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
     let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     if poll(&mut fds, ms)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {} ms", timeout.as_millis())));
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect timed out after {} ms", timeout.as_millis()),
+        ));
     }
     match stream.take_error()? {
         Some(e) => Err(e),

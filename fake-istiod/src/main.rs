@@ -33,10 +33,7 @@ fn main() {
         }
     }
     if listen.is_empty() {
-        listen = [15010, 15012, 15014, 15017]
-            .iter()
-            .map(|p| SocketAddr::from(([0, 0, 0, 0], *p)))
-            .collect();
+        listen = [15010, 15012, 15014, 15017].iter().map(|p| SocketAddr::from(([0, 0, 0, 0], *p))).collect();
     }
     stub::exit_with_parent();
     let listeners: Vec<_> = listen.iter().map(|a| stub::bind_or_exit("fake-istiod", *a)).collect();

@@ -7,7 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("run as root: sudo cargo test (or sudo sidecheck ...): {what} creates network namespaces, which needs root")]
+    #[error(
+        "run as root: sudo cargo test (or sudo sidecheck ...): {what} creates network namespaces, which needs root"
+    )]
     NotRoot { what: String },
 
     #[error("`{tool}` is not installed or not on PATH: install the Debian/Ubuntu package `{package}` (apt-get install -y {package}, or run ci/setup)")]

@@ -131,7 +131,15 @@ pub fn attr_be64(payload: &[u8]) -> Option<u64> {
 }
 
 /// Build one request: nlmsghdr + nfgenmsg + attributes.
-pub fn request(subsys: u16, msg: u16, flags: u16, seq: u32, family: u8, res_id: u16, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+pub fn request(
+    subsys: u16,
+    msg: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attributes: &[(u16, &[u8])],
+) -> Vec<u8> {
     let mut body = vec![family, 0 /* NFNETLINK_V0 */];
     body.extend_from_slice(&res_id.to_be_bytes());
     for (ty, payload) in attributes {
@@ -219,7 +227,11 @@ impl Socket {
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         let rc = unsafe {
-            libc::bind(sock.fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32)
+            libc::bind(
+                sock.fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -352,7 +364,9 @@ mod tests {
     #[test]
     fn an_error_message_with_errno_i32_min_does_not_overflow() {
         // fuzz/artifacts crash-1e8a46d4: an NLMSG_ERROR whose errno is i32::MIN.
-        let crash = [0x16, 0, 0, 0, 0x02, 0, 0, 0xb0, 0, 0x04, 0, 0x15, 0x7e, 0, 0xf5, 0x27, 0, 0, 0, 0x80, 0x11, 0, 0x11, 0x4f];
+        let crash = [
+            0x16, 0, 0, 0, 0x02, 0, 0, 0xb0, 0, 0x04, 0, 0x15, 0x7e, 0, 0xf5, 0x27, 0, 0, 0, 0x80, 0x11, 0, 0x11, 0x4f,
+        ];
         let msgs = messages(&crash);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].as_ref().unwrap().error, Some(i32::MIN));

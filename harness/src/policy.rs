@@ -85,7 +85,11 @@ impl Cidr {
         let (_, width) = Cidr::bits(self.addr);
         let host = width - u32::from(self.len);
         let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
-        if host >= 128 { 0 } else { all & !((1u128 << host).wrapping_sub(1)) }
+        if host >= 128 {
+            0
+        } else {
+            all & !((1u128 << host).wrapping_sub(1))
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -135,7 +139,9 @@ impl std::fmt::Display for Cidr {
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Cidr::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not an address range (like 10.0.0.0/8 or 2001:db8::/32)")))
+        Cidr::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{s}` is not an address range (like 10.0.0.0/8 or 2001:db8::/32)"))
+        })
     }
 }
 
@@ -153,7 +159,9 @@ impl GroupRef {
     pub fn gid(&self) -> Option<u32> {
         match self {
             GroupRef::Id(n) => Some(*n),
-            GroupRef::Name(s) => s.parse().ok().or_else(|| nix::unistd::Group::from_name(s).ok().flatten().map(|g| g.gid.as_raw())),
+            GroupRef::Name(s) => {
+                s.parse().ok().or_else(|| nix::unistd::Group::from_name(s).ok().flatten().map(|g| g.gid.as_raw()))
+            }
         }
     }
 }
@@ -291,12 +299,19 @@ impl Default for Policy {
 impl Policy {
     pub fn parse(file: &str, text: &str) -> Result<Policy> {
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax { file: file.into(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            Some(loc) => Error::ScenarioSyntax {
+                file: file.into(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
             None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
         })?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
         if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
-            return Err(invalid("proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into()));
+            return Err(invalid(
+                "proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into(),
+            ));
         }
         if p.mode == Mode::Tproxy && p.proxy_gids.is_empty() {
             return Err(invalid("mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart".into()));
@@ -374,13 +389,18 @@ impl Policy {
     /// Whether some app connection leaving the pod in `family` is captured:
     /// without that, the rules after the lo redirects could change nothing.
     pub fn captures_outbound(&self, family: Family) -> bool {
-        !self.outbound_ports_include.is_empty() || !self.live_includes(family).is_empty() || self.outbound_ranges_include == Select::All
+        !self.outbound_ports_include.is_empty()
+            || !self.live_includes(family).is_empty()
+            || self.outbound_ranges_include == Select::All
     }
 
     /// The included ranges of `family` not wholly inside an excluded one
     /// (ipv6-ipnets includes and excludes the same range: nothing is left).
     fn live_includes(&self, family: Family) -> Vec<Cidr> {
-        self.includes(family).into_iter().filter(|i| !self.outbound_ranges_exclude.iter().any(|x| x.len <= i.len && x.contains(i.addr))).collect()
+        self.includes(family)
+            .into_iter()
+            .filter(|i| !self.outbound_ranges_exclude.iter().any(|x| x.len <= i.len && x.contains(i.addr)))
+            .collect()
     }
 
     /// Whether any connection can arrive as inbound traffic: not when eth0
@@ -401,7 +421,8 @@ impl Policy {
     /// range to capture is a loopback one, as istio-iptables does (it then
     /// writes no lo RETURN). Otherwise lo is never captured for the app.
     pub fn judges_lo(&self, family: Family) -> bool {
-        let loopback = Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
+        let loopback =
+            Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
         self.includes(family).iter().any(|c| loopback.contains(c.addr))
     }
 
@@ -424,7 +445,9 @@ impl Policy {
         for x in &self.kube_virt_interfaces {
             match &self.outbound_ranges_include {
                 Select::All => virt.push(format!("-A PREROUTING -i {x} -j ISTIO_REDIRECT")),
-                Select::Only(_) => virt.extend(self.includes(family).iter().map(|c| format!("-A PREROUTING -i {x} -d {c} -j ISTIO_REDIRECT"))),
+                Select::Only(_) => virt.extend(
+                    self.includes(family).iter().map(|c| format!("-A PREROUTING -i {x} -d {c} -j ISTIO_REDIRECT")),
+                ),
             }
         }
         if capture_out || !virt.is_empty() {
@@ -435,7 +458,12 @@ impl Policy {
         }
         // Nothing arriving on an excluded or KubeVirt interface is inbound
         // traffic (under TPROXY, in mangle below).
-        let not_inbound: Vec<String> = self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces).map(|x| format!("-A PREROUTING -i {x} -j RETURN\n")).collect();
+        let not_inbound: Vec<String> = self
+            .exclude_interfaces
+            .iter()
+            .chain(&self.kube_virt_interfaces)
+            .map(|x| format!("-A PREROUTING -i {x} -j RETURN\n"))
+            .collect();
         let capture_in = !self.inbound_ports.is_none() && self.inbound_reachable();
         if capture_in && self.mode == Mode::Redirect {
             r.push_str(&not_inbound.concat());
@@ -480,12 +508,17 @@ impl Policy {
         }
         // A packet conntrack cannot place skips NAT and would reach the app
         // port directly (and be reset): dropped first, when asked.
-        let drop_invalid = if self.drop_invalid { "-A PREROUTING -m conntrack --ctstate INVALID -j DROP\n" } else { "" }.to_string();
+        let drop_invalid =
+            if self.drop_invalid { "-A PREROUTING -m conntrack --ctstate INVALID -j DROP\n" } else { "" }.to_string();
         if self.mode == Mode::Tproxy && capture_in {
             let m = self.tproxy_mark;
             let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
             mangle.push_str(&drop_invalid);
-            let _ = writeln!(mangle, "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff", self.inbound_port);
+            let _ = writeln!(
+                mangle,
+                "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff",
+                self.inbound_port
+            );
             mangle.push_str(&not_inbound.concat());
             mangle.push_str(&inbound);
             // The proxy's transparent upstream to the app is marked; its
@@ -536,7 +569,9 @@ impl Policy {
             }
             // A proxy gid outside the included owner groups is returned by
             // the group rule anyway (but its DNS would be captured first).
-            for g in self.proxy_gids.iter().filter(|g| dns || self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)) {
+            for g in self.proxy_gids.iter().filter(|g| {
+                dns || self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)
+            }) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
             }
             // The app's queries to the nameservers go to the agent, over lo
@@ -544,7 +579,10 @@ impl Policy {
             for server in &dns_servers {
                 let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
                 for proto in ["udp", "tcp"] {
-                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p {proto} -m {proto} --dport 53{d} -j REDIRECT --to-ports {DNS_AGENT_PORT}");
+                    let _ = writeln!(
+                        r,
+                        "-A ISTIO_OUTPUT -p {proto} -m {proto} --dport 53{d} -j REDIRECT --to-ports {DNS_AGENT_PORT}"
+                    );
                 }
                 if d.is_empty() {
                     break;
@@ -556,7 +594,8 @@ impl Policy {
         }
         if capture_out {
             if !self.owner_groups_include.is_empty() {
-                let not_in: Vec<String> = self.owner_groups_include.iter().map(|g| format!("-m owner ! --gid-owner {g}")).collect();
+                let not_in: Vec<String> =
+                    self.owner_groups_include.iter().map(|g| format!("-m owner ! --gid-owner {g}")).collect();
                 let _ = writeln!(r, "-A ISTIO_OUTPUT {} -j RETURN", not_in.join(" "));
             }
             for g in &self.owner_groups_exclude {
@@ -567,13 +606,19 @@ impl Policy {
             let loopback_cidr = Cidr::parse(&loopback).expect("a literal range");
             let captures_loopback = self.outbound_ranges_include == Select::All
                 || !self.outbound_ports_include.is_empty()
-                || self.includes(family).iter().any(|c| c.contains(loopback_cidr.addr) || loopback_cidr.contains(c.addr));
+                || self
+                    .includes(family)
+                    .iter()
+                    .any(|c| c.contains(loopback_cidr.addr) || loopback_cidr.contains(c.addr));
             if self.judges_lo(family) && captures_loopback {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
             }
             // An excluded range matters only where something would capture it.
             let includes = self.includes(family);
-            let overlaps = |c: &Cidr| self.outbound_ranges_include == Select::All || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr));
+            let overlaps = |c: &Cidr| {
+                self.outbound_ranges_include == Select::All
+                    || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr))
+            };
             for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family && overlaps(c)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
             }
@@ -698,7 +743,8 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         return vec![q.port];
     }
     let links = p.pod_links();
-    let iface = if q.link == 0 { "eth0" } else { links.get(usize::from(q.link) - 1).map(String::as_str).unwrap_or("?") };
+    let iface =
+        if q.link == 0 { "eth0" } else { links.get(usize::from(q.link) - 1).map(String::as_str).unwrap_or("?") };
     let on = |list: &[String]| list.iter().any(|i| i == iface);
     if q.inbound && on(&p.exclude_interfaces) {
         return vec![q.port];
@@ -718,7 +764,10 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         if !captured {
             return vec![q.port];
         }
-        return through_outbound(p, Query { inbound: false, dest: if local { Dest::OwnPod(ip) } else { Dest::Remote(ip) }, link: 0, ..q });
+        return through_outbound(
+            p,
+            Query { inbound: false, dest: if local { Dest::OwnPod(ip) } else { Dest::Remote(ip) }, link: 0, ..q },
+        );
     }
     if matches!(q.dest, Dest::Through(_)) {
         return vec![q.port];
@@ -745,7 +794,9 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) => (ip, true),
         Dest::Remote(ip) | Dest::Through(ip) => (ip, false),
     };
-    let host_lo = matches!(q.dest, Dest::Loopback) || p.host_loopback_cidr.contains(ip) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let host_lo = matches!(q.dest, Dest::Loopback)
+        || p.host_loopback_cidr.contains(ip)
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
     let dns = p.dns_capture && q.port == 53;
     // Over lo: the proxy's TCP connections to the pod's own address (or any
     // lo address outside the host loopback range) are captured, to the
@@ -771,7 +822,10 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         return vec![q.port];
     }
     let grouped = p.owner_groups_include.is_empty() || Policy::in_groups(&p.owner_groups_include, q.gid);
-    if !grouped || Policy::in_groups(&p.owner_groups_exclude, q.gid) || p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+    if !grouped
+        || Policy::in_groups(&p.owner_groups_exclude, q.gid)
+        || p.outbound_ranges_exclude.iter().any(|c| c.contains(ip))
+    {
         return vec![q.port];
     }
     let captured = match &p.outbound_ranges_include {
@@ -787,7 +841,11 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
 /// Captured to the outbound listener: the proxy then dials `q`'s
 /// destination as itself, and that connection is judged again.
 fn through_outbound(p: &Policy, q: Query) -> Vec<u16> {
-    let upstream = Query { uid: p.proxy_uids.first().copied().unwrap_or(q.uid), gid: p.proxy_gids.first().copied().unwrap_or(q.gid), ..q };
+    let upstream = Query {
+        uid: p.proxy_uids.first().copied().unwrap_or(q.uid),
+        gid: p.proxy_gids.first().copied().unwrap_or(q.gid),
+        ..q
+    };
     let mut hops = vec![p.outbound_port];
     hops.extend(oracle(p, upstream));
     hops
@@ -834,24 +892,27 @@ impl Policy {
     /// boundary the policy draws.
     pub fn matrix(&self, topo: &MatrixTopology, app_uid: u32) -> Vec<MatrixProbe> {
         let mut out = Vec::new();
-        let (puid, pgid) = (self.proxy_uids.first().copied().unwrap_or(app_uid), self.proxy_gids.first().copied().unwrap_or(app_uid));
+        let (puid, pgid) =
+            (self.proxy_uids.first().copied().unwrap_or(app_uid), self.proxy_gids.first().copied().unwrap_or(app_uid));
         // The app runs in the first included owner group, if any, so its
         // traffic is the kind the policy captures.
         let app_gid = self.owner_groups_include.iter().find_map(GroupRef::gid).unwrap_or(app_uid);
         let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push = |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool, link: u8| {
-                if served(port) {
-                    return;
-                }
-                let q = Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link };
-                let expected = oracle(self, q);
-                let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
-                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
-            };
+            let mut push =
+                |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool, link: u8| {
+                    if served(port) {
+                        return;
+                    }
+                    let q = Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link };
+                    let expected = oracle(self, q);
+                    let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
+                    out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
+                };
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
-            let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
+            let mut inbound: Vec<(String, u16)> =
+                vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
             let listed: Vec<u16> = match &self.inbound_ports {
                 Select::All => self.inbound_exclude.clone(),
                 Select::Only(l) => l.clone(),
@@ -864,7 +925,16 @@ impl Policy {
             // traffic is not inbound traffic (under TPROXY, istio#31095).
             if let Select::Only(l) = &self.inbound_ports {
                 for p in l {
-                    push(format!("app-to-own-pod-inbound-{p}"), Host::LocalPod, app_uid, app_uid, Dest::OwnPod(pod), *p, false, 0);
+                    push(
+                        format!("app-to-own-pod-inbound-{p}"),
+                        Host::LocalPod,
+                        app_uid,
+                        app_uid,
+                        Dest::OwnPod(pod),
+                        *p,
+                        false,
+                        0,
+                    );
                 }
             }
             // Where an app connection is captured, if anywhere: the probes
@@ -877,9 +947,28 @@ impl Policy {
             let ranges: Vec<Cidr> = ranges.into_iter().filter(|c| c.family() == family).collect();
             let mut candidates: Vec<(IpAddr, u16)> = vec![(remote, 9090)];
             candidates.extend(self.outbound_ports_include.iter().map(|p| (remote, *p)));
-            candidates.extend(ranges.iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)).map(|ip| (ip, 9090)));
-            let app = |ip: IpAddr, port: u16| Query { inbound: false, udp: false, invalid: false, uid: app_uid, gid: app_gid, dest: Dest::Remote(ip), port, link: 0 };
-            let (target, target_port) = candidates.iter().copied().find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1).unwrap_or((remote, 9090));
+            candidates.extend(
+                ranges
+                    .iter()
+                    .filter_map(|c| Cidr::step(c.bounds().0, 1))
+                    .filter(|ip| (topo.usable)(*ip))
+                    .map(|ip| (ip, 9090)),
+            );
+            let app = |ip: IpAddr, port: u16| Query {
+                inbound: false,
+                udp: false,
+                invalid: false,
+                uid: app_uid,
+                gid: app_gid,
+                dest: Dest::Remote(ip),
+                port,
+                link: 0,
+            };
+            let (target, target_port) = candidates
+                .iter()
+                .copied()
+                .find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1)
+                .unwrap_or((remote, 9090));
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
             push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false, 0);
@@ -887,13 +976,31 @@ impl Policy {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false, 0);
             }
             for p in &self.outbound_ports_exclude {
-                push(format!("proxy-to-own-pod-excluded-{p}"), Host::LocalPod, puid, app_gid, Dest::OwnPod(pod), *p, false, 0);
+                push(
+                    format!("proxy-to-own-pod-excluded-{p}"),
+                    Host::LocalPod,
+                    puid,
+                    app_gid,
+                    Dest::OwnPod(pod),
+                    *p,
+                    false,
+                    0,
+                );
             }
             for (label, port) in with_neighbours("outbound", &self.outbound_ports_include) {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false, 0);
             }
             for p in &self.outbound_ports_include {
-                push(format!("app-to-own-pod-included-{p}"), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), *p, false, 0);
+                push(
+                    format!("app-to-own-pod-included-{p}"),
+                    Host::LocalPod,
+                    app_uid,
+                    app_gid,
+                    Dest::OwnPod(pod),
+                    *p,
+                    false,
+                    0,
+                );
             }
             // Outbound by address: each range's edges, inside and out.
             let lo = |c: &Cidr| Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(c.addr));
@@ -901,17 +1008,44 @@ impl Policy {
                 // A loopback range: over lo, on its edges (a /32's address and the next).
                 let (first, last) = c.bounds();
                 // (Not a wide range's network or broadcast address: lo refuses those.)
-                let edges = if c.len >= 31 { [Some(first), Some(last), Cidr::step(last, 1)] } else { [Cidr::step(first, 1), Cidr::step(last, -1), None] };
+                let edges = if c.len >= 31 {
+                    [Some(first), Some(last), Cidr::step(last, 1)]
+                } else {
+                    [Cidr::step(first, 1), Cidr::step(last, -1), None]
+                };
                 for ip in edges.into_iter().flatten().filter(|ip| ip.is_loopback()) {
-                    push(format!("lo-range-{c}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(ip), 9090, false, 0);
+                    push(
+                        format!("lo-range-{c}-{ip}"),
+                        Host::LocalPod,
+                        app_uid,
+                        app_gid,
+                        Dest::LoopbackAlias(ip),
+                        9090,
+                        false,
+                        0,
+                    );
                 }
             }
             for c in &ranges {
                 let (first, last) = c.bounds();
-                let edges = [("first", Cidr::step(first, 1)), ("last", Cidr::step(last, -1)), ("below", Cidr::step(first, -1)), ("above", Cidr::step(last, 1))];
+                let edges = [
+                    ("first", Cidr::step(first, 1)),
+                    ("last", Cidr::step(last, -1)),
+                    ("below", Cidr::step(first, -1)),
+                    ("above", Cidr::step(last, 1)),
+                ];
                 for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
-                        push(format!("range-{c}-{edge}-{ip}"), Host::LocalPod, app_uid, app_gid, Dest::Remote(ip), 9090, false, 0);
+                        push(
+                            format!("range-{c}-{edge}-{ip}"),
+                            Host::LocalPod,
+                            app_uid,
+                            app_gid,
+                            Dest::Remote(ip),
+                            9090,
+                            false,
+                            0,
+                        );
                     }
                 }
             }
@@ -919,53 +1053,183 @@ impl Policy {
             // uid), so a missing uid rule is not hidden by the gid rule after
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(format!("proxy-uid-{u}-out"), Host::LocalPod, *u, app_gid, Dest::Remote(target), target_port, false, 0);
-                push(format!("proxy-uid-{u}-to-own-pod"), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), 8080, false, 0);
-                push(format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, *u, app_gid, Dest::OwnPod(pod), self.tunnel_port, false, 0);
+                push(
+                    format!("proxy-uid-{u}-out"),
+                    Host::LocalPod,
+                    *u,
+                    app_gid,
+                    Dest::Remote(target),
+                    target_port,
+                    false,
+                    0,
+                );
+                push(
+                    format!("proxy-uid-{u}-to-own-pod"),
+                    Host::LocalPod,
+                    *u,
+                    app_gid,
+                    Dest::OwnPod(pod),
+                    8080,
+                    false,
+                    0,
+                );
+                push(
+                    format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port),
+                    Host::LocalPod,
+                    *u,
+                    app_gid,
+                    Dest::OwnPod(pod),
+                    self.tunnel_port,
+                    false,
+                    0,
+                );
             }
             // Where lo is judged by the ranges, the proxy's lo call that is
             // not redirected inbound (the tunnel port) is returned as the proxy's.
-            let lo_target = ranges.iter().filter(|c| lo(c)).find_map(|c| if c.len >= 31 { Some(c.bounds().0) } else { Cidr::step(c.bounds().0, 2) });
+            let lo_target = ranges.iter().filter(|c| lo(c)).find_map(|c| {
+                if c.len >= 31 {
+                    Some(c.bounds().0)
+                } else {
+                    Cidr::step(c.bounds().0, 2)
+                }
+            });
             if let Some(ip) = lo_target.filter(|_| self.judges_lo(family)) {
                 for u in &self.proxy_uids {
-                    push(format!("proxy-uid-{u}-to-lo-{ip}-tunnel"), Host::LocalPod, *u, app_gid, Dest::LoopbackAlias(ip), self.tunnel_port, false, 0);
+                    push(
+                        format!("proxy-uid-{u}-to-lo-{ip}-tunnel"),
+                        Host::LocalPod,
+                        *u,
+                        app_gid,
+                        Dest::LoopbackAlias(ip),
+                        self.tunnel_port,
+                        false,
+                        0,
+                    );
                 }
                 for g in &self.proxy_gids {
-                    push(format!("proxy-gid-{g}-to-lo-{ip}-tunnel"), Host::LocalPod, app_uid, *g, Dest::LoopbackAlias(ip), self.tunnel_port, false, 0);
+                    push(
+                        format!("proxy-gid-{g}-to-lo-{ip}-tunnel"),
+                        Host::LocalPod,
+                        app_uid,
+                        *g,
+                        Dest::LoopbackAlias(ip),
+                        self.tunnel_port,
+                        false,
+                        0,
+                    );
                 }
             }
             for g in &self.proxy_gids {
-                push(format!("proxy-gid-{g}-out"), Host::LocalPod, app_uid, *g, Dest::Remote(target), target_port, false, 0);
-                push(format!("proxy-gid-{g}-to-own-pod"), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), 8080, false, 0);
-                push(format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port), Host::LocalPod, app_uid, *g, Dest::OwnPod(pod), self.tunnel_port, false, 0);
+                push(
+                    format!("proxy-gid-{g}-out"),
+                    Host::LocalPod,
+                    app_uid,
+                    *g,
+                    Dest::Remote(target),
+                    target_port,
+                    false,
+                    0,
+                );
+                push(
+                    format!("proxy-gid-{g}-to-own-pod"),
+                    Host::LocalPod,
+                    app_uid,
+                    *g,
+                    Dest::OwnPod(pod),
+                    8080,
+                    false,
+                    0,
+                );
+                push(
+                    format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port),
+                    Host::LocalPod,
+                    app_uid,
+                    *g,
+                    Dest::OwnPod(pod),
+                    self.tunnel_port,
+                    false,
+                    0,
+                );
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
-                push(format!("owner-group-{g}-out"), Host::LocalPod, app_uid, g, Dest::Remote(target), target_port, false, 0);
+                push(
+                    format!("owner-group-{g}-out"),
+                    Host::LocalPod,
+                    app_uid,
+                    g,
+                    Dest::Remote(target),
+                    target_port,
+                    false,
+                    0,
+                );
             }
             if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
-                let outside = (app_uid..).find(|g| !Policy::in_groups(&self.owner_groups_include, *g) && !Policy::in_groups(&self.owner_groups_exclude, *g) && !self.proxy_gids.contains(g)).unwrap_or(app_uid);
-                push(format!("owner-group-{outside}-unlisted-out"), Host::LocalPod, app_uid, outside, Dest::Remote(target), target_port, false, 0);
+                let outside = (app_uid..)
+                    .find(|g| {
+                        !Policy::in_groups(&self.owner_groups_include, *g)
+                            && !Policy::in_groups(&self.owner_groups_exclude, *g)
+                            && !self.proxy_gids.contains(g)
+                    })
+                    .unwrap_or(app_uid);
+                push(
+                    format!("owner-group-{outside}-unlisted-out"),
+                    Host::LocalPod,
+                    app_uid,
+                    outside,
+                    Dest::Remote(target),
+                    target_port,
+                    false,
+                    0,
+                );
             }
             // DNS: each server the app's queries are captured for, over UDP
             // and TCP, from the app and from each proxy identity; with a
             // list of servers, one outside it.
             if self.dns_capture {
                 for server in self.dns_servers_for(family) {
-                    let dest = if dns_server_is_local(server) { Dest::LoopbackAlias(server) } else { Dest::Remote(server) };
+                    let dest =
+                        if dns_server_is_local(server) { Dest::LoopbackAlias(server) } else { Dest::Remote(server) };
                     for (proto, udp) in [("udp", true), ("tcp", false)] {
                         push(format!("dns-{server}-{proto}"), Host::LocalPod, app_uid, app_gid, dest, 53, udp, 0);
                         for u in &self.proxy_uids {
-                            push(format!("proxy-uid-{u}-dns-{server}-{proto}"), Host::LocalPod, *u, app_gid, dest, 53, udp, 0);
+                            push(
+                                format!("proxy-uid-{u}-dns-{server}-{proto}"),
+                                Host::LocalPod,
+                                *u,
+                                app_gid,
+                                dest,
+                                53,
+                                udp,
+                                0,
+                            );
                         }
                         for g in &self.proxy_gids {
-                            push(format!("proxy-gid-{g}-dns-{server}-{proto}"), Host::LocalPod, app_uid, *g, dest, 53, udp, 0);
+                            push(
+                                format!("proxy-gid-{g}-dns-{server}-{proto}"),
+                                Host::LocalPod,
+                                app_uid,
+                                *g,
+                                dest,
+                                53,
+                                udp,
+                                0,
+                            );
                         }
                     }
                 }
                 let unlisted = kube_dns(family);
                 if !self.dns_capture_all && !self.dns_servers.contains(&unlisted) {
-                    push(format!("dns-unlisted-{unlisted}-udp"), Host::LocalPod, app_uid, app_gid, Dest::Remote(unlisted), 53, true, 0);
+                    push(
+                        format!("dns-unlisted-{unlisted}-udp"),
+                        Host::LocalPod,
+                        app_uid,
+                        app_gid,
+                        Dest::Remote(unlisted),
+                        53,
+                        true,
+                        0,
+                    );
                 }
             }
             // Each extra interface: from the host behind it to the pod, and
@@ -973,27 +1237,97 @@ impl Policy {
             for (i, name) in self.pod_links().iter().enumerate() {
                 let k = (i + 1) as u8;
                 let (at_pod, at_side) = crate::topology::TopologyConfig::link_addresses(k, family);
-                push(format!("iface-{name}-inbound-8080"), Host::Side(k), 65534, 65534, Dest::Remote(at_pod), 8080, false, k);
-                push(format!("iface-{name}-through-to-remote-9090"), Host::Side(k), 65534, 65534, Dest::Through(remote), 9090, false, k);
+                push(
+                    format!("iface-{name}-inbound-8080"),
+                    Host::Side(k),
+                    65534,
+                    65534,
+                    Dest::Remote(at_pod),
+                    8080,
+                    false,
+                    k,
+                );
+                push(
+                    format!("iface-{name}-through-to-remote-9090"),
+                    Host::Side(k),
+                    65534,
+                    65534,
+                    Dest::Through(remote),
+                    9090,
+                    false,
+                    k,
+                );
                 if self.kube_virt_interfaces.contains(name) {
-                    for ip in self.includes(family).iter().filter_map(|c| Cidr::step(c.bounds().0, 1)).filter(|ip| (topo.usable)(*ip)) {
-                        push(format!("iface-{name}-through-to-{ip}-9090"), Host::Side(k), 65534, 65534, Dest::Through(ip), 9090, false, k);
+                    for ip in self
+                        .includes(family)
+                        .iter()
+                        .filter_map(|c| Cidr::step(c.bounds().0, 1))
+                        .filter(|ip| (topo.usable)(*ip))
+                    {
+                        push(
+                            format!("iface-{name}-through-to-{ip}-9090"),
+                            Host::Side(k),
+                            65534,
+                            65534,
+                            Dest::Through(ip),
+                            9090,
+                            false,
+                            k,
+                        );
                     }
                 }
-                push(format!("iface-{name}-outbound-9090"), Host::LocalPod, app_uid, app_gid, Dest::Remote(at_side), 9090, false, k);
+                push(
+                    format!("iface-{name}-outbound-9090"),
+                    Host::LocalPod,
+                    app_uid,
+                    app_gid,
+                    Dest::Remote(at_side),
+                    9090,
+                    false,
+                    k,
+                );
             }
             push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false, 0);
             push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080, false, 0);
             push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080, false, 0);
             // Another lo address, on the edge of the host loopback range.
             if family == Family::Ipv4 {
-                let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1).filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
-                push(format!("proxy-to-lo-{alias}"), Host::LocalPod, puid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
-                push(format!("app-to-lo-{alias}"), Host::LocalPod, app_uid, app_gid, Dest::LoopbackAlias(alias), 8080, false, 0);
+                let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1)
+                    .filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback()))
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
+                push(
+                    format!("proxy-to-lo-{alias}"),
+                    Host::LocalPod,
+                    puid,
+                    app_gid,
+                    Dest::LoopbackAlias(alias),
+                    8080,
+                    false,
+                    0,
+                );
+                push(
+                    format!("app-to-lo-{alias}"),
+                    Host::LocalPod,
+                    app_uid,
+                    app_gid,
+                    Dest::LoopbackAlias(alias),
+                    8080,
+                    false,
+                    0,
+                );
             }
             // A TCP segment conntrack marks INVALID, to an app port.
             if family == Family::Ipv4 && self.drop_invalid {
-                let q = Query { inbound: true, udp: false, invalid: true, uid: 65534, gid: 65534, dest: Dest::Remote(pod), port: 8080, link: 0 };
+                let q = Query {
+                    inbound: true,
+                    udp: false,
+                    invalid: true,
+                    uid: 65534,
+                    gid: 65534,
+                    dest: Dest::Remote(pod),
+                    port: 8080,
+                    link: 0,
+                };
                 out.push(MatrixProbe {
                     label: "invalid-segment-to-8080".into(),
                     from: Host::RemotePod,
@@ -1047,7 +1381,8 @@ impl Policy {
 
     /// The routing a TPROXY policy needs beside its rules.
     pub fn tproxy(&self) -> Option<crate::session::Tproxy> {
-        (self.mode == Mode::Tproxy).then_some(crate::session::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
+        (self.mode == Mode::Tproxy)
+            .then_some(crate::session::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
     }
 
     /// The reference rules as a rule source.
@@ -1067,17 +1402,37 @@ impl Policy {
         use crate::scenario::{Destination, Expect, Scenario, Source, Spec};
         let (c4, c6) = (topo.pod_cidr, topo.pod_cidr6);
         let mt = MatrixTopology {
-            hosts: Family::BOTH.iter().map(|f| (*f, topo.address_of(Host::LocalPod, *f), topo.address_of(Host::RemotePod, *f))).collect(),
+            hosts: Family::BOTH
+                .iter()
+                .map(|f| (*f, topo.address_of(Host::LocalPod, *f), topo.address_of(Host::RemotePod, *f)))
+                .collect(),
             usable: Box::new(move |ip: IpAddr| match ip {
-                IpAddr::V4(a) => !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() && !crate::topology::in_cidr(a, c4),
-                IpAddr::V6(a) => !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !crate::topology::in_cidr6(a, c6),
+                IpAddr::V4(a) => {
+                    !a.is_loopback()
+                        && !a.is_unspecified()
+                        && !a.is_multicast()
+                        && !a.is_broadcast()
+                        && !crate::topology::in_cidr(a, c4)
+                }
+                IpAddr::V6(a) => {
+                    !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !crate::topology::in_cidr6(a, c6)
+                }
             }),
         };
         let probes = self.matrix(&mt, 1000);
         let served: Vec<(String, u16)> = profile.served().into_iter().map(|(n, p, _)| (n, p)).collect();
-        let mut run = PolicyRun { scenarios: Vec::new(), local_app_ports: Vec::new(), remote_app_ports: Vec::new(), remote_extra: Vec::new(), local_extra: Vec::new(), dns: None, side_app_ports: Vec::new() };
+        let mut run = PolicyRun {
+            scenarios: Vec::new(),
+            local_app_ports: Vec::new(),
+            remote_app_ports: Vec::new(),
+            remote_extra: Vec::new(),
+            local_extra: Vec::new(),
+            dns: None,
+            side_app_ports: Vec::new(),
+        };
         if self.dns_capture {
-            let mut dns = crate::session::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
+            let mut dns =
+                crate::session::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
             for f in topo.families.iter().copied().filter(|f| self.families().contains(f)) {
                 dns.upstreams.push((f, self.dns_upstream(f)));
                 let listed = self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == f);
@@ -1100,7 +1455,8 @@ impl Policy {
         }
         for pr in probes {
             let pod = topo.address_of(Host::LocalPod, pr.family);
-            let local = pr.from != Host::LocalPod || matches!(pr.dest, Dest::OwnPod(_) | Dest::Loopback | Dest::LoopbackAlias(_));
+            let local = pr.from != Host::LocalPod
+                || matches!(pr.dest, Dest::OwnPod(_) | Dest::Loopback | Dest::LoopbackAlias(_));
             let (address, host) = match pr.dest {
                 Dest::OwnPod(ip) => (Some(ip), None),
                 Dest::Loopback => (None, Some("localhost".to_string())),
@@ -1109,7 +1465,11 @@ impl Policy {
             };
             let to_side = pr.link != 0 && pr.from == Host::LocalPod;
             if let Dest::Remote(ip) | Dest::Through(ip) = pr.dest {
-                if !to_side && ip != pod && ip != topo.address_of(Host::RemotePod, pr.family) && !run.remote_extra.contains(&ip) {
+                if !to_side
+                    && ip != pod
+                    && ip != topo.address_of(Host::RemotePod, pr.family)
+                    && !run.remote_extra.contains(&ip)
+                {
                     run.remote_extra.push(ip);
                 }
             }
@@ -1139,10 +1499,28 @@ impl Policy {
             };
             let spec = Spec {
                 flow,
-                description: format!("policy probe {}: uid {} gid {} from {} to port {}", pr.label, pr.uid, pr.gid, pr.from.name(), pr.port),
+                description: format!(
+                    "policy probe {}: uid {} gid {} from {} to port {}",
+                    pr.label,
+                    pr.uid,
+                    pr.gid,
+                    pr.from.name(),
+                    pr.port
+                ),
                 family: Some(pr.family),
-                source: Source { host: pr.from, uid: UidRef::Number(pr.uid), gid: Some(UidRef::Number(pr.gid)), role: None },
-                destination: Destination { host, service: None, address, port: PortRef::Number(pr.port), protocol: pr.protocol },
+                source: Source {
+                    host: pr.from,
+                    uid: UidRef::Number(pr.uid),
+                    gid: Some(UidRef::Number(pr.gid)),
+                    role: None,
+                },
+                destination: Destination {
+                    host,
+                    service: None,
+                    address,
+                    port: PortRef::Number(pr.port),
+                    protocol: pr.protocol,
+                },
                 expect: Expect {
                     ports: pr.expected.iter().map(|p| PortRef::Number(*p)).collect(),
                     server,
@@ -1152,7 +1530,11 @@ impl Policy {
                     profiles: Default::default(),
                 },
             };
-            run.scenarios.push(Scenario { name: format!("policy::{}", pr.label), file: "(policy matrix)".into(), spec });
+            run.scenarios.push(Scenario {
+                name: format!("policy::{}", pr.label),
+                file: "(policy matrix)".into(),
+                spec,
+            });
         }
         run
     }
@@ -1170,7 +1552,16 @@ fn with_neighbours(prefix: &str, ports: &[u16]) -> Vec<(String, u16)> {
 
 fn dedup(v: Vec<(String, u16)>) -> Vec<(String, u16)> {
     let mut seen = Vec::new();
-    v.into_iter().filter(|(_, p)| if seen.contains(p) { false } else { seen.push(*p); true }).collect()
+    v.into_iter()
+        .filter(|(_, p)| {
+            if seen.contains(p) {
+                false
+            } else {
+                seen.push(*p);
+                true
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1236,15 +1627,35 @@ mod tests {
         }
         let lo = policy("outbound_ranges_include: [127.0.0.0/8]\noutbound_ranges_exclude: [10.0.0.0/8]");
         let alias = Dest::LoopbackAlias("127.0.0.2".parse().unwrap());
-        assert_eq!(oracle(&lo, app(alias, 8080)), [15001, 15006, 8080], "a loopback range to capture: out, then the proxy's own lo call comes back in");
+        assert_eq!(
+            oracle(&lo, app(alias, 8080)),
+            [15001, 15006, 8080],
+            "a loopback range to capture: out, then the proxy's own lo call comes back in"
+        );
         assert_eq!(oracle(&lo, app(Dest::Loopback, 8080)), [8080], "127.0.0.1 is still returned");
         assert_eq!(oracle(&lo, app(OWN, 8080)), [8080], "the pod's address is in the excluded range");
-        assert_eq!(oracle(&p, app(alias, 8080)), [8080], "without a loopback range, the app's lo traffic is never captured");
+        assert_eq!(
+            oracle(&p, app(alias, 8080)),
+            [8080],
+            "without a loopback range, the app's lo traffic is never captured"
+        );
         let wide = policy("host_loopback_cidr: 127.0.0.1/8");
-        assert_eq!(oracle(&wide, Query { uid: 1337, gid: 1337, ..app(alias, 8080) }), [8080], "inside the host loopback range");
-        assert_eq!(oracle(&Policy::default(), Query { uid: 1337, gid: 1337, ..app(alias, 8080) }), [15006, 8080], "outside 127.0.0.1/32");
+        assert_eq!(
+            oracle(&wide, Query { uid: 1337, gid: 1337, ..app(alias, 8080) }),
+            [8080],
+            "inside the host loopback range"
+        );
+        assert_eq!(
+            oracle(&Policy::default(), Query { uid: 1337, gid: 1337, ..app(alias, 8080) }),
+            [15006, 8080],
+            "outside 127.0.0.1/32"
+        );
         let listed = policy("inbound_ports: [32000]\ninbound_exclude: [32000]");
-        assert_eq!(oracle(&listed, inbound(32000)), [15006, 32000], "a list ignores inbound_exclude, as istio-iptables does");
+        assert_eq!(
+            oracle(&listed, inbound(32000)),
+            [15006, 32000],
+            "a list ignores inbound_exclude, as istio-iptables does"
+        );
         assert_eq!(oracle(&listed, inbound(32001)), [32001]);
     }
 
@@ -1264,7 +1675,10 @@ mod tests {
         }
         let named = policy("owner_groups_include: [no-such-group-here, 202]");
         let e = named.check_groups("p.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("p.yaml: owner group `no-such-group-here` does not exist") && e.contains("groupadd"), "{e}");
+        assert!(
+            e.starts_with("p.yaml: owner group `no-such-group-here` does not exist") && e.contains("groupadd"),
+            "{e}"
+        );
         assert!(policy("owner_groups_exclude: [root, 5]").check_groups("p.yaml").is_ok(), "root is on every machine");
         let r = inc.to_restore_for(Family::Ipv4);
         assert!(r.contains("-A ISTIO_OUTPUT -m owner ! --gid-owner 202 -m owner ! --gid-owner 203 -j RETURN"), "{r}");
@@ -1306,7 +1720,11 @@ mod tests {
             usable: Box::new(|ip: IpAddr| !Cidr::parse("10.244.0.0/24").unwrap().contains(ip)),
         };
         let m = p.matrix(&topo, 1000);
-        let find = |l: &str| m.iter().find(|x| x.label == l && x.family == Family::Ipv4).unwrap_or_else(|| panic!("no {l} in {:?}", m.iter().map(|x| &x.label).collect::<Vec<_>>()));
+        let find = |l: &str| {
+            m.iter()
+                .find(|x| x.label == l && x.family == Family::Ipv4)
+                .unwrap_or_else(|| panic!("no {l} in {:?}", m.iter().map(|x| &x.label).collect::<Vec<_>>()))
+        };
         assert_eq!(find("inbound-32000").expected, [15006, 32000]);
         assert_eq!(find("inbound-32001-beside-32000").expected, [32001]);
         assert_eq!(find("outbound-5555").expected, [5555]);
@@ -1341,7 +1759,12 @@ mod tests {
             ("the app's UDP query to a listed server", &listed, udp(app(local, 53)), &[15053, 53]),
             ("the app's TCP query to it, over lo", &listed, app(local, 53), &[15053, 53]),
             ("the proxy uid's query is its own", &listed, udp(Query { uid: 3, ..app(local, 53) }), &[53]),
-            ("the proxy gid's TCP query over lo is not redirected inbound", &listed, Query { gid: 1, ..app(local, 53) }, &[53]),
+            (
+                "the proxy gid's TCP query over lo is not redirected inbound",
+                &listed,
+                Query { gid: 1, ..app(local, 53) },
+                &[53],
+            ),
             ("a server not listed", &listed, udp(app(REMOTE, 53)), &[53]),
             ("another UDP port", &listed, udp(app(local, 54)), &[54]),
             ("capture all: any server", &all, udp(app(REMOTE, 53)), &[15053, 53]),
@@ -1352,13 +1775,28 @@ mod tests {
         }
         let r = listed.to_restore_for(Family::Ipv4);
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
-        assert!(pos("--uid-owner 3 -j RETURN") < pos("-p udp -m udp --dport 53 -d 127.0.0.53 -j REDIRECT --to-ports 15053"), "the proxy's own queries return first");
+        assert!(
+            pos("--uid-owner 3 -j RETURN") < pos("-p udp -m udp --dport 53 -d 127.0.0.53 -j REDIRECT --to-ports 15053"),
+            "the proxy's own queries return first"
+        );
         assert!(pos("multiport ! --dports 53,15008 -m owner --gid-owner 1") > 0);
-        assert!(pos("*raw") > pos("*nat") && pos("--sport 15053 -m owner --gid-owner 1 -j CT --zone 2") < pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1"));
-        assert!(pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1") < pos("-A OUTPUT -p udp -m udp --dport 53 -d 127.0.0.53 -j CT --zone 2"), "the agent's queries take zone 1 before the app's rule");
+        assert!(
+            pos("*raw") > pos("*nat")
+                && pos("--sport 15053 -m owner --gid-owner 1 -j CT --zone 2")
+                    < pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1")
+        );
+        assert!(
+            pos("--dport 53 -m owner --gid-owner 1 -j CT --zone 1")
+                < pos("-A OUTPUT -p udp -m udp --dport 53 -d 127.0.0.53 -j CT --zone 2"),
+            "the agent's queries take zone 1 before the app's rule"
+        );
         assert!(!listed.to_restore_for(Family::Ipv6).contains("53"), "no IPv6 server listed: no IPv6 DNS rules");
-        assert!(all.to_restore_for(Family::Ipv4).contains("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"));
-        assert!(dns_server_is_local("::127.0.0.53".parse().unwrap()) && !dns_server_is_local("10.96.0.10".parse().unwrap()));
+        assert!(all
+            .to_restore_for(Family::Ipv4)
+            .contains("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"));
+        assert!(
+            dns_server_is_local("::127.0.0.53".parse().unwrap()) && !dns_server_is_local("10.96.0.10".parse().unwrap())
+        );
     }
 
     #[test]
@@ -1366,11 +1804,23 @@ mod tests {
         let p = policy("mode: TPROXY\ninbound_ports: '*'\ntproxy_mark: 7\ntproxy_table: 70");
         let r = p.to_restore_for(Family::Ipv4);
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
-        assert!(pos("*mangle") < pos("-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006 --tproxy-mark 7/0xffffffff") && pos("-A ISTIO_TPROXY") < pos("*nat"));
-        assert!(pos("-A ISTIO_INBOUND -p tcp -i lo -j RETURN") < pos("-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY"), "lo is never TPROXY'd (istio#31095)");
-        assert!(pos("--ctstate RELATED,ESTABLISHED -j RETURN") < pos("-j ISTIO_TPROXY\n"), "replies to the pod's own connections pass before TPROXY");
+        assert!(
+            pos("*mangle") < pos("-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006 --tproxy-mark 7/0xffffffff")
+                && pos("-A ISTIO_TPROXY") < pos("*nat")
+        );
+        assert!(
+            pos("-A ISTIO_INBOUND -p tcp -i lo -j RETURN") < pos("-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY"),
+            "lo is never TPROXY'd (istio#31095)"
+        );
+        assert!(
+            pos("--ctstate RELATED,ESTABLISHED -j RETURN") < pos("-j ISTIO_TPROXY\n"),
+            "replies to the pod's own connections pass before TPROXY"
+        );
         assert!(!r.contains("-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"), "no nat inbound capture");
-        assert!(pos("-A ISTIO_OUTPUT -m mark --mark 7 -j RETURN") < pos("--gid-owner 1337 -j ISTIO_IN_REDIRECT"), "the transparent upstream is not redirected back");
+        assert!(
+            pos("-A ISTIO_OUTPUT -m mark --mark 7 -j RETURN") < pos("--gid-owner 1337 -j ISTIO_IN_REDIRECT"),
+            "the transparent upstream is not redirected back"
+        );
         assert_eq!(p.tproxy(), Some(crate::session::Tproxy { mark: 7, table: 70 }));
         assert_eq!((p.profile().proxy.uid, p.profile().proxy.gid), (0, 1337), "the injector's TPROXY identity");
         let e = Policy::parse("p.yaml", "mode: TPROXY\nproxy_gids: []").unwrap_err().to_string();
@@ -1387,20 +1837,43 @@ mod tests {
         let side_pod = Dest::Remote("172.31.2.1".parse().unwrap());
         let rows: &[(&str, Query, &[u16])] = &[
             ("inbound on eth0 is captured", inbound(8080), &[15006, 8080]),
-            ("inbound on an excluded interface is not", on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) }), &[8080]),
+            (
+                "inbound on an excluded interface is not",
+                on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) }),
+                &[8080],
+            ),
             ("the app out by an excluded interface is not", on(1, app(ip("10.0.0.9"), 80)), &[80]),
-            ("a VM's connection through the pod to an included range", on(2, Query { dest: Dest::Through("10.244.0.20".parse().unwrap()), ..inbound(9090) }), &[15001, 9090]),
-            ("a VM's connection through the pod elsewhere", on(2, Query { dest: Dest::Through("192.0.2.1".parse().unwrap()), ..inbound(9090) }), &[9090]),
-            ("a VM's connection to the pod, outside the ranges", on(2, Query { dest: side_pod, ..inbound(8080) }), &[8080]),
+            (
+                "a VM's connection through the pod to an included range",
+                on(2, Query { dest: Dest::Through("10.244.0.20".parse().unwrap()), ..inbound(9090) }),
+                &[15001, 9090],
+            ),
+            (
+                "a VM's connection through the pod elsewhere",
+                on(2, Query { dest: Dest::Through("192.0.2.1".parse().unwrap()), ..inbound(9090) }),
+                &[9090],
+            ),
+            (
+                "a VM's connection to the pod, outside the ranges",
+                on(2, Query { dest: side_pod, ..inbound(8080) }),
+                &[8080],
+            ),
         ];
         for (what, q, want) in rows {
             assert_eq!(oracle(&p, *q), *want, "{what}");
         }
         let all = policy("outbound_ranges_include: '*'\nkube_virt_interfaces: [eth1]");
-        assert_eq!(oracle(&all, on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) })), [15001, 15006, 8080], "to the pod itself: out, then the proxy's own call back in");
+        assert_eq!(
+            oracle(&all, on(1, Query { dest: Dest::Remote("172.31.1.1".parse().unwrap()), ..inbound(8080) })),
+            [15001, 15006, 8080],
+            "to the pod itself: out, then the proxy's own call back in"
+        );
         let virt0 = policy("inbound_ports: [4000]\nkube_virt_interfaces: [eth0]");
         assert_eq!(oracle(&virt0, inbound(4000)), [4000], "eth0 as a KubeVirt interface: nothing inbound is captured");
-        assert!(!virt0.to_restore_for(Family::Ipv4).contains("ISTIO_INBOUND -p tcp -m tcp --dport 4000"), "so no inbound rule is written");
+        assert!(
+            !virt0.to_restore_for(Family::Ipv4).contains("ISTIO_INBOUND -p tcp -m tcp --dport 4000"),
+            "so no inbound rule is written"
+        );
         let r = p.to_restore_for(Family::Ipv4);
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
         assert!(pos("-A PREROUTING -i eth1 -d 10.0.0.0/8 -j ISTIO_REDIRECT") < pos("-A PREROUTING -i eth1 -j RETURN"));
@@ -1413,9 +1886,16 @@ mod tests {
         let drop = policy("drop_invalid: true");
         assert_eq!(invalid_fate(&drop), crate::probe::DROPPED);
         assert_eq!(invalid_fate(&Policy::default()), crate::probe::RESET);
-        assert_eq!(oracle(&drop, Query { invalid: true, ..inbound(8080) }), [8080], "never NATed to the inbound listener");
+        assert_eq!(
+            oracle(&drop, Query { invalid: true, ..inbound(8080) }),
+            [8080],
+            "never NATed to the inbound listener"
+        );
         let r = drop.to_restore_for(Family::Ipv4);
-        assert!(r.starts_with("*mangle\n") && r.contains("-A PREROUTING -m conntrack --ctstate INVALID -j DROP"), "{r}");
+        assert!(
+            r.starts_with("*mangle\n") && r.contains("-A PREROUTING -m conntrack --ctstate INVALID -j DROP"),
+            "{r}"
+        );
         let t = policy("drop_invalid: true\nmode: TPROXY\ninbound_ports: '*'").to_restore_for(Family::Ipv4);
         assert_eq!(t.matches("*mangle").count(), 1, "one mangle table under TPROXY:\n{t}");
     }
@@ -1430,8 +1910,17 @@ mod tests {
         assert!(!none.contains("--dport 15008 -j RETURN"), "a list never captures the tunnel port anyway:\n{none}");
         let lo = policy("outbound_ranges_include: [127.0.0.0/8]");
         let r = lo.to_restore_for(Family::Ipv4);
-        assert!(lo.judges_lo(Family::Ipv4) && !r.contains("-A ISTIO_OUTPUT -o lo -j RETURN") && r.contains("-d 127.0.0.0/8 -j ISTIO_REDIRECT"), "a loopback range to capture needs lo judged:\n{r}");
+        assert!(
+            lo.judges_lo(Family::Ipv4)
+                && !r.contains("-A ISTIO_OUTPUT -o lo -j RETURN")
+                && r.contains("-d 127.0.0.0/8 -j ISTIO_REDIRECT"),
+            "a loopback range to capture needs lo judged:\n{r}"
+        );
         let some = policy("outbound_ports_include: [31000]").to_restore_for(Family::Ipv4);
-        assert!(some.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001") && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), "{some}");
+        assert!(
+            some.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001")
+                && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"),
+            "{some}"
+        );
     }
 }

@@ -103,7 +103,13 @@ pub const DROPPED: &str = "dropped";
 /// INVALID, so NAT never touches it) from `src` to `to` over a raw socket
 /// created in `ns`, and wait `window` for the reset the destination's kernel
 /// sends back. Blocking. The answer's server is [`RESET`] or [`DROPPED`].
-pub fn run_invalid(ns: &Namespace, src: std::net::Ipv4Addr, to: std::net::SocketAddrV4, id: u64, window: Duration) -> Observation {
+pub fn run_invalid(
+    ns: &Namespace,
+    src: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+    id: u64,
+    window: Duration,
+) -> Observation {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
     let failed = |detail: String| Observation::Failed { stage: "setup".into(), detail };
     let fd = match ns.run(|| socket(AddressFamily::Inet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Tcp)) {
@@ -135,13 +141,18 @@ pub fn run_invalid(ns: &Namespace, src: std::net::Ipv4Addr, to: std::net::Socket
     let end = Instant::now() + window;
     let mut buf = [0u8; 128];
     while let Some(left) = end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-        let _ = setsockopt(&fd, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(left.as_secs() as i64, left.subsec_micros().into()));
+        let _ = setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(left.as_secs() as i64, left.subsec_micros().into()),
+        );
         let Ok(n) = recv(raw, &mut buf, MsgFlags::empty()) else { break };
         let ihl = usize::from(buf[0] & 15) * 4;
         if n < ihl + 14 || buf[12..16] != to.ip().octets() {
             continue;
         }
-        let (from_port, to_port) = (u16::from_be_bytes([buf[ihl], buf[ihl + 1]]), u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]));
+        let (from_port, to_port) =
+            (u16::from_be_bytes([buf[ihl], buf[ihl + 1]]), u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]));
         if from_port == to.port() && to_port == sport && buf[ihl + 13] & 0x04 != 0 {
             return answered(id, RESET, to);
         }
@@ -150,7 +161,10 @@ pub fn run_invalid(ns: &Namespace, src: std::net::Ipv4Addr, to: std::net::Socket
 }
 
 fn answered(id: u64, fate: &str, to: std::net::SocketAddrV4) -> Observation {
-    Observation::Answered(Answer { probe: Probe::new(id), end: End::Server { name: fate.into(), port: to.port(), peer: SocketAddr::V4(to) } })
+    Observation::Answered(Answer {
+        probe: Probe::new(id),
+        end: End::Server { name: fate.into(), port: to.port(), peer: SocketAddr::V4(to) },
+    })
 }
 
 fn checksum(b: &[u8]) -> u16 {
@@ -200,7 +214,10 @@ async fn finish(
         Err(_) => {
             return failed(
                 "connect",
-                format!("no answer to the SYN for {to} within {} ms: a rule dropped it, or it was sent where nothing replies", t.connect.as_millis()),
+                format!(
+                "no answer to the SYN for {to} within {} ms: a rule dropped it, or it was sent where nothing replies",
+                t.connect.as_millis()
+            ),
             )
         }
         Ok(Err(e)) => return failed("connect", format!("{to}: {e}")),
@@ -256,7 +273,13 @@ pub struct AppServer {
 impl AppServer {
     /// Listen on the any-address of `family`, `port`, in `ns`. Must be
     /// called inside the runtime.
-    pub fn start(ns: &Namespace, name: &str, family: crate::topology::Family, port: u16, io_timeout: Duration) -> Result<AppServer> {
+    pub fn start(
+        ns: &Namespace,
+        name: &str,
+        family: crate::topology::Family,
+        port: u16,
+        io_timeout: Duration,
+    ) -> Result<AppServer> {
         let addr = match family {
             crate::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
             crate::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
@@ -273,7 +296,10 @@ impl AppServer {
             } else {
                 ""
             };
-            Error::Io { doing: format!("listening on {addr} in namespace {} for {name}", ns.name()), err: std::io::Error::new(err.kind(), format!("{err}{hint}")) }
+            Error::Io {
+                doing: format!("listening on {addr} in namespace {} for {name}", ns.name()),
+                err: std::io::Error::new(err.kind(), format!("{err}{hint}")),
+            }
         })?;
         std_listener.set_nonblocking(true).map_err(Error::io("making a listener non-blocking"))?;
         let listener = TcpListener::from_std(std_listener).map_err(Error::io("registering a listener"))?;

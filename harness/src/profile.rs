@@ -40,7 +40,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [Role::Outbound, Role::Inbound, Role::Admin, Role::Stats, Role::Health, Role::ControlPlane];
+    pub const ALL: [Role; 6] =
+        [Role::Outbound, Role::Inbound, Role::Admin, Role::Stats, Role::Health, Role::ControlPlane];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,7 +86,10 @@ impl<'de> Deserialize<'de> for PortRef {
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<PortRef, E> {
                 match u16::try_from(v) {
                     Ok(p) if p > 0 => Ok(PortRef::Number(p)),
-                    _ => Err(E::custom(format!("port {v} is out of range: use 1-65535 or a role ({})", Role::ALL.map(Role::name).join(", ")))),
+                    _ => Err(E::custom(format!(
+                        "port {v} is out of range: use 1-65535 or a role ({})",
+                        Role::ALL.map(Role::name).join(", ")
+                    ))),
                 }
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<PortRef, E> {
@@ -93,7 +97,10 @@ impl<'de> Deserialize<'de> for PortRef {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<PortRef, E> {
                 Role::parse(v).map(PortRef::Role).ok_or_else(|| {
-                    E::custom(format!("`{v}` is not a port role: use a number or one of {}", Role::ALL.map(Role::name).join(", ")))
+                    E::custom(format!(
+                        "`{v}` is not a port role: use a number or one of {}",
+                        Role::ALL.map(Role::name).join(", ")
+                    ))
                 })
             }
         }
@@ -125,7 +132,9 @@ impl<'de> Deserialize<'de> for UidRef {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<UidRef, E> {
                 match v {
                     "proxy" => Ok(UidRef::Proxy),
-                    _ => Err(E::custom(format!("`{v}` is not a uid: use a number or `proxy` (the profile's proxy uid)"))),
+                    _ => {
+                        Err(E::custom(format!("`{v}` is not a uid: use a number or `proxy` (the profile's proxy uid)")))
+                    }
                 }
             }
         }
@@ -226,21 +235,34 @@ impl Profile {
     /// Parse a profile; `read` fetches a rule file named in it.
     fn parse(file: String, text: &str, read: impl Fn(&str) -> Result<String>) -> Result<Profile> {
         let mut p: Profile = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax { file: file.clone(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            Some(loc) => Error::ScenarioSyntax {
+                file: file.clone(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
             None => Error::ScenarioInvalid { file: file.clone(), message: e.to_string() },
         })?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.clone(), message };
         if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid(format!("name `{}`: use letters, digits and `-` (it names rule paths in scenarios)", p.name)));
+            return Err(invalid(format!(
+                "name `{}`: use letters, digits and `-` (it names rule paths in scenarios)",
+                p.name
+            )));
         }
         if p.control_plane.ports.is_empty() || !p.control_plane.ports.contains(&p.control_plane.xds) {
-            return Err(invalid(format!("control_plane.xds {} must be one of control_plane.ports {:?}", p.control_plane.xds, p.control_plane.ports)));
+            return Err(invalid(format!(
+                "control_plane.xds {} must be one of control_plane.ports {:?}",
+                p.control_plane.xds, p.control_plane.ports
+            )));
         }
         let x = &p.proxy;
         let capture = [Some(x.outbound), Some(x.inbound), x.inbound_ipv6];
         for served in [x.admin, x.stats, x.health] {
             if capture.contains(&Some(served)) {
-                return Err(invalid(format!("proxy port {served} is both a capture listener and a served one: give each its own port")));
+                return Err(invalid(format!(
+                    "proxy port {served} is both a capture listener and a served one: give each its own port"
+                )));
             }
         }
         if x.outbound == x.inbound || Some(x.outbound) == x.inbound_ipv6 {
@@ -269,11 +291,11 @@ impl Profile {
             )));
         };
         Profile::parse(format!("scenarios/profiles/{file}"), text, |rel| {
-            builtin::FILES
-                .iter()
-                .find(|(n, _)| *n == rel)
-                .map(|(_, t)| t.to_string())
-                .ok_or_else(|| Error::config(format!("built-in profile {name} names rules file {rel}, which is not in scenarios/profiles/")))
+            builtin::FILES.iter().find(|(n, _)| *n == rel).map(|(_, t)| t.to_string()).ok_or_else(|| {
+                Error::config(format!(
+                    "built-in profile {name} names rules file {rel}, which is not in scenarios/profiles/"
+                ))
+            })
         })
     }
 
@@ -336,7 +358,9 @@ impl Profile {
     pub fn served(&self) -> Vec<(String, u16, Bind)> {
         let x = &self.proxy;
         let mut out: Vec<(String, u16, Bind)> = Vec::new();
-        for (role, port, bind) in [("admin", x.admin, x.admin_bind), ("stats", x.stats, Bind::Any), ("health", x.health, Bind::Any)] {
+        for (role, port, bind) in
+            [("admin", x.admin, x.admin_bind), ("stats", x.stats, Bind::Any), ("health", x.health, Bind::Any)]
+        {
             match out.iter_mut().find(|(_, p, _)| *p == port) {
                 Some(existing) => {
                     if bind == Bind::Any {
@@ -365,7 +389,12 @@ impl Profile {
     /// The profile's own rule set, when it has one.
     pub fn rules(&self) -> Option<RuleSource> {
         let (v4, v6) = self.rule_texts.clone();
-        (v4.is_some() || v6.is_some()).then(|| RuleSource::Text { label: self.name.clone(), what: format!("the {} profile's rules", self.name), v4, v6 })
+        (v4.is_some() || v6.is_some()).then(|| RuleSource::Text {
+            label: self.name.clone(),
+            what: format!("the {} profile's rules", self.name),
+            v4,
+            v6,
+        })
     }
 }
 

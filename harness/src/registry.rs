@@ -113,12 +113,13 @@ impl RunGuard {
             .map_err(Error::io(format!("creating lock file {}", tmp.display())))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| Error::Io { doing: format!("locking {}", tmp.display()), err: e.into() })?;
-        fs::rename(&tmp, &lock_path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), lock_path.display())))?;
+        fs::rename(&tmp, &lock_path).map_err(Error::io(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            lock_path.display()
+        )))?;
         let dir = Path::new(RUN_DIR).join(&prefix);
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        fs::DirBuilder::new().mode(0o755).create(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         Ok(RunGuard { prefix, dir, lock_path, _lock: lock, keep: std::sync::atomic::AtomicBool::new(false) })
     }
 
@@ -138,7 +139,6 @@ impl RunGuard {
             run.pids.push(pid);
         }
     }
-
 }
 
 /// A child of run `prefix` was reaped: the signal handler must not kill its pid.
@@ -188,11 +188,7 @@ pub fn remove_netns(name: &str) -> std::io::Result<()> {
 pub fn namespaces_of(prefix: &str) -> Vec<String> {
     let want = format!("{prefix}-");
     let Ok(entries) = fs::read_dir(NETNS_DIR) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&want))
-        .collect()
+    entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(&want)).collect()
 }
 
 fn remove_run_resources(prefix: &str) -> usize {
@@ -220,11 +216,12 @@ pub fn sweep_stale() -> Swept {
             let name = entry.file_name().to_string_lossy().into_owned();
             // A lock being made (`.<prefix>.lock.tmp`) is locked before it
             // is renamed; an unlocked one belongs to a run that died then.
-            let (prefix, tmp) = match (name.strip_suffix(".lock"), name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock.tmp"))) {
-                (Some(p), _) => (p.to_string(), false),
-                (None, Some(p)) => (p.to_string(), true),
-                _ => continue,
-            };
+            let (prefix, tmp) =
+                match (name.strip_suffix(".lock"), name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock.tmp"))) {
+                    (Some(p), _) => (p.to_string(), false),
+                    (None, Some(p)) => (p.to_string(), true),
+                    _ => continue,
+                };
             if !prefix.starts_with(NAME_PREFIX) {
                 continue;
             }
@@ -265,13 +262,16 @@ fn run_prefix_of(name: &str) -> Option<&str> {
     let mut parts = rest.splitn(3, '-');
     let (pid, n) = (parts.next()?, parts.next()?);
     parts.next()?;
-    if pid.chars().all(|c| c.is_ascii_digit()) && n.chars().all(|c| c.is_ascii_digit()) && !pid.is_empty() && !n.is_empty() {
+    if pid.chars().all(|c| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_digit())
+        && !pid.is_empty()
+        && !n.is_empty()
+    {
         Some(&name[..NAME_PREFIX.len() + pid.len() + 1 + n.len()])
     } else {
         None
     }
 }
-
 
 /// Remove runs kept with `--keep` (their `<prefix>.kept` marker and namespaces).
 pub fn sweep_kept() -> Swept {

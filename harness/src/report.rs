@@ -56,7 +56,10 @@ impl Report {
             .trials
             .iter()
             .map(|t| {
-                let want = route(&t.expected.ports, &format!("{}:{}", t.expected.server, t.expected.ports.last().copied().unwrap_or(0)));
+                let want = route(
+                    &t.expected.ports,
+                    &format!("{}:{}", t.expected.server, t.expected.ports.last().copied().unwrap_or(0)),
+                );
                 let got_end = match &t.observed.server {
                     Some(s) => format!("{s}:{}", t.observed.ports.last().copied().unwrap_or(0)),
                     None if !t.observed.ports.is_empty() && t.observed.end.starts_with("loop") => {
@@ -83,7 +86,8 @@ impl Report {
             }
         }
         let mut out = String::new();
-        let _ = writeln!(out, "rules: {}  (backend: {}; families: {})", self.rules, self.backend, self.families.join(", "));
+        let _ =
+            writeln!(out, "rules: {}  (backend: {}; families: {})", self.rules, self.backend, self.families.join(", "));
         for r in std::iter::once(&header).chain(&rows) {
             let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
@@ -119,7 +123,12 @@ pub fn trace_text(
     let mut out = String::new();
     let _ = writeln!(out, "{from} (uid {uid}) -> {to}   rules: {rules}");
     let ports: Vec<String> = observed.ports.iter().map(u16::to_string).collect();
-    let _ = writeln!(out, "ports: {}   ended: {}", if ports.is_empty() { "-".into() } else { ports.join(" > ") }, observed.end);
+    let _ = writeln!(
+        out,
+        "ports: {}   ended: {}",
+        if ports.is_empty() { "-".into() } else { ports.join(" > ") },
+        observed.end
+    );
     let Some(path) = path else {
         let _ = writeln!(out, "(not traced)");
         return out;
@@ -135,7 +144,9 @@ pub fn trace_text(
         }
         for e in &leg.events {
             let (what, text) = match &e.step {
-                Step::Rule(n) => (format!("rule {n}"), index.rule_text(e.nfproto, &e.table, &e.chain, *n).unwrap_or("").to_string()),
+                Step::Rule(n) => {
+                    (format!("rule {n}"), index.rule_text(e.nfproto, &e.table, &e.chain, *n).unwrap_or("").to_string())
+                }
                 Step::Return => ("end of chain".into(), "(no rule matched: back to the calling chain)".into()),
                 Step::Policy => ("policy".into(), "(the base chain's policy)".into()),
             };
@@ -177,12 +188,17 @@ impl Report {
             }
         }
         let ok = scenarios.iter().filter(|(_, _, f)| f.iter().all(|(_, p)| *p)).count();
-        let families = if self.families.is_empty() { "-".to_string() } else { self.families.join("+").replace("ipv4", "IPv4").replace("ipv6", "IPv6") };
+        let families = if self.families.is_empty() {
+            "-".to_string()
+        } else {
+            self.families.join("+").replace("ipv4", "IPv4").replace("ipv6", "IPv6")
+        };
         let mut out = String::new();
         let _ = writeln!(out, "sidecheck conformance: {}", self.rules);
         let _ = writeln!(out, "profile {}, backend {}, families {}\n", self.profile, self.backend, families);
         for (name, flow, fams) in &scenarios {
-            let cells: Vec<String> = fams.iter().map(|(f, p)| format!("{f} {}", if *p { "pass" } else { "FAIL" })).collect();
+            let cells: Vec<String> =
+                fams.iter().map(|(f, p)| format!("{f} {}", if *p { "pass" } else { "FAIL" })).collect();
             let _ = writeln!(out, "  flow {flow}  {name:<44} {}", cells.join("  "));
         }
         let verdict = if ok == scenarios.len() { "conforms to" } else { "does not conform to" };
@@ -218,7 +234,11 @@ impl Report {
         for t in &self.trials {
             let (class, name) = t.name.split_once("::").unwrap_or(("sidecheck", &t.name));
             let time = t.duration_ms as f64 / 1000.0;
-            let open = format!("    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"", xml_escape(class), xml_escape(name));
+            let open = format!(
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
+                xml_escape(class),
+                xml_escape(name)
+            );
             match t.outcome {
                 Outcome::Pass => {
                     let _ = writeln!(out, "{open}/>");
@@ -251,19 +271,39 @@ impl Report {
         let mut out = String::new();
         let verdict = if self.failed == 0 { "all passed" } else { "FAILED" };
         let _ = writeln!(out, "## sidecheck: {} passed, {} failed ({verdict})\n", self.passed, self.failed);
-        let _ = writeln!(out, "Rules: `{}`, backend `{}`, families {}.\n", self.rules, self.backend, self.families.join(", "));
+        let _ = writeln!(
+            out,
+            "Rules: `{}`, backend `{}`, families {}.\n",
+            self.rules,
+            self.backend,
+            self.families.join(", ")
+        );
         if let Some(rules) = &self.ruleset {
-            let _ = writeln!(out, "<details><summary>The rules as installed</summary>\n\n```\n{}```\n</details>\n", rules);
+            let _ =
+                writeln!(out, "<details><summary>The rules as installed</summary>\n\n```\n{}```\n</details>\n", rules);
         }
         out.push_str("| flow | trial | expected | observed | verdict |\n|---|---|---|---|---|\n");
         for t in &self.trials {
             let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(" → ");
             let mark = if t.outcome == Outcome::Pass { "✅ pass" } else { "❌ **fail**" };
-            let _ = writeln!(out, "| {} | `{}` | {} | {} | {mark} |", t.flow, t.name, ports(&t.expected.ports), ports(&t.observed.ports));
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} | {} | {mark} |",
+                t.flow,
+                t.name,
+                ports(&t.expected.ports),
+                ports(&t.observed.ports)
+            );
         }
         for t in &self.trials {
             let Some(observed) = &t.observed.path else { continue };
-            let _ = writeln!(out, "\n### {} `{}`\n\n{}\n", if t.outcome == Outcome::Pass { "✅" } else { "❌" }, t.name, t.description);
+            let _ = writeln!(
+                out,
+                "\n### {} `{}`\n\n{}\n",
+                if t.outcome == Outcome::Pass { "✅" } else { "❌" },
+                t.name,
+                t.description
+            );
             let expected = t.expected.path.as_deref().filter(|e| *e != observed);
             if t.outcome == Outcome::Fail {
                 let _ = writeln!(out, "{}\n", t.message.lines().next().unwrap_or_default());
@@ -277,7 +317,9 @@ impl Report {
             if let Some(e) = expected {
                 mermaid_chain(&mut out, "expected", "e", e, first_diff);
             }
-            out.push_str("classDef diff fill:#f8d7da,stroke:#c00,color:#600\nclassDef envoy fill:#e7f0ff,stroke:#36c\n```\n");
+            out.push_str(
+                "classDef diff fill:#f8d7da,stroke:#c00,color:#600\nclassDef envoy fill:#e7f0ff,stroke:#36c\n```\n",
+            );
         }
         out
     }
@@ -298,12 +340,9 @@ fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: 
         // Endpoints are capitalized words (`Envoy 15001 (Outbound)`, `Local
         // Pod`, `Istiod`); chains are upper case or nft's lower case.
         let mut chars = p.chars();
-        let endpoint = chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        let shape = if endpoint {
-            format!("{prefix}{i}([\"{label}\"])")
-        } else {
-            format!("{prefix}{i}[\"{label}\"]")
-        };
+        let endpoint = chars.next().is_some_and(|c| c.is_ascii_uppercase())
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        let shape = if endpoint { format!("{prefix}{i}([\"{label}\"])") } else { format!("{prefix}{i}[\"{label}\"]") };
         let _ = writeln!(out, "{shape}");
         if i > 0 {
             let _ = writeln!(out, "{prefix}{} --> {prefix}{i}", i - 1);
@@ -331,14 +370,26 @@ mod tests {
             flow: 2,
             description: "app <to> remote & back".into(),
             outcome: if pass { Outcome::Pass } else { Outcome::Fail },
-            expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: Some("OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod".into()), note: None },
+            expected: Expected {
+                ports: vec![15001, 9090],
+                server: "remote-app".into(),
+                path: Some("OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod".into()),
+                note: None,
+            },
             observed: Observed {
                 ports: vec![15001, 9090],
                 end: "remote-app:9090".into(),
                 server: Some("remote-app".into()),
                 peer: None,
                 hops: vec![],
-                path: Some(if pass { "OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod" } else { "OUTPUT -> ISTIO_OUTPUT RULE 8 -> Remote Pod" }.into()),
+                path: Some(
+                    if pass {
+                        "OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod"
+                    } else {
+                        "OUTPUT -> ISTIO_OUTPUT RULE 8 -> Remote Pod"
+                    }
+                    .into(),
+                ),
                 legs: vec![],
             },
             message: message.into(),
@@ -359,12 +410,22 @@ mod tests {
         r.families = vec!["ipv4".into(), "ipv6".into()];
         let s = r.to_summary();
         assert!(s.contains("istio::a") && s.contains("ipv4 pass  ipv6 FAIL"), "{s}");
-        assert!(s.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 1/2 flows, IPv4+IPv6, nft"), "{s}");
+        assert!(
+            s.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 1/2 flows, IPv4+IPv6, nft"),
+            "{s}"
+        );
     }
 
     #[test]
     fn junit_has_a_testcase_per_trial_and_escapes_everything() {
-        let r = Report::new("rules <x> & \"y\"".into(), "nft".into(), vec![trial("istio::a::nft::ipv4", true, "ok"), trial("istio::b::nft::ipv4", false, "path <differs> & \u{1}")]);
+        let r = Report::new(
+            "rules <x> & \"y\"".into(),
+            "nft".into(),
+            vec![
+                trial("istio::a::nft::ipv4", true, "ok"),
+                trial("istio::b::nft::ipv4", false, "path <differs> & \u{1}"),
+            ],
+        );
         let x = r.to_junit();
         assert!(x.contains("<testsuites name=\"sidecheck\" tests=\"2\" failures=\"1\""), "{x}");
         assert!(x.contains("<testcase classname=\"istio\" name=\"a::nft::ipv4\" time=\"0.012\"/>"), "{x}");
@@ -377,7 +438,11 @@ mod tests {
 
     #[test]
     fn human_output_aligns_the_paths_of_a_failing_trial() {
-        let r = Report::new("r".into(), "nft".into(), vec![trial("istio::b::nft::ipv4", false, "expected 15001 -> remote-app:9090, observed ...")]);
+        let r = Report::new(
+            "r".into(),
+            "nft".into(),
+            vec![trial("istio::b::nft::ipv4", false, "expected 15001 -> remote-app:9090, observed ...")],
+        );
         let h = r.to_human();
         assert!(h.contains("  path expected: OUTPUT -> ISTIO_OUTPUT RULE 9 -> Remote Pod\n"), "{h}");
         assert!(h.contains("  path observed: OUTPUT -> ISTIO_OUTPUT RULE 8 -> Remote Pod\n"), "{h}");
@@ -387,7 +452,11 @@ mod tests {
 
     #[test]
     fn markdown_draws_observed_and_expected_with_the_difference_marked() {
-        let r = Report::new("r".into(), "nft".into(), vec![trial("istio::b::nft::ipv4", false, "ports as expected, but the rule path differs")]);
+        let r = Report::new(
+            "r".into(),
+            "nft".into(),
+            vec![trial("istio::b::nft::ipv4", false, "ports as expected, but the rule path differs")],
+        );
         let m = r.to_markdown();
         assert!(m.starts_with("## sidecheck: 0 passed, 1 failed (FAILED)"), "{m}");
         assert!(m.contains("```mermaid\nflowchart LR\nsubgraph o[\"observed\"]"), "{m}");

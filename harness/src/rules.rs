@@ -99,7 +99,9 @@ impl IstioCapture {
     /// the IPv6 commands use the same name with `ip6tables`.
     pub fn to_script(&self, iptables: &str) -> String {
         let mut out = String::from("#!/bin/sh\nset -e\n");
-        for (family, cmd) in [(Family::Ipv4, iptables.to_string()), (Family::Ipv6, iptables.replacen("iptables", "ip6tables", 1))] {
+        for (family, cmd) in
+            [(Family::Ipv4, iptables.to_string()), (Family::Ipv6, iptables.replacen("iptables", "ip6tables", 1))]
+        {
             for line in self.to_restore_for(family).lines() {
                 if let Some(chain) = line.strip_prefix(':').and_then(|l| l.split_whitespace().next()) {
                     if chain.starts_with("ISTIO_") {
@@ -119,7 +121,8 @@ impl IstioCapture {
         let classic = self.shape == Shape::Classic;
         let (uid, gid) = (self.proxy_uid, self.proxy_gid);
         let t = "inet istio-proxy-nat";
-        let lo_guard = if classic { String::new() } else { format!(" meta l4proto tcp tcp dport != {}", self.tunnel_port) };
+        let lo_guard =
+            if classic { String::new() } else { format!(" meta l4proto tcp tcp dport != {}", self.tunnel_port) };
         let mut r = format!("table {t}\ndelete table {t}\ntable {t} {{\n}}\n");
         r.push_str(&format!("add chain {t} prerouting {{ type nat hook prerouting priority dstnat; }}\n"));
         r.push_str(&format!("add chain {t} output {{ type nat hook output priority -100; }}\n"));
@@ -144,12 +147,28 @@ impl IstioCapture {
         let p6 = self.inbound_passthrough6;
         rule(&mut r, "istio-output", &format!("oifname \"lo\" ip saddr {}/32 return", self.inbound_passthrough));
         rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 saddr {p6}/128 return"));
-        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skuid {uid} jump istio-in-redirect"));
-        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skuid {uid} jump istio-in-redirect"));
+        rule(
+            &mut r,
+            "istio-output",
+            &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skuid {uid} jump istio-in-redirect"),
+        );
+        rule(
+            &mut r,
+            "istio-output",
+            &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skuid {uid} jump istio-in-redirect"),
+        );
         rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skuid != {uid} return"));
         rule(&mut r, "istio-output", &format!("meta skuid {uid} return"));
-        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skgid {gid} jump istio-in-redirect"));
-        rule(&mut r, "istio-output", &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skgid {gid} jump istio-in-redirect"));
+        rule(
+            &mut r,
+            "istio-output",
+            &format!("oifname \"lo\" ip daddr != 127.0.0.1/32{lo_guard} meta skgid {gid} jump istio-in-redirect"),
+        );
+        rule(
+            &mut r,
+            "istio-output",
+            &format!("oifname \"lo\" ip6 daddr != ::1/128{lo_guard} meta skgid {gid} jump istio-in-redirect"),
+        );
         rule(&mut r, "istio-output", &format!("oifname \"lo\" meta skgid != {gid} return"));
         rule(&mut r, "istio-output", &format!("meta skgid {gid} return"));
         rule(&mut r, "istio-output", "ip daddr 127.0.0.1/32 return");
@@ -192,10 +211,16 @@ impl IstioCapture {
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
         // Outbound, the nine rules in Istio's order.
         let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
-        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(
+            r,
+            "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT"
+        );
         let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN");
-        let _ = writeln!(r, "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT");
+        let _ = writeln!(
+            r,
+            "-A ISTIO_OUTPUT ! -d {loopback} -o lo{lo_guard} -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT"
+        );
         let _ = writeln!(r, "-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {gid} -j RETURN");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {gid} -j RETURN");
         let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
@@ -209,7 +234,9 @@ impl IstioCapture {
 /// The head of Istio's nat table as restore input: the built-in chains and
 /// Istio's four, declared.
 pub(crate) fn istio_nat_preamble() -> String {
-    let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    let mut r = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
+    );
     for chain in ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] {
         let _ = writeln!(r, ":{chain} - [0:0]");
     }
@@ -312,8 +339,13 @@ impl RuleSource {
     pub fn frontend(&self, backend: Backend) -> Frontend {
         match (self, backend) {
             (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Nft | Backend::NftNative) => Frontend::IptablesNft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Legacy) => Frontend::IptablesLegacy,
+            (
+                RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. },
+                Backend::Nft | Backend::NftNative,
+            ) => Frontend::IptablesNft,
+            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Legacy) => {
+                Frontend::IptablesLegacy
+            }
             (RuleSource::NftFile(_), _) => Frontend::Nft,
             (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
         }
@@ -376,12 +408,24 @@ impl RuleSource {
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
         match self {
             RuleSource::Builtin(c) if backend == Backend::NftNative => {
-                steps.push((format!("{} (nftables)", self.describe()), "nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), "-".into()], c.to_nft()));
+                steps.push((
+                    format!("{} (nftables)", self.describe()),
+                    "nft".into(),
+                    find_tool("nft", "nftables")?,
+                    vec!["-f".into(), "-".into()],
+                    c.to_nft(),
+                ));
             }
             RuleSource::Builtin(c) => {
                 for f in families {
                     let t = backend.restore_tool_for(*f);
-                    steps.push((format!("{} ({})", self.describe(), f.name()), t.into(), find_tool(t, "iptables")?, vec![], c.to_restore_for(*f)));
+                    steps.push((
+                        format!("{} ({})", self.describe(), f.name()),
+                        t.into(),
+                        find_tool(t, "iptables")?,
+                        vec![],
+                        c.to_restore_for(*f),
+                    ));
                 }
             }
             RuleSource::RestoreFiles { v4, v6 } => {
@@ -396,14 +440,38 @@ impl RuleSource {
                 for (f, text) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
                     if let (Some(t), true) = (text, families.contains(&f)) {
                         let tool = backend.restore_tool_for(f);
-                        steps.push((format!("{} ({})", self.describe(), f.name()), tool.into(), find_tool(tool, "iptables")?, vec![], t.clone()));
+                        steps.push((
+                            format!("{} ({})", self.describe(), f.name()),
+                            tool.into(),
+                            find_tool(tool, "iptables")?,
+                            vec![],
+                            t.clone(),
+                        ));
                     }
                 }
             }
             // nft reads the file itself so its errors name the user's file and line.
-            RuleSource::NftFile(p) => steps.push((self.describe(), "nft".into(), find_tool("nft", "nftables")?, vec!["-f".into(), p.display().to_string()], String::new())),
-            RuleSource::Script(p) => steps.push((self.describe(), "sh".into(), find_tool("sh", "dash")?, vec![p.display().to_string()], String::new())),
-            RuleSource::Generator(c) => steps.push((self.describe(), "sh -c".into(), find_tool("sh", "dash")?, vec!["-c".into(), c.clone()], String::new())),
+            RuleSource::NftFile(p) => steps.push((
+                self.describe(),
+                "nft".into(),
+                find_tool("nft", "nftables")?,
+                vec!["-f".into(), p.display().to_string()],
+                String::new(),
+            )),
+            RuleSource::Script(p) => steps.push((
+                self.describe(),
+                "sh".into(),
+                find_tool("sh", "dash")?,
+                vec![p.display().to_string()],
+                String::new(),
+            )),
+            RuleSource::Generator(c) => steps.push((
+                self.describe(),
+                "sh -c".into(),
+                find_tool("sh", "dash")?,
+                vec!["-c".into(), c.clone()],
+                String::new(),
+            )),
         }
         for (origin, tool, program, args, stdin) in steps {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -412,7 +480,9 @@ impl RuleSource {
                     origin: origin.clone(),
                     namespace: ns.name().into(),
                     tool: tool.clone(),
-                    status: format!("did not finish within {seconds} s and was killed (raise --rules-timeout if it is just slow)"),
+                    status: format!(
+                        "did not finish within {seconds} s and was killed (raise --rules-timeout if it is just slow)"
+                    ),
                     output: doing,
                 },
                 e => e,
@@ -432,10 +502,13 @@ impl RuleSource {
 }
 
 fn given(v4: bool, v6: bool) -> Vec<Family> {
-    Family::BOTH.into_iter().filter(|f| match f {
-        Family::Ipv4 => v4,
-        Family::Ipv6 => v6,
-    }).collect()
+    Family::BOTH
+        .into_iter()
+        .filter(|f| match f {
+            Family::Ipv4 => v4,
+            Family::Ipv6 => v6,
+        })
+        .collect()
 }
 
 /// Find `tool` on PATH (and the sbin directories sudo's secure_path has),
@@ -508,7 +581,12 @@ pub fn snapshot(ns: &Namespace, frontend: Frontend, timeout: Duration) -> Result
         let path = find_tool(tool, package)?;
         let ran = run_in(ns, &path, args, "", timeout)?;
         if !ran.status.success() {
-            return Err(Error::config(format!("{tool} {} in namespace {} failed: {}", args.join(" "), ns.name(), ran.output.trim())));
+            return Err(Error::config(format!(
+                "{tool} {} in namespace {} failed: {}",
+                args.join(" "),
+                ns.name(),
+                ran.output.trim()
+            )));
         }
         Ok(ran.output)
     };
@@ -678,11 +756,16 @@ mod tests {
         assert_eq!(script.lines().filter(|l| l.contains(" -N ISTIO_")).count(), 8);
         let restore = c.to_restore();
         let restore_rules: Vec<&str> = restore.lines().filter(|l| l.starts_with("-A ")).collect();
-        let script_rules: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix("iptables-nft -t nat ")).filter(|l| l.starts_with("-A ")).collect();
+        let script_rules: Vec<&str> = script
+            .lines()
+            .filter_map(|l| l.strip_prefix("iptables-nft -t nat "))
+            .filter(|l| l.starts_with("-A "))
+            .collect();
         assert!(script.contains("ip6tables-nft -t nat -A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"), "{script}");
         assert_eq!(restore_rules, script_rules);
         let nft = c.to_nft();
-        let out: Vec<&str> = nft.lines().filter_map(|l| l.strip_prefix("add rule inet istio-proxy-nat istio-output ")).collect();
+        let out: Vec<&str> =
+            nft.lines().filter_map(|l| l.strip_prefix("add rule inet istio-proxy-nat istio-output ")).collect();
         assert_eq!(out.len(), 13, "{nft}");
         assert_eq!(out[5], "meta skuid 1337 return");
         assert_eq!(out[12], "jump istio-redirect");
@@ -702,7 +785,9 @@ mod tests {
         assert!(e.contains("/nonexistent/x.rules"), "{e}");
         let file = std::env::temp_dir().join(format!("sidecheck-rules-test-{}", std::process::id()));
         std::fs::write(&file, "\n").unwrap();
-        for source in [RuleSource::restore(file.clone()), RuleSource::NftFile(file.clone()), RuleSource::Script(file.clone())] {
+        for source in
+            [RuleSource::restore(file.clone()), RuleSource::NftFile(file.clone()), RuleSource::Script(file.clone())]
+        {
             let e = source.check(Backend::Nft).unwrap_err().to_string();
             assert!(e.contains("is empty"), "{e}");
         }

@@ -142,10 +142,18 @@ pub struct Scenario {
 impl Scenario {
     pub fn parse(name: String, file: String, text: &str) -> Result<Scenario> {
         if text.trim().is_empty() {
-            return Err(Error::ScenarioInvalid { file, message: "the file is empty: a scenario needs flow, description, source, destination and expect".into() });
+            return Err(Error::ScenarioInvalid {
+                file,
+                message: "the file is empty: a scenario needs flow, description, source, destination and expect".into(),
+            });
         }
         let spec: Spec = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax { file: file.clone(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            Some(loc) => Error::ScenarioSyntax {
+                file: file.clone(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
             None => Error::ScenarioInvalid { file: file.clone(), message: e.to_string() },
         })?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.clone(), message };
@@ -153,7 +161,9 @@ impl Scenario {
             return Err(invalid("expect.ports is empty: list the proxy ports passed, then the server's port".into()));
         }
         if let Some((name, _)) = spec.expect.profiles.iter().find(|(_, p)| p.ports.is_empty()) {
-            return Err(invalid(format!("expect.profiles.{name}.ports is empty: list the proxy ports passed, then the server's port")));
+            return Err(invalid(format!(
+                "expect.profiles.{name}.ports is empty: list the proxy ports passed, then the server's port"
+            )));
         }
         let d = &spec.destination;
         let given = [d.host.is_some(), d.service.is_some(), d.address.is_some()].iter().filter(|x| **x).count();
@@ -288,7 +298,11 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         )));
     }
     files.sort();
-    let root_name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "scenarios".into());
+    let root_name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "scenarios".into());
     let mut list = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).map_err(|err| Error::Read { path: path.clone(), err })?;
@@ -396,7 +410,8 @@ expect:
         assert_eq!(s.target(&istio, &topo, Family::Ipv6).unwrap(), "[fd00:10:244::20]:9090".parse().unwrap());
         let v6only = parse(&GOOD.replace("flow: 2", "flow: 2\nfamily: ipv6")).unwrap();
         assert_eq!(v6only.families(&Family::BOTH), [Family::Ipv6]);
-        let by_address = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ address: 10.0.0.1, port: 9090 }")).unwrap();
+        let by_address =
+            parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ address: 10.0.0.1, port: 9090 }")).unwrap();
         assert_eq!(by_address.families(&Family::BOTH), [Family::Ipv4]);
     }
 
@@ -420,9 +435,11 @@ expect:
 
     #[test]
     fn destination_needs_exactly_one_kind() {
-        let e = parse(&GOOD.replace("{ host: remote-pod, port: 9090 }", "{ host: remote-pod, service: local-app, port: 9090 }"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            &GOOD.replace("{ host: remote-pod, port: 9090 }", "{ host: remote-pod, service: local-app, port: 9090 }"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("exactly one of host, service, address (found 2)"), "{e}");
         let e = parse(&GOOD.replace("host: remote-pod", "host: mars")).unwrap_err().to_string();
         assert!(e.contains("`mars` is not a host"), "{e}");

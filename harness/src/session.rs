@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::scenario::Protocol;
 use crate::probe::{self, AppServer, Observation, Timeouts};
 use crate::profile::{Bind, Profile};
 use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
+use crate::scenario::Protocol;
 use crate::scenario::Scenario;
 use crate::stubs::{Stub, StubProcess};
 use crate::topology::{Family, Host, Topology, TopologyConfig};
@@ -168,7 +168,9 @@ impl Session {
         let pod = topology.ns(Host::LocalPod);
         // A script or a generator sets up its own routing, as istio-iptables
         // does (`ip rule add fwmark ...`); rule files carry none.
-        if let (Some(t), false) = (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_))) {
+        if let (Some(t), false) =
+            (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_)))
+        {
             tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
         }
         config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
@@ -201,7 +203,12 @@ impl Session {
         let mut args: Vec<String> = Vec::new();
         for f in topo.families.iter().copied() {
             let inbound = config.profile.port(crate::profile::Role::Inbound, f);
-            args.extend(["--outbound".into(), format!("{}:{}", any(f), p.outbound), "--inbound".into(), format!("{}:{inbound}", any(f))]);
+            args.extend([
+                "--outbound".into(),
+                format!("{}:{}", any(f), p.outbound),
+                "--inbound".into(),
+                format!("{}:{inbound}", any(f)),
+            ]);
             for (name, port, bind) in config.profile.served() {
                 let addr = match bind {
                     Bind::Loopback => loopback(f),
@@ -219,7 +226,12 @@ impl Session {
             }
         }
         match &p.passthrough {
-            Some(pt) => args.extend(["--passthrough4".into(), pt.ipv4.to_string(), "--passthrough6".into(), pt.ipv6.to_string()]),
+            Some(pt) => args.extend([
+                "--passthrough4".into(),
+                pt.ipv4.to_string(),
+                "--passthrough6".into(),
+                pt.ipv6.to_string(),
+            ]),
             None => args.push("--no-passthrough".into()),
         }
         args.extend(["--timeout-ms".into(), config.probe_timeouts.connect.as_millis().to_string()]);
@@ -232,7 +244,15 @@ impl Session {
                 args.extend(["--dns".into(), format!("{listen}={}", std::net::SocketAddr::new(*up, 53))]);
             }
         }
-        stubs.push(StubProcess::start(&run, Stub::FakeEnvoy, &envoy_exe, pod, (p.uid, p.gid), &args, config.stub_ready_timeout)?);
+        stubs.push(StubProcess::start(
+            &run,
+            Stub::FakeEnvoy,
+            &envoy_exe,
+            pod,
+            (p.uid, p.gid),
+            &args,
+            config.stub_ready_timeout,
+        )?);
 
         let istiod_exe = Stub::FakeIstiod.install(&run)?;
         let mut args: Vec<String> = vec!["--name".into(), config.profile.control_plane.name.clone()];
@@ -244,7 +264,15 @@ impl Session {
         }
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.control_plane_uid;
-        stubs.push(StubProcess::start(&run, Stub::FakeIstiod, &istiod_exe, istiod_ns, (uid, uid), &args, config.stub_ready_timeout)?);
+        stubs.push(StubProcess::start(
+            &run,
+            Stub::FakeIstiod,
+            &istiod_exe,
+            istiod_ns,
+            (uid, uid),
+            &args,
+            config.stub_ready_timeout,
+        )?);
 
         let io = config.probe_timeouts.answer;
         let (apps, udp) = {
@@ -339,20 +367,32 @@ impl Session {
         if matches!(self.config.rules, RuleSource::Builtin(_)) && self.config.backend == Backend::NftNative {
             label.push_str("-nft-native");
         }
-        let resolved: Vec<_> = cases.iter().map(|(s, f)| s.case(&self.config.profile, &self.topology.config, *f, &label)).collect();
+        let resolved: Vec<_> =
+            cases.iter().map(|(s, f)| s.case(&self.config.profile, &self.topology.config, *f, &label)).collect();
         let mut expected = Vec::new();
         let mut requests = Vec::new();
         for ((s, _), case) in cases.iter().zip(resolved) {
             let from = s.spec.source.host;
             match case {
                 Ok(c) => {
-                    requests.push(ProbeRequest { from, uid: c.uid, gid: c.gid, target: Ok(c.target), protocol: c.protocol });
+                    requests.push(ProbeRequest {
+                        from,
+                        uid: c.uid,
+                        gid: c.gid,
+                        target: Ok(c.target),
+                        protocol: c.protocol,
+                    });
                     expected.push(c.expected);
                 }
                 // Checked in preflight; a failure here fails the trial with its reason.
                 Err(e) => {
                     requests.push(ProbeRequest { from, uid: 0, gid: 0, target: Err(e), protocol: Protocol::Tcp });
-                    expected.push(verdict::Expected { ports: Vec::new(), server: String::new(), path: None, note: None });
+                    expected.push(verdict::Expected {
+                        ports: Vec::new(),
+                        server: String::new(),
+                        path: None,
+                        note: None,
+                    });
                 }
             }
         }
@@ -387,7 +427,8 @@ impl Session {
                     return Ok(None); // sent below, from a raw socket
                 }
                 let udp = r.protocol == Protocol::Udp;
-                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp).map_err(|e| e.to_string())?;
+                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp)
+                    .map_err(|e| e.to_string())?;
                 Ok::<_, String>(Some((fd, *to, udp)))
             })
             .collect();
@@ -418,7 +459,14 @@ impl Session {
                 out.push(match task {
                     None => None,
                     Some(task) => Some(task.await.unwrap_or_else(|e| {
-                        (Observation::Failed { stage: "probe".into(), detail: format!("the probe task failed: {e}") }, None, 0)
+                        (
+                            Observation::Failed {
+                                stage: "probe".into(),
+                                detail: format!("the probe task failed: {e}"),
+                            },
+                            None,
+                            0,
+                        )
                     })),
                 });
             }
@@ -435,7 +483,9 @@ impl Session {
                 };
                 // The tracer follows TCP SYNs; a datagram's hops are its answer.
                 let path = match (&self.tracer, &r.target) {
-                    (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation)),
+                    (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => {
+                        Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation))
+                    }
                     _ => None,
                 };
                 ProbeDone { observation, path, ms }
@@ -445,11 +495,20 @@ impl Session {
 
     /// One INVALID segment (IPv4 only), after the concurrent probes: it
     /// waits out a short window when nothing answers.
-    fn probe_invalid(&self, from: Host, target: std::net::SocketAddr) -> (Observation, Option<std::net::SocketAddr>, u64) {
+    fn probe_invalid(
+        &self,
+        from: Host,
+        target: std::net::SocketAddr,
+    ) -> (Observation, Option<std::net::SocketAddr>, u64) {
         let started = Instant::now();
         let obs = match (target, self.topology.config.address_of(from, Family::Ipv4)) {
-            (std::net::SocketAddr::V4(to), std::net::IpAddr::V4(src)) => probe::run_invalid(self.topology.ns(from), src, to, next_probe_id(), Duration::from_millis(300)),
-            _ => Observation::Failed { stage: "setup".into(), detail: format!("an INVALID segment is sent over IPv4 only, not to {target}") },
+            (std::net::SocketAddr::V4(to), std::net::IpAddr::V4(src)) => {
+                probe::run_invalid(self.topology.ns(from), src, to, next_probe_id(), Duration::from_millis(300))
+            }
+            _ => Observation::Failed {
+                stage: "setup".into(),
+                detail: format!("an INVALID segment is sent over IPv4 only, not to {target}"),
+            },
         };
         (obs, None, started.elapsed().as_millis() as u64)
     }
@@ -482,12 +541,16 @@ impl Session {
         ];
         for (tool, text) in saves {
             if let Some(t) = text.as_deref().filter(|t| t.lines().any(|l| l.starts_with("-A ") || l.starts_with(':'))) {
-                out.push_str(&format!("# {tool}\n{}", t.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect::<String>()));
+                out.push_str(&format!(
+                    "# {tool}\n{}",
+                    t.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect::<String>()
+                ));
             }
         }
         let native = !matches!(frontend, rules::Frontend::IptablesNft | rules::Frontend::IptablesLegacy);
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
-            let listing: String = nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
+            let listing: String =
+                nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
             let listing = strip_table(&listing, crate::trace::TRACE_TABLE);
             if !listing.trim().is_empty() {
                 out.push_str(&format!("# nft list ruleset\n{listing}"));
@@ -507,7 +570,10 @@ fn normalize_counters(text: &str) -> String {
         for w in line.split(' ') {
             let w = if zero_next && w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() {
                 "0".to_string()
-            } else if w.starts_with('[') && w.ends_with(']') && w[1..w.len() - 1].split(':').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) {
+            } else if w.starts_with('[')
+                && w.ends_with(']')
+                && w[1..w.len() - 1].split(':').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            {
                 "[0:0]".to_string()
             } else {
                 w.to_string()
@@ -548,7 +614,10 @@ mod tests {
     fn counters_are_zeroed_and_the_trace_table_dropped() {
         let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
         let got = strip_table(&normalize_counters(text), "sidecheck_trace");
-        assert_eq!(got, ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n");
+        assert_eq!(
+            got,
+            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
+        );
     }
 }
 
@@ -561,10 +630,18 @@ fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Famil
             Family::Ipv4 => ("-4", "0.0.0.0/0"),
             Family::Ipv6 => ("-6", "::/0"),
         };
-        for args in [vec![flag, "rule", "add", "fwmark", &mark, "lookup", &table], vec![flag, "route", "add", "local", default, "dev", "lo", "table", &table]] {
+        for args in [
+            vec![flag, "rule", "add", "fwmark", &mark, "lookup", &table],
+            vec![flag, "route", "add", "local", default, "dev", "lo", "table", &table],
+        ] {
             let ran = rules::run_in(pod, &ip, &args, "", timeout)?;
             if !ran.status.success() {
-                return Err(Error::config(format!("setting up TPROXY routing in namespace {}: ip {} failed: {}", pod.name(), args.join(" "), ran.output.trim())));
+                return Err(Error::config(format!(
+                    "setting up TPROXY routing in namespace {}: ip {} failed: {}",
+                    pod.name(),
+                    args.join(" "),
+                    ran.output.trim()
+                )));
             }
         }
     }

@@ -50,7 +50,8 @@ pub struct ServiceSetting {
 }
 
 fn cidr<A: std::str::FromStr>(file: &str, key: &str, text: &str, max: u8) -> Result<(A, u8)> {
-    let bad = || Error::ScenarioInvalid { file: file.into(), message: format!("{key}: `{text}` is not ADDRESS/PREFIX") };
+    let bad =
+        || Error::ScenarioInvalid { file: file.into(), message: format!("{key}: `{text}` is not ADDRESS/PREFIX") };
     let (a, l) = text.split_once('/').ok_or_else(bad)?;
     let len: u8 = l.parse().map_err(|_| bad())?;
     if len > max {
@@ -70,7 +71,12 @@ impl Settings {
             return Ok(Settings::default());
         }
         serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax { file: file.into(), line: loc.line(), column: loc.column(), message: e.to_string() },
+            Some(loc) => Error::ScenarioSyntax {
+                file: file.into(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
             None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
         })
     }

@@ -92,11 +92,8 @@ impl StubProcess {
                 Ok(())
             });
         }
-        let failed = |detail: String| Error::StubFailed {
-            stub: stub.name().into(),
-            namespace: ns.name().into(),
-            detail,
-        };
+        let failed =
+            |detail: String| Error::StubFailed { stub: stub.name().into(), namespace: ns.name().into(), detail };
         let spawned = {
             let _guard = crate::registry::creating();
             let spawned = cmd.spawn();
@@ -110,13 +107,7 @@ impl StubProcess {
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
-        let mut proc = StubProcess {
-            child,
-            _stdin: stdin,
-            pid,
-            run_prefix: run.prefix().into(),
-            drain: None,
-        };
+        let mut proc = StubProcess { child, _stdin: stdin, pid, run_prefix: run.prefix().into(), drain: None };
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut line = String::new();

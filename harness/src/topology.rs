@@ -43,7 +43,9 @@ impl Host {
             Host::RemotePod => "remote-pod",
             Host::Prometheus => "prometheus",
             Host::Istiod => "istiod",
-            Host::Side(k) => ["side-1", "side-2", "side-3", "side-4"].get(usize::from(k).wrapping_sub(1)).copied().unwrap_or("side"),
+            Host::Side(k) => {
+                ["side-1", "side-2", "side-3", "side-4"].get(usize::from(k).wrapping_sub(1)).copied().unwrap_or("side")
+            }
         }
     }
 
@@ -167,10 +169,16 @@ impl Default for TopologyConfig {
         .map(|(h, a)| (h, Ipv4Addr::from(a)))
         .collect();
         let v6 = |last: u16| Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, last);
-        let addresses6 = [(Host::Node, 1), (Host::LocalPod, 0x10), (Host::RemotePod, 0x20), (Host::Prometheus, 0x30), (Host::Istiod, 0x40)]
-            .into_iter()
-            .map(|(h, a)| (h, v6(a)))
-            .collect();
+        let addresses6 = [
+            (Host::Node, 1),
+            (Host::LocalPod, 0x10),
+            (Host::RemotePod, 0x20),
+            (Host::Prometheus, 0x30),
+            (Host::Istiod, 0x40),
+        ]
+        .into_iter()
+        .map(|(h, a)| (h, v6(a)))
+        .collect();
         TopologyConfig {
             families: Family::BOTH.to_vec(),
             pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 24),
@@ -227,7 +235,10 @@ impl TopologyConfig {
     pub fn link_addresses(k: u8, family: Family) -> (IpAddr, IpAddr) {
         match family {
             Family::Ipv4 => (Ipv4Addr::new(172, 31, k, 1).into(), Ipv4Addr::new(172, 31, k, 2).into()),
-            Family::Ipv6 => (Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 1).into(), Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 2).into()),
+            Family::Ipv6 => (
+                Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 1).into(),
+                Ipv6Addr::new(0xfd00, 0x31, u16::from(k), 0, 0, 0, 0, 2).into(),
+            ),
         }
     }
 
@@ -249,10 +260,8 @@ impl TopologyConfig {
         }
         let mut seen = BTreeMap::new();
         for host in Host::ALL {
-            let addr = *self
-                .addresses
-                .get(&host)
-                .ok_or_else(|| Error::config(format!("no address for host {host}")))?;
+            let addr =
+                *self.addresses.get(&host).ok_or_else(|| Error::config(format!("no address for host {host}")))?;
             if !in_cidr(addr, self.pod_cidr) {
                 return Err(Error::config(format!(
                     "address {addr} of {host} is outside the pod CIDR {}/{plen}",
@@ -270,19 +279,35 @@ impl TopologyConfig {
             return Err(Error::config("the topology has no IP family: use ipv4, ipv6 or both"));
         }
         if self.pod_links.len() > 4 {
-            return Err(Error::config(format!("{} extra pod interfaces ({}): sidecheck builds at most 4", self.pod_links.len(), self.pod_links.join(", "))));
+            return Err(Error::config(format!(
+                "{} extra pod interfaces ({}): sidecheck builds at most 4",
+                self.pod_links.len(),
+                self.pod_links.join(", ")
+            )));
         }
         for name in &self.pod_links {
-            if name.is_empty() || name.len() > 15 || name == "eth0" || name == "lo" || name.contains(['/', ' ']) || self.pod_links.iter().filter(|n| *n == name).count() > 1 {
+            if name.is_empty()
+                || name.len() > 15
+                || name == "eth0"
+                || name == "lo"
+                || name.contains(['/', ' '])
+                || self.pod_links.iter().filter(|n| *n == name).count() > 1
+            {
                 return Err(Error::config(format!("`{name}` cannot be an extra pod interface: give a unique name of 1 to 15 characters, not eth0 or lo")));
             }
         }
         if self.has(Family::Ipv6) {
             let mut seen6 = BTreeMap::new();
             for host in Host::ALL {
-                let addr = *self.addresses6.get(&host).ok_or_else(|| Error::config(format!("no IPv6 address for host {host}")))?;
+                let addr = *self
+                    .addresses6
+                    .get(&host)
+                    .ok_or_else(|| Error::config(format!("no IPv6 address for host {host}")))?;
                 if !in_cidr6(addr, self.pod_cidr6) {
-                    return Err(Error::config(format!("IPv6 address {addr} of {host} is outside the pod CIDR {}/{}", self.pod_cidr6.0, self.pod_cidr6.1)));
+                    return Err(Error::config(format!(
+                        "IPv6 address {addr} of {host} is outside the pod CIDR {}/{}",
+                        self.pod_cidr6.0, self.pod_cidr6.1
+                    )));
                 }
                 if let Some(other) = seen6.insert(addr, host) {
                     return Err(Error::config(format!("{other} and {host} both have address {addr}")));
@@ -348,10 +373,8 @@ impl Namespace {
         let fd = self.fd();
         std::thread::scope(|s| {
             s.spawn(|| {
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
-                    doing: format!("entering namespace {}", self.name),
-                    err: e.into(),
-                })?;
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::Io { doing: format!("entering namespace {}", self.name), err: e.into() })?;
                 Ok(f())
             })
             .join()
@@ -372,7 +395,9 @@ impl Namespace {
         use std::os::unix::process::CommandExt;
         let fd = self.raw_fd();
         let mut cmd = std::process::Command::new(program);
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         // SAFETY: sigprocmask and setns are async-signal-safe; nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
@@ -441,7 +466,11 @@ impl Topology {
             let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
             for ip in topo.config.local_extra.iter().filter(|ip| topo.config.families.contains(&Family::of(**ip))) {
                 let len = if ip.is_ipv4() { 32 } else { 128 };
-                pod.address().add(LO_INDEX, *ip, len).execute().await.map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
+                pod.address()
+                    .add(LO_INDEX, *ip, len)
+                    .execute()
+                    .await
+                    .map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
             }
         }
         Ok(topo)
@@ -518,20 +547,16 @@ impl Topology {
 
         for pod in Host::PODS {
             let pod_ns = self.ns(pod);
-            let peer = LinkUnspec::new_with_name("eth0")
-                .index(POD_ETH0_INDEX)
-                .setns_by_fd(pod_ns.raw_fd())
-                .build();
+            let peer = LinkUnspec::new_with_name("eth0").index(POD_ETH0_INDEX).setns_by_fd(pod_ns.raw_fd()).build();
             let veth = LinkVeth::new(pod.veth(), "eth0")
                 .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                 .controller(br0)
                 .up()
                 .build();
-            node.link()
-                .add(veth)
-                .execute()
-                .await
-                .map_err(netlink_err(format!("creating veth {} with peer eth0 in {}", pod.veth(), pod_ns.name()), node_ns))?;
+            node.link().add(veth).execute().await.map_err(netlink_err(
+                format!("creating veth {} with peer eth0 in {}", pod.veth(), pod_ns.name()),
+                node_ns,
+            ))?;
 
             let h = self.netlink(pod).await?;
             h.link()
@@ -601,31 +626,66 @@ impl Topology {
             let side_ns = self.ns(side);
             let peer = LinkUnspec::new_with_name("eth0").index(POD_ETH0_INDEX).setns_by_fd(side_ns.raw_fd()).build();
             let veth = LinkVeth::new(name, "eth0").set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).up().build();
-            pod.link().add(veth).execute().await.map_err(netlink_err(format!("creating interface {name} with its peer in {}", side_ns.name()), pod_ns))?;
+            pod.link().add(veth).execute().await.map_err(netlink_err(
+                format!("creating interface {name} with its peer in {}", side_ns.name()),
+                pod_ns,
+            ))?;
             let index = link_index(&pod, name).await.map_err(netlink_err(format!("looking up {name}"), pod_ns))?;
             let h = self.netlink(side).await?;
             for idx in [LO_INDEX, POD_ETH0_INDEX] {
-                h.link().change(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(netlink_err("setting links up", side_ns))?;
+                h.link()
+                    .change(LinkUnspec::new_with_index(idx).up().build())
+                    .execute()
+                    .await
+                    .map_err(netlink_err("setting links up", side_ns))?;
             }
             for f in self.config.families.iter().copied() {
                 let (at_pod, at_side) = TopologyConfig::link_addresses(k, f);
                 let len = if f == Family::Ipv4 { 24 } else { 64 };
-                pod.address().add(index, at_pod, len).execute().await.map_err(netlink_err(format!("adding {at_pod} to {name}"), pod_ns))?;
-                h.address().add(POD_ETH0_INDEX, at_side, len).execute().await.map_err(netlink_err(format!("adding {at_side} to eth0"), side_ns))?;
+                pod.address()
+                    .add(index, at_pod, len)
+                    .execute()
+                    .await
+                    .map_err(netlink_err(format!("adding {at_pod} to {name}"), pod_ns))?;
+                h.address()
+                    .add(POD_ETH0_INDEX, at_side, len)
+                    .execute()
+                    .await
+                    .map_err(netlink_err(format!("adding {at_side} to eth0"), side_ns))?;
                 let doing = format!("routing {side}'s traffic through the pod");
                 let via_pod = self.config.address_of(Host::LocalPod, f);
                 match (at_pod, at_side) {
                     (IpAddr::V4(gw), IpAddr::V4(a)) => {
-                        h.route().add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build()).execute().await.map_err(netlink_err(doing.clone(), side_ns))?;
+                        h.route()
+                            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build())
+                            .execute()
+                            .await
+                            .map_err(netlink_err(doing.clone(), side_ns))?;
                         let IpAddr::V4(via) = via_pod else { unreachable!() };
                         let net = Ipv4Addr::from(u32::from(a) & 0xffff_ff00);
-                        node.route().add(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net, 24).gateway(via).build()).execute().await.map_err(netlink_err(doing, node_ns))?;
+                        node.route()
+                            .add(
+                                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net, 24).gateway(via).build(),
+                            )
+                            .execute()
+                            .await
+                            .map_err(netlink_err(doing, node_ns))?;
                     }
                     (IpAddr::V6(gw), IpAddr::V6(a)) => {
-                        h.route().add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build()).execute().await.map_err(netlink_err(doing.clone(), side_ns))?;
+                        h.route()
+                            .add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build())
+                            .execute()
+                            .await
+                            .map_err(netlink_err(doing.clone(), side_ns))?;
                         let IpAddr::V6(via) = via_pod else { unreachable!() };
                         let net = Ipv6Addr::from(u128::from(a) & !0xffff_ffff_ffff_ffffu128);
-                        node.route().add(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(net, 64).gateway(via).build()).execute().await.map_err(netlink_err(doing, node_ns))?;
+                        node.route()
+                            .add(
+                                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(net, 64).gateway(via).build(),
+                            )
+                            .execute()
+                            .await
+                            .map_err(netlink_err(doing, node_ns))?;
                     }
                     _ => unreachable!("both addresses of one family"),
                 }
@@ -645,14 +705,38 @@ impl Topology {
             let doing = format!("adding {ip} to lo");
             match ip {
                 IpAddr::V4(a) => {
-                    remote.address().add(LO_INDEX, (*a).into(), 32).execute().await.map_err(netlink_err(doing, remote_ns))?;
-                    let r = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(*a, 32).gateway(self.config.address(Host::RemotePod)).build();
-                    node.route().add(r).execute().await.map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
+                    remote
+                        .address()
+                        .add(LO_INDEX, (*a).into(), 32)
+                        .execute()
+                        .await
+                        .map_err(netlink_err(doing, remote_ns))?;
+                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(*a, 32)
+                        .gateway(self.config.address(Host::RemotePod))
+                        .build();
+                    node.route()
+                        .add(r)
+                        .execute()
+                        .await
+                        .map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
                 }
                 IpAddr::V6(a) => {
-                    remote.address().add(LO_INDEX, (*a).into(), 128).execute().await.map_err(netlink_err(doing, remote_ns))?;
-                    let r = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(*a, 128).gateway(self.config.addresses6[&Host::RemotePod]).build();
-                    node.route().add(r).execute().await.map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
+                    remote
+                        .address()
+                        .add(LO_INDEX, (*a).into(), 128)
+                        .execute()
+                        .await
+                        .map_err(netlink_err(doing, remote_ns))?;
+                    let r = RouteMessageBuilder::<Ipv6Addr>::new()
+                        .destination_prefix(*a, 128)
+                        .gateway(self.config.addresses6[&Host::RemotePod])
+                        .build();
+                    node.route()
+                        .add(r)
+                        .execute()
+                        .await
+                        .map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
                 }
             }
         }

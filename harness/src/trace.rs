@@ -243,7 +243,11 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
                 match ty {
                     1 => table = Some(nl::attr_str(p)),
                     3 => chain = Some(nl::attr_str(p)),
-                    4 => hook = nl::attrs(p).ok().and_then(|h| h.iter().find(|(t, _)| *t == 1).and_then(|(_, v)| nl::attr_be32(v))),
+                    4 => {
+                        hook = nl::attrs(p)
+                            .ok()
+                            .and_then(|h| h.iter().find(|(t, _)| *t == 1).and_then(|(_, v)| nl::attr_be32(v)))
+                    }
                     _ => {}
                 }
             }
@@ -260,7 +264,10 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
             }
         })?;
         if bad {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed attributes in an nf_tables dump"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "malformed attributes in an nf_tables dump",
+            ));
         }
         Ok((positions, hooks))
     })?
@@ -359,7 +366,12 @@ impl Tracer {
             *counts.entry((*family, table.clone(), chain.clone())).or_insert(0) += 1;
         }
         let mut texts = BTreeMap::new();
-        let saves = [(2, &snapshot.iptables_nft), (10, &snapshot.ip6tables_nft), (2, &snapshot.iptables_legacy), (10, &snapshot.ip6tables_legacy)];
+        let saves = [
+            (2, &snapshot.iptables_nft),
+            (10, &snapshot.ip6tables_nft),
+            (2, &snapshot.iptables_legacy),
+            (10, &snapshot.ip6tables_legacy),
+        ];
         for (nfproto, save) in saves {
             for (k, v) in RuleIndex::parse_save(nfproto, save.as_deref().unwrap_or("")) {
                 texts.entry(k).or_insert(v);
@@ -369,8 +381,10 @@ impl Tracer {
         if let Some(listing) = index.snapshot.nft.clone() {
             index.add_nft_texts(&listing);
         }
-        let shared = std::sync::Arc::new(TraceStore { frontend, nft, nflog, index, pending: Mutex::new(Pending::default()) });
-        let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io { doing: "creating the trace reader's pipe".into(), err: e.into() })?;
+        let shared =
+            std::sync::Arc::new(TraceStore { frontend, nft, nflog, index, pending: Mutex::new(Pending::default()) });
+        let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Io { doing: "creating the trace reader's pipe".into(), err: e.into() })?;
         let reader_shared = shared.clone();
         let reader = std::thread::Builder::new()
             .name("trace-reader".into())
@@ -391,7 +405,8 @@ impl TraceStore {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         loop {
-            let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN), PollFd::new(self.nft.fd(), PollFlags::POLLIN)];
+            let mut fds =
+                vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN), PollFd::new(self.nft.fd(), PollFlags::POLLIN)];
             if let Some(s) = &self.nflog {
                 fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
             }
@@ -464,7 +479,8 @@ impl TraceStore {
     pub fn take_leg(&self, src: SocketAddr, dst: SocketAddr, reached: u16) -> (Vec<TraceEvent>, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         self.drain(&mut p);
-        let isns: std::collections::HashSet<u32> = p.events.iter().filter(|e| e.src == src && e.dst == dst).map(|e| e.isn).collect();
+        let isns: std::collections::HashSet<u32> =
+            p.events.iter().filter(|e| e.src == src && e.dst == dst).map(|e| e.isn).collect();
         let mut mine = Vec::new();
         p.events.retain(|e| {
             let ours = if isns.is_empty() {
@@ -501,10 +517,19 @@ fn open_nflog() -> std::io::Result<Socket> {
     // Rebind both families to nfnetlink_log (PF_UNBIND, PF_BIND), bind group 0,
     // set the copy mode: NFULA_CFG_CMD = 1, NFULA_CFG_MODE = 2.
     let af_inet6 = libc::AF_INET6 as u8;
-    let steps: [(u8, u16, &[u8]); 6] = [(af_inet, 1, &[4]), (af_inet, 1, &[3]), (af_inet6, 1, &[4]), (af_inet6, 1, &[3]), (0, 1, &[1]), (0, 2, &mode)];
+    let steps: [(u8, u16, &[u8]); 6] =
+        [(af_inet, 1, &[4]), (af_inet, 1, &[3]), (af_inet6, 1, &[4]), (af_inet6, 1, &[3]), (0, 1, &[1]), (0, 2, &mode)];
     for (seq, (family, attr, value)) in steps.into_iter().enumerate() {
         let seq = seq as u32 + 1;
-        let req = nl::request(nl::NFNL_SUBSYS_ULOG, nl::NFULNL_MSG_CONFIG, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq, family, 0, &[(attr, value)]);
+        let req = nl::request(
+            nl::NFNL_SUBSYS_ULOG,
+            nl::NFULNL_MSG_CONFIG,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK,
+            seq,
+            family,
+            0,
+            &[(attr, value)],
+        );
         sock.transact(&req, seq, |_| {})?;
     }
     sock.set_nonblocking(true)?;
@@ -592,7 +617,9 @@ fn parse_nflog(buf: &[u8], p: &mut Pending) {
         let payload = attrs.iter().find(|(t, _)| *t == 9).map(|(_, v)| *v);
         let (Some(prefix), Some(payload)) = (prefix, payload) else { continue };
         let Some((table, chain, step)) = parse_legacy_prefix(&prefix) else { continue };
-        let (Some((src, dst)), Some(isn)) = (nl::packet_tuple(payload, None), nl::tcp_seq(payload, None)) else { continue };
+        let (Some((src, dst)), Some(isn)) = (nl::packet_tuple(payload, None), nl::tcp_seq(payload, None)) else {
+            continue;
+        };
         let nfproto = if src.is_ipv4() { 2 } else { 10 };
         p.events.push(TraceEvent { nfproto, table, chain, step, verdict: None, src, dst, isn });
     }
@@ -630,12 +657,14 @@ pub fn leg_elements(events: &[TraceEvent], index: &RuleIndex, redirected: bool, 
     // one where no rule matched: a jumped-to chain with no event of its own
     // ended without a decision.
     for e in events {
-        let Some(target) = e.verdict.as_deref().and_then(|v| v.strip_prefix("jump ").or(v.strip_prefix("goto "))) else { continue };
-        let hook = index.hook_of(e.nfproto, &e.table, &e.chain);
-        let Some(seg) = segments
-            .iter_mut()
-            .find(|(h, chains)| Some(h.as_str()) == hook || chains.iter().any(|(_, t, c, _)| *t == e.table && *c == e.chain))
+        let Some(target) = e.verdict.as_deref().and_then(|v| v.strip_prefix("jump ").or(v.strip_prefix("goto ")))
         else {
+            continue;
+        };
+        let hook = index.hook_of(e.nfproto, &e.table, &e.chain);
+        let Some(seg) = segments.iter_mut().find(|(h, chains)| {
+            Some(h.as_str()) == hook || chains.iter().any(|(_, t, c, _)| *t == e.table && *c == e.chain)
+        }) else {
             continue;
         };
         if !seg.1.iter().any(|(_, t, c, _)| *t == e.table && c == target) {
@@ -692,9 +721,18 @@ mod tests {
 
     #[test]
     fn legacy_prefixes() {
-        assert_eq!(parse_legacy_prefix("TRACE: nat:ISTIO_OUTPUT:rule:9 "), Some(("nat".into(), "ISTIO_OUTPUT".into(), Step::Rule(9))));
-        assert_eq!(parse_legacy_prefix("TRACE: nat:POSTROUTING:policy:1 "), Some(("nat".into(), "POSTROUTING".into(), Step::Policy)));
-        assert_eq!(parse_legacy_prefix("TRACE: nat:ISTIO_INBOUND:return:6 "), Some(("nat".into(), "ISTIO_INBOUND".into(), Step::Return)));
+        assert_eq!(
+            parse_legacy_prefix("TRACE: nat:ISTIO_OUTPUT:rule:9 "),
+            Some(("nat".into(), "ISTIO_OUTPUT".into(), Step::Rule(9)))
+        );
+        assert_eq!(
+            parse_legacy_prefix("TRACE: nat:POSTROUTING:policy:1 "),
+            Some(("nat".into(), "POSTROUTING".into(), Step::Policy))
+        );
+        assert_eq!(
+            parse_legacy_prefix("TRACE: nat:ISTIO_INBOUND:return:6 "),
+            Some(("nat".into(), "ISTIO_INBOUND".into(), Step::Return))
+        );
         assert_eq!(parse_legacy_prefix("TRACE: nat:X:rule:nine"), None);
         assert_eq!(parse_legacy_prefix("something else"), None);
     }
@@ -712,7 +750,12 @@ mod tests {
 
     #[test]
     fn a_leg_that_leaves_names_postrouting() {
-        let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Rule(1)), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
+        let events = [
+            ev("OUTPUT", Step::Rule(1)),
+            ev("ISTIO_OUTPUT", Step::Rule(1)),
+            ev("OUTPUT", Step::Policy),
+            ev("POSTROUTING", Step::Policy),
+        ];
         assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT RULE 1", "POSTROUTING"]);
         // No nat POSTROUTING chain (iptables-nft creates only chains in use):
         // the hook is still on the path.
@@ -726,13 +769,24 @@ mod tests {
         let mut jump = ev("OUTPUT", Step::Rule(1));
         jump.verdict = Some("jump ISTIO_OUTPUT".into());
         let events = [jump, ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
-        assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
+        assert_eq!(
+            leg_elements(&events, &index(), false, true),
+            ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]
+        );
     }
 
     #[test]
     fn a_chain_where_nothing_matched_says_so() {
-        let events = [ev("OUTPUT", Step::Rule(1)), ev("ISTIO_OUTPUT", Step::Return), ev("OUTPUT", Step::Policy), ev("POSTROUTING", Step::Policy)];
-        assert_eq!(leg_elements(&events, &index(), false, true), ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]);
+        let events = [
+            ev("OUTPUT", Step::Rule(1)),
+            ev("ISTIO_OUTPUT", Step::Return),
+            ev("OUTPUT", Step::Policy),
+            ev("POSTROUTING", Step::Policy),
+        ];
+        assert_eq!(
+            leg_elements(&events, &index(), false, true),
+            ["OUTPUT", "ISTIO_OUTPUT (no rule matched)", "POSTROUTING"]
+        );
     }
 
     #[test]
@@ -783,7 +837,9 @@ fn server_label(proxy: &str, name: &str, port: u16) -> String {
     match name {
         "local-app" => "Local Pod".into(),
         "remote-app" => "Remote Pod".into(),
-        n if n.strip_prefix(proxy).is_some_and(|rest| rest.starts_with('-')) => format!("{} {port}", capitalized(proxy)),
+        n if n.strip_prefix(proxy).is_some_and(|rest| rest.starts_with('-')) => {
+            format!("{} {port}", capitalized(proxy))
+        }
         n => capitalized(n),
     }
 }
@@ -796,7 +852,13 @@ impl Tracer {
 
     /// The path of a probe whose client connected from `client` to `target`.
     /// `client_local`: the client runs in the traced (local pod) namespace.
-    pub fn path(&self, client: Option<SocketAddr>, client_local: bool, target: SocketAddr, obs: &crate::probe::Observation) -> ObservedPath {
+    pub fn path(
+        &self,
+        client: Option<SocketAddr>,
+        client_local: bool,
+        target: SocketAddr,
+        obs: &crate::probe::Observation,
+    ) -> ObservedPath {
         use crate::probe::Observation;
         use sidecheck_wire::End;
         // (src, dst, reached port, reached label) per leg.
@@ -806,7 +868,9 @@ impl Tracer {
                 let hops = &a.probe.hops;
                 let end = match &a.end {
                     End::Server { name, port, .. } => (Some(*port), server_label(&self.proxy, name, *port)),
-                    End::Loop { role, port } => (Some(*port), format!("{} LOOP", reached_label(&self.proxy, role, *port))),
+                    End::Loop { role, port } => {
+                        (Some(*port), format!("{} LOOP", reached_label(&self.proxy, role, *port)))
+                    }
                     End::Error { .. } => (None, "(could not forward)".into()),
                 };
                 let reach = |k: usize| match hops.get(k) {
@@ -820,7 +884,8 @@ impl Tracer {
                         let (p, l) = reach(k + 1);
                         legs.push((src, dst, p, l));
                     } else if let End::Error { message, .. } = &a.end {
-                        legs.last_mut().unwrap().3 = format!("{} -> (could not forward: {})", legs.last().unwrap().3, message.replace('_', " "));
+                        legs.last_mut().unwrap().3 =
+                            format!("{} -> (could not forward: {})", legs.last().unwrap().3, message.replace('_', " "));
                     }
                 }
             }

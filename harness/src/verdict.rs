@@ -159,7 +159,14 @@ pub struct PathCheck<'a> {
 
 /// Judge one probe against what its scenario expects (made concrete for
 /// the run's profile and family by [`Scenario::case`]).
-pub fn judge(scenario: &Scenario, expected: Expected, obs: &Observation, duration_ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
+pub fn judge(
+    scenario: &Scenario,
+    expected: Expected,
+    obs: &Observation,
+    duration_ms: u64,
+    traced: Option<ObservedPath>,
+    check: &PathCheck<'_>,
+) -> TrialResult {
     let e = &scenario.spec.expect;
     let expected_path = expected.path.clone();
     let mut observed = observe(obs);
@@ -181,7 +188,8 @@ pub fn judge(scenario: &Scenario, expected: Expected, obs: &Observation, duratio
         _ => None,
     };
     let pass = ports_ok && path_problem.is_none();
-    let want = describe(&expected.ports, &format!("{}:{}", expected.server, expected.ports.last().copied().unwrap_or(0)));
+    let want =
+        describe(&expected.ports, &format!("{}:{}", expected.server, expected.ports.last().copied().unwrap_or(0)));
     let message = if pass {
         match &expected.note {
             Some(note) => format!("{want}: as expected ({note})"),
@@ -201,7 +209,10 @@ pub fn judge(scenario: &Scenario, expected: Expected, obs: &Observation, duratio
                 }
             }
         };
-        let mut m = format!("expected {want}, observed {got} (ports expected {:?}, observed {:?})", expected.ports, observed.ports);
+        let mut m = format!(
+            "expected {want}, observed {got} (ports expected {:?}, observed {:?})",
+            expected.ports, observed.ports
+        );
         if let Some(path) = &observed.path {
             m.push_str(&format!("\n  rule path: {path}"));
         }
@@ -242,7 +253,12 @@ mod tests {
     fn answered(hops: &[u16], end: End) -> Observation {
         let hops = hops
             .iter()
-            .map(|p| Hop { role: "outbound".into(), port: *p, original_dst: "10.244.0.20:9090".parse().unwrap(), upstream: None })
+            .map(|p| Hop {
+                role: "outbound".into(),
+                port: *p,
+                original_dst: "10.244.0.20:9090".parse().unwrap(),
+                upstream: None,
+            })
             .collect();
         Observation::Answered(Answer { probe: Probe { id: 1, hops }, end })
     }
@@ -250,9 +266,16 @@ mod tests {
     const NO_PATHS: PathCheck<'static> = PathCheck { label: "istio-current", assert: false };
 
     /// Judge under the Istio profile, IPv4.
-    fn judge(s: &Scenario, obs: &Observation, ms: u64, traced: Option<ObservedPath>, check: &PathCheck<'_>) -> TrialResult {
+    fn judge(
+        s: &Scenario,
+        obs: &Observation,
+        ms: u64,
+        traced: Option<ObservedPath>,
+        check: &PathCheck<'_>,
+    ) -> TrialResult {
         let topo = crate::topology::TopologyConfig::default();
-        let case = s.case(&crate::profile::Profile::istio(), &topo, crate::topology::Family::Ipv4, check.label).unwrap();
+        let case =
+            s.case(&crate::profile::Profile::istio(), &topo, crate::topology::Family::Ipv4, check.label).unwrap();
         super::judge(s, case.expected, obs, ms, traced, check)
     }
 
@@ -262,7 +285,13 @@ mod tests {
 
     #[test]
     fn exact_match_passes() {
-        let r = judge(&scenario(&[15001, 9090], "remote-app"), &answered(&[15001], server("remote-app", 9090)), 1, None, &NO_PATHS);
+        let r = judge(
+            &scenario(&[15001, 9090], "remote-app"),
+            &answered(&[15001], server("remote-app", 9090)),
+            1,
+            None,
+            &NO_PATHS,
+        );
         assert_eq!(r.outcome, Outcome::Pass, "{}", r.message);
         assert_eq!(r.observed.ports, vec![15001, 9090]);
     }
@@ -279,7 +308,13 @@ mod tests {
 
     #[test]
     fn right_ports_wrong_server_fails() {
-        let r = judge(&scenario(&[15001, 8080], "local-app"), &answered(&[15001], server("remote-app", 8080)), 1, None, &NO_PATHS);
+        let r = judge(
+            &scenario(&[15001, 8080], "local-app"),
+            &answered(&[15001], server("remote-app", 8080)),
+            1,
+            None,
+            &NO_PATHS,
+        );
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(r.message.contains("observed 15001 -> remote-app:8080"), "{}", r.message);
     }
@@ -292,7 +327,8 @@ mod tests {
         assert_eq!(r.observed.ports, vec![15001, 15001]);
         assert!(r.message.contains("came back to the outbound listener 15001"), "{}", r.message);
 
-        let e = End::Error { role: "outbound".into(), port: 15001, message: "10.244.0.20:9090_Connection_refused".into() };
+        let e =
+            End::Error { role: "outbound".into(), port: 15001, message: "10.244.0.20:9090_Connection_refused".into() };
         let r = judge(&s, &answered(&[15001], e), 1, None, &NO_PATHS);
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(r.message.contains("could not forward it: 10.244.0.20:9090 Connection refused"), "{}", r.message);

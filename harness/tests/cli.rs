@@ -2,8 +2,8 @@
 //! failed, 2 could not run), the JSON contract, messages for bad input, and
 //! that nothing is left behind either way. Needs root, like the suite.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
@@ -23,10 +23,7 @@ fn exclusive_runs() -> std::sync::RwLockWriteGuard<'static, ()> {
 }
 
 fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "run as root: sudo cargo test (these tests build network namespaces)"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test (these tests build network namespaces)");
 }
 
 fn sidecheck(args: &[&str]) -> Output {
@@ -93,7 +90,9 @@ fn stubs_of_pid(pid: u32) -> Vec<u32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker)))
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker))
+        })
         .collect()
 }
 
@@ -107,7 +106,12 @@ fn assert_nothing_left(pid: u32, what: &str) {
 }
 
 fn run_checked(args: &[&str]) -> (Output, u32) {
-    let child = Command::new(BIN).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_nothing_left(pid, &format!("sidecheck {args:?}"));
@@ -188,7 +192,11 @@ fn a_signal_in_any_phase_cleans_up() {
         // Before the handler is installed the default action kills it (no
         // cleanup needed yet: nothing exists before the handler).
         let status = out.status;
-        assert!(status.code() == Some(130) || status.signal() == Some(2), "SIGINT after {delay_us} us: {status:?} {}", stderr(&out));
+        assert!(
+            status.code() == Some(130) || status.signal() == Some(2),
+            "SIGINT after {delay_us} us: {status:?} {}",
+            stderr(&out)
+        );
         assert_nothing_left(pid, &format!("SIGINT {delay_us} us after start"));
     }
 }
@@ -271,7 +279,9 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     // No uid/gid 1337 RETURN: the proxy's own upstream connections loop.
     let broken: String = good
         .lines()
-        .filter(|l| !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN"))
+        .filter(|l| {
+            !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN")
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     assert_eq!(good.lines().count() - 2, broken.lines().count());
@@ -289,8 +299,20 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     failed.sort();
     // An IPv4 restore file alone: an IPv4 run.
     assert_eq!(v["families"], serde_json::json!(["ipv4"]));
-    assert_eq!(failed, ["istio::type2-local-to-remote::nft::ipv4", "istio::type6-agent-as-app-uid::nft::ipv4", "istio::type6-agent-to-istiod::nft::ipv4"]);
-    let t2 = v["trials"].as_array().unwrap().iter().find(|t| t["name"] == "istio::type2-local-to-remote::nft::ipv4").unwrap();
+    assert_eq!(
+        failed,
+        [
+            "istio::type2-local-to-remote::nft::ipv4",
+            "istio::type6-agent-as-app-uid::nft::ipv4",
+            "istio::type6-agent-to-istiod::nft::ipv4"
+        ]
+    );
+    let t2 = v["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "istio::type2-local-to-remote::nft::ipv4")
+        .unwrap();
     assert_eq!(t2["observed"]["ports"], serde_json::json!([15001, 15001]));
     assert!(t2["message"].as_str().unwrap().contains("came back to the outbound listener 15001"), "{t2}");
 }
@@ -326,7 +348,8 @@ fn rules_that_do_not_apply_exit_2_with_the_tools_message() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("apply");
-    let bad = dir.write("bad.v4.rules", "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 99999 -j RETURN\nCOMMIT\n");
+    let bad =
+        dir.write("bad.v4.rules", "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 99999 -j RETURN\nCOMMIT\n");
     let (out, _) = run_checked(&["run", "--rules", bad.to_str().unwrap()]);
     assert_eq!(code(&out), 2);
     let err = stderr(&out);
@@ -342,28 +365,48 @@ fn bad_input_exits_2_before_anything_is_built() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("bad");
-    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/istio/type2-local-to-remote.yaml")).unwrap();
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/istio/type2-local-to-remote.yaml"),
+    )
+    .unwrap();
     let unknown = dir.write("unknown/istio/a.yaml", &good.replace("flow: 2", "flow: 2\nflwo: 3"));
     let wrong_type = dir.write("wrongtype/istio/a.yaml", &good.replace("uid: 1000", "uid: root"));
     let malformed = dir.write("malformed/istio/a.yaml", "flow: [2\n");
     std::fs::create_dir_all(dir.0.join("empty")).unwrap();
     dir.write("dup/istio/a.yml", &good);
     dir.write("dup/istio/a.yaml", &good);
-    let istio_profile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/istio.yaml")).unwrap();
+    let istio_profile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/istio.yaml"))
+            .unwrap();
     let mesh = dir.write("mesh.yaml", &istio_profile.replace("name: istio", "name: mymesh"));
     let typo = dir.write("typo.yaml", &istio_profile.replace("  stats: 15090", "  stats: 15090\n  stat: 1"));
     let cases: Vec<(Vec<String>, String)> = vec![
-        (vec!["--scenarios".into(), dir.0.join("unknown").display().to_string()], format!("{}:2:1: ", unknown.display())),
-        (vec!["--scenarios".into(), dir.0.join("wrongtype").display().to_string()], format!("{}:", wrong_type.display())),
-        (vec!["--scenarios".into(), dir.0.join("malformed").display().to_string()], format!("{}:", malformed.display())),
+        (
+            vec!["--scenarios".into(), dir.0.join("unknown").display().to_string()],
+            format!("{}:2:1: ", unknown.display()),
+        ),
+        (
+            vec!["--scenarios".into(), dir.0.join("wrongtype").display().to_string()],
+            format!("{}:", wrong_type.display()),
+        ),
+        (
+            vec!["--scenarios".into(), dir.0.join("malformed").display().to_string()],
+            format!("{}:", malformed.display()),
+        ),
         (vec!["--scenarios".into(), dir.0.join("empty").display().to_string()], "no scenario files".into()),
         (vec!["--scenarios".into(), dir.0.join("missing").display().to_string()], "cannot read".into()),
         (vec!["--scenarios".into(), dir.0.join("dup").display().to_string()], "both named istio::a".into()),
         (vec!["--rules".into(), "/nonexistent/rules.v4".into()], "cannot read /nonexistent/rules.v4".into()),
         (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
-        (vec!["--profile".into(), "nope".into()], "no built-in profile `nope`: use one of consul, istio, kuma, linkerd".into()),
+        (
+            vec!["--profile".into(), "nope".into()],
+            "no built-in profile `nope`: use one of consul, istio, kuma, linkerd".into(),
+        ),
         (vec!["--profile".into(), mesh.display().to_string()], "profile mymesh".into()),
-        (vec!["--profile".into(), mesh.display().to_string()], "has no rule set of its own: give the rules to test with --rules".into()),
+        (
+            vec!["--profile".into(), mesh.display().to_string()],
+            "has no rule set of its own: give the rules to test with --rules".into(),
+        ),
         (vec!["--profile".into(), typo.display().to_string()], format!("{}:", typo.display())),
     ];
     for (args, says) in cases {
@@ -409,7 +452,11 @@ fn clean_sweeps_dead_runs_and_spares_live_ones() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(harness::registry::namespaces_of(dead).is_empty(), "the dead run's namespace is still there");
     assert!(!Path::new(&format!("/run/sidecheck/{dead}.lock")).exists());
-    assert_eq!(harness::registry::namespaces_of(live.prefix()), [format!("{}-node", live.prefix())], "a live run's namespace was swept");
+    assert_eq!(
+        harness::registry::namespaces_of(live.prefix()),
+        [format!("{}-node", live.prefix())],
+        "a live run's namespace was swept"
+    );
     drop(live_ns);
     drop(live);
 }
@@ -423,21 +470,37 @@ fn trace_prints_the_path_and_each_rule_with_its_text() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("path:  OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> OUTPUT -> ISTIO_OUTPUT RULE 4 -> POSTROUTING -> Remote Pod"), "{text}");
     assert!(
-        text.lines().any(|l| l.contains(" ISTIO_OUTPUT ") && l.contains("rule 4 ") && l.ends_with("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")),
+        text.lines().any(|l| l.contains(" ISTIO_OUTPUT ")
+            && l.contains("rule 4 ")
+            && l.ends_with("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")),
         "{text}"
     );
     // The same through iptables-legacy, as JSON.
-    let (out, _) = run_checked(&["trace", "--from", "prometheus", "--to", "local-pod:15090", "--backend", "legacy", "--format", "json"]);
+    let (out, _) = run_checked(&[
+        "trace",
+        "--from",
+        "prometheus",
+        "--to",
+        "local-pod:15090",
+        "--backend",
+        "legacy",
+        "--format",
+        "json",
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["path"]["line"], "PREROUTING -> ISTIO_INBOUND RULE 2 -> INPUT -> Envoy 15090");
     assert_eq!(v["path"]["legs"][0]["events"][1]["chain"], "ISTIO_INBOUND");
     // And over IPv6, to an address.
-    let (out, _) = run_checked(&["trace", "--from", "local-pod:1000", "--to", "[fd00:10:244::20]:9090", "--backend", "legacy"]);
+    let (out, _) =
+        run_checked(&["trace", "--from", "local-pod:1000", "--to", "[fd00:10:244::20]:9090", "--backend", "legacy"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("path:  OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> OUTPUT -> ISTIO_OUTPUT RULE 4 -> POSTROUTING -> Remote Pod"), "{text}");
-    assert!(text.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN") || text.contains("uid-owner 1337 -j RETURN"), "{text}");
+    assert!(
+        text.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN") || text.contains("uid-owner 1337 -j RETURN"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -448,7 +511,12 @@ fn trace_names_where_a_stalled_connection_went() {
     // Captured to 15001; Envoy's upstream to 9091 is refused.
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> (could not forward"), "{text}");
+    assert!(
+        text.contains(
+            "OUTPUT -> ISTIO_OUTPUT RULE 9 -> ISTIO_REDIRECT -> Envoy 15001 (Outbound) -> (could not forward"
+        ),
+        "{text}"
+    );
     assert!(text.contains("Connection refused"), "{text}");
 }
 
@@ -528,12 +596,24 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
     let failing_script = dir.write("fail.sh", "echo writing rules\niptables-nft -t nat -A NOPE -j RETURN\n");
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         (vec!["--nft".into(), bad_nft.display().to_string()], vec!["bad.nft:4:", "Error", "did not apply"]),
-        (vec!["--script".into(), failing_script.display().to_string()], vec!["writing rules", "No chain/target/match by that name", "did not apply"]),
-        (vec!["--generator".into(), "echo half-done; echo 'no such option' >&2; exit 3".into()], vec!["half-done", "no such option", "exit status: 3"]),
+        (
+            vec!["--script".into(), failing_script.display().to_string()],
+            vec!["writing rules", "No chain/target/match by that name", "did not apply"],
+        ),
+        (
+            vec!["--generator".into(), "echo half-done; echo 'no such option' >&2; exit 3".into()],
+            vec!["half-done", "no such option", "exit status: 3"],
+        ),
         // Megabytes of output: bounded in the message, and nothing blocks.
-        (vec!["--generator".into(), "head -c 5000000 /dev/zero | tr '\\0' x; exit 1".into()], vec!["more bytes of output not shown", "exit status: 1"]),
+        (
+            vec!["--generator".into(), "head -c 5000000 /dev/zero | tr '\\0' x; exit 1".into()],
+            vec!["more bytes of output not shown", "exit status: 1"],
+        ),
         // A hang: killed at the timeout, with its children.
-        (vec!["--generator".into(), "echo started; sleep 600".into(), "--rules-timeout".into(), "1".into()], vec!["did not finish within 1 s", "started"]),
+        (
+            vec!["--generator".into(), "echo started; sleep 600".into(), "--rules-timeout".into(), "1".into()],
+            vec!["did not finish within 1 s", "started"],
+        ),
     ];
     for (args, says) in cases {
         let mut all = vec!["run".to_string()];
@@ -551,7 +631,11 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
     }
     // The hung generator's sleep was killed with it.
     let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().unwrap();
-    assert!(sleeping.stdout.is_empty(), "the generator's child survived: {}", String::from_utf8_lossy(&sleeping.stdout));
+    assert!(
+        sleeping.stdout.is_empty(),
+        "the generator's child survived: {}",
+        String::from_utf8_lossy(&sleeping.stdout)
+    );
 }
 
 #[test]
@@ -588,7 +672,10 @@ fn topology_settings_that_cannot_work_exit_2_and_leave_nothing() {
             "services:\n  - { name: local-app, vip: 192.168.9.10, port: 8080, endpoint: local-pod }\n",
             vec!["VIP 192.168.9.10 is outside the service CIDR 10.96.0.0/12", "pick a VIP inside it"],
         ),
-        ("local_app_ports: [15001]\n", vec!["0.0.0.0:15001", "Address already in use", "give the app a port the proxy does not use"]),
+        (
+            "local_app_ports: [15001]\n",
+            vec!["0.0.0.0:15001", "Address already in use", "give the app a port the proxy does not use"],
+        ),
         ("families: [ipv4]\nservce_cidr: 10.96.0.0/12\n", vec![":2:1:", "unknown field `servce_cidr`"]),
         ("addresses: { istiod: 10.244.0.10 }\n", vec!["local-pod and istiod both have address 10.244.0.10"]),
     ];
@@ -649,7 +736,8 @@ fn reports_in_every_format_from_one_failing_run() {
     let _runs = shared_runs();
     let dir = TempDir::new("reports");
     let good = harness::rules::IstioCapture::default_for(harness::rules::Shape::Current).to_restore();
-    let broken = dir.write("broken.rules", &good.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN\n", ""));
+    let broken =
+        dir.write("broken.rules", &good.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN\n", ""));
     let (junit, md) = (dir.0.join("r.xml"), dir.0.join("r.md"));
     let (out, _) = run_checked(&[
         "run",
@@ -668,7 +756,10 @@ fn reports_in_every_format_from_one_failing_run() {
     assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(6), Some(1)));
     // JUnit: valid against the schema reporters read, the failure explained.
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/schema/junit.xsd");
-    let lint = Command::new("xmllint").args(["--noout", "--schema", schema.to_str().unwrap(), junit.to_str().unwrap()]).output().expect("xmllint (apt-get install libxml2-utils, or ci/setup)");
+    let lint = Command::new("xmllint")
+        .args(["--noout", "--schema", schema.to_str().unwrap(), junit.to_str().unwrap()])
+        .output()
+        .expect("xmllint (apt-get install libxml2-utils, or ci/setup)");
     assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stderr));
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(xml.matches("<testcase ").count(), 7);
@@ -692,12 +783,17 @@ fn each_mesh_profile_passes_with_its_rules_and_not_with_istios() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(code(&out), 0, "{mesh}: {text}{}", stderr(&out));
         assert!(text.contains(&format!("profile {mesh}, backend nft")), "{text}");
-        assert!(text.trim_end().ends_with(&format!("conforms to the {title} sidecar capture contract: 7/7 flows, IPv4+IPv6, nft")), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with(&format!("conforms to the {title} sidecar capture contract: 7/7 flows, IPv4+IPv6, nft")),
+            "{text}"
+        );
     }
     // Istio's rules are not Linkerd's contract: wrong ports, wrong uid.
     let dir = TempDir::new("meshes");
     let istio = dir.write("istio.rules", &String::from_utf8(sidecheck(&["rules"]).stdout).unwrap());
-    let (out, _) = run_checked(&["run", "--profile", "linkerd", "--rules", istio.to_str().unwrap(), "--format", "summary"]);
+    let (out, _) =
+        run_checked(&["run", "--profile", "linkerd", "--rules", istio.to_str().unwrap(), "--format", "summary"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
     assert!(text.contains("does not conform to the Linkerd sidecar capture contract"), "{text}");
@@ -731,12 +827,19 @@ fn reports_show_the_rules_as_installed_and_a_one_screen_summary() {
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ruleset = v["ruleset"].as_str().expect("the JSON report carries the installed rules");
-    assert!(ruleset.contains("# iptables-nft-save") && ruleset.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"), "{ruleset}");
+    assert!(
+        ruleset.contains("# iptables-nft-save") && ruleset.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"),
+        "{ruleset}"
+    );
     assert!(!ruleset.contains("sidecheck_trace"), "the harness's own trace table is not part of the rules tested");
     let (out, _) = run_checked(&["run", "--generator", &generator, "--format", "summary"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ipv4 pass  ipv6 FAIL"), "{text}");
-    assert!(text.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 3/7 flows, IPv4+IPv6, generator"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with("does not conform to the Istio sidecar capture contract: 3/7 flows, IPv4+IPv6, generator"),
+        "{text}"
+    );
 }
 
 /// Every policy in harness/testdata/policies/ against the reference rules
@@ -753,21 +856,31 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
     // Where Istio writes `-o lo -m owner ! --uid-owner 1337 -j RETURN` before
     // the gid rules, a process with only the proxy's gid calling its own pod
     // is returned instead of captured inbound (README: policies).
-    let gid_over_lo = |fams: &[&str]| -> Vec<String> { fams.iter().map(|f| format!("policy::proxy-gid-1337-to-own-pod::nft::{f}")).collect() };
+    let gid_over_lo = |fams: &[&str]| -> Vec<String> {
+        fams.iter().map(|f| format!("policy::proxy-gid-1337-to-own-pod::nft::{f}")).collect()
+    };
     // Under TPROXY with every inbound port captured, the mangle table has no
     // RETURN for the tunnel port (nat's is never reached), so connections to
     // 15008 -- from outside, or the proxy's own over lo -- go to 15006.
     let tunnel_tproxy_in = |uid: u32, gid: u32, fam: &str| -> Vec<String> {
-        ["inbound-tunnel-15008".to_string(), format!("proxy-uid-{uid}-to-own-pod-tunnel-15008"), format!("proxy-gid-{gid}-to-own-pod-tunnel-15008")]
-            .iter()
-            .map(|t| format!("policy::{t}::nft::{fam}"))
-            .collect()
+        [
+            "inbound-tunnel-15008".to_string(),
+            format!("proxy-uid-{uid}-to-own-pod-tunnel-15008"),
+            format!("proxy-gid-{gid}-to-own-pod-tunnel-15008"),
+        ]
+        .iter()
+        .map(|t| format!("policy::{t}::nft::{fam}"))
+        .collect()
     };
     let tunnel_tproxy = |uid: u32, gid: u32| tunnel_tproxy_in(uid, gid, "ipv4");
     // Under TPROXY with DNS capture, a TCP query to a nameserver on lo, the
     // agent's or the proxy's own, is marked 1338 in mangle OUTPUT (proxy
     // identity, not 127.0.0.1) and TPROXY'd to 15006, which loops.
-    let tproxy_lo_dns: Vec<String> = ["dns-127.0.0.53-tcp", "proxy-uid-1337-dns-127.0.0.53-tcp", "proxy-gid-1337-dns-127.0.0.53-tcp"].iter().map(|t| format!("policy::{t}::nft::ipv4")).collect();
+    let tproxy_lo_dns: Vec<String> =
+        ["dns-127.0.0.53-tcp", "proxy-uid-1337-dns-127.0.0.53-tcp", "proxy-gid-1337-dns-127.0.0.53-tcp"]
+            .iter()
+            .map(|t| format!("policy::{t}::nft::ipv4"))
+            .collect();
     // Under TPROXY, ISTIO_DIVERT marks every ESTABLISHED packet, so the
     // replies to a connection the pod forwards (from the host behind
     // not-istio-nic) are delivered to the pod itself: the connection fails.
@@ -776,11 +889,16 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
     // and each gid on lo (`! --uid-owner 3`), so none is captured inbound
     // calling its own pod.
     let identities_over_lo = |fam: &str| -> Vec<String> {
-        ["proxy-uid-4-to-own-pod", "proxy-gid-1-to-own-pod", "proxy-gid-2-to-own-pod"].iter().map(|t| format!("policy::{t}::nft::{fam}")).collect()
+        ["proxy-uid-4-to-own-pod", "proxy-gid-1-to-own-pod", "proxy-gid-2-to-own-pod"]
+            .iter()
+            .map(|t| format!("policy::{t}::nft::{fam}"))
+            .collect()
     };
     // The gid lo redirects exclude 15008 but not 53 (the uid ones exclude
     // both): a gid-only proxy's TCP query to a nameserver on lo goes to 15006.
-    let gid_dns_of = |gids: &[u32], fam: &str, server: &str| -> Vec<String> { gids.iter().map(|g| format!("policy::proxy-gid-{g}-dns-{server}-tcp::nft::{fam}")).collect() };
+    let gid_dns_of = |gids: &[u32], fam: &str, server: &str| -> Vec<String> {
+        gids.iter().map(|g| format!("policy::proxy-gid-{g}-dns-{server}-tcp::nft::{fam}")).collect()
+    };
     let gid_dns = |fam: &str, server: &str| gid_dns_of(&[1, 2], fam, server);
     let cat = |parts: Vec<Vec<String>>| -> Vec<String> { parts.concat() };
     let known: Vec<(&str, Vec<String>)> = vec![
@@ -788,7 +906,12 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("cni-dns", cat(vec![gid_over_lo(&["ipv4"]), gid_dns_of(&[1337], "ipv4", "127.0.0.53")])),
         (
             "iptables-dns-uid-gid",
-            cat(vec![identities_over_lo("ipv4"), gid_dns("ipv4", "127.0.0.53"), identities_over_lo("ipv6"), gid_dns("ipv6", "::7f00:35")]),
+            cat(vec![
+                identities_over_lo("ipv4"),
+                gid_dns("ipv4", "127.0.0.53"),
+                identities_over_lo("ipv6"),
+                gid_dns("ipv6", "::7f00:35"),
+            ]),
         ),
         ("iptables-ipv6-dns-uid-gid", cat(vec![identities_over_lo("ipv4"), identities_over_lo("ipv6")])),
         ("iptables-ip-range", cat(vec![identities_over_lo("ipv4"), gid_dns("ipv4", "127.0.0.53")])),
@@ -798,7 +921,13 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("cni-invalid-drop", gid_over_lo(&["ipv4"])),
         // An older release's rules: no `! --dport 15008` on the lo redirects,
         // so the proxy's own call to its pod's tunnel port goes to 15006.
-        ("cni-status-ports", cat(vec![vec!["policy::proxy-uid-1337-to-own-pod-tunnel-15008::nft::ipv4".to_string()], gid_over_lo(&["ipv4"])])),
+        (
+            "cni-status-ports",
+            cat(vec![
+                vec!["policy::proxy-uid-1337-to-own-pod-tunnel-15008::nft::ipv4".to_string()],
+                gid_over_lo(&["ipv4"]),
+            ]),
+        ),
         ("iptables-kube-virt-interfaces", gid_over_lo(&["ipv4"])),
         ("iptables-ipnets-with-kube-virt-interfaces", gid_over_lo(&["ipv4"])),
         ("iptables-ipv6-virt-interfaces", gid_over_lo(&["ipv4", "ipv6"])),
@@ -806,7 +935,13 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("iptables-ipv6-uid-gid", cat(vec![identities_over_lo("ipv4"), identities_over_lo("ipv6")])),
         (
             "iptables-tproxy",
-            cat(vec![tunnel_tproxy_in(1337, 1337, "ipv4"), tunnel_tproxy_in(1337, 1337, "ipv6"), tproxy_lo_dns.clone(), tproxy_forwarded("ipv4"), tproxy_forwarded("ipv6")]),
+            cat(vec![
+                tunnel_tproxy_in(1337, 1337, "ipv4"),
+                tunnel_tproxy_in(1337, 1337, "ipv6"),
+                tproxy_lo_dns.clone(),
+                tproxy_forwarded("ipv4"),
+                tproxy_forwarded("ipv6"),
+            ]),
         ),
         ("cni-tproxy", tunnel_tproxy(1337, 1337)),
         ("cni-custom-uid-tproxy", tunnel_tproxy(1000670000, 1000670001)),
@@ -834,7 +969,8 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         ("iptables-ipv6-dns-outbound-owner-groups", "java", 17),
         ("iptables-ipv6-dns-outbound-owner-groups-exclude", "ftp", 18),
     ];
-    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     for file in files {
         let name = file.trim_end_matches(".yaml");
@@ -843,18 +979,29 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         if let Some((_, group, line)) = missing_group.iter().find(|(n, _, _)| *n == name) {
             let (out, _) = run_checked(&["run", "--policy", policy]);
             assert_eq!(code(&out), 2, "{}", stderr(&out));
-            assert!(stderr(&out).contains(&format!("owner group `{group}` does not exist on this machine")), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("owner group `{group}` does not exist on this machine")),
+                "{}",
+                stderr(&out)
+            );
             let rules = restore.join(format!("{name}.v4.rules"));
             let (out, _) = run_checked(&["run", "--policy", policy, "--rules", rules.to_str().unwrap()]);
             assert_eq!(code(&out), 2, "{}", stderr(&out));
             let (out, _) = run_checked(&["run", "--rules", rules.to_str().unwrap()]);
             assert_eq!(code(&out), 2, "{}", stderr(&out));
-            let want = format!("{}:{line}: the rules match group `{group}`, which this machine does not have", rules.display());
+            let want = format!(
+                "{}:{line}: the rules match group `{group}`, which this machine does not have",
+                rules.display()
+            );
             assert!(stderr(&out).contains(&want), "{want}\n{}", stderr(&out));
             let nft = nft_goldens.join(format!("{}.golden", name.trim_start_matches("iptables-")));
             let (out, _) = run_checked(&["run", "--nft", nft.to_str().unwrap()]);
             assert_eq!(code(&out), 2, "{}", stderr(&out));
-            assert!(stderr(&out).contains(&format!("the rules match group `{group}`, which this machine does not have")), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("the rules match group `{group}`, which this machine does not have")),
+                "{}",
+                stderr(&out)
+            );
             checked += 2;
             continue;
         }
@@ -864,7 +1011,8 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
             assert_eq!(code(&out), 0, "{name}:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
             continue;
         }
-        let want = &known.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: no expectation in this test")).1;
+        let want =
+            &known.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: no expectation in this test")).1;
         // The restore golden, and for istio-iptables variants the native
         // nftables golden of the same variant (istio-nftables' testdata).
         let mut sets: Vec<(Vec<String>, Vec<String>)> = Vec::new();
@@ -879,7 +1027,10 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         }
         let nft = name.strip_prefix("iptables-").map(|v| nft_goldens.join(format!("{v}.golden")));
         if let Some(nft) = nft.filter(|f| f.exists()) {
-            sets.push((vec!["--nft".into(), nft.display().to_string()], want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect()));
+            sets.push((
+                vec!["--nft".into(), nft.display().to_string()],
+                want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect(),
+            ));
         }
         assert!(!sets.is_empty(), "{name}: no golden found for this policy");
         // The reference rules and each golden at once: separate runs, and
@@ -902,12 +1053,30 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference() {
         let out = runs.next().expect("the reference run");
         if code(&out) != 0 {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let failed: Vec<String> = v["trials"].as_array().into_iter().flatten().filter(|t| t["outcome"] == "fail").map(|t| format!("{}: {}", t["name"], t["message"])).collect();
-            panic!("{name}: the reference rules disagree with the oracle (exit {}):\n{}\n{}", code(&out), failed.join("\n"), stderr(&out));
+            let failed: Vec<String> = v["trials"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["outcome"] == "fail")
+                .map(|t| format!("{}: {}", t["name"], t["message"]))
+                .collect();
+            panic!(
+                "{name}: the reference rules disagree with the oracle (exit {}):\n{}\n{}",
+                code(&out),
+                failed.join("\n"),
+                stderr(&out)
+            );
         }
         for ((rules, want), out) in sets.into_iter().zip(runs) {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
-            let mut failed: Vec<String> = v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| t["name"].as_str().unwrap().to_string()).collect();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
+            let mut failed: Vec<String> = v["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["outcome"] == "fail")
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect();
             let mut want = want;
             failed.sort();
             want.sort();
@@ -929,16 +1098,40 @@ fn istios_dns_regressions_are_caught_on_its_golden() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("dns");
-    let golden = std::fs::read_to_string(shared().join("third-party/istio/restore/iptables-loopback-outbound-iprange.v4.rules")).unwrap();
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies/iptables-loopback-outbound-iprange.yaml");
+    let golden =
+        std::fs::read_to_string(shared().join("third-party/istio/restore/iptables-loopback-outbound-iprange.v4.rules"))
+            .unwrap();
+    let policy =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies/iptables-loopback-outbound-iprange.yaml");
     let failed = |rules: &Path| -> Vec<(String, serde_json::Value)> {
-        let (out, _) = run_checked(&["run", "--policy", policy.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
-        v["trials"].as_array().unwrap().iter().filter(|t| t["outcome"] == "fail").map(|t| (t["name"].as_str().unwrap().to_string(), t["observed"]["ports"].clone())).collect()
+        let (out, _) = run_checked(&[
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        v["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["outcome"] == "fail")
+            .map(|t| (t["name"].as_str().unwrap().to_string(), t["observed"]["ports"].clone()))
+            .collect()
     };
     let dns = "policy::dns-127.0.0.53-udp::nft::ipv4";
-    assert!(!failed(&dir.write("golden.rules", &golden)).iter().any(|(n, _)| n == dns), "the golden captures the app's DNS");
-    let early_return = golden.replace("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n", "-A ISTIO_OUTPUT -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n");
+    assert!(
+        !failed(&dir.write("golden.rules", &golden)).iter().any(|(n, _)| n == dns),
+        "the golden captures the app's DNS"
+    );
+    let early_return = golden.replace(
+        "-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n",
+        "-A ISTIO_OUTPUT -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS\n",
+    );
     assert_ne!(early_return, golden);
     let f = failed(&dir.write("early-return.rules", &early_return));
     let hit = f.iter().find(|(n, _)| n == dns).unwrap_or_else(|| panic!("#51377 not caught: {f:?}"));

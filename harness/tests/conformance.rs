@@ -36,7 +36,8 @@ impl Shared {
 
     fn get(&self) -> Result<Arc<Session>, Failed> {
         let mut slot = self.session.lock().unwrap();
-        let entry = slot.get_or_insert_with(|| Session::start(self.config.clone()).map(Arc::new).map_err(|e| e.to_string()));
+        let entry =
+            slot.get_or_insert_with(|| Session::start(self.config.clone()).map(Arc::new).map_err(|e| e.to_string()));
         entry.clone().map_err(Failed::from)
     }
 
@@ -62,7 +63,8 @@ fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -
         .iter()
         .flat_map(|s| s.families(&shared.config.topology.families).into_iter().map(move |f| (s.clone(), f)))
         .map(|(s, family)| {
-            let name = format!("{}::{backend}::{}", s.name.replacen("istio::", &format!("{prefix}::"), 1), family.name());
+            let name =
+                format!("{}::{backend}::{}", s.name.replacen("istio::", &format!("{prefix}::"), 1), family.name());
             let shared = shared.clone();
             Trial::test(name, move || {
                 let session = shared.get()?;
@@ -320,27 +322,31 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             Trial::test(name, move || {
                 let session = if b.profile == "istio" {
                     // Istio's through a file: the --rules path end to end.
-                    let file = std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
+                    let file =
+                        std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
                     std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
                     let config = SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() };
                     let session = Session::start(config);
                     let _ = std::fs::remove_file(&file);
                     session
                 } else {
-                    let rules = RuleSource::Text { label: format!("{}-broken", b.profile), what: format!("the {} profile's rules, broken: {}", b.profile, b.name), v4: Some(break_rules(b)), v6: None };
+                    let rules = RuleSource::Text {
+                        label: format!("{}-broken", b.profile),
+                        what: format!("the {} profile's rules, broken: {}", b.profile, b.name),
+                        v4: Some(break_rules(b)),
+                        v6: None,
+                    };
                     Session::start(SessionConfig { rules, profile: profile(b.profile), ..SessionConfig::default() })
                 };
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
-                let failed: BTreeSet<String> = results
-                    .iter()
-                    .filter(|r| r.outcome == Outcome::Fail)
-                    .map(|r| short(&r.name))
-                    .collect();
+                let failed: BTreeSet<String> =
+                    results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
                 let want: BTreeSet<String> = b.fails.iter().map(|s| s.to_string()).collect();
                 if failed == want {
                     return Ok(());
                 }
-                let details: Vec<String> = results.iter().map(|r| format!("  {:?} {}: {}", r.outcome, r.name, r.message)).collect();
+                let details: Vec<String> =
+                    results.iter().map(|r| format!("  {:?} {}: {}", r.outcome, r.name, r.message)).collect();
                 Err(format!(
                     "{} ({}): expected exactly {want:?} to fail, but {failed:?} failed\n{}",
                     b.name,
@@ -371,32 +377,57 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             };
             let file = std::env::temp_dir().join(format!("sidecheck-paths-{}.rules", std::process::id()));
             std::fs::write(&file, break_rules(&b)).map_err(|e| e.to_string())?;
-            let session = Session::start(SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() });
+            let session =
+                Session::start(SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() });
             let _ = std::fs::remove_file(&file);
             let session = session?;
             let loose = session.run_with(&for_gid, false);
             if let Some(r) = loose.iter().find(|r| r.outcome == Outcome::Fail) {
-                return Err(format!("without --assert paths every trial must pass, but {}: {}", r.name, r.message).into());
+                return Err(
+                    format!("without --assert paths every trial must pass, but {}: {}", r.name, r.message).into()
+                );
             }
             let strict = session.run_with(&for_gid, true);
             // The gid RETURN now decides where the uid RETURN did (4 -> 6),
             // and the catch-all jump moved up one (9 -> 8).
             let want: Vec<(&str, &str)> = vec![
-                ("istio::type2-local-to-remote::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type4-local-to-local-via-service::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type5-envoy-to-admin::nft::ipv4", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
-                ("istio::type6-agent-as-app-uid::nft::ipv4", "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`"),
-                ("istio::type6-agent-to-istiod::nft::ipv4", "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`"),
+                (
+                    "istio::type2-local-to-remote::nft::ipv4",
+                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
+                ),
+                (
+                    "istio::type4-local-to-local-via-service::nft::ipv4",
+                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
+                ),
+                (
+                    "istio::type5-envoy-to-admin::nft::ipv4",
+                    "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`",
+                ),
+                (
+                    "istio::type6-agent-as-app-uid::nft::ipv4",
+                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
+                ),
+                (
+                    "istio::type6-agent-to-istiod::nft::ipv4",
+                    "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`",
+                ),
             ];
-            let failed: Vec<&str> = strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
+            let failed: Vec<&str> =
+                strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
             let want_names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
             if failed != want_names {
-                return Err(format!("with --assert paths expected exactly {want_names:?} to fail, got {failed:?}").into());
+                return Err(
+                    format!("with --assert paths expected exactly {want_names:?} to fail, got {failed:?}").into()
+                );
             }
             for (name, says) in want {
                 let r = strict.iter().find(|r| r.name == name).unwrap();
                 if !r.message.contains("ports as expected") || !r.message.contains(says) {
-                    return Err(format!("{name}: the message should say the ports were right and `{says}`:\n{}", r.message).into());
+                    return Err(format!(
+                        "{name}: the message should say the ports were right and `{says}`:\n{}",
+                        r.message
+                    )
+                    .into());
                 }
             }
             Ok(())
@@ -426,7 +457,8 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
 fn prefix_in(message: &str) -> Option<String> {
     let start = message.find("sidecheck-")?;
     let name: String = message[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    let host = ["-local-pod", "-remote-pod", "-prometheus", "-istiod", "-node"].into_iter().find(|h| name.ends_with(h))?;
+    let host =
+        ["-local-pod", "-remote-pod", "-prometheus", "-istiod", "-node"].into_iter().find(|h| name.ends_with(h))?;
     Some(name.trim_end_matches(host).to_string())
 }
 
@@ -465,9 +497,17 @@ fn fault_trials() -> Vec<Trial> {
         setup_fails(
             "proxy-ports-clash",
             proxy_clash,
-            &["fake-envoy did not start", "cannot listen on 127.0.0.1:15001", "already listens on a port the stubs need"],
+            &[
+                "fake-envoy did not start",
+                "cannot listen on 127.0.0.1:15001",
+                "already listens on a port the stubs need",
+            ],
         ),
-        setup_fails("vip-outside-the-service-cidr", vip_outside, &["VIP 192.168.7.10 is outside the service CIDR 10.96.0.0/12"]),
+        setup_fails(
+            "vip-outside-the-service-cidr",
+            vip_outside,
+            &["VIP 192.168.7.10 is outside the service CIDR 10.96.0.0/12"],
+        ),
         Trial::test("faults::a-panicking-trial-cleans-up-its-topology", || {
             let prefix = std::sync::Mutex::new(String::new());
             let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -496,21 +536,35 @@ fn family_trials(scenarios: &[Scenario]) -> Vec<Trial> {
         let v6: String = c
             .to_restore_for(harness::topology::Family::Ipv6)
             .lines()
-            .filter(|l| !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN"))
+            .filter(|l| {
+                !l.ends_with("-m owner --uid-owner 1337 -j RETURN")
+                    && !l.ends_with("-m owner --gid-owner 1337 -j RETURN")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let dir = std::env::temp_dir();
-        let (f4, f6) = (dir.join(format!("sidecheck-v4-{}.rules", std::process::id())), dir.join(format!("sidecheck-v6-{}.rules", std::process::id())));
+        let (f4, f6) = (
+            dir.join(format!("sidecheck-v4-{}.rules", std::process::id())),
+            dir.join(format!("sidecheck-v6-{}.rules", std::process::id())),
+        );
         std::fs::write(&f4, c.to_restore()).map_err(|e| e.to_string())?;
         std::fs::write(&f6, v6).map_err(|e| e.to_string())?;
-        let session = Session::start(SessionConfig { rules: RuleSource::RestoreFiles { v4: Some(f4.clone()), v6: Some(f6.clone()) }, ..SessionConfig::default() });
+        let session = Session::start(SessionConfig {
+            rules: RuleSource::RestoreFiles { v4: Some(f4.clone()), v6: Some(f6.clone()) },
+            ..SessionConfig::default()
+        });
         let _ = (std::fs::remove_file(&f4), std::fs::remove_file(&f6));
         let results = session?.run(&scenarios);
         if results.len() != 14 {
             return Err(format!("expected 14 trials (7 scenarios x 2 families), got {}", results.len()).into());
         }
-        let failed: BTreeSet<String> = results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
-        let want: BTreeSet<String> = ["type2-local-to-remote::ipv6", "type6-agent-as-app-uid::ipv6", "type6-agent-to-istiod::ipv6"].iter().map(|s| s.to_string()).collect();
+        let failed: BTreeSet<String> =
+            results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
+        let want: BTreeSet<String> =
+            ["type2-local-to-remote::ipv6", "type6-agent-as-app-uid::ipv6", "type6-agent-to-istiod::ipv6"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         if failed != want {
             return Err(format!("expected exactly {want:?} to fail, got {failed:?}").into());
         }
@@ -525,10 +579,18 @@ fn host_snapshot() -> Result<String, Failed> {
         let path = harness::rules::find_tool(tool, "iptables")?;
         let out = std::process::Command::new(path).args(args).output().map_err(|e| format!("{tool}: {e}"))?;
         // Comment lines carry timestamps.
-        let text: String = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+        let text: String = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
         snap.push_str(&format!("== {tool}\n{text}"));
     }
-    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net").map_err(|e| e.to_string())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     links.sort();
     snap.push_str(&format!("== links\n{}\n", links.join(" ")));
     Ok(snap)
@@ -609,9 +671,15 @@ fn main() {
     let shared = current.clone();
     // Concurrency: every probe's legs and trace events stay its own.
     trials.push(Trial::test("load::210-concurrent-probes-exact-paths", move || {
-        let copies: Vec<Scenario> = (1..=15).flat_map(|k| many.iter().map(move |s| Scenario { name: format!("{}#{k}", s.name), ..s.clone() })).collect();
+        let copies: Vec<Scenario> = (1..=15)
+            .flat_map(|k| many.iter().map(move |s| Scenario { name: format!("{}#{k}", s.name), ..s.clone() }))
+            .collect();
         let results = shared.get()?.run(&copies);
-        let failed: Vec<String> = results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| format!("{}: {}", r.name, r.message)).collect();
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Fail)
+            .map(|r| format!("{}: {}", r.name, r.message))
+            .collect();
         if failed.is_empty() {
             Ok(())
         } else {

@@ -39,7 +39,8 @@ fn sessions_leak_no_descriptors_threads_or_children() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(threads(), tasks, "threads leaked across 5 sessions");
-    let children = std::fs::read_to_string(format!("/proc/self/task/{}/children", std::process::id())).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/self/task/{}/children", std::process::id())).unwrap_or_default();
     assert!(children.trim().is_empty(), "child processes left: {children}");
 }
 

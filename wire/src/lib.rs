@@ -96,7 +96,8 @@ impl Hop {
             Some((l, u)) => (l, Some(u)),
             None => (s, None),
         };
-        let addr = |a: &str| a.parse::<SocketAddr>().map_err(|_| bad(format!("hop `{s}`: `{a}` is not an address:port")));
+        let addr =
+            |a: &str| a.parse::<SocketAddr>().map_err(|_| bad(format!("hop `{s}`: `{a}` is not an address:port")));
         let (role_port, dst) = listener
             .split_once('>')
             .ok_or_else(|| bad(format!("hop `{s}` has no `>` before its original destination")))?;
@@ -104,7 +105,9 @@ impl Hop {
         let original_dst = addr(dst)?;
         let upstream = match upstream {
             Some(u) => {
-                let (src, dst) = u.split_once('>').ok_or_else(|| bad(format!("hop `{s}`: upstream `{u}` is not source>destination")))?;
+                let (src, dst) = u
+                    .split_once('>')
+                    .ok_or_else(|| bad(format!("hop `{s}`: upstream `{u}` is not source>destination")))?;
                 Some((addr(src)?, addr(dst)?))
             }
             None => None,
@@ -114,15 +117,11 @@ impl Hop {
 }
 
 fn split_role_port(s: &str) -> Result<(String, u16), ParseError> {
-    let (role, port) = s
-        .split_once('@')
-        .ok_or_else(|| bad(format!("`{s}` is not role@port")))?;
+    let (role, port) = s.split_once('@').ok_or_else(|| bad(format!("`{s}` is not role@port")))?;
     if !is_word(role) {
         return Err(bad(format!("`{role}` is not a role name")));
     }
-    let port = port
-        .parse()
-        .map_err(|_| bad(format!("`{port}` in `{s}` is not a port number")))?;
+    let port = port.parse().map_err(|_| bad(format!("`{port}` in `{s}` is not a port number")))?;
     Ok((role.to_string(), port))
 }
 
@@ -133,9 +132,7 @@ fn is_word(s: &str) -> bool {
 
 /// Make free text (an OS error) safe to carry as one token.
 pub fn token_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_ascii_graphic() && c != '=' { c } else { '_' })
-        .collect()
+    text.chars().map(|c| if c.is_ascii_graphic() && c != '=' { c } else { '_' }).collect()
 }
 
 impl Probe {
@@ -238,9 +235,8 @@ impl Answer {
             }
             [e] if e.starts_with("error=") => {
                 let body = &e["error=".len()..];
-                let (at, message) = body
-                    .split_once(':')
-                    .ok_or_else(|| bad(format!("`{e}` is not error=role@port:message")))?;
+                let (at, message) =
+                    body.split_once(':').ok_or_else(|| bad(format!("`{e}` is not error=role@port:message")))?;
                 let (role, port) = split_role_port(at)?;
                 End::Error { role, port, message: message.to_string() }
             }

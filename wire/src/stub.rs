@@ -82,7 +82,10 @@ pub const BACKLOG: i32 = 4096;
 /// Bind and listen with [`BACKLOG`] (SO_REUSEADDR on), in the calling
 /// thread's network namespace.
 pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    use nix::sys::socket::{bind, listen as sys_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+    use nix::sys::socket::{
+        bind, listen as sys_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrStorage,
+    };
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
@@ -108,11 +111,7 @@ pub fn bind_or_exit(prog: &str, addr: std::net::SocketAddr) -> TcpListener {
 
 /// Parse `NAME=ADDR:PORT`.
 pub fn parse_named_addr(arg: &str) -> Result<(String, std::net::SocketAddr), String> {
-    let (name, addr) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("`{arg}` is not NAME=ADDRESS:PORT"))?;
-    let addr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` in `{arg}` is not ADDRESS:PORT"))?;
+    let (name, addr) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not NAME=ADDRESS:PORT"))?;
+    let addr = addr.parse().map_err(|_| format!("`{addr}` in `{arg}` is not ADDRESS:PORT"))?;
     Ok((name.to_string(), addr))
 }

@@ -14,7 +14,11 @@ use harness::{registry, report::Report, scenario, Session, SessionConfig};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Parser)]
-#[command(name = "sidecheck", version, about = "Proves with real packets in network namespaces what sidecar capture rules do to each traffic flow")]
+#[command(
+    name = "sidecheck",
+    version,
+    about = "Proves with real packets in network namespaces what sidecar capture rules do to each traffic flow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,7 +132,11 @@ struct RulesArgs {
 impl RulesArgs {
     /// Whether a rule source was given (else the default for the profile or policy).
     fn given(&self) -> bool {
-        self.rules.is_some() || self.rules6.is_some() || self.nft.is_some() || self.script.is_some() || self.generator.is_some()
+        self.rules.is_some()
+            || self.rules6.is_some()
+            || self.nft.is_some()
+            || self.script.is_some()
+            || self.generator.is_some()
     }
 
     fn source(&self, profile: &Profile) -> anyhow::Result<RuleSource> {
@@ -170,7 +178,9 @@ impl RulesArgs {
         };
         if let Some(file) = &self.topology {
             let name = file.display().to_string();
-            harness::settings::Settings::load(file)?.apply(&name, &mut config).with_context(|| format!("applying {name}"))?;
+            harness::settings::Settings::load(file)?
+                .apply(&name, &mut config)
+                .with_context(|| format!("applying {name}"))?;
         }
         match self.family {
             Some(FamilyArg::Ipv4) => config.topology.families = vec![Family::Ipv4],
@@ -178,8 +188,13 @@ impl RulesArgs {
             Some(FamilyArg::Both) | None => {}
         }
         let covered = config.rules.families();
-        if let Some(missing) = config.topology.families.iter().find(|f| !covered.contains(f)).filter(|_| self.family.is_some()) {
-            anyhow::bail!("--family asks for {} but no rules were given for it: add --rules6 / --rules", missing.name());
+        if let Some(missing) =
+            config.topology.families.iter().find(|f| !covered.contains(f)).filter(|_| self.family.is_some())
+        {
+            anyhow::bail!(
+                "--family asks for {} but no rules were given for it: add --rules6 / --rules",
+                missing.name()
+            );
         }
         Ok(config)
     }
@@ -241,8 +256,10 @@ enum Format {
 }
 
 fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
-    let (format, file) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not FORMAT=FILE (e.g. junit=results.xml)"))?;
-    let format = Format::from_str(format, true).map_err(|_| format!("`{format}` is not a format: human, json, junit, markdown or summary"))?;
+    let (format, file) =
+        arg.split_once('=').ok_or_else(|| format!("`{arg}` is not FORMAT=FILE (e.g. junit=results.xml)"))?;
+    let format = Format::from_str(format, true)
+        .map_err(|_| format!("`{format}` is not a format: human, json, junit, markdown or summary"))?;
     if file.is_empty() {
         return Err(format!("`{arg}` names no file"));
     }
@@ -278,8 +295,12 @@ fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
     let family = match args.form {
         RulesForm::Restore => Family::Ipv4,
         RulesForm::Restore6 if policy.ipv6 => Family::Ipv6,
-        RulesForm::Restore6 => anyhow::bail!("{} has no `ipv6: true`, so it has no IPv6 reference rules", file.display()),
-        RulesForm::Script | RulesForm::Nft => anyhow::bail!("a policy's reference rules come as restore input: use --form restore or --form restore6"),
+        RulesForm::Restore6 => {
+            anyhow::bail!("{} has no `ipv6: true`, so it has no IPv6 reference rules", file.display())
+        }
+        RulesForm::Script | RulesForm::Nft => {
+            anyhow::bail!("a policy's reference rules come as restore input: use --form restore or --form restore6")
+        }
     };
     print!("{}", policy.to_restore_for(family));
     Ok(true)
@@ -322,9 +343,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let mut config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
+    let mut config =
+        SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
     let mut scenarios = match (&args.scenarios, &args.policy) {
-        (Some(dir), _) => scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?,
+        (Some(dir), _) => {
+            scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
+        }
         (None, Some(file)) => {
             let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
             policy.check_groups(&file.display().to_string())?;
@@ -349,28 +373,40 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     if args.repeat > 1 {
         scenarios = (1..=args.repeat)
-            .flat_map(|k| scenarios.iter().map(move |s| scenario::Scenario { name: format!("{}#{k}", s.name), ..s.clone() }))
+            .flat_map(|k| {
+                scenarios.iter().map(move |s| scenario::Scenario { name: format!("{}#{k}", s.name), ..s.clone() })
+            })
             .collect();
     }
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
     if scenarios.iter().all(|s| s.families(&config.topology.families).is_empty()) {
-        anyhow::bail!("no scenario runs in the families tested ({:?}): check the scenarios' `family`", config.topology.families);
+        anyhow::bail!(
+            "no scenario runs in the families tested ({:?}): check the scenarios' `family`",
+            config.topology.families
+        );
     }
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let trials = session.run(&scenarios);
     let (backend, families) = (session.backend_name(), session.families().to_vec());
     // What was actually tested, for the reports that carry it.
-    let machine = matches!(args.format, Format::Json | Format::Markdown) || args.output.iter().any(|(f, _)| matches!(f, Format::Json | Format::Markdown));
-    let ruleset = if machine || args.show_rules { Some(session.installed_rules().context("reading the installed rules back")?) } else { None };
+    let machine = matches!(args.format, Format::Json | Format::Markdown)
+        || args.output.iter().any(|(f, _)| matches!(f, Format::Json | Format::Markdown));
+    let ruleset = if machine || args.show_rules {
+        Some(session.installed_rules().context("reading the installed rules back")?)
+    } else {
+        None
+    };
     let failed = trials.iter().any(|t| t.outcome == harness::verdict::Outcome::Fail);
     if args.keep && failed {
         session.keep();
         let names: Vec<String> = session.topology().namespace_names().iter().map(|s| s.to_string()).collect();
         let pod = names.iter().find(|n| n.ends_with("-local-pod")).cloned().unwrap_or_default();
         eprintln!("sidecheck: kept the namespaces of this failing run: {}", names.join(" "));
-        eprintln!("  ip netns exec {pod} iptables-save        # the rules as installed (ip6tables-save, nft list ruleset)");
+        eprintln!(
+            "  ip netns exec {pod} iptables-save        # the rules as installed (ip6tables-save, nft list ruleset)"
+        );
         eprintln!("  ip netns exec {pod} ip addr               # addresses, routes: ip route, ip -6 route");
         eprintln!("  sidecheck clean                           # remove them when done");
     }
@@ -385,7 +421,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     report.ruleset = ruleset;
     for (format, file) in &args.output {
-        std::fs::write(file, render(&report, *format, false)).with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
+        std::fs::write(file, render(&report, *format, false))
+            .with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
     use std::io::IsTerminal;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -398,9 +435,9 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
         Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
         None => (from, 1000),
     };
-    let host = Host::parse(host)
-        .filter(|h| *h != Host::Node)
-        .with_context(|| format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod"))?;
+    let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
+        format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod")
+    })?;
     Ok((host, uid))
 }
 
@@ -435,7 +472,12 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     // Host names resolve in the first family tested; an address picks its own.
     let family = if to.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
     if !config.topology.families.contains(&family) {
-        anyhow::bail!("--to {}: an {} address, but this run tests only {:?}", args.to, family.name(), config.topology.families);
+        anyhow::bail!(
+            "--to {}: an {} address, but this run tests only {:?}",
+            args.to,
+            family.name(),
+            config.topology.families
+        );
     }
     config.topology.families.retain(|f| *f == family || config.rules.families().len() > 1);
     Session::preflight(&config, &[])?;
@@ -458,7 +500,18 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Human | Format::Junit | Format::Markdown | Format::Summary => print!("{}", harness::report::trace_text(from.name(), uid, to, &config.rules.describe(), &observed, done.path.as_ref(), &index)),
+        Format::Human | Format::Junit | Format::Markdown | Format::Summary => print!(
+            "{}",
+            harness::report::trace_text(
+                from.name(),
+                uid,
+                to,
+                &config.rules.describe(),
+                &observed,
+                done.path.as_ref(),
+                &index
+            )
+        ),
     }
     Ok(reached)
 }
