@@ -8,6 +8,7 @@
 //! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
 //! [`session`] ties them together.
 
+pub mod annotate;
 pub mod error;
 pub mod nfnetlink;
 pub mod policy;

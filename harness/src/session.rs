@@ -49,6 +49,22 @@ pub struct SessionConfig {
     pub dns: Option<Dns>,
 }
 
+impl SessionConfig {
+    /// How trial names and reports call the backend (`nft`, `legacy`,
+    /// `nft-native`, `script`, `generator`): known before anything runs.
+    pub fn backend_name(&self) -> String {
+        match self.rules.frontend(self.backend) {
+            rules::Frontend::IptablesNft => "nft".into(),
+            rules::Frontend::IptablesLegacy => "legacy".into(),
+            rules::Frontend::Nft => "nft-native".into(),
+            rules::Frontend::Any => match self.rules {
+                RuleSource::Script(_) => "script".into(),
+                _ => "generator".into(),
+            },
+        }
+    }
+}
+
 /// DNS capture: pilot-agent's DNS proxy (in fake-envoy, on 127.0.0.1 and
 /// ::1) and the nameservers it forwards to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,15 +366,7 @@ impl Session {
 
     /// How trial names and reports call this session's backend.
     pub fn backend_name(&self) -> String {
-        match self.config.rules.frontend(self.config.backend) {
-            rules::Frontend::IptablesNft => "nft".into(),
-            rules::Frontend::IptablesLegacy => "legacy".into(),
-            rules::Frontend::Nft => "nft-native".into(),
-            rules::Frontend::Any => match self.config.rules {
-                RuleSource::Script(_) => "script".into(),
-                _ => "generator".into(),
-            },
-        }
+        self.config.backend_name()
     }
 
     /// Run each (scenario, family) case once, all at once.
@@ -404,7 +412,7 @@ impl Session {
             .map(|(((s, f), expected), done)| {
                 let check = PathCheck { label: &label, assert: assert_paths };
                 let mut r = verdict::judge(s, expected, &done.observation, done.ms, done.path, &check);
-                r.name = format!("{}::{backend}::{}", s.name, f.name());
+                r.name = crate::scenario::case_name(&s.name, &backend, *f);
                 r.backend = backend.clone();
                 r.family = f.name().into();
                 r
