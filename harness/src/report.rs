@@ -108,6 +108,51 @@ impl Report {
     }
 }
 
+/// `--color`: when the human table is coloured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour, given whether stdout is a terminal and the values of
+    /// `NO_COLOR` and `CLICOLOR_FORCE`. Only `auto` reads them: `NO_COLOR`
+    /// (non-empty) turns colour off, else `CLICOLOR_FORCE` (non-empty, not
+    /// `0`) turns it on, else a terminal decides. `NO_COLOR` wins when both
+    /// are set: it is the user's own opt-out.
+    pub fn enabled(self, terminal: bool, no_color: Option<&str>, clicolor_force: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto if no_color.is_some_and(|v| !v.is_empty()) => false,
+            ColorChoice::Auto if clicolor_force.is_some_and(|v| !v.is_empty() && v != "0") => true,
+            ColorChoice::Auto => terminal,
+        }
+    }
+}
+
+impl Report {
+    /// [`Report::to_human`], the verdict column and the FAIL lines coloured
+    /// when `colour`.
+    pub fn to_human_coloured(&self, colour: bool) -> String {
+        let text = self.to_human();
+        if !colour {
+            return text;
+        }
+        text.lines()
+            .map(|l| match l {
+                l if l.ends_with("  pass") => format!("{}\x1b[32mpass\x1b[0m\n", &l[..l.len() - 4]),
+                l if l.ends_with("  FAIL") => format!("{}\x1b[1;31mFAIL\x1b[0m\n", &l[..l.len() - 4]),
+                l if l.starts_with("FAIL ") => format!("\x1b[1;31m{l}\x1b[0m\n"),
+                l => format!("{l}\n"),
+            })
+            .collect()
+    }
+}
+
 /// `sidecheck trace`'s human output: the path, then each leg's rules with
 /// their text.
 pub fn trace_text(
@@ -465,5 +510,47 @@ mod tests {
         assert!(m.contains("o1[\"ISTIO_OUTPUT RULE 8\"]\no0 --> o1\nclass o1 diff"), "{m}");
         assert!(m.contains("e1[\"ISTIO_OUTPUT RULE 9\"]\ne0 --> e1\nclass e1 diff"), "{m}");
         assert!(!m.contains("class o0 diff"));
+    }
+
+    #[test]
+    fn colour_follows_the_flag_then_no_color_then_clicolor_force_then_the_terminal() {
+        use ColorChoice::*;
+        // (choice, terminal, NO_COLOR, CLICOLOR_FORCE) -> colour
+        let matrix = [
+            (Always, false, Some("1"), None, true),
+            (Never, true, None, Some("1"), false),
+            (Auto, true, None, None, true),
+            (Auto, false, None, None, false),
+            (Auto, true, Some("1"), None, false),
+            (Auto, true, Some(""), None, true),
+            (Auto, false, None, Some("1"), true),
+            (Auto, false, None, Some("0"), false),
+            (Auto, false, None, Some(""), false),
+            (Auto, false, Some("1"), Some("1"), false),
+        ];
+        for (choice, terminal, no_color, force, want) in matrix {
+            assert_eq!(
+                choice.enabled(terminal, no_color, force),
+                want,
+                "{choice:?} tty={terminal} NO_COLOR={no_color:?} CLICOLOR_FORCE={force:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn colour_marks_only_the_verdicts_and_fail_lines() {
+        let r = Report::new(
+            "r".into(),
+            "nft".into(),
+            vec![trial("istio::a::nft::ipv4", true, "ok"), trial("istio::b::nft::ipv4", false, "bad")],
+        );
+        assert_eq!(r.to_human_coloured(false), r.to_human());
+        let c = r.to_human_coloured(true);
+        assert!(c.contains("  \x1b[32mpass\x1b[0m\n") && c.contains("  \x1b[1;31mFAIL\x1b[0m\n"), "{c}");
+        assert!(c.contains("\x1b[1;31mFAIL istio::b::nft::ipv4 (flow 2)"), "{c}");
+        // Nothing else: stripped of the escapes, the same text.
+        let plain = c.replace("\x1b[32m", "").replace("\x1b[1;31m", "").replace("\x1b[0m", "");
+        assert_eq!(plain, r.to_human());
+        assert_eq!(c.matches("\x1b[0m").count(), 3, "{c}");
     }
 }

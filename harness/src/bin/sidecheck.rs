@@ -36,6 +36,9 @@ enum Command {
     Rules(RulesPrintArgs),
     /// Remove what runs killed before they could clean up (namespaces, run files).
     Clean,
+    /// The trials a run would have (names as `run` gives them, for --test and
+    /// --skip), the scenarios they come from, and the profiles that exist.
+    List(ListArgs),
 }
 
 #[derive(Parser)]
@@ -83,7 +86,7 @@ struct TraceArgs {
     #[command(flatten)]
     rules: RulesArgs,
     #[arg(long, value_enum, default_value = "human")]
-    format: Format,
+    format: TraceFormat,
 }
 
 /// Which rules to test, shared by `run` and `trace`.
@@ -212,10 +215,13 @@ struct RunArgs {
     /// says. Without a rule source, the reference rules for it are tested.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios", "profile"])]
     policy: Option<PathBuf>,
+    /// What to print: `github` is the human table, then one `::error`
+    /// annotation per failing trial (in GitHub Actions, GITHUB_ACTIONS=true,
+    /// the annotations also come with any other format, on stderr).
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
     /// Also write the report to a file, as FORMAT=FILE (human, json, junit,
-    /// markdown); repeatable, e.g. --output junit=results.xml.
+    /// markdown, summary); repeatable, e.g. --output junit=results.xml.
     #[arg(long, value_name = "FORMAT=FILE", value_parser = parse_output)]
     output: Vec<(Format, PathBuf)>,
     /// Print the rules as installed before the results (JSON and Markdown
@@ -237,6 +243,65 @@ struct RunArgs {
     /// load, and a hunt for flakes.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
     repeat: u32,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Colour the verdicts: auto (on a terminal, unless NO_COLOR is set or
+    /// CLICOLOR_FORCE forces it), always, never. Files from --output never are.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    color: ColorArg,
+}
+
+/// Which trials run, by name (as `sidecheck list` prints them).
+#[derive(clap::Args)]
+struct SelectArgs {
+    /// Run only the trials whose name matches this regular expression
+    /// (unanchored); repeatable: a trial matching any runs.
+    #[arg(long = "test", value_name = "REGEX")]
+    test: Vec<String>,
+    /// Leave out the trials whose name matches this regular expression;
+    /// repeatable, and it wins over --test.
+    #[arg(long, value_name = "REGEX")]
+    skip: Vec<String>,
+}
+
+#[derive(Parser)]
+struct ListArgs {
+    /// The rules decide the backend part of each trial name: give the same
+    /// options as to `run`.
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// A directory of scenario YAML files, replacing the built-in set.
+    #[arg(long, value_name = "DIR")]
+    scenarios: Option<PathBuf>,
+    /// List the probes of this capture policy instead.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios", "profile"])]
+    policy: Option<PathBuf>,
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    repeat: u32,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[arg(long, value_enum, default_value = "human")]
+    format: ListFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ListFormat {
+    Human,
+    Json,
+}
+
+/// What `trace` prints: the rules it hit beside their text, or JSON.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum TraceFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -253,13 +318,17 @@ enum Format {
     Markdown,
     /// One screen for an issue or a README: verdict per flow and family.
     Summary,
+    /// The human table, then GitHub Actions `::error` annotations.
+    Github,
 }
 
 fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
     let (format, file) =
         arg.split_once('=').ok_or_else(|| format!("`{arg}` is not FORMAT=FILE (e.g. junit=results.xml)"))?;
     let format = Format::from_str(format, true)
-        .map_err(|_| format!("`{format}` is not a format: human, json, junit, markdown or summary"))?;
+        .ok()
+        .filter(|f| *f != Format::Github)
+        .ok_or_else(|| format!("`{format}` is not a format of --output: human, json, junit, markdown or summary"))?;
     if file.is_empty() {
         return Err(format!("`{arg}` names no file"));
     }
@@ -268,20 +337,7 @@ fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
 
 fn render(report: &Report, format: Format, colour: bool) -> String {
     match format {
-        Format::Human => {
-            let text = report.to_human();
-            if !colour {
-                return text;
-            }
-            text.lines()
-                .map(|l| match l {
-                    l if l.ends_with("  pass") => format!("{}\x1b[32mpass\x1b[0m\n", &l[..l.len() - 4]),
-                    l if l.ends_with("  FAIL") => format!("{}\x1b[1;31mFAIL\x1b[0m\n", &l[..l.len() - 4]),
-                    l if l.starts_with("FAIL ") => format!("\x1b[1;31m{l}\x1b[0m\n"),
-                    l => format!("{l}\n"),
-                })
-                .collect()
-        }
+        Format::Human | Format::Github => report.to_human_coloured(colour),
         Format::Json => report.to_json() + "\n",
         Format::Junit => report.to_junit(),
         Format::Markdown => report.to_markdown(),
@@ -330,6 +386,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Clean => clean(),
+        Command::List(args) => list(args),
     };
     registry::wait_if_interrupted();
     match result {
@@ -342,10 +399,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let mut config =
-        SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
-    let mut scenarios = match (&args.scenarios, &args.policy) {
+/// What a run tests: the configuration and the scenarios (a policy's
+/// probes, a directory's, or the built-in ones), repeated.
+fn plan(
+    rules: &RulesArgs,
+    scenarios: Option<&std::path::Path>,
+    policy: Option<&std::path::Path>,
+    repeat: u32,
+) -> anyhow::Result<(SessionConfig, Vec<scenario::Scenario>)> {
+    let mut config = rules.config()?;
+    let mut scenarios = match (scenarios, policy) {
         (Some(dir), _) => {
             scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
         }
@@ -354,7 +417,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             policy.check_groups(&file.display().to_string())?;
             config.profile = policy.profile();
             config.tproxy = policy.tproxy();
-            if !args.rules.given() {
+            if !rules.given() {
                 config.rules = policy.reference_rules();
             }
             let families = policy.families();
@@ -371,24 +434,91 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
-    if args.repeat > 1 {
-        scenarios = (1..=args.repeat)
+    if repeat > 1 {
+        scenarios = (1..=repeat)
             .flat_map(|k| {
                 scenarios.iter().map(move |s| scenario::Scenario { name: format!("{}#{k}", s.name), ..s.clone() })
             })
             .collect();
     }
+    Ok((config, scenarios))
+}
+
+/// The (scenario, family) cases a run of `config` has, as `select` filters
+/// them; named as the session will name them.
+fn cases(
+    config: &SessionConfig,
+    scenarios: &[scenario::Scenario],
+    select: &SelectArgs,
+) -> anyhow::Result<Vec<(scenario::Scenario, Family)>> {
+    let filter = scenario::Filter::new(&select.test, &select.skip)?;
+    // The families the session will test: those of the run that the rules cover.
+    let covered = config.rules.families();
+    let families: Vec<Family> = config.topology.families.iter().copied().filter(|f| covered.contains(f)).collect();
+    Ok(scenario::select(scenarios, &families, &config.backend_name(), &filter)?)
+}
+
+fn list(args: ListArgs) -> anyhow::Result<bool> {
+    let (config, scenarios) = plan(&args.rules, args.scenarios.as_deref(), args.policy.as_deref(), args.repeat)?;
+    let cases = cases(&config, &scenarios, &args.select)?;
+    let backend = config.backend_name();
+    let names: Vec<String> = cases.iter().map(|(s, f)| scenario::case_name(&s.name, &backend, *f)).collect();
+    let profiles = Profile::builtin_names();
+    let what = match &args.policy {
+        Some(p) => format!("probes of {}", p.display()),
+        None => "scenarios".to_string(),
+    };
+    match args.format {
+        ListFormat::Json => {
+            let scenarios: Vec<_> = scenarios
+                .iter()
+                .filter(|s| cases.iter().any(|(c, _)| c.name == s.name))
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name, "flow": s.spec.flow, "description": s.spec.description, "file": s.file,
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({
+                "rules": config.rules.describe(),
+                "backend": backend,
+                "profile": config.profile.name,
+                "policy": args.policy.as_ref().map(|p| p.display().to_string()),
+                "trials": names,
+                "scenarios": scenarios,
+                "profiles": profiles,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ListFormat::Human => {
+            println!("trials ({} from {what}; rules: {}, backend {backend}):", names.len(), config.rules.describe());
+            for n in &names {
+                println!("  {n}");
+            }
+            println!("\nprofiles (--profile): {}", profiles.join(", "));
+        }
+    }
+    Ok(true)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let (config, scenarios) = plan(&args.rules, args.scenarios.as_deref(), args.policy.as_deref(), args.repeat)?;
+    let config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..config };
+    let cases = cases(&config, &scenarios, &args.select)?;
+    // Only the scenarios that run are checked and probed.
+    let scenarios: Vec<scenario::Scenario> =
+        scenarios.into_iter().filter(|s| cases.iter().any(|(c, _)| c.name == s.name)).collect();
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
-    if scenarios.iter().all(|s| s.families(&config.topology.families).is_empty()) {
+    if cases.is_empty() {
         anyhow::bail!(
             "no scenario runs in the families tested ({:?}): check the scenarios' `family`",
             config.topology.families
         );
     }
     let session = Session::start(config.clone()).context("setting up the test topology")?;
-    let trials = session.run(&scenarios);
+    let trials = session.run_cases(&cases, config.assert_paths);
     let (backend, families) = (session.backend_name(), session.families().to_vec());
     // What was actually tested, for the reports that carry it.
     let machine = matches!(args.format, Format::Json | Format::Markdown)
@@ -424,10 +554,56 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         std::fs::write(file, render(&report, *format, false))
             .with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
-    use std::io::IsTerminal;
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    print!("{}", render(&report, args.format, colour));
+    print!("{}", render(&report, args.format, colour(args.color)));
+    print_annotations(&report, &args.rules, args.format);
     Ok(report.all_passed())
+}
+
+/// `--color` against the terminal and NO_COLOR / CLICOLOR_FORCE.
+fn colour(arg: ColorArg) -> bool {
+    use harness::report::ColorChoice;
+    use std::io::IsTerminal;
+    let choice = match arg {
+        ColorArg::Auto => ColorChoice::Auto,
+        ColorArg::Always => ColorChoice::Always,
+        ColorArg::Never => ColorChoice::Never,
+    };
+    let var = |name| std::env::var(name).ok();
+    choice.enabled(std::io::stdout().is_terminal(), var("NO_COLOR").as_deref(), var("CLICOLOR_FORCE").as_deref())
+}
+
+/// GitHub annotations: on stdout after the table with `--format github`;
+/// in GitHub Actions with any other format, on stderr, which the runner
+/// reads commands from too, so that stdout stays the report alone (a JSON
+/// or JUnit report piped to a file stays valid).
+fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) {
+    let in_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    if format != Format::Github && !in_actions {
+        return;
+    }
+    use harness::annotate::{annotations, FileKind, Locator};
+    let mut locator = Locator::default();
+    let workspace = std::env::var_os("GITHUB_WORKSPACE").map(PathBuf::from);
+    let files = [
+        (&rules.rules, FileKind::Restore { ipv6: false }),
+        (&rules.rules6, FileKind::Restore { ipv6: true }),
+        (&rules.nft, FileKind::Nft),
+        (&rules.script, FileKind::Script),
+    ];
+    for (path, kind) in files {
+        let Some(path) = path else { continue };
+        // Unreadable now (it was read to install it): annotate without lines.
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        // GitHub wants the path from the repository root.
+        let shown = workspace.as_deref().and_then(|w| path.strip_prefix(w).ok()).unwrap_or(path);
+        locator.add(shown.display().to_string(), kind, &text);
+    }
+    let text = annotations(report, &locator);
+    if format == Format::Github {
+        print!("{text}");
+    } else {
+        eprint!("{text}");
+    }
 }
 
 fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
@@ -489,7 +665,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     let observed = harness::verdict::observe(&done.observation);
     let reached = observed.server.is_some();
     match args.format {
-        Format::Json => {
+        TraceFormat::Json => {
             let v = serde_json::json!({
                 "from": { "host": from.name(), "uid": uid },
                 "to": to.to_string(),
@@ -500,7 +676,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Human | Format::Junit | Format::Markdown | Format::Summary => print!(
+        TraceFormat::Human => print!(
             "{}",
             harness::report::trace_text(
                 from.name(),
