@@ -280,6 +280,10 @@ fn nft_lines(text: &str, chains: &mut Chains) {
                     rules.insert(0, (i + 1, String::new()));
                 }
             }
+            ["delete" | "flush", "table", f, t, ..] if nft_family(f).is_some() => {
+                let family = nft_family(f).unwrap();
+                chains.0.retain(|(p, name, _), _| !(*p == family && name == t));
+            }
             ["flush", "chain", f, t, c, ..] if nft_family(f).is_some() => {
                 chains.0.insert((nft_family(f).unwrap(), t.to_string(), c.to_string()), Vec::new());
             }
@@ -428,12 +432,15 @@ table inet istio {
 }
 add rule ip6 istio6 output meta skuid 1337 return
 insert rule ip6 istio6 output oif lo return
+add rule ip gone c accept
+delete table ip gone
 ";
         let l = rule_lines(FileKind::Nft, s);
         assert_eq!(l[&key(1, "istio", "output")], [10, 11, 12]);
         assert!(l[&key(1, "istio", "empty")].is_empty());
         assert!(!l.contains_key(&key(1, "istio", "ports")));
         assert_eq!(l[&key(10, "istio6", "output")], [17, 16]);
+        assert!(!l.contains_key(&key(2, "gone", "c")));
     }
 
     fn failing(expected: Option<&str>, observed: &str, events: Vec<(&str, &str, Step)>) -> TrialResult {

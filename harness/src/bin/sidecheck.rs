@@ -488,14 +488,19 @@ fn list(args: ListArgs) -> anyhow::Result<bool> {
                 "scenarios": scenarios,
                 "profiles": profiles,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
         }
         ListFormat::Human => {
-            println!("trials ({} from {what}; rules: {}, backend {backend}):", names.len(), config.rules.describe());
+            let mut out = format!(
+                "trials ({} from {what}; rules: {}, backend {backend}):\n",
+                names.len(),
+                config.rules.describe()
+            );
             for n in &names {
-                println!("  {n}");
+                out.push_str(&format!("  {n}\n"));
             }
-            println!("\nprofiles (--profile): {}", profiles.join(", "));
+            out.push_str(&format!("\nprofiles (--profile): {}\n", profiles.join(", ")));
+            emit(&out)?;
         }
     }
     Ok(true)
@@ -554,8 +559,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         std::fs::write(file, render(&report, *format, false))
             .with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
-    print!("{}", render(&report, args.format, colour(args.color)));
-    print_annotations(&report, &args.rules, args.format);
+    emit(&render(&report, args.format, colour(args.color)))?;
+    print_annotations(&report, &args.rules, args.format)?;
     Ok(report.all_passed())
 }
 
@@ -576,10 +581,10 @@ fn colour(arg: ColorArg) -> bool {
 /// in GitHub Actions with any other format, on stderr, which the runner
 /// reads commands from too, so that stdout stays the report alone (a JSON
 /// or JUnit report piped to a file stays valid).
-fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) {
+fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) -> anyhow::Result<()> {
     let in_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     if format != Format::Github && !in_actions {
-        return;
+        return Ok(());
     }
     use harness::annotate::{annotations, FileKind, Locator};
     let mut locator = Locator::default();
@@ -600,9 +605,21 @@ fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) {
     }
     let text = annotations(report, &locator);
     if format == Format::Github {
-        print!("{text}");
+        emit(&text)
     } else {
         eprint!("{text}");
+        Ok(())
+    }
+}
+
+/// Writes to stdout. A reader that stopped early (`sidecheck list | head`)
+/// is no error; any other failure is one to report, not a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
     }
 }
 
