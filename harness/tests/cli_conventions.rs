@@ -1,0 +1,294 @@
+//! The command-line conventions of test runners, as a user meets them:
+//! `sidecheck list` and `run --test/--skip` agreeing on trial names, a filter
+//! that matches nothing being an error, `--color` with NO_COLOR and
+//! CLICOLOR_FORCE, GitHub annotations pointing at the deciding rule's line,
+//! and `trace`/`--output` accepting only the formats they have.
+//!
+//! Tests that start a run need root and fail saying so without it; the
+//! others run anywhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root: sudo cargo test --test cli_conventions (this test builds network namespaces)"
+    );
+}
+
+/// sidecheck with `args`, `env` set and the variables the tests are about
+/// removed, so the caller's environment (say, a CI's GITHUB_ACTIONS) cannot
+/// decide a result.
+fn sidecheck_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    for v in ["NO_COLOR", "CLICOLOR_FORCE", "GITHUB_ACTIONS", "GITHUB_WORKSPACE"] {
+        c.env_remove(v);
+    }
+    c.args(args).envs(env.iter().copied());
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let left = harness::registry::namespaces_of(&format!("sidecheck-{pid}"));
+    assert!(left.is_empty(), "sidecheck {args:?} left namespaces behind: {left:?}");
+    out
+}
+
+fn sidecheck(args: &[&str]) -> Output {
+    sidecheck_env(args, &[])
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("sidecheck was killed by a signal")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sidecheck-conv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", stdout(out), stderr(out)))
+}
+
+fn names(v: &serde_json::Value, key: &str, field: Option<&str>) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `{key}` array in {v}"))
+        .iter()
+        .map(|t| field.map_or(t, |f| &t[f]).as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn list_names_the_builtin_trials_and_profiles_without_root() {
+    let out = sidecheck(&["list", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = json(&out);
+    let trials = names(&v, "trials", None);
+    // Seven built-in scenarios in both families.
+    assert_eq!(trials.len(), 14, "{trials:?}");
+    assert!(trials.contains(&"istio::type2-local-to-remote::nft::ipv4".to_string()), "{trials:?}");
+    assert!(trials.contains(&"istio::type6-agent-to-istiod::nft::ipv6".to_string()), "{trials:?}");
+    for p in ["istio", "linkerd", "kuma", "consul"] {
+        assert!(names(&v, "profiles", None).contains(&p.to_string()), "{v}");
+    }
+    // The backend part of a name follows the rules given, as in `run`.
+    let v = json(&sidecheck(&["list", "--format", "json", "--backend", "legacy", "--family", "ipv6"]));
+    assert!(names(&v, "trials", None).iter().all(|t| t.ends_with("::legacy::ipv6")), "{v}");
+    let human = stdout(&sidecheck(&["list", "--test", "type5"]));
+    assert!(human.contains("  istio::type5-envoy-to-admin::nft::ipv4\n"), "{human}");
+    assert!(!human.contains("type2"), "{human}");
+    assert!(human.contains("profiles (--profile): consul, istio, kuma, linkerd"), "{human}");
+}
+
+#[test]
+fn list_shows_a_policys_probes() {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies/cni-basic.yaml");
+    let out = sidecheck(&["list", "--format", "json", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = json(&out);
+    let trials = names(&v, "trials", None);
+    assert!(trials.contains(&"policy::inbound-8080::nft::ipv4".to_string()), "{trials:?}");
+    assert!(trials.iter().all(|t| t.starts_with("policy::")), "{trials:?}");
+    // Each probe once among the scenarios, each a trial per family.
+    let probes = names(&v, "scenarios", Some("name"));
+    assert!(probes.iter().all(|p| trials.iter().any(|t| t.starts_with(&format!("{p}::")))), "{probes:?}");
+    assert!(!probes.is_empty() && trials.len() >= probes.len());
+}
+
+#[test]
+fn bad_filters_are_exit_2_before_anything_runs() {
+    // No root needed: selection comes before the topology.
+    for (args, want) in [
+        (&["run", "--test", "no-such-trial"][..], "no trial matches --test 'no-such-trial' (of 14 trials)"),
+        (&["run", "--skip", "."][..], "no trial matches --skip '.'"),
+        (&["run", "--test", "type2", "--skip", "type2"][..], "no trial matches --test 'type2' --skip 'type2'"),
+        (&["list", "--test", "no-such-trial"][..], "no trial matches"),
+        (&["run", "--test", "type(2"][..], "--test `type(2` is not a regular expression"),
+        (&["run", "--skip", "[ipv4"][..], "--skip `[ipv4` is not a regular expression"),
+    ] {
+        let out = sidecheck(args);
+        let e = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+        if want.starts_with("no trial") {
+            assert!(e.contains("`sidecheck list`"), "{args:?}: says how to see the names: {e}");
+        }
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
+
+#[test]
+fn trace_and_output_accept_only_the_formats_they_have() {
+    for f in ["junit", "markdown", "summary", "github"] {
+        let out = sidecheck(&["trace", "--from", "local-pod", "--to", "remote-pod:9090", "--format", f]);
+        let e = stderr(&out);
+        assert_eq!(code(&out), 2, "trace --format {f}: {e}");
+        assert!(e.contains(&format!("invalid value '{f}'")) && e.contains("[possible values: human, json]"), "{e}");
+    }
+    let out = sidecheck(&["run", "--output", "github=x.txt"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("not a format of --output: human, json, junit, markdown or summary"),
+        "{}",
+        stderr(&out)
+    );
+    let help = stdout(&sidecheck(&["run", "--help"]));
+    assert!(help.contains("FORMAT=FILE (human, json, junit, markdown, summary)"), "{help}");
+    assert!(
+        help.contains("--test <REGEX>") && help.contains("--skip <REGEX>") && help.contains("--color <WHEN>"),
+        "{help}"
+    );
+}
+
+#[test]
+fn run_keeps_exactly_the_trials_list_names() {
+    need_root();
+    let select = ["--family", "ipv4", "--backend", "legacy", "--test", "type2|type5", "--skip", "admin"];
+    let listed = json(&sidecheck(&[&["list", "--format", "json"][..], &select].concat()));
+    let listed = names(&listed, "trials", None);
+    assert_eq!(listed, ["istio::type2-local-to-remote::legacy::ipv4"]);
+    let out = sidecheck(&[&["run", "--format", "json"][..], &select].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ran = names(&json(&out), "trials", Some("name"));
+    assert_eq!(ran, listed);
+}
+
+/// A run of one trial, for the colour tests.
+const ONE: [&str; 5] = ["run", "--family", "ipv4", "--test", "type2"];
+
+#[test]
+fn colour_follows_the_flag_and_the_environment_and_never_reaches_files() {
+    need_root();
+    let dir = TempDir::new("colour");
+    let file = dir.0.join("report.txt");
+    let output = format!("human={}", file.display());
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = sidecheck_env(&[&ONE[..], extra].concat(), env);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    const GREEN: &str = "\x1b[32mpass\x1b[0m";
+    let coloured = run(&["--color", "always", "--output", &output], &[("NO_COLOR", "1")]);
+    assert!(coloured.contains(GREEN), "{coloured}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(!written.contains('\x1b'), "--output files are never coloured: {written}");
+    // Not a terminal here: auto is plain unless CLICOLOR_FORCE says otherwise.
+    assert!(!run(&[], &[]).contains('\x1b'));
+    assert!(run(&["--color", "auto"], &[("CLICOLOR_FORCE", "1")]).contains(GREEN));
+    assert!(!run(&[], &[("CLICOLOR_FORCE", "0")]).contains('\x1b'));
+    assert!(!run(&[], &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).contains('\x1b'));
+    assert!(!run(&["--color", "never"], &[("CLICOLOR_FORCE", "1")]).contains('\x1b'));
+}
+
+/// The built-in rules in `form`, with a rule inserted before the line that
+/// starts with `before` which lets the local app reach the remote pod
+/// without Envoy: flow 2 then fails, decided by the inserted rule. Returns
+/// the file and the inserted rule's line.
+fn broken_rules(dir: &TempDir, form: &str, before: &str, bypass: &str) -> (PathBuf, usize) {
+    let out = sidecheck(&["rules", "--form", form]);
+    assert_eq!(code(&out), 0);
+    let mut lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    let at = lines.iter().position(|l| l.starts_with(before)).unwrap_or_else(|| panic!("no `{before}` in {lines:?}"));
+    lines.insert(at, bypass.to_string());
+    (dir.write(&format!("broken.{form}"), &(lines.join("\n") + "\n")), at + 1)
+}
+
+#[test]
+fn github_annotations_point_at_the_line_of_the_deciding_rule() {
+    need_root();
+    let dir = TempDir::new("github");
+    let cases = [
+        ("restore", "--rules", "-A ISTIO_OUTPUT -j ISTIO_REDIRECT", "-A ISTIO_OUTPUT -d 10.244.0.20/32 -j RETURN"),
+        (
+            "nft",
+            "--nft",
+            "add rule inet istio-proxy-nat istio-output jump istio-redirect",
+            "add rule inet istio-proxy-nat istio-output ip daddr 10.244.0.20 return",
+        ),
+        (
+            "script",
+            "--script",
+            "iptables -t nat -A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+            "iptables -t nat -A ISTIO_OUTPUT -d 10.244.0.20/32 -j RETURN",
+        ),
+    ];
+    for (form, flag, before, bypass) in cases {
+        let (file, line) = broken_rules(&dir, form, before, bypass);
+        let out = sidecheck_env(
+            &["run", flag, file.to_str().unwrap(), "--family", "ipv4", "--format", "github"],
+            // The repository root, as GitHub sets it: paths are shown from it.
+            &[("GITHUB_WORKSPACE", dir.0.to_str().unwrap())],
+        );
+        let text = stdout(&out);
+        assert_eq!(code(&out), 1, "{form}: {text}{}", stderr(&out));
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("::")).collect();
+        assert_eq!(errors.len(), 1, "{form}: one annotation per failing trial: {text}");
+        let want =
+            format!("::error file=broken.{form},line={line},title=sidecheck%3A istio%3A%3Atype2-local-to-remote%3A%3A");
+        assert!(errors[0].starts_with(&want), "{form}: {}\nwant {want}", errors[0]);
+        // One line per annotation: the message's line breaks escaped.
+        assert!(errors[0].contains("%0Aexpected 15001 -> remote-app:9090"), "{}", errors[0]);
+        assert!(errors[0].contains("decided by "), "{}", errors[0]);
+        // The table comes first, for people reading the log.
+        let end = text.find("\n6 passed, 1 failed\n").unwrap_or_else(|| panic!("{form}: {text}"));
+        assert!(end < text.find("::error").unwrap(), "{text}");
+    }
+}
+
+#[test]
+fn in_github_actions_annotations_go_to_stderr_and_stdout_stays_the_report() {
+    need_root();
+    let dir = TempDir::new("actions");
+    let (file, line) = broken_rules(
+        &dir,
+        "restore",
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+        "-A ISTIO_OUTPUT -d 10.244.0.20/32 -j RETURN",
+    );
+    let file = file.to_str().unwrap();
+    let args = ["run", "--rules", file, "--family", "ipv4", "--test", "type[12]", "--format", "json"];
+    let out = sidecheck_env(&args, &[("GITHUB_ACTIONS", "true")]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["failed"], 1, "{v}");
+    let e = stderr(&out);
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("::error ")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    // Outside the workspace the path is shown as given.
+    assert!(errors[0].starts_with(&format!("::error file={file},line={line},")), "{e}");
+    // Not in Actions: no annotations.
+    let out = sidecheck_env(&args, &[("GITHUB_ACTIONS", "false")]);
+    assert_eq!(code(&out), 1);
+    assert!(!stderr(&out).contains("::error") && !stdout(&out).contains("::error"), "{}", stderr(&out));
+}
