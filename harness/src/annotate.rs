@@ -498,8 +498,11 @@ delete table ip gone
         ];
         let rule = |chain: &str, number| RuleRef { nfproto: 2, table: "nat".into(), chain: chain.into(), number };
         // The differing element is a rule: that rule.
-        let t =
-            failing(Some("OUTPUT -> ISTIO_OUTPUT RULE 3 -> X"), "OUTPUT -> ISTIO_OUTPUT RULE 2 -> X", events.clone());
+        let t = failing(
+            Some("OUTPUT -> ISTIO_OUTPUT RULE 3 -> ISTIO_REDIRECT -> X"),
+            "OUTPUT -> ISTIO_OUTPUT RULE 2 -> ISTIO_REDIRECT -> X",
+            events.clone(),
+        );
         assert_eq!(deciding_rule(&t), Some(rule("ISTIO_OUTPUT", 2)));
         // The differing element is no rule: the last rule before it.
         let t = failing(
