@@ -174,14 +174,23 @@ fn trace_and_output_accept_only_the_formats_they_have() {
 #[test]
 fn run_keeps_exactly_the_trials_list_names() {
     need_root();
-    let select = ["--family", "ipv4", "--backend", "legacy", "--test", "type2|type5", "--skip", "admin"];
-    let listed = json(&sidecheck(&[&["list", "--format", "json"][..], &select].concat()));
-    let listed = names(&listed, "trials", None);
-    assert_eq!(listed, ["istio::type2-local-to-remote::legacy::ipv4"]);
-    let out = sidecheck(&[&["run", "--format", "json"][..], &select].concat());
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let ran = names(&json(&out), "trials", Some("name"));
-    assert_eq!(ran, listed);
+    let selections: [(&[&str], &[&str]); 2] = [
+        (
+            &["--family", "ipv4", "--backend", "legacy", "--test", "type2|type5", "--skip", "admin"],
+            &["istio::type2-local-to-remote::legacy::ipv4"],
+        ),
+        // A name picks one family of a scenario that runs in both.
+        (&["--test", "type2.*ipv6$"], &["istio::type2-local-to-remote::nft::ipv6"]),
+    ];
+    for (select, want) in selections {
+        let listed = json(&sidecheck(&[&["list", "--format", "json"][..], select].concat()));
+        let listed = names(&listed, "trials", None);
+        assert_eq!(listed, want, "{select:?}");
+        let out = sidecheck(&[&["run", "--format", "json"][..], select].concat());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let ran = names(&json(&out), "trials", Some("name"));
+        assert_eq!(ran, listed, "{select:?}");
+    }
 }
 
 /// A run of one trial, for the colour tests.
