@@ -266,11 +266,9 @@ fn nft_lines(text: &str, chains: &mut Chains) {
                     chain = Some(name);
                 }
             }
-            ["}", ..] | ["};", ..] => {
-                if chain.take().is_none() {
-                    table = None;
-                }
-            }
+            // A closing brace ends the chain, or else the table.
+            ["}", ..] | ["};", ..] if chain.take().is_none() => table = None,
+            ["}", ..] | ["};", ..] => {}
             [verb @ ("add" | "insert"), "rule", f, t, c, ..] if nft_family(f).is_some() => {
                 let key = (nft_family(f).unwrap(), t.to_string(), c.to_string());
                 let rules = chains.0.entry(key).or_default();

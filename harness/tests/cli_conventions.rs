@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
 fn need_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "run as root: sudo cargo test --test cli_conventions (this test builds network namespaces)"
+        "this test builds network namespaces and needs root: run cargo test as root (see the README's note for users without root)"
     );
 }
 
