@@ -358,7 +358,7 @@ fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
             anyhow::bail!("a policy's reference rules come as restore input: use --form restore or --form restore6")
         }
     };
-    print!("{}", policy.to_restore_for(family));
+    emit(&policy.to_restore_for(family))?;
     Ok(true)
 }
 
@@ -374,16 +374,13 @@ fn main() -> ExitCode {
         Command::Rules(args) if args.policy.is_some() => print_policy_rules(&args),
         Command::Rules(args) => {
             let c = IstioCapture::default_for(args.shape);
-            print!(
-                "{}",
-                match args.form {
-                    RulesForm::Restore => c.to_restore(),
-                    RulesForm::Restore6 => c.to_restore_for(Family::Ipv6),
-                    RulesForm::Script => c.to_script(&args.iptables),
-                    RulesForm::Nft => c.to_nft(),
-                }
-            );
-            Ok(true)
+            emit(&match args.form {
+                RulesForm::Restore => c.to_restore(),
+                RulesForm::Restore6 => c.to_restore_for(Family::Ipv6),
+                RulesForm::Script => c.to_script(&args.iptables),
+                RulesForm::Nft => c.to_nft(),
+            })
+            .map(|()| true)
         }
         Command::Clean => clean(),
         Command::List(args) => list(args),
@@ -551,7 +548,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     report.profile = config.profile.name.clone();
     if args.show_rules {
         if let Some(r) = &ruleset {
-            println!("rules as installed:\n{r}");
+            emit(&format!("rules as installed:\n{r}\n"))?;
         }
     }
     report.ruleset = ruleset;
@@ -691,20 +688,17 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
                 "observed": observed,
                 "path": done.path,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
         }
-        TraceFormat::Human => print!(
-            "{}",
-            harness::report::trace_text(
-                from.name(),
-                uid,
-                to,
-                &config.rules.describe(),
-                &observed,
-                done.path.as_ref(),
-                &index
-            )
-        ),
+        TraceFormat::Human => emit(&harness::report::trace_text(
+            from.name(),
+            uid,
+            to,
+            &config.rules.describe(),
+            &observed,
+            done.path.as_ref(),
+            &index,
+        ))?,
     }
     Ok(reached)
 }
