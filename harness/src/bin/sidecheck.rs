@@ -707,11 +707,11 @@ fn clean() -> anyhow::Result<bool> {
     harness::require_root("sidecheck clean")?;
     let swept = registry::sweep_stale();
     let kept = registry::sweep_kept();
-    println!(
-        "removed {} stale run(s) and {} kept run(s), {} namespace(s)",
+    emit(&format!(
+        "removed {} stale run(s) and {} kept run(s), {} namespace(s)\n",
         swept.runs,
         kept.runs,
         swept.namespaces + kept.namespaces
-    );
+    ))?;
     Ok(true)
 }
