@@ -156,7 +156,10 @@ fn trace_and_output_accept_only_the_formats_they_have() {
         assert_eq!(code(&out), 2, "trace --format {f}: {e}");
         assert!(e.contains(&format!("invalid value '{f}'")) && e.contains("[possible values: human, json]"), "{e}");
     }
-    let out = sidecheck(&["run", "--output", "github=x.txt"]);
+    // In a temporary directory: were it accepted, the run would write it.
+    let dir = TempDir::new("output");
+    let file = format!("github={}", dir.0.join("x.txt").display());
+    let out = sidecheck(&["run", "--output", &file]);
     assert_eq!(code(&out), 2);
     assert!(
         stderr(&out).contains("not a format of --output: human, json, junit, markdown or summary"),
