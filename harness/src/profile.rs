@@ -330,7 +330,10 @@ impl Profile {
     }
 
     pub fn builtin_names() -> Vec<&'static str> {
-        builtin::FILES.iter().filter_map(|(n, _)| n.strip_suffix(".yaml")).collect()
+        let mut names: Vec<&'static str> = builtin::FILES.iter().filter_map(|(n, _)| n.strip_suffix(".yaml")).collect();
+        // By name, not file name: `kuma` before `kuma-legacy`.
+        names.sort_unstable();
+        names
     }
 
     /// The default: Istio's sidecar.
