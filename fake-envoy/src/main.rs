@@ -6,7 +6,8 @@
 //! under TPROXY), add a hop to the probe line and forward it the way Envoy
 //! would: outbound to the original destination, or to the endpoint of a
 //! configured service VIP; inbound from the passthrough source (127.0.0.6) to
-//! the original destination. A probe that comes back to a listener it already
+//! the original destination, or (`--inbound-upstream loopback`, as OSM's and
+//! Consul's Envoy) to 127.0.0.1 / ::1 at the original port. A probe that comes back to a listener it already
 //! passed is a loop: it is answered as such and closed, never left to hang.
 //! Admin, stats and health listeners are plain terminal servers.
 //!
@@ -36,6 +37,8 @@ const USAGE: &str = "usage: fake-envoy [options]
   --passthrough4 IP        source of inbound upstream connections, IPv4 (default 127.0.0.6)
   --passthrough6 IP        the same for IPv6 (default ::6)
   --no-passthrough         inbound upstream connections pick no source (the kernel's choice)
+  --inbound-upstream TO    where inbound connections go on to: original-destination (default; the
+                           address the client dialled) or loopback (127.0.0.1 / ::1, the original port)
   --tproxy-mark N          TPROXY mode, as Istio's sidecar under interceptionMode TPROXY: inbound
                            listeners are transparent (IP_TRANSPARENT; the original destination is
                            the accepted socket's local address) and inbound upstream connections
@@ -55,6 +58,8 @@ struct Config {
     passthrough6: Ipv6Addr,
     /// Bind inbound upstream connections to the passthrough source.
     passthrough: bool,
+    /// Inbound upstream connections go to loopback at the original port.
+    inbound_to_loopback: bool,
     /// TPROXY mode: the mark of inbound upstream connections.
     tproxy_mark: Option<u32>,
     /// DNS proxy listeners and the nameserver each forwards to.
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Config, String> {
         passthrough4: Ipv4Addr::new(127, 0, 0, 6),
         passthrough6: "::6".parse().unwrap(),
         passthrough: true,
+        inbound_to_loopback: false,
         tproxy_mark: None,
         dns: Vec::new(),
         timeout: Duration::from_millis(2000),
@@ -90,6 +96,13 @@ fn parse_args() -> Result<Config, String> {
             "--route" => {
                 let (vip, ep) = v.split_once('=').ok_or_else(|| format!("--route `{v}` is not VIP:PORT=IP:PORT"))?;
                 cfg.routes.insert(addr(vip)?, addr(ep)?);
+            }
+            "--inbound-upstream" => {
+                cfg.inbound_to_loopback = match v.as_str() {
+                    "original-destination" => false,
+                    "loopback" => true,
+                    _ => return Err(format!("--inbound-upstream `{v}`: use original-destination or loopback")),
+                }
             }
             "--passthrough4" => {
                 cfg.passthrough4 = v.parse().map_err(|_| format!("--passthrough4 `{v}` is not an IPv4 address"))?
@@ -246,6 +259,10 @@ fn proxy(conn: TcpStream, port: u16, dir: Direction, cfg: &Config) -> io::Result
     probe.hops.push(Hop { role: role.clone(), port, original_dst: dst, upstream: None });
     let upstream_addr = match dir {
         Direction::Outbound => *cfg.routes.get(&dst).unwrap_or(&dst),
+        Direction::Inbound if cfg.inbound_to_loopback => {
+            let lo: IpAddr = if dst.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+            SocketAddr::new(lo, dst.port())
+        }
         Direction::Inbound => dst,
         Direction::Dns(up) => up,
     };

@@ -153,6 +153,29 @@ pub enum Bind {
     Any,
 }
 
+/// Where the proxy's inbound listener sends a captured connection on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboundUpstream {
+    /// The address the client dialled, the pod's own (Istio, Kuma, Linkerd >= 2.11).
+    #[default]
+    OriginalDestination,
+    /// 127.0.0.1 / ::1 with the original port (OSM, Consul's local_service_address).
+    Loopback,
+}
+
+/// Where the app in the local pod listens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppBind {
+    /// Every address (0.0.0.0 / ::): reachable on the pod address and on loopback.
+    #[default]
+    Any,
+    /// The pod address only, as the apps OSM's PodIP mode is for: a proxy
+    /// dialling 127.0.0.1 reaches it only if the rules DNAT that to the pod.
+    PodAddress,
+}
+
 /// The source address the proxy's inbound upstream connections use.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -178,7 +201,11 @@ pub struct Proxy {
     pub admin_bind: Bind,
     pub stats: u16,
     pub health: u16,
-    /// Absent: the proxy connects to the app without choosing its source.
+    /// Where inbound connections go on to: the original destination or loopback.
+    #[serde(default)]
+    pub inbound_upstream: InboundUpstream,
+    /// The source those inbound upstream connections bind (Istio 127.0.0.6 /
+    /// ::6). Absent: the proxy connects without choosing its source.
     #[serde(default)]
     pub passthrough: Option<Passthrough>,
 }
@@ -220,6 +247,9 @@ pub struct Profile {
     pub description: String,
     pub proxy: Proxy,
     pub control_plane: ControlPlane,
+    /// Where the local app listens (default: every address).
+    #[serde(default)]
+    pub app_bind: AppBind,
     #[serde(default)]
     pub rules: Option<RuleFiles>,
     pub facts: Vec<Fact>,
@@ -300,7 +330,10 @@ impl Profile {
     }
 
     pub fn builtin_names() -> Vec<&'static str> {
-        builtin::FILES.iter().filter_map(|(n, _)| n.strip_suffix(".yaml")).collect()
+        let mut names: Vec<&'static str> = builtin::FILES.iter().filter_map(|(n, _)| n.strip_suffix(".yaml")).collect();
+        // By name, not file name: `kuma` before `kuma-legacy`.
+        names.sort_unstable();
+        names
     }
 
     /// The default: Istio's sidecar.
@@ -405,7 +438,7 @@ mod tests {
     #[test]
     fn every_builtin_profile_loads_with_rules_and_sources() {
         let names = Profile::builtin_names();
-        for want in ["istio", "linkerd", "kuma", "consul"] {
+        for want in ["istio", "linkerd", "kuma", "kuma-legacy", "consul", "osm", "osm-podip"] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         for n in names {
@@ -425,9 +458,21 @@ mod tests {
         assert_eq!(istio.server_name("stats"), "envoy-stats");
         assert_eq!(istio.server_name("control-plane"), "istiod");
         assert_eq!(istio.server_name("local-app"), "local-app");
+        // Kuma >= 2.7 sends IPv6 inbound to the IPv4 port; before, to 15010.
         let kuma = Profile::builtin("kuma").unwrap();
         assert_eq!(kuma.port(Role::Inbound, Family::Ipv4), 15006);
-        assert_eq!(kuma.port(Role::Inbound, Family::Ipv6), 15010);
+        assert_eq!(kuma.port(Role::Inbound, Family::Ipv6), 15006);
+        let legacy = Profile::builtin("kuma-legacy").unwrap();
+        assert_eq!(legacy.port(Role::Inbound, Family::Ipv6), 15010);
+        assert!(kuma.rule_texts.1.as_deref().is_some_and(|t| t.contains("--to-ports 15006") && !t.contains("15010")));
+        // OSM hands inbound connections to loopback with no source of its own.
+        let osm = Profile::builtin("osm").unwrap();
+        assert_eq!((osm.proxy.inbound_upstream, osm.proxy.passthrough.clone()), (InboundUpstream::Loopback, None));
+        assert_eq!(osm.port(Role::Inbound, Family::Ipv4), 15003);
+        assert_eq!(osm.app_bind, AppBind::Any);
+        assert!(osm.rule_texts.1.is_none(), "OSM writes no IPv6 rules");
+        assert_eq!(Profile::builtin("osm-podip").unwrap().app_bind, AppBind::PodAddress);
+        assert_eq!(istio.proxy.inbound_upstream, InboundUpstream::OriginalDestination);
         let linkerd = Profile::builtin("linkerd").unwrap();
         // One listener serves admin, metrics and health: all three name it.
         assert_eq!(linkerd.served().len(), 1);
@@ -446,6 +491,9 @@ mod tests {
         let typo = text.replace("outbound: 15001", "outbound: 15001\n  outbund: 1");
         let e = Profile::parse("p.yaml".into(), &typo, no_rules).unwrap_err().to_string();
         assert!(e.contains("p.yaml:") && e.contains("outbund"), "{e}");
+        let bad_upstream = text.replace("inbound_upstream: original-destination", "inbound_upstream: pod");
+        let e = Profile::parse("p.yaml".into(), &bad_upstream, no_rules).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:") && e.contains("original-destination") && e.contains("loopback"), "{e}");
         let e = Profile::builtin("nope").unwrap_err().to_string();
         assert!(e.contains("no built-in profile `nope`") && e.contains("linkerd"), "{e}");
     }

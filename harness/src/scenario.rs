@@ -461,7 +461,7 @@ expect:
         assert_eq!(istio.expected.path.as_deref(), Some("PREROUTING -> X"));
         let kuma = s.case(&Profile::builtin("kuma").unwrap(), &topo, Family::Ipv6, "kuma").unwrap();
         assert_eq!(kuma.target.port(), 5670);
-        assert_eq!(kuma.expected.ports, vec![15010, 5670]);
+        assert_eq!(kuma.expected.ports, vec![15006, 5670]);
         // Istio's path says nothing about another mesh's rules.
         assert_eq!(kuma.expected.path, None);
         let e = parse(&text.replace("port: stats", "port: stat")).unwrap_err().to_string();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 use crate::probe::{self, AppServer, Observation, Timeouts};
-use crate::profile::{Bind, Profile};
+use crate::profile::{AppBind, Bind, InboundUpstream, Profile};
 use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::scenario::Protocol;
@@ -250,6 +250,9 @@ impl Session {
             ]),
             None => args.push("--no-passthrough".into()),
         }
+        if p.inbound_upstream == InboundUpstream::Loopback {
+            args.extend(["--inbound-upstream".into(), "loopback".into()]);
+        }
         args.extend(["--timeout-ms".into(), config.probe_timeouts.connect.as_millis().to_string()]);
         if let Some(t) = config.tproxy {
             args.extend(["--tproxy-mark".into(), t.mark.to_string()]);
@@ -304,7 +307,13 @@ impl Session {
             }
             for f in config.topology.families.iter().copied() {
                 for port in &config.local_app_ports {
-                    apps.push(AppServer::start(pod, "local-app", f, *port, io)?);
+                    apps.push(match config.profile.app_bind {
+                        AppBind::Any => AppServer::start(pod, "local-app", f, *port, io)?,
+                        AppBind::PodAddress => {
+                            let at = std::net::SocketAddr::new(config.topology.address_of(Host::LocalPod, f), *port);
+                            AppServer::start_at(pod, "local-app", at, io)?
+                        }
+                    });
                 }
                 for port in &config.remote_app_ports {
                     apps.push(AppServer::start(topology.ns(Host::RemotePod), "remote-app", f, *port, io)?);

@@ -400,7 +400,7 @@ fn bad_input_exits_2_before_anything_is_built() {
         (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
         (
             vec!["--profile".into(), "nope".into()],
-            "no built-in profile `nope`: use one of consul, istio, kuma, linkerd".into(),
+            "no built-in profile `nope`: use one of consul, istio, kuma, kuma-legacy, linkerd, osm, osm-podip".into(),
         ),
         (vec!["--profile".into(), mesh.display().to_string()], "profile mymesh".into()),
         (

@@ -199,7 +199,9 @@ const BREAKAGES: &[Breakage] = &[
         profile: "kuma",
         name: "no-proxy-return",
         why: "without the uid 5678 RETURN Envoy's upstream is captured again (its calls to localhost still pass)",
-        remove: &["KUMA_MESH_OUTBOUND -m owner --uid-owner 5678 -j RETURN"],
+        remove: &[
+            r#"KUMA_MESH_OUTBOUND -m comment --comment "kuma/mesh/transparent/proxy/the proxy's own connections: not captured" -m owner --uid-owner 5678 -j RETURN"#,
+        ],
         replace: None,
         fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
     },
@@ -223,7 +225,9 @@ const BREAKAGES: &[Breakage] = &[
         profile: "kuma",
         name: "no-prerouting-jump",
         why: "inbound traffic from other pods is never captured: the scrape no longer passes 15006 either",
-        remove: &["PREROUTING -p tcp -j KUMA_MESH_INBOUND"],
+        remove: &[
+            r#"PREROUTING -p tcp -m comment --comment "kuma/mesh/transparent/proxy/inbound TCP to the mesh inbound chain" -j KUMA_MESH_INBOUND"#,
+        ],
         replace: None,
         fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4"],
     },
@@ -231,18 +235,19 @@ const BREAKAGES: &[Breakage] = &[
         profile: "kuma",
         name: "no-passthrough-return",
         why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
-        remove: &["KUMA_MESH_OUTBOUND -s 127.0.0.6/32 -o lo -j RETURN"],
+        remove: &[
+            r#"KUMA_MESH_OUTBOUND -s 127.0.0.6/32 -o lo -m comment --comment "kuma/mesh/transparent/proxy/inbound passthrough source on lo: never again" -j RETURN"#,
+        ],
         replace: None,
         fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4", "type4-local-to-local-via-service::ipv4"],
     },
     Breakage {
         profile: "consul",
         name: "no-proxy-return",
-        why: "without the uid 5995 RETURN every Envoy upstream but localhost is captured again, inbound ones too",
+        why: "without the uid 5995 RETURN every Envoy upstream but localhost is captured again (its inbound upstream goes to 127.0.0.1, which -d 127.0.0.1 RETURNs)",
         remove: &["CONSUL_PROXY_OUTPUT -m owner --uid-owner 5995 -j RETURN"],
         replace: None,
         fails: &[
-            "type1-remote-to-local::ipv4",
             "type2-local-to-remote::ipv4",
             "type4-local-to-local-via-service::ipv4",
             "type6-agent-as-app-uid::ipv4",
@@ -646,12 +651,16 @@ fn main() {
     let classic_legacy = Shared::new(builtin(Shape::Classic, Backend::Legacy));
     let native = Shared::new(builtin(Shape::Current, Backend::NftNative));
     // Each other mesh's own rule set under its profile, paths asserted.
-    let meshes: Vec<(&str, Arc<Shared>)> = ["linkerd", "kuma", "consul"]
+    let meshes: Vec<(&str, Arc<Shared>)> = ["linkerd", "kuma", "kuma-legacy", "consul", "osm"]
         .into_iter()
         .map(|name| {
             let p = profile(name);
             let rules = p.rules().unwrap_or_else(|| panic!("profile {name} has no rule set"));
-            (name, Shared::new(SessionConfig { rules, profile: p, assert_paths: true, ..SessionConfig::default() }))
+            // Trials in the families the rule set is for (OSM's is IPv4 only).
+            let mut topology = harness::topology::TopologyConfig::default();
+            topology.families.retain(|f| rules.families().contains(f));
+            let config = SessionConfig { rules, profile: p, topology, assert_paths: true, ..SessionConfig::default() };
+            (name, Shared::new(config))
         })
         .collect();
     let mut trials = scenario_trials("istio", &current, &scenarios);

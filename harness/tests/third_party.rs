@@ -1,0 +1,434 @@
+//! Other meshes' real rule sets under their mesh's contract.
+//!
+//! Every rule set in `../shared/third-party/{linkerd,kuma,consul,osm}` has a
+//! case in `harness/testdata/third-party/<mesh>/` (see its README): the
+//! profile it runs under, the configuration PROVENANCE.md gives for it, and
+//! which flows must fail in which family, and why. Everything else must pass.
+//!
+//! - `third-party::<mesh>/<file>[+<ipv6 file>][@<profile>]`: one rule set,
+//!   all built-in scenarios, exactly the listed failures.
+//! - `third-party::half::...`: the same rule set with only the first half of
+//!   each file's rule lines installed: it must fail, exactly as listed.
+//! - `third-party::cases-are-sound`: the case files parse, name real
+//!   scenarios and profiles (no root, no shared data needed).
+//! - `third-party::every-rule-set-has-a-case`: no rule set is left out.
+//!
+//! The shared data is `$SIDECHECK_SHARED` or `../shared` beside the checkout;
+//! when it is absent the trials that need it are ignored, saying which path
+//! is missing, or fail when `SIDECHECK_REQUIRE_SHARED=1` (CI).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use harness::profile::Profile;
+use harness::rules::{Backend, RuleSource};
+use harness::scenario::{self, Scenario};
+use harness::topology::{Family, TopologyConfig};
+use harness::verdict::Outcome;
+use harness::{registry, Session, SessionConfig};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use serde::Deserialize;
+
+const MESHES: [&str; 4] = ["linkerd", "kuma", "consul", "osm"];
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Form {
+    #[default]
+    Restore,
+    Script,
+    Nft,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum BackendName {
+    #[default]
+    Nft,
+    Legacy,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum ConfiguredAs {
+    /// The injector's or installer's defaults: the built-in profile is exact.
+    Default,
+    /// Other ports or uid, said by a profile file under `profiles/`.
+    ProfileVariant,
+    /// Exclusions, modes or partial fixtures a profile cannot say.
+    NeedsPolicy,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fails {
+    fail: Vec<Family>,
+    why: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    rules: String,
+    #[serde(default)]
+    rules6: Option<String>,
+    #[serde(default)]
+    form: Form,
+    #[serde(default)]
+    backend: BackendName,
+    #[serde(default)]
+    families: Option<Vec<Family>>,
+    profile: String,
+    configuration: String,
+    configured_as: ConfiguredAs,
+    #[serde(default)]
+    needs: Option<String>,
+    expect: BTreeMap<String, Fails>,
+    #[serde(default)]
+    half: Option<BTreeMap<String, Fails>>,
+    /// The case file, for messages.
+    #[serde(skip)]
+    file: PathBuf,
+    #[serde(skip)]
+    mesh: String,
+}
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/third-party")
+}
+
+fn shared_root() -> PathBuf {
+    std::env::var_os("SIDECHECK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+/// `Ok(())` when every path exists; otherwise the ignore (or, under
+/// SIDECHECK_REQUIRE_SHARED=1, the failure) naming the first missing one.
+fn need(paths: &[PathBuf]) -> Result<(), Result<Completion, Failed>> {
+    let Some(missing) = paths.iter().find(|p| !p.exists()) else { return Ok(()) };
+    let why = format!("missing {}: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", missing.display());
+    if std::env::var("SIDECHECK_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
+        return Err(Err(format!("{why} (SIDECHECK_REQUIRE_SHARED=1)").into()));
+    }
+    Err(Ok(Completion::ignored_with(why)))
+}
+
+fn load_cases() -> Result<Vec<Case>, String> {
+    let mut cases = Vec::new();
+    for mesh in MESHES {
+        let dir = testdata().join(mesh);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let mut case: Case = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            case.file = file;
+            case.mesh = mesh.to_string();
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
+impl Case {
+    fn profile(&self) -> Result<Profile, String> {
+        let spec = if self.profile.ends_with(".yaml") {
+            testdata().join(&self.profile).display().to_string()
+        } else {
+            self.profile.clone()
+        };
+        Profile::load(&spec).map_err(|e| format!("{}: profile {}: {e}", self.file.display(), self.profile))
+    }
+
+    /// What the profile is called in the trial name: a built-in name, or the
+    /// variant file's stem.
+    fn profile_label(&self) -> String {
+        Path::new(&self.profile).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    fn name(&self) -> String {
+        let mut n = self.rules.clone();
+        if let Some(r6) = &self.rules6 {
+            n.push('+');
+            n.push_str(Path::new(r6).file_name().map(|f| f.to_string_lossy()).unwrap_or_default().as_ref());
+        }
+        if self.profile_label() != self.mesh {
+            n.push('@');
+            n.push_str(&self.profile_label());
+        }
+        n
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let base = shared_root().join("third-party");
+        std::iter::once(&self.rules).chain(&self.rules6).map(|r| base.join(r)).collect()
+    }
+
+    /// The families tested: the case's, else the rule files'.
+    fn tested_families(&self) -> Vec<Family> {
+        match (&self.families, self.form) {
+            (Some(f), _) => f.clone(),
+            (None, Form::Restore) => {
+                let mut f = vec![Family::Ipv4];
+                if self.rules6.is_some() {
+                    f.push(Family::Ipv6);
+                }
+                f
+            }
+            (None, _) => Family::BOTH.to_vec(),
+        }
+    }
+
+    /// Problems a reader of the case file must fix (no root, no shared data).
+    fn check(&self, stems: &BTreeSet<String>) -> Vec<String> {
+        let mut bad = Vec::new();
+        let at = self.file.display();
+        if let Err(e) = self.profile() {
+            bad.push(e);
+        }
+        if (self.configured_as == ConfiguredAs::NeedsPolicy) != self.needs.is_some() {
+            bad.push(format!(
+                "{at}: `needs` says what a policy must express: give it exactly when configured_as is needs-policy"
+            ));
+        }
+        if self.configuration.trim().is_empty() {
+            bad.push(format!("{at}: configuration is empty: copy it from PROVENANCE.md"));
+        }
+        if !self.rules.starts_with(&format!("{}/", self.mesh)) {
+            bad.push(format!("{at}: rules {} is not under {}/", self.rules, self.mesh));
+        }
+        if self.rules6.is_some() && self.form != Form::Restore {
+            bad.push(format!("{at}: rules6 is for restore files only"));
+        }
+        let tested = self.tested_families();
+        for (what, map) in std::iter::once(("expect", &self.expect)).chain(self.half.as_ref().map(|h| ("half", h))) {
+            for (stem, f) in map {
+                if !stems.contains(stem) {
+                    bad.push(format!("{at}: {what}.{stem} is not a built-in scenario (known: {stems:?})"));
+                }
+                if f.fail.is_empty() || f.fail.iter().any(|x| !tested.contains(x)) {
+                    bad.push(format!(
+                        "{at}: {what}.{stem}.fail {:?} must be families this case tests ({tested:?})",
+                        f.fail
+                    ));
+                }
+                if f.why.trim().is_empty() {
+                    bad.push(format!("{at}: {what}.{stem}.why is empty: say why it fails"));
+                }
+            }
+        }
+        if self.half.as_ref().is_some_and(|h| h.is_empty()) {
+            bad.push(format!("{at}: half lists no failure: half the rules must break something"));
+        }
+        bad
+    }
+}
+
+/// The rule set with only the first half of each file's rule lines.
+fn halve(text: &str) -> String {
+    let is_rule = |l: &str| {
+        let t = l.trim_start();
+        !t.starts_with('#')
+            && (t.starts_with("-A ")
+                || t.starts_with("-I ")
+                || t.starts_with("add rule ")
+                || t.starts_with("insert rule ")
+                || t.contains(" -A ")
+                || t.contains(" -I "))
+    };
+    let keep = text.lines().filter(|l| is_rule(l)).count() / 2;
+    let mut seen = 0;
+    let mut out = String::new();
+    for line in text.lines() {
+        if is_rule(line) {
+            seen += 1;
+            if seen > keep {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Run the case (its rules, or `texts` in their place) and compare.
+fn run(case: &Case, scenarios: &[Scenario], expect: &BTreeMap<String, Fails>, half: bool) -> Result<(), Failed> {
+    let files = case.files();
+    let mut tmp: Vec<PathBuf> = Vec::new();
+    let paths: Vec<PathBuf> = if half {
+        let dir = std::env::temp_dir().join(format!("sidecheck-third-party-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        files
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?;
+                let name = format!("{}-half-{}", case.mesh, f.file_name().unwrap().to_string_lossy());
+                let p = dir.join(name);
+                std::fs::write(&p, halve(&text)).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                tmp.push(p.clone());
+                Ok(p)
+            })
+            .collect::<Result<_, String>>()?
+    } else {
+        files
+    };
+    let rules = match case.form {
+        Form::Restore => RuleSource::RestoreFiles { v4: Some(paths[0].clone()), v6: paths.get(1).cloned() },
+        Form::Script => RuleSource::Script(paths[0].clone()),
+        Form::Nft => RuleSource::NftFile(paths[0].clone()),
+    };
+    let backend = match case.backend {
+        BackendName::Nft => Backend::Nft,
+        BackendName::Legacy => Backend::Legacy,
+    };
+    let families = case.tested_families();
+    let mut topology = TopologyConfig::default();
+    topology.families.retain(|f| families.contains(f));
+    let config = SessionConfig { rules, backend, topology, profile: case.profile()?, ..SessionConfig::default() };
+    let session = Session::start(config);
+    for p in &tmp {
+        let _ = std::fs::remove_file(p);
+    }
+    let results = session.map_err(|e| format!("{}: {e}", case.file.display()))?.run(scenarios);
+
+    let stem = |scenario: &str| scenario.rsplit("::").next().unwrap_or(scenario).to_string();
+    let ran: BTreeSet<String> = results.iter().map(|r| r.family.clone()).collect();
+    let want_families: BTreeSet<String> = families.iter().map(|f| f.name().to_string()).collect();
+    if ran != want_families {
+        return Err(format!("{}: ran in {ran:?}, the case is for {want_families:?}", case.file.display()).into());
+    }
+    let failed: BTreeSet<String> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Fail)
+        .map(|r| format!("{}::{}", stem(&r.scenario), r.family))
+        .collect();
+    let want: BTreeSet<String> =
+        expect.iter().flat_map(|(s, f)| f.fail.iter().map(move |fam| format!("{s}::{}", fam.name()))).collect();
+    if failed == want {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "{} ({}{}, configuration: {}):\n  expected to fail: {want:?}\n  failed:           {failed:?}\n",
+        case.name(),
+        if half { "first half of the rules, " } else { "" },
+        case.file.display(),
+        case.configuration
+    );
+    for r in &results {
+        let key = format!("{}::{}", stem(&r.scenario), r.family);
+        match (want.contains(&key), r.outcome == Outcome::Fail) {
+            (true, false) => {
+                let why = &expect[&stem(&r.scenario)].why;
+                msg.push_str(&format!("  PASSED but expected to fail, because {why}: {key}\n"));
+            }
+            (false, true) => msg.push_str(&format!("  FAILED unexpectedly: {key}: {}\n", r.message)),
+            _ => {}
+        }
+    }
+    Err(msg.into())
+}
+
+fn main() {
+    if let Err(e) = registry::install_signal_cleanup() {
+        eprintln!("third_party: {e}");
+        std::process::exit(2);
+    }
+    let args = Arguments::from_args();
+    let scenarios = match scenario::builtin() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("third_party: the built-in scenarios do not load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cases = match load_cases() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("third_party: {e}");
+            std::process::exit(2);
+        }
+    };
+    let stems: BTreeSet<String> =
+        scenarios.iter().map(|s| s.name.rsplit("::").next().unwrap_or(&s.name).to_string()).collect();
+
+    let mut trials = Vec::new();
+    {
+        let cases = cases.clone();
+        trials.push(Trial::test("third-party::cases-are-sound", move || {
+            let bad: Vec<String> = cases.iter().flat_map(|c| c.check(&stems)).collect();
+            let mut names = BTreeSet::new();
+            let dup: Vec<String> = cases.iter().map(Case::name).filter(|n| !names.insert(n.clone())).collect();
+            match (bad.is_empty(), dup.is_empty()) {
+                (true, true) => Ok(()),
+                _ => Err(format!(
+                    "{}\n{}",
+                    bad.join("\n"),
+                    dup.iter().map(|d| format!("two cases named {d}")).collect::<Vec<_>>().join("\n")
+                )
+                .into()),
+            }
+        }));
+    }
+    {
+        let cases = cases.clone();
+        trials.push(Trial::ignorable_test("third-party::every-rule-set-has-a-case", move || {
+            let root = shared_root().join("third-party");
+            let dirs: Vec<PathBuf> = MESHES.iter().map(|m| root.join(m)).collect();
+            if let Err(skip) = need(&dirs) {
+                return skip;
+            }
+            let covered: BTreeSet<String> =
+                cases.iter().flat_map(|c| std::iter::once(c.rules.clone()).chain(c.rules6.clone())).collect();
+            let mut missing = Vec::new();
+            for mesh in MESHES {
+                let dir = root.join(mesh);
+                let entries = std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // raw/ holds the upstream originals the rule sets were wrapped from.
+                    if e.path().is_dir() || name == "PROVENANCE.md" || name == "LICENSE" {
+                        continue;
+                    }
+                    let rel = format!("{mesh}/{name}");
+                    if !covered.contains(&rel) {
+                        missing.push(rel);
+                    }
+                }
+            }
+            missing.sort();
+            match missing.is_empty() {
+                true => Ok(Completion::Completed),
+                false => {
+                    Err(format!("rule sets with no case in harness/testdata/third-party/: {}", missing.join(", "))
+                        .into())
+                }
+            }
+        }));
+    }
+    for case in cases {
+        let name = case.name();
+        let (c, s) = (case.clone(), scenarios.clone());
+        trials.push(Trial::ignorable_test(format!("third-party::{name}"), move || {
+            if let Err(skip) = need(&c.files()) {
+                return skip;
+            }
+            run(&c, &s, &c.expect, false).map(|()| Completion::Completed)
+        }));
+        if let Some(half) = case.half.clone() {
+            let s = scenarios.clone();
+            trials.push(Trial::ignorable_test(format!("third-party::half::{name}"), move || {
+                if let Err(skip) = need(&case.files()) {
+                    return skip;
+                }
+                run(&case, &s, &half, true).map(|()| Completion::Completed)
+            }));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
