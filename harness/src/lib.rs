@@ -9,6 +9,7 @@
 //! [`session`] ties them together.
 
 pub mod error;
+pub mod golden;
 pub mod nfnetlink;
 pub mod policy;
 pub mod probe;
