@@ -133,7 +133,11 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed> {
     }
     let marked = calls > 0 || groups.len() > 1;
     if !marked {
-        return Ok(if foreign.is_some() || broken.is_some() || blocks.is_empty() { Parsed::Other } else { Parsed::Plain });
+        return Ok(if foreign.is_some() || broken.is_some() || blocks.is_empty() {
+            Parsed::Other
+        } else {
+            Parsed::Plain
+        });
     }
     if let Some(line) = foreign {
         return Err(err(
@@ -265,7 +269,10 @@ mod tests {
             ("iptables-save\niptables -t nat -N X\n", "t.golden:2: `iptables -t nat -N X` is neither"),
             ("iptables-save\n", "t.golden: only recorded calls"),
             ("*nat\nCOMMIT\n*nat\nCOMMIT\n*nat\nCOMMIT\n", "t.golden:5: `* nat` is a third restore"),
-            ("iptables-save\n* nat\n-A X -s ::6/128 -j RETURN\nCOMMIT\n*nat\n-A X -d 10.1.1.1/32\nCOMMIT\n", "t.golden:3: `::6/128` is an IPv6 address, but this line is in the file's first restore"),
+            (
+                "iptables-save\n* nat\n-A X -s ::6/128 -j RETURN\nCOMMIT\n*nat\n-A X -d 10.1.1.1/32\nCOMMIT\n",
+                "t.golden:3: `::6/128` is an IPv6 address, but this line is in the file's first restore",
+            ),
             ("iptables-save\n*\nCOMMIT\n", "t.golden:2: `*` is not a table header"),
         ];
         for (text, want) in cases {
@@ -279,7 +286,8 @@ mod tests {
     #[test]
     fn mangled_input_never_panics_and_errors_are_located() {
         let seed: Vec<&str> = BOTH.lines().collect();
-        let pieces = ["* nat", "COMMIT", "iptables-save", "", "*", "* ", "-A X -d ::1", "-A X -d 1.2.3.4", "é", "\r", "#"];
+        let pieces =
+            ["* nat", "COMMIT", "iptables-save", "", "*", "* ", "-A X -d ::1", "-A X -d 1.2.3.4", "é", "\r", "#"];
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: usize| {
             state ^= state << 13;

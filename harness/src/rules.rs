@@ -306,7 +306,8 @@ impl RuleSource {
         };
         let whole = |p: &PathBuf| -> Result<Part> { Ok(Part { file: p.clone(), text: read(p)? }) };
         let part = |p: &PathBuf, r: &golden::Restore| Part { file: p.clone(), text: r.text.clone() };
-        let (r4, r6) = (v4.as_ref().map(dry_run).transpose()?.flatten(), v6.as_ref().map(dry_run).transpose()?.flatten());
+        let (r4, r6) =
+            (v4.as_ref().map(dry_run).transpose()?.flatten(), v6.as_ref().map(dry_run).transpose()?.flatten());
         if r4.is_none() && r6.is_none() {
             return Ok(RuleSource::RestoreFiles { v4, v6 });
         }
@@ -427,11 +428,17 @@ impl RuleSource {
         match (self, backend) {
             (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
             (
-                RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. },
+                RuleSource::Builtin(_)
+                | RuleSource::RestoreFiles { .. }
+                | RuleSource::Split { .. }
+                | RuleSource::Text { .. },
                 Backend::Nft | Backend::NftNative,
             ) => Frontend::IptablesNft,
             (
-                RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. },
+                RuleSource::Builtin(_)
+                | RuleSource::RestoreFiles { .. }
+                | RuleSource::Split { .. }
+                | RuleSource::Text { .. },
                 Backend::Legacy,
             ) => Frontend::IptablesLegacy,
             (RuleSource::NftFile(_), _) => Frontend::Nft,
@@ -461,8 +468,10 @@ impl RuleSource {
         if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
             return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
-        if let (RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. }, Backend::NftNative) =
-            (self, backend)
+        if let (
+            RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. },
+            Backend::NftNative,
+        ) = (self, backend)
         {
             return Err(Error::config("restore files are installed with iptables: use --backend nft or legacy (or give a native ruleset with --nft)"));
         }
