@@ -22,7 +22,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
 pub fn data_root() -> PathBuf {
     match std::env::var_os("SIDECHECK_SHARED") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        // harness/ -> the workspace -> beside it.
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap_or(Path::new("/")).join("shared"),
     }
 }
 
