@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
 
@@ -70,11 +70,12 @@ pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
                 Err(Failed::from(format!("{why} (SIDECHECK_REQUIRE_SHARED=1: absence fails)")))
             }),
             Some(why) => {
-                // Ignored when listed, so nextest and `--ignored` see it as
-                // such; run anyway (--include-ignored), ignored with the reason.
-                let t = Trial::ignorable_test(name, {
+                // Ignored when listed, so libtest, nextest and `--ignored` see
+                // it as such. Run anyway (--include-ignored, nextest
+                // --run-ignored), it fails with the reason: a pass would lie.
+                let t = Trial::test(name, {
                     let why = why.clone();
-                    move || Ok(Completion::ignored_with(why))
+                    move || Err(Failed::from(why))
                 })
                 .with_ignored_flag(true);
                 if !args.list && !args.is_filtered_out(&t) {
