@@ -910,6 +910,41 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_files_are_split_and_scripts_stay_scripts() {
+        let dir = std::env::temp_dir().join(format!("sidecheck-dryrun-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let both = write(
+            "both.golden",
+            "iptables-save\n* nat\n-A OUTPUT -d 10.0.0.1/32 -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -d ::1/128 -j RETURN\nCOMMIT\n",
+        );
+        let plain = write("plain.rules", "*nat\n-A OUTPUT -j RETURN\nCOMMIT\n");
+        let script = write("s.sh", "iptables-restore <<EOF\n*nat\n-A OUTPUT -j RETURN\nCOMMIT\nEOF\n");
+        let source = RuleSource::from_rule_files(Some(both.clone()), None).unwrap();
+        let RuleSource::Split { v4: Some(v4), v6: Some(v6) } = &source else { panic!("{source:?}") };
+        assert!(v4.text.contains("10.0.0.1") && !v4.text.contains("::1") && !v4.text.contains("save"));
+        assert!(v6.text.contains("::1/128") && !v6.text.contains("10.0.0.1"));
+        assert_eq!(source.families(), Family::BOTH);
+        assert_eq!(source.describe(), both.display().to_string());
+        assert!(matches!(
+            RuleSource::from_rule_files(Some(plain.clone()), None).unwrap(),
+            RuleSource::RestoreFiles { .. }
+        ));
+        let e = RuleSource::from_rule_files(Some(both.clone()), Some(plain.clone())).unwrap_err().to_string();
+        assert!(e.contains("both.golden:5: this file has IPv6 blocks too") && e.contains("drop --rules6"), "{e}");
+        let e = RuleSource::from_rule_files(None, Some(both.clone())).unwrap_err().to_string();
+        assert!(e.contains("give it with --rules"), "{e}");
+        assert!(matches!(RuleSource::from_script_file(script).unwrap(), RuleSource::Script(_)));
+        assert!(matches!(RuleSource::from_script_file(both).unwrap(), RuleSource::Split { .. }));
+        assert!(matches!(RuleSource::from_script_file(plain).unwrap(), RuleSource::RestoreFiles { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn labels_name_the_rule_set() {
         assert_eq!(RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)).label(), "istio-classic");
         assert_eq!(RuleSource::NftFile("/x/istio.nft".into()).label(), "istio");
