@@ -10,6 +10,7 @@
 
 pub mod annotate;
 pub mod error;
+pub mod golden;
 pub mod nfnetlink;
 pub mod policy;
 pub mod probe;

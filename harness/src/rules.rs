@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::golden;
 use crate::topology::{Family, Namespace};
 use crate::{Error, Result};
 
@@ -251,6 +252,10 @@ pub enum RuleSource {
     /// iptables-restore input for IPv4 and/or ip6tables-restore input for
     /// IPv6, installed with the run's backend.
     RestoreFiles { v4: Option<PathBuf>, v6: Option<PathBuf> },
+    /// Restore input cut out of files as they were read: Istio's dry-run /
+    /// golden format holds both families' blocks in one file
+    /// ([`crate::golden`]). Built by [`RuleSource::from_rule_files`].
+    Split { v4: Option<Part>, v6: Option<Part> },
     /// A native nftables ruleset, installed with `nft -f`.
     NftFile(PathBuf),
     /// A shell script of iptables/nft/ip commands (the form
@@ -263,6 +268,13 @@ pub enum RuleSource {
     /// policy's reference rules): `label` selects `expect.paths`, `what`
     /// names it in reports.
     Text { label: String, what: String, v4: Option<String>, v6: Option<String> },
+}
+
+/// One family's restore input and the file it came from (its line numbers).
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub file: PathBuf,
+    pub text: String,
 }
 
 /// Which netfilter front end the rules land in, as far as the harness can
@@ -281,11 +293,77 @@ impl RuleSource {
         RuleSource::RestoreFiles { v4: Some(path.into()), v6: None }
     }
 
+    /// What `--rules FILE` / `--rules6 FILE` name: restore files as they
+    /// are, unless one is in Istio's dry-run format, which is split per
+    /// family here (IPv4 blocks first, then IPv6).
+    pub fn from_rule_files(v4: Option<PathBuf>, v6: Option<PathBuf>) -> Result<RuleSource> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err });
+        let dry_run = |p: &PathBuf| -> Result<Option<Vec<golden::Restore>>> {
+            match golden::parse(&read(p)?, &p.display().to_string())? {
+                golden::Parsed::DryRun(r) => Ok(Some(r)),
+                golden::Parsed::Plain | golden::Parsed::Other => Ok(None),
+            }
+        };
+        let whole = |p: &PathBuf| -> Result<Part> { Ok(Part { file: p.clone(), text: read(p)? }) };
+        let part = |p: &PathBuf, r: &golden::Restore| Part { file: p.clone(), text: r.text.clone() };
+        let (r4, r6) =
+            (v4.as_ref().map(dry_run).transpose()?.flatten(), v6.as_ref().map(dry_run).transpose()?.flatten());
+        if r4.is_none() && r6.is_none() {
+            return Ok(RuleSource::RestoreFiles { v4, v6 });
+        }
+        let (mut p4, mut p6) = (None, None);
+        if let (Some(p), Some(r)) = (&v4, &r4) {
+            for x in r {
+                match x.family {
+                    Family::Ipv4 => p4 = Some(part(p, x)),
+                    Family::Ipv6 => p6 = Some(part(p, x)),
+                }
+            }
+            if let (Some(q), Some(x)) = (&v6, r.iter().find(|x| x.family == Family::Ipv6)) {
+                return Err(Error::config(format!(
+                    "{}:{}: this file has IPv6 blocks too (Istio's dry-run format: IPv4 blocks, then IPv6 from this line), and --rules6 {} gives IPv6 rules as well: drop --rules6, or give --rules a file with IPv4 blocks only",
+                    p.display(),
+                    x.line,
+                    q.display()
+                )));
+            }
+        } else if let Some(p) = &v4 {
+            p4 = Some(whole(p)?);
+        }
+        if let (Some(p), Some(r)) = (&v6, &r6) {
+            // --rules6 says the family; a file holding two restores belongs to --rules.
+            if r.len() > 1 {
+                return Err(Error::config(format!(
+                    "{}:{}: --rules6 got a file with an IPv4 and an IPv6 restore (Istio's dry-run format): give it with --rules, which splits it per family",
+                    p.display(),
+                    r[1].line
+                )));
+            }
+            p6 = Some(part(p, &r[0]));
+        } else if let Some(p) = &v6 {
+            p6 = Some(whole(p)?);
+        }
+        Ok(RuleSource::Split { v4: p4, v6: p6 })
+    }
+
+    /// What `--script FILE` names: a shell script, unless the file is restore
+    /// input (iptables-restore's, or Istio's dry-run format), which no shell
+    /// can run and which is then installed as `--rules` would install it.
+    pub fn from_script_file(path: PathBuf) -> Result<RuleSource> {
+        let text = std::fs::read_to_string(&path).map_err(|err| Error::Read { path: path.clone(), err })?;
+        match golden::parse(&text, &path.display().to_string())? {
+            golden::Parsed::Other => Ok(RuleSource::Script(path)),
+            golden::Parsed::Plain => Ok(RuleSource::RestoreFiles { v4: Some(path), v6: None }),
+            golden::Parsed::DryRun(_) => RuleSource::from_rule_files(Some(path), None),
+        }
+    }
+
     /// The families this source has rules for: restore files only for the
     /// families given; every other source for both.
     pub fn families(&self) -> Vec<Family> {
         match self {
             RuleSource::RestoreFiles { v4, v6 } => given(v4.is_some(), v6.is_some()),
+            RuleSource::Split { v4, v6 } => given(v4.is_some(), v6.is_some()),
             RuleSource::Text { v4, v6, .. } => given(v4.is_some(), v6.is_some()),
             _ => Family::BOTH.to_vec(),
         }
@@ -295,6 +373,11 @@ impl RuleSource {
         // (Text has none: its rules were read with its profile.)
         match self {
             RuleSource::RestoreFiles { v4, v6 } => v4.iter().chain(v6.iter()).collect(),
+            RuleSource::Split { v4, v6 } => {
+                let mut files: Vec<&PathBuf> = v4.iter().chain(v6.iter()).map(|p| &p.file).collect();
+                files.dedup();
+                files
+            }
             RuleSource::NftFile(p) | RuleSource::Script(p) => vec![p],
             _ => vec![],
         }
@@ -314,6 +397,10 @@ impl RuleSource {
                 let names: Vec<String> = v4.iter().chain(v6.iter()).map(|p| p.display().to_string()).collect();
                 names.join(" + ")
             }
+            RuleSource::Split { .. } => {
+                let names: Vec<String> = self.files().iter().map(|p| p.display().to_string()).collect();
+                names.join(" + ")
+            }
             RuleSource::NftFile(p) => format!("nft ruleset {}", p.display()),
             RuleSource::Script(p) => format!("script {}", p.display()),
             RuleSource::Generator(c) => format!("generator `{c}`"),
@@ -330,6 +417,7 @@ impl RuleSource {
                 Shape::Classic => "istio-classic".into(),
             },
             RuleSource::RestoreFiles { v4, v6 } => v4.as_ref().or(v6.as_ref()).map(|p| stem(p)).unwrap_or_default(),
+            RuleSource::Split { v4, v6 } => v4.as_ref().or(v6.as_ref()).map(|p| stem(&p.file)).unwrap_or_default(),
             RuleSource::NftFile(p) | RuleSource::Script(p) => stem(p),
             RuleSource::Generator(_) => "generator".into(),
             RuleSource::Text { label, .. } => label.clone(),
@@ -340,12 +428,19 @@ impl RuleSource {
         match (self, backend) {
             (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
             (
-                RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. },
+                RuleSource::Builtin(_)
+                | RuleSource::RestoreFiles { .. }
+                | RuleSource::Split { .. }
+                | RuleSource::Text { .. },
                 Backend::Nft | Backend::NftNative,
             ) => Frontend::IptablesNft,
-            (RuleSource::Builtin(_) | RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::Legacy) => {
-                Frontend::IptablesLegacy
-            }
+            (
+                RuleSource::Builtin(_)
+                | RuleSource::RestoreFiles { .. }
+                | RuleSource::Split { .. }
+                | RuleSource::Text { .. },
+                Backend::Legacy,
+            ) => Frontend::IptablesLegacy,
             (RuleSource::NftFile(_), _) => Frontend::Nft,
             (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
         }
@@ -373,7 +468,11 @@ impl RuleSource {
         if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
             return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
-        if let (RuleSource::RestoreFiles { .. } | RuleSource::Text { .. }, Backend::NftNative) = (self, backend) {
+        if let (
+            RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. },
+            Backend::NftNative,
+        ) = (self, backend)
+        {
             return Err(Error::config("restore files are installed with iptables: use --backend nft or legacy (or give a native ruleset with --nft)"));
         }
         match self.frontend(backend) {
@@ -433,6 +532,20 @@ impl RuleSource {
                     if let (Some(p), true) = (file, families.contains(&f)) {
                         let t = backend.restore_tool_for(f);
                         steps.push((p.display().to_string(), t.into(), find_tool(t, "iptables")?, vec![], read(p)?));
+                    }
+                }
+            }
+            RuleSource::Split { v4, v6 } => {
+                for (f, part) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
+                    if let (Some(p), true) = (part, families.contains(&f)) {
+                        let tool = backend.restore_tool_for(f);
+                        steps.push((
+                            format!("{} ({})", p.file.display(), f.name()),
+                            tool.into(),
+                            find_tool(tool, "iptables")?,
+                            vec![],
+                            p.text.clone(),
+                        ));
                     }
                 }
             }
@@ -794,6 +907,41 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let e = RuleSource::Generator(" ".into()).check(Backend::Nft).unwrap_err().to_string();
         assert!(e.contains("--generator is empty"), "{e}");
+    }
+
+    #[test]
+    fn dry_run_files_are_split_and_scripts_stay_scripts() {
+        let dir = std::env::temp_dir().join(format!("sidecheck-dryrun-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let both = write(
+            "both.golden",
+            "iptables-save\n* nat\n-A OUTPUT -d 10.0.0.1/32 -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -d ::1/128 -j RETURN\nCOMMIT\n",
+        );
+        let plain = write("plain.rules", "*nat\n-A OUTPUT -j RETURN\nCOMMIT\n");
+        let script = write("s.sh", "iptables-restore <<EOF\n*nat\n-A OUTPUT -j RETURN\nCOMMIT\nEOF\n");
+        let source = RuleSource::from_rule_files(Some(both.clone()), None).unwrap();
+        let RuleSource::Split { v4: Some(v4), v6: Some(v6) } = &source else { panic!("{source:?}") };
+        assert!(v4.text.contains("10.0.0.1") && !v4.text.contains("::1") && !v4.text.contains("save"));
+        assert!(v6.text.contains("::1/128") && !v6.text.contains("10.0.0.1"));
+        assert_eq!(source.families(), Family::BOTH);
+        assert_eq!(source.describe(), both.display().to_string());
+        assert!(matches!(
+            RuleSource::from_rule_files(Some(plain.clone()), None).unwrap(),
+            RuleSource::RestoreFiles { .. }
+        ));
+        let e = RuleSource::from_rule_files(Some(both.clone()), Some(plain.clone())).unwrap_err().to_string();
+        assert!(e.contains("both.golden:5: this file has IPv6 blocks too") && e.contains("drop --rules6"), "{e}");
+        let e = RuleSource::from_rule_files(None, Some(both.clone())).unwrap_err().to_string();
+        assert!(e.contains("give it with --rules"), "{e}");
+        assert!(matches!(RuleSource::from_script_file(script).unwrap(), RuleSource::Script(_)));
+        assert!(matches!(RuleSource::from_script_file(both).unwrap(), RuleSource::Split { .. }));
+        assert!(matches!(RuleSource::from_script_file(plain).unwrap(), RuleSource::RestoreFiles { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

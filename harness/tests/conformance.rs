@@ -467,6 +467,25 @@ fn prefix_in(message: &str) -> Option<String> {
     Some(name.trim_end_matches(host).to_string())
 }
 
+const INTENDED_PANIC: &str = "intentional panic: a trial panicking while its session is alive";
+
+thread_local! {
+    /// Set on the thread of the trial that panics on purpose, while it does.
+    static EXPECTING_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Print every panic as before except the one trial's intended panic, so a
+/// passing run shows no panic text and a failing one still shows its own.
+fn quiet_intended_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let intended = info.payload().downcast_ref::<&str>() == Some(&INTENDED_PANIC);
+        if !(intended && EXPECTING_PANIC.get()) {
+            default(info);
+        }
+    }));
+}
+
 /// Setup failures: a clear error naming what to fix, and nothing left behind.
 fn fault_trials() -> Vec<Trial> {
     let setup_fails = |name: &'static str, config: SessionConfig, says: &'static [&'static str]| {
@@ -515,13 +534,20 @@ fn fault_trials() -> Vec<Trial> {
         ),
         Trial::test("faults::a-panicking-trial-cleans-up-its-topology", || {
             let prefix = std::sync::Mutex::new(String::new());
+            EXPECTING_PANIC.set(true);
             let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let session = Session::start(SessionConfig::default()).expect("session");
                 *prefix.lock().unwrap() = session.prefix().to_string();
-                panic!("intentional panic (faults::a-panicking-trial-cleans-up-its-topology): a trial panicking while its session is alive");
+                std::panic::panic_any(INTENDED_PANIC);
             }));
-            if unwound.is_ok() {
-                return Err("the closure did not panic".into());
+            EXPECTING_PANIC.set(false);
+            match unwound {
+                Ok(()) => return Err("the closure did not panic".into()),
+                Err(p) if p.downcast_ref::<&str>() == Some(&INTENDED_PANIC) => {}
+                Err(p) => {
+                    let what = p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string()));
+                    return Err(format!("panicked before the intended panic: {}", what.unwrap_or_default()).into());
+                }
             }
             let prefix = prefix.into_inner().unwrap();
             let left = registry::namespaces_of(&prefix);
@@ -638,6 +664,7 @@ fn main() {
         std::process::exit(2);
     }
     let args = Arguments::from_args();
+    quiet_intended_panic();
     let scenarios = match scenario::builtin() {
         Ok(s) => s,
         Err(e) => {

@@ -93,7 +93,8 @@ struct TraceArgs {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("source").multiple(false)))]
 struct RulesArgs {
-    /// An iptables-restore file (IPv4) to test instead of the built-in Istio rules.
+    /// An iptables-restore file (IPv4) to test instead of the built-in Istio
+    /// rules, or Istio's dry-run/golden output (both families, split here).
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
     /// An ip6tables-restore file (IPv6), alone or beside --rules.
@@ -102,8 +103,8 @@ struct RulesArgs {
     /// A native nftables ruleset (`nft -f` input).
     #[arg(long, value_name = "FILE", group = "source", conflicts_with_all = ["rules", "rules6"])]
     nft: Option<PathBuf>,
-    /// A shell script of iptables/ip6tables/nft/ip commands (what
-    /// `istio-iptables --dry-run` prints), run with sh in the pod.
+    /// A shell script of iptables/ip6tables/nft/ip commands, run with sh in
+    /// the pod (restore input or Istio's dry-run output is installed as --rules).
     #[arg(long, value_name = "FILE", group = "source", conflicts_with_all = ["rules", "rules6"])]
     script: Option<PathBuf>,
     /// A generator command line, run with `sh -c` inside the pod once the
@@ -144,11 +145,18 @@ impl RulesArgs {
 
     fn source(&self, profile: &Profile) -> anyhow::Result<RuleSource> {
         Ok(if self.rules.is_some() || self.rules6.is_some() {
-            RuleSource::RestoreFiles { v4: self.rules.clone(), v6: self.rules6.clone() }
+            RuleSource::from_rule_files(self.rules.clone(), self.rules6.clone())?
         } else if let Some(p) = &self.nft {
             RuleSource::NftFile(p.clone())
         } else if let Some(p) = &self.script {
-            RuleSource::Script(p.clone())
+            let source = RuleSource::from_script_file(p.clone())?;
+            if !matches!(source, RuleSource::Script(_)) {
+                eprintln!(
+                    "sidecheck: {} is restore input (iptables-restore or Istio's dry-run format), not a shell script: installed as --rules installs it",
+                    p.display()
+                );
+            }
+            source
         } else if let Some(c) = &self.generator {
             RuleSource::Generator(c.clone())
         } else if profile.name == "istio" {

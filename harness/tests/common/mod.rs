@@ -1,0 +1,167 @@
+//! What test files share: where the project's shared data lives (third-party
+//! rule sets this repository does not carry), trials that need it, and
+//! running the `sidecheck` binary with the check that a run left nothing.
+//!
+//! Shared data: `$SIDECHECK_SHARED` if set, else `<workspace>/../shared`. A
+//! trial names the paths it needs; when one is absent the trial is reported
+//! ignored with one line saying which and how to get it, unless
+//! `SIDECHECK_REQUIRE_SHARED=1` (CI), where absence is a failure.
+//!
+//! Use from a libtest-mimic target (`harness = false`): `mod common;`, build
+//! trials with [`data_trials`].
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+
+/// The shared data root.
+pub fn data_root() -> PathBuf {
+    match std::env::var_os("SIDECHECK_SHARED") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        // harness/ -> the workspace -> beside it.
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap_or(Path::new("/")).join("shared"),
+    }
+}
+
+fn required() -> bool {
+    std::env::var("SIDECHECK_REQUIRE_SHARED").is_ok_and(|v| v == "1")
+}
+
+/// Why a trial needing `needs` (paths under the data root) cannot run, if it cannot.
+pub fn missing(needs: &[&str]) -> Option<String> {
+    let root = data_root();
+    let absent: Vec<&&str> = needs.iter().filter(|p| !root.join(p).exists()).collect();
+    let first = absent.first()?;
+    let more = match absent.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Some(format!(
+        "needs {first}{more} under {} (not found): put ../shared beside the checkout or set SIDECHECK_SHARED=DIR",
+        root.display()
+    ))
+}
+
+/// A test that needs shared data: its name, the paths (under the data root)
+/// it reads, and its body, which fails by panicking like a #[test].
+pub struct DataTest {
+    pub name: &'static str,
+    pub needs: &'static [&'static str],
+    pub body: fn(&Path),
+}
+
+/// Trials for `tests`: each runs on the data root when every path it needs
+/// is there; otherwise it is ignored, with one stderr line giving the reason
+/// (libtest prints a bare `ignored` for it, nextest SKIP), or fails under
+/// SIDECHECK_REQUIRE_SHARED=1.
+pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for DataTest { name, needs, body } in tests {
+        let trial = match missing(needs) {
+            None => Trial::test(name, move || {
+                body(&data_root());
+                Ok(())
+            }),
+            Some(why) if required() => Trial::test(name, move || {
+                Err(Failed::from(format!("{why} (SIDECHECK_REQUIRE_SHARED=1: absence fails)")))
+            }),
+            Some(why) => {
+                // Ignored when listed, so libtest, nextest and `--ignored` see
+                // it as such. Run anyway (--include-ignored, nextest
+                // --run-ignored), it fails with the reason: a pass would lie.
+                let t = Trial::test(name, {
+                    let why = why.clone();
+                    move || Err(Failed::from(why))
+                })
+                .with_ignored_flag(true);
+                if !args.list && !args.is_filtered_out(&t) {
+                    eprintln!("ignored {name}: {why}");
+                }
+                t
+            }
+        };
+        trials.push(trial);
+    }
+    trials
+}
+
+pub fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root: these tests build network namespaces (cargo test runs them through ci/as-root)"
+    );
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("sidecheck was killed by a signal")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sidecheck-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pids of stub processes started by the sidecheck process `pid`.
+fn stubs_of_pid(pid: u32) -> Vec<u32> {
+    let marker = format!("/run/sidecheck/sidecheck-{pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker))
+        })
+        .collect()
+}
+
+/// Run `sidecheck args`, then check the run left no namespace, run file or stub.
+pub fn run_checked(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let what = format!("sidecheck {args:?}");
+    let left = harness::registry::namespaces_of(&format!("sidecheck-{pid}"));
+    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
+    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");
+    let stubs = stubs_of_pid(pid);
+    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
+    out
+}
