@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use netns_rs::NetNs;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,21 @@ pub enum Host {
     /// A host behind the local pod's extra interface number N (1..=4): a VM
     /// of a KubeVirt pod, or a network the pod reaches off eth0.
     Side(u8),
+}
+
+/// An address request; IPv6 ones with IFA_F_NODAD. accept_dad=0 alone is not
+/// enough: the kernel still marks a new address tentative until its DAD work
+/// item runs, and on a loaded machine that can be late enough for a stub's
+/// bind to fail (EADDRNOTAVAIL) or a probe's SYN to be dropped. NODAD
+/// addresses are never tentative.
+fn address_add(h: &rtnetlink::Handle, index: u32, ip: IpAddr, len: u8) -> rtnetlink::AddressAddRequest {
+    let mut req = h.address().add(index, ip, len);
+    if ip.is_ipv6() {
+        let m = req.message_mut();
+        m.header.flags |= AddressHeaderFlags::Nodad;
+        m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req
 }
 
 impl Host {
@@ -466,8 +482,7 @@ impl Topology {
             let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
             for ip in topo.config.local_extra.iter().filter(|ip| topo.config.families.contains(&Family::of(**ip))) {
                 let len = if ip.is_ipv4() { 32 } else { 128 };
-                pod.address()
-                    .add(LO_INDEX, *ip, len)
+                address_add(&pod, LO_INDEX, *ip, len)
                     .execute()
                     .await
                     .map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
@@ -531,15 +546,13 @@ impl Topology {
             .map_err(netlink_err("creating bridge br0", node_ns))?;
         let br0 = link_index(&node, "br0").await.map_err(netlink_err("looking up br0", node_ns))?;
         if v4 {
-            node.address()
-                .add(br0, self.config.address(Host::Node).into(), plen)
+            address_add(&node, br0, self.config.address(Host::Node).into(), plen)
                 .execute()
                 .await
                 .map_err(netlink_err("adding the node address to br0", node_ns))?;
         }
         if v6 {
-            node.address()
-                .add(br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.1)
+            address_add(&node, br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.1)
                 .execute()
                 .await
                 .map_err(netlink_err("adding the node IPv6 address to br0", node_ns))?;
@@ -572,8 +585,7 @@ impl Topology {
                 .await
                 .map_err(netlink_err("setting eth0 up", pod_ns))?;
             if v4 {
-                h.address()
-                    .add(POD_ETH0_INDEX, self.config.address(pod).into(), plen)
+                address_add(&h, POD_ETH0_INDEX, self.config.address(pod).into(), plen)
                     .execute()
                     .await
                     .map_err(netlink_err("adding the pod address to eth0", pod_ns))?;
@@ -585,8 +597,7 @@ impl Topology {
                     .map_err(netlink_err("adding the default route via the node", pod_ns))?;
             }
             if v6 {
-                h.address()
-                    .add(POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.1)
+                address_add(&h, POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.1)
                     .execute()
                     .await
                     .map_err(netlink_err("adding the pod IPv6 address to eth0", pod_ns))?;
@@ -597,8 +608,7 @@ impl Topology {
                     .await
                     .map_err(netlink_err("adding the IPv6 default route via the node", pod_ns))?;
                 if pod == Host::LocalPod {
-                    h.address()
-                        .add(LO_INDEX, self.config.passthrough6.into(), 128)
+                    address_add(&h, LO_INDEX, self.config.passthrough6.into(), 128)
                         .execute()
                         .await
                         .map_err(netlink_err("adding the IPv6 inbound passthrough address to lo", pod_ns))?;
@@ -642,13 +652,11 @@ impl Topology {
             for f in self.config.families.iter().copied() {
                 let (at_pod, at_side) = TopologyConfig::link_addresses(k, f);
                 let len = if f == Family::Ipv4 { 24 } else { 64 };
-                pod.address()
-                    .add(index, at_pod, len)
+                address_add(&pod, index, at_pod, len)
                     .execute()
                     .await
                     .map_err(netlink_err(format!("adding {at_pod} to {name}"), pod_ns))?;
-                h.address()
-                    .add(POD_ETH0_INDEX, at_side, len)
+                address_add(&h, POD_ETH0_INDEX, at_side, len)
                     .execute()
                     .await
                     .map_err(netlink_err(format!("adding {at_side} to eth0"), side_ns))?;
@@ -705,9 +713,7 @@ impl Topology {
             let doing = format!("adding {ip} to lo");
             match ip {
                 IpAddr::V4(a) => {
-                    remote
-                        .address()
-                        .add(LO_INDEX, (*a).into(), 32)
+                    address_add(&remote, LO_INDEX, (*a).into(), 32)
                         .execute()
                         .await
                         .map_err(netlink_err(doing, remote_ns))?;
@@ -722,9 +728,7 @@ impl Topology {
                         .map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
                 }
                 IpAddr::V6(a) => {
-                    remote
-                        .address()
-                        .add(LO_INDEX, (*a).into(), 128)
+                    address_add(&remote, LO_INDEX, (*a).into(), 128)
                         .execute()
                         .await
                         .map_err(netlink_err(doing, remote_ns))?;
