@@ -17,6 +17,7 @@
 //! when it is absent the trials that need it are ignored, saying which path
 //! is missing, or fail when `SIDECHECK_REQUIRE_SHARED=1` (CI).
 
+mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -97,18 +98,12 @@ fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/third-party")
 }
 
-fn shared_root() -> PathBuf {
-    std::env::var_os("SIDECHECK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
-
 /// `Ok(())` when every path exists; otherwise the ignore (or, under
 /// SIDECHECK_REQUIRE_SHARED=1, the failure) naming the first missing one.
 fn need(paths: &[PathBuf]) -> Result<(), Result<Completion, Failed>> {
     let Some(missing) = paths.iter().find(|p| !p.exists()) else { return Ok(()) };
     let why = format!("missing {}: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", missing.display());
-    if std::env::var("SIDECHECK_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
+    if common::required() {
         return Err(Err(format!("{why} (SIDECHECK_REQUIRE_SHARED=1)").into()));
     }
     Err(Ok(Completion::ignored_with(why)))
@@ -165,7 +160,7 @@ impl Case {
     }
 
     fn files(&self) -> Vec<PathBuf> {
-        let base = shared_root().join("third-party");
+        let base = common::data_root().join("third-party");
         std::iter::once(&self.rules).chain(&self.rules6).map(|r| base.join(r)).collect()
     }
 
@@ -378,7 +373,7 @@ fn main() {
     {
         let cases = cases.clone();
         trials.push(Trial::ignorable_test("third-party::every-rule-set-has-a-case", move || {
-            let root = shared_root().join("third-party");
+            let root = common::data_root().join("third-party");
             let dirs: Vec<PathBuf> = MESHES.iter().map(|m| root.join(m)).collect();
             if let Err(skip) = need(&dirs) {
                 return skip;

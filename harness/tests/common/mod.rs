@@ -27,7 +27,8 @@ pub fn data_root() -> PathBuf {
     }
 }
 
-fn required() -> bool {
+/// Whether absent data fails (CI) instead of ignoring.
+pub fn required() -> bool {
     std::env::var("SIDECHECK_REQUIRE_SHARED").is_ok_and(|v| v == "1")
 }
 
