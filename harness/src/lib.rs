@@ -8,6 +8,8 @@
 //! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
 //! [`session`] ties them together.
 
+pub mod decision;
+pub mod diff;
 pub mod error;
 pub mod nfnetlink;
 pub mod policy;
