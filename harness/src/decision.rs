@@ -190,32 +190,58 @@ fn from_iptables(text: &str) -> Meaning {
                 i += 1;
                 continue;
             }
-            "-s" | "--source" | "--src" => { m.insert(atom(neg, "saddr", addresses(&val))); },
-            "-d" | "--destination" | "--dst" => { m.insert(atom(neg, "daddr", addresses(&val))); },
-            "-i" | "--in-interface" => { m.insert(atom(neg, "iif", val)); },
-            "-o" | "--out-interface" => { m.insert(atom(neg, "oif", val)); },
-            "-p" | "--protocol" => { m.insert(atom(neg, "proto", proto(&val))); },
+            "-s" | "--source" | "--src" => {
+                m.insert(atom(neg, "saddr", addresses(&val)));
+            }
+            "-d" | "--destination" | "--dst" => {
+                m.insert(atom(neg, "daddr", addresses(&val)));
+            }
+            "-i" | "--in-interface" => {
+                m.insert(atom(neg, "iif", val));
+            }
+            "-o" | "--out-interface" => {
+                m.insert(atom(neg, "oif", val));
+            }
+            "-p" | "--protocol" => {
+                m.insert(atom(neg, "proto", proto(&val)));
+            }
             "-m" | "--match" => {
                 last_match = val.clone();
                 match val.as_str() {
-                    "tcp" | "udp" | "multiport" | "owner" | "mark" | "connmark" | "conntrack" | "state"
-                    | "comment" | "addrtype" => {}
-                    other => { m.insert(format!("match {other}")); },
+                    "tcp" | "udp" | "multiport" | "owner" | "mark" | "connmark" | "conntrack" | "state" | "comment"
+                    | "addrtype" => {}
+                    other => {
+                        m.insert(format!("match {other}"));
+                    }
                 }
             }
             "--dport" | "--destination-port" | "--dports" | "--destination-ports" => {
-                { m.insert(atom(neg, "dport", ports(&val))); }
+                m.insert(atom(neg, "dport", ports(&val)));
             }
             "--sport" | "--source-port" | "--sports" | "--source-ports" => {
-                { m.insert(atom(neg, "sport", ports(&val))); }
+                m.insert(atom(neg, "sport", ports(&val)));
             }
-            "--uid-owner" => { m.insert(atom(neg, "uid", val)); },
-            "--gid-owner" => { m.insert(atom(neg, "gid", val)); },
-            "--mark" if last_match == "connmark" => { m.insert(atom(neg, "ctmark", mark(&val))); },
-            "--mark" => { m.insert(atom(neg, "mark", mark(&val))); },
-            "--ctstate" | "--state" => { m.insert(atom(neg, "ctstate", states(&val))); },
-            "--dst-type" => { m.insert(atom(neg, "daddr-type", val.to_ascii_lowercase())); },
-            "--src-type" => { m.insert(atom(neg, "saddr-type", val.to_ascii_lowercase())); },
+            "--uid-owner" => {
+                m.insert(atom(neg, "uid", val));
+            }
+            "--gid-owner" => {
+                m.insert(atom(neg, "gid", val));
+            }
+            "--mark" if last_match == "connmark" => {
+                m.insert(atom(neg, "ctmark", mark(&val)));
+            }
+            "--mark" => {
+                m.insert(atom(neg, "mark", mark(&val)));
+            }
+            "--ctstate" | "--state" => {
+                m.insert(atom(neg, "ctstate", states(&val)));
+            }
+            "--dst-type" => {
+                m.insert(atom(neg, "daddr-type", val.to_ascii_lowercase()));
+            }
+            "--src-type" => {
+                m.insert(atom(neg, "saddr-type", val.to_ascii_lowercase()));
+            }
             "--comment" => {}
             "-j" | "--jump" | "-g" | "--goto" => {
                 let opts = &w[i + 2..];
@@ -250,7 +276,9 @@ fn from_iptables(text: &str) -> Meaning {
                     )),
                     "CONNMARK" if has("--save-mark") => Action::Continues("ct mark set mark".into()),
                     "CONNMARK" if has("--restore-mark") => Action::Continues("mark set ct mark".into()),
-                    "CONNMARK" => Action::Continues(format!("ct mark set {}", mark(&opt(&["--set-mark"]).unwrap_or_default()))),
+                    "CONNMARK" => {
+                        Action::Continues(format!("ct mark set {}", mark(&opt(&["--set-mark"]).unwrap_or_default())))
+                    }
                     "CT" => Action::Continues(format!("ct zone set {}", opt(&["--zone"]).unwrap_or_default())),
                     "LOG" | "NFLOG" | "TRACE" => Action::Continues(val.to_ascii_lowercase()),
                     chain => Action::Jump(chain.to_string()),
@@ -351,7 +379,8 @@ fn from_nft(text: &str) -> Meaning {
                 let what = w.get(i + 1).cloned().unwrap_or_default();
                 if w.get(i + 2).map(String::as_str) == Some("set") {
                     let v = w.get(i + 3).cloned().unwrap_or_default();
-                    continues.push(format!("ct {what} set {}", if what == "mark" && v == "mark" { v } else { mark(&v) }));
+                    continues
+                        .push(format!("ct {what} set {}", if what == "mark" && v == "mark" { v } else { mark(&v) }));
                     i += 4;
                 } else {
                     let (neg, v, n) = value(i + 2);
@@ -408,7 +437,10 @@ fn from_nft(text: &str) -> Meaning {
                 }
                 let to = w.get(k + 1).cloned().unwrap_or_default();
                 let (at, port) = to.rsplit_once(':').unwrap_or(("", &to));
-                tproxy = Some(format!("tproxy to {}:{port}", if at.is_empty() { String::new() } else { address(at.trim_matches(|c| c == '[' || c == ']')) }));
+                tproxy = Some(format!(
+                    "tproxy to {}:{port}",
+                    if at.is_empty() { String::new() } else { address(at.trim_matches(|c| c == '[' || c == ']')) }
+                ));
                 i = k + 2;
             }
             "log" => {
@@ -554,7 +586,11 @@ pub fn leg_decisions(leg: usize, events: &[TraceEvent], index: &RuleIndex) -> Ve
     }
     hooks
         .into_iter()
-        .map(|(hook, tables)| HookDecisions { leg, hook, decisions: tables.into_iter().filter_map(|(_, d)| d).collect() })
+        .map(|(hook, tables)| HookDecisions {
+            leg,
+            hook,
+            decisions: tables.into_iter().filter_map(|(_, d)| d).collect(),
+        })
         .filter(|h| !h.decisions.is_empty())
         .collect()
 }
@@ -651,13 +687,19 @@ mod tests {
         same("-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN", "oifname \"lo\" ip saddr 127.0.0.6 return");
         same("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006", "meta l4proto tcp redirect to :15006");
         same("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN", "tcp dport 15090 return");
-        same("-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN", "meta l4proto tcp tcp dport 15090 counter packets 3 bytes 180 return");
+        same(
+            "-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN",
+            "meta l4proto tcp tcp dport 15090 counter packets 3 bytes 180 return",
+        );
         same("-A ISTIO_OUTPUT -d ::1/128 -j RETURN", "ip6 daddr ::1 return");
     }
 
     #[test]
     fn same_whatever_the_chain_comment_or_spelling() {
-        same("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "-A MY_OUT -m comment --comment \"proxy\" -m owner --uid-owner 1337 -j RETURN");
+        same(
+            "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+            "-A MY_OUT -m comment --comment \"proxy\" -m owner --uid-owner 1337 -j RETURN",
+        );
         same(
             "-A ISTIO_OUTPUT -o lo -p tcp -m multiport ! --dports 53,15008 -j RETURN",
             "oifname lo meta l4proto tcp tcp dport != { 15008, 53 } return",
@@ -666,7 +708,10 @@ mod tests {
             "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006",
             "meta l4proto tcp ip daddr != 127.0.0.1/32 tproxy ip to :15006 meta mark set 1337 counter accept",
         );
-        same("-A X -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "meta l4proto tcp ct state established,related accept");
+        same(
+            "-A X -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "meta l4proto tcp ct state established,related accept",
+        );
         same("-A X -p tcp -m mark --mark 0x539 -j RETURN", "meta l4proto tcp mark 1337 return");
     }
 
@@ -674,13 +719,22 @@ mod tests {
     fn not_same() {
         // The uid RETURN and the gid RETURN let the same packets through
         // only when the proxy's uid and gid coincide: different rules.
-        differ("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN");
-        differ("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001", "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15002");
+        differ(
+            "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+            "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN",
+        );
+        differ(
+            "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+            "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15002",
+        );
         // All protocols vs TCP only.
         differ("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "-A ISTIO_OUTPUT -p tcp -d 127.0.0.1/32 -j RETURN");
         differ("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -j RETURN");
         differ("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "ip daddr 127.0.0.0/8 return");
-        differ("-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -j RETURN", "oifname lo meta l4proto tcp tcp dport != { 53, 15008 } return");
+        differ(
+            "-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -j RETURN",
+            "oifname lo meta l4proto tcp tcp dport != { 53, 15008 } return",
+        );
         differ("tproxy ip to :15006 meta mark set 1337 accept", "tproxy ip to :15006 meta mark set 1338 accept");
     }
 

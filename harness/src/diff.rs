@@ -67,7 +67,7 @@ pub fn reference_config(config: &SessionConfig, policy_rules: Option<RuleSource>
         None if config.profile.name == "istio" => RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
         None => config.profile.rules().ok_or_else(|| {
             Error::config(format!(
-                "--assert paths compares each connection's deciding rules with the profile's own rule set, but profile {} ({}) has none: give the profile rule files (rules_v4/rules_v6) or use --assert ports",
+                "--assert paths compares each connection's deciding rules with the profile's own rule set, but profile {} ({}) has none: give the profile its rule set (`rules: {{ ipv4: FILE, ipv6: FILE }}`) or use --assert ports",
                 config.profile.name, config.profile.file
             ))
         })?,
@@ -340,7 +340,8 @@ impl DiffReport {
             let _ = writeln!(out, "\n{}  (flow {})  {}", d.name, d.flow, Self::probe_line(d));
             let (ra, rb) = (d.a.route(), d.b.route());
             let w = ra.len().max(2) + 2;
-            let _ = writeln!(out, "  ports      A: {}B: {rb}{}", pad(&ra, w), if d.ports_differ { "" } else { "  (same)" });
+            let _ =
+                writeln!(out, "  ports      A: {}B: {rb}{}", pad(&ra, w), if d.ports_differ { "" } else { "  (same)" });
             match &d.first {
                 Some(f) => {
                     let _ = writeln!(out, "  first different decision: leg {}, {}", f.leg, f.hook);
@@ -358,12 +359,7 @@ impl DiffReport {
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "\n{} of {} connections differ",
-            self.differences.len(),
-            self.compared.len()
-        );
+        let _ = writeln!(out, "\n{} of {} connections differ", self.differences.len(), self.compared.len());
         out
     }
 
@@ -397,7 +393,12 @@ impl DiffReport {
         for d in &self.differences {
             let _ = writeln!(out, "\n### `{}`\n\n{}\n", d.name, esc(&d.description));
             for (label, fate) in [("A", &d.a), ("B", &d.b)] {
-                let _ = writeln!(out, "**{label}**: {}\n\n```mermaid\n{}```\n", esc(&fate.route()), mermaid(fate, d.first.as_ref()));
+                let _ = writeln!(
+                    out,
+                    "**{label}**: {}\n\n```mermaid\n{}```\n",
+                    esc(&fate.route()),
+                    mermaid(fate, d.first.as_ref())
+                );
             }
         }
         out
@@ -528,7 +529,10 @@ mod tests {
     }
 
     fn report() -> DiffReport {
-        let (a, b) = (fate("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"), fate("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"));
+        let (a, b) = (
+            fate("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
+            fate("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"),
+        );
         let first = decision::first_divergence(&a.decisions, &b.decisions);
         DiffReport {
             a: "A rules".into(),
@@ -544,7 +548,13 @@ mod tests {
                 family: "ipv4".into(),
                 flow: 5,
                 description: "Envoy calls its admin port".into(),
-                probe: Some(ProbeInfo { from: "local-pod".into(), uid: 1337, gid: 1337, to: "127.0.0.1:15000".into(), traced: true }),
+                probe: Some(ProbeInfo {
+                    from: "local-pod".into(),
+                    uid: 1337,
+                    gid: 1337,
+                    to: "127.0.0.1:15000".into(),
+                    traced: true,
+                }),
                 ports_differ: false,
                 a,
                 b,
@@ -584,6 +594,9 @@ mod tests {
     #[test]
     fn trace_commands_replay_the_probe() {
         let p = ProbeInfo { from: "local-pod".into(), uid: 1337, gid: 1337, to: "[::1]:15000".into(), traced: true };
-        assert_eq!(trace_command(&p, "--rules x.v4"), "sidecheck trace --from local-pod:1337 --to [::1]:15000 --rules x.v4");
+        assert_eq!(
+            trace_command(&p, "--rules x.v4"),
+            "sidecheck trace --from local-pod:1337 --to [::1]:15000 --rules x.v4"
+        );
     }
 }

@@ -553,9 +553,9 @@ fn paths_reference(
         return Ok(None);
     }
     let policy_rules = match &args.policy {
-        Some(file) => Some(
-            Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?.reference_rules(),
-        ),
+        Some(file) => {
+            Some(Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?.reference_rules())
+        }
         None => None,
     };
     let reference = harness::diff::reference_config(config, policy_rules)?;
@@ -672,7 +672,9 @@ fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
         Some(("gen", c)) => (RuleSource::Generator(c.to_string()), None),
         Some(("builtin", "classic")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)), None),
         Some(("builtin", "current")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
-        Some(("builtin", other)) => anyhow::bail!("`{spec}`: the built-in rules come as builtin, builtin:current or builtin:classic, not `{other}`"),
+        Some(("builtin", other)) => anyhow::bail!(
+            "`{spec}`: the built-in rules come as builtin, builtin:current or builtin:classic, not `{other}`"
+        ),
         Some(("profile", name)) => {
             let p = Profile::load(name).with_context(|| format!("loading the profile of `{spec}`"))?;
             let rules = match p.name.as_str() {
@@ -686,10 +688,7 @@ fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
         // their reader accepts, e.g. Istio's dry-run output once it parses it).
         _ => match spec.split_once(',') {
             Some((v4, v6)) => (
-                RuleSource::RestoreFiles {
-                    v4: (!v4.is_empty()).then(|| PathBuf::from(v4)),
-                    v6: Some(file(v6)?),
-                },
+                RuleSource::RestoreFiles { v4: (!v4.is_empty()).then(|| PathBuf::from(v4)), v6: Some(file(v6)?) },
                 None,
             ),
             None => (RuleSource::restore(file(spec)?), None),
