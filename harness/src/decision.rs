@@ -148,7 +148,7 @@ fn mark(s: &str) -> String {
         }
     };
     let v = num(v).map_or(v.to_string(), |n| n.to_string());
-    match mask.map(|m| num(m)) {
+    match mask.map(num) {
         None | Some(Some(0xffff_ffff)) => v,
         Some(Some(m)) => format!("{v}/{m:#x}"),
         Some(None) => format!("{v}/{}", mask.unwrap_or_default()),
@@ -263,7 +263,11 @@ fn from_iptables(text: &str) -> Meaning {
                     "SNAT" => Action::Decides(format!("snat to {}", opt(&["--to-source"]).unwrap_or_default())),
                     "TPROXY" => {
                         let port = opt(&["--on-port"]).unwrap_or_default();
-                        let at = opt(&["--on-ip"]).map(|a| address(&a)).unwrap_or_default();
+                        // iptables-save writes the unspecified address nft leaves out.
+                        let at = opt(&["--on-ip"])
+                            .map(|a| address(&a))
+                            .filter(|a| a != "0.0.0.0" && a != "::")
+                            .unwrap_or_default();
                         let mut a = format!("tproxy to {at}:{port}");
                         if let Some(mk) = opt(&["--tproxy-mark"]) {
                             a.push_str(&format!(" mark {}", mark(&mk)));
@@ -520,7 +524,9 @@ pub struct Decisions {
 /// no rule decided and its base chain's policy accepted decided nothing
 /// (an empty `*filter` table changes no fate).
 pub fn leg_decisions(leg: usize, events: &[TraceEvent], index: &RuleIndex) -> Vec<HookDecisions> {
-    let mut hooks: Vec<(String, Vec<((u8, String), Option<Decision>)>)> = Vec::new();
+    // Per hook traversal: per (nfproto, table), the deciding rule so far.
+    type Tables = Vec<((u8, String), Option<Decision>)>;
+    let mut hooks: Vec<(String, Tables)> = Vec::new();
     for e in events {
         let hook = index.hook_of(e.nfproto, &e.table, &e.chain);
         if let Some(h) = hook {
@@ -713,6 +719,11 @@ mod tests {
             "meta l4proto tcp ct state established,related accept",
         );
         same("-A X -p tcp -m mark --mark 0x539 -j RETURN", "meta l4proto tcp mark 1337 return");
+        // As iptables-save and nft list print a TPROXY rule back.
+        same(
+            "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x539/0xffffffff",
+            "meta l4proto tcp ip daddr != 127.0.0.1 tproxy ip to :15006 meta mark set 0x00000539 counter accept",
+        );
     }
 
     #[test]
