@@ -129,13 +129,11 @@ pub fn probes(scenarios: &[Scenario], config: &SessionConfig) -> Probes {
 /// run's own (`--rules FILE`, `--nft FILE`, `--profile kuma` ...).
 pub fn trace_command(p: &ProbeInfo, rule_args: &str) -> String {
     let host = Host::parse(&p.from).map_or(p.from.clone(), |h| h.name().to_string());
-    let mut cmd = format!("sidecheck trace --from {host}:{} --to {}", p.uid, p.to);
+    let id = if p.gid == p.uid { p.uid.to_string() } else { format!("{}:{}", p.uid, p.gid) };
+    let mut cmd = format!("sidecheck trace --from {host}:{id} --to {}", p.to);
     if !rule_args.is_empty() {
         cmd.push(' ');
         cmd.push_str(rule_args);
-    }
-    if p.gid != p.uid {
-        cmd.push_str(&format!("   # (the probe's gid is {}; trace runs with gid = uid)", p.gid));
     }
     cmd
 }

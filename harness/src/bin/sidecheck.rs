@@ -76,8 +76,9 @@ enum RulesForm {
 #[derive(Parser)]
 struct TraceArgs {
     /// Where the connection starts: a pod (local-pod, remote-pod, prometheus,
-    /// istiod), optionally with the uid it runs as (default 1000).
-    #[arg(long, value_name = "HOST[:UID]")]
+    /// istiod), optionally with the uid it runs as (default 1000) and its
+    /// gid (default: the uid).
+    #[arg(long, value_name = "HOST[:UID[:GID]]")]
     from: String,
     /// Where it goes: a host of the topology, a service name (its VIP),
     /// `localhost` or an IPv4 address, then the port.
@@ -438,7 +439,14 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(report.all_passed())
 }
 
-fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
+fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
+    let (from, gid) = match from.splitn(3, ':').nth(2) {
+        Some(g) => (
+            &from[..from.len() - g.len() - 1],
+            Some(g.parse::<u32>().with_context(|| format!("--from {from}: `{g}` is not a gid"))?),
+        ),
+        None => (from, None),
+    };
     let (host, uid) = match from.split_once(':') {
         Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
         None => (from, 1000),
@@ -446,7 +454,7 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
     let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
         format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod")
     })?;
-    Ok((host, uid))
+    Ok((host, uid, gid.unwrap_or(uid)))
 }
 
 fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
@@ -475,7 +483,7 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
 
 fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     let mut config = SessionConfig { rule_texts: true, ..args.rules.config()? };
-    let (from, uid) = parse_from(&args.from)?;
+    let (from, uid, gid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
     // Host names resolve in the first family tested; an address picks its own.
     let family = if to.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
@@ -491,7 +499,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     Session::preflight(&config, &[])?;
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
-    let done = session.probe_one(from, uid, uid, to);
+    let done = session.probe_one(from, uid, gid, to);
     let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
     drop(session);
     let observed = harness::verdict::observe(&done.observation);
@@ -499,7 +507,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     match args.format {
         Format::Json => {
             let v = serde_json::json!({
-                "from": { "host": from.name(), "uid": uid },
+                "from": { "host": from.name(), "uid": uid, "gid": gid },
                 "to": to.to_string(),
                 "rules": config.rules.describe(),
                 "backend": config.backend.name(),
@@ -549,7 +557,15 @@ fn paths_reference(
     config: &mut SessionConfig,
     scenarios: &[scenario::Scenario],
 ) -> anyhow::Result<Option<ReferenceRun>> {
-    if args.assert != Assert::Paths || !args.rules.given() {
+    if args.assert != Assert::Paths {
+        return Ok(None);
+    }
+    if !args.rules.given() {
+        // A policy's matrix states no paths: its reference rules are the
+        // reference, and decide as they decide.
+        if args.policy.is_some() {
+            config.assert_paths = false;
+        }
         return Ok(None);
     }
     let policy_rules = match &args.policy {
