@@ -338,7 +338,7 @@ fn shared_trials() -> Vec<Trial> {
         // matrix: the classic lo redirects have no tunnel-port guard (the
         // same one difference); its port-22 RETURN and TCP-only OUTPUT jump
         // meet no probe of this matrix.
-        shared_trial("shared::builtin-current-against-classic-on-cni-basic", "third-party/istio/restore", |_| {
+        Trial::test("diff::builtin-current-against-classic-on-cni-basic", || {
             let policy = policies().join("cni-basic.yaml");
             let (c, v) =
                 diff_json(&["builtin", "builtin:classic", "--policy", policy.to_str().unwrap(), "--family", "ipv4"])?;
