@@ -87,6 +87,15 @@ fn the_builtin_rules_as_native_nftables_pass() {
 }
 
 #[test]
+fn the_builtin_rules_as_a_script_and_through_iptables_legacy_pass() {
+    let dir = TempDir::new("forms");
+    let script = dir.write("r.sh", &builtin(&["--form", "script"]));
+    passes_with_paths(&["--script", &script]);
+    let v4 = dir.write("r.v4", &builtin(&[]));
+    passes_with_paths(&["--rules", &v4, "--backend", "legacy"]);
+}
+
+#[test]
 fn kuma_and_linkerd_rule_files_pass_under_their_profiles() {
     let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles");
     for mesh in ["kuma", "linkerd"] {

@@ -175,6 +175,8 @@ fn cli_trials() -> Vec<Trial> {
             ensure(xml.contains("tests=\"14\" failures=\"8\"") && xml.matches("<failure").count() == 8, || xml.clone())
         }),
         Trial::test("diff::bad-input-is-exit-2-with-what-to-do", || {
+            let dir = TempDir::new("bad");
+            let garbage = dir.write("garbage.rules", "*nat\n-A NOPE -j NOWHERE\nCOMMIT\n");
             for (args, says) in [
                 (
                     vec!["diff", "builtin:nine", "builtin"],
@@ -187,6 +189,9 @@ fn cli_trials() -> Vec<Trial> {
                     vec!["diff", "builtin", "builtin", "--format", "summary"],
                     "diff writes human, json, markdown or junit",
                 ),
+                // The tool's own message, for the side that did not install.
+                (vec!["diff", "builtin", &garbage], "setting up B"),
+                (vec!["diff", "builtin", &garbage], "Chain 'NOWHERE' does not exist"),
             ] {
                 let out = sidecheck(&args)?;
                 ensure(code(&out) == 2 && text(&out).contains(says), || {
