@@ -346,6 +346,8 @@ fn from_nft(text: &str) -> Meaning {
                 m.insert(atom(neg, &key, ports(&v)));
                 i += 2 + n;
             }
+            // An inet table's family guard: iptables says it by its table's family.
+            "nfproto" => i += value(i + 1).2 + 1,
             "l4proto" => {
                 let (neg, v, n) = value(i + 1);
                 m.insert(atom(neg, "proto", proto(&v)));
@@ -698,6 +700,7 @@ mod tests {
             "meta l4proto tcp tcp dport 15090 counter packets 3 bytes 180 return",
         );
         same("-A ISTIO_OUTPUT -d ::1/128 -j RETURN", "ip6 daddr ::1 return");
+        same("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "meta nfproto ipv4 ip daddr 127.0.0.1 return");
     }
 
     #[test]
