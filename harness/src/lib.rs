@@ -9,6 +9,8 @@
 //! [`session`] ties them together.
 
 pub mod annotate;
+pub mod decision;
+pub mod diff;
 pub mod error;
 pub mod golden;
 pub mod nfnetlink;

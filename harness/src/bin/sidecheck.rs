@@ -39,6 +39,9 @@ enum Command {
     /// The trials a run would have (names as `run` gives them, for --test and
     /// --skip), the scenarios they come from, and the profiles that exist.
     List(ListArgs),
+    /// Two rule sets on the same probes: the connections whose fate differs,
+    /// and the first hook where their deciding rules part.
+    Diff(DiffArgs),
 }
 
 #[derive(Parser)]
@@ -76,8 +79,9 @@ enum RulesForm {
 #[derive(Parser)]
 struct TraceArgs {
     /// Where the connection starts: a pod (local-pod, remote-pod, prometheus,
-    /// istiod), optionally with the uid it runs as (default 1000).
-    #[arg(long, value_name = "HOST[:UID]")]
+    /// istiod), optionally with the uid it runs as (default 1000) and its
+    /// gid (default: the uid).
+    #[arg(long, value_name = "HOST[:UID[:GID]]")]
     from: String,
     /// Where it goes: a host of the topology, a service name (its VIP),
     /// `localhost` or an IPv4 address, then the port.
@@ -392,6 +396,7 @@ fn main() -> ExitCode {
         }
         Command::Clean => clean(),
         Command::List(args) => list(args),
+        Command::Diff(args) => diff(args),
     };
     registry::wait_if_interrupted();
     match result {
@@ -513,7 +518,7 @@ fn list(args: ListArgs) -> anyhow::Result<bool> {
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     let (config, scenarios) = plan(&args.rules, args.scenarios.as_deref(), args.policy.as_deref(), args.repeat)?;
-    let config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..config };
+    let mut config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..config };
     let cases = cases(&config, &scenarios, &args.select)?;
     // Only the scenarios that run are checked and probed.
     let scenarios: Vec<scenario::Scenario> =
@@ -521,6 +526,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Bad input is reported before anything is created.
     Session::preflight(&config, &scenarios)?;
     harness::require_root("sidecheck run")?;
+    let reference = paths_reference(&args, &mut config, &scenarios)?;
     if cases.is_empty() {
         anyhow::bail!(
             "no scenario runs in the families tested ({:?}): check the scenarios' `family`",
@@ -528,7 +534,10 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     let session = Session::start(config.clone()).context("setting up the test topology")?;
-    let trials = session.run_cases(&cases, config.assert_paths);
+    let mut trials = session.run_cases(&cases, config.assert_paths);
+    if let Some(reference) = reference {
+        judge_paths_by_reference(reference, &session, &mut trials, &scenarios, &args.rules)?;
+    }
     let (backend, families) = (session.backend_name(), session.families().to_vec());
     // What was actually tested, for the reports that carry it.
     let machine = matches!(args.format, Format::Json | Format::Markdown)
@@ -628,7 +637,14 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
+fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
+    let (from, gid) = match from.splitn(3, ':').nth(2) {
+        Some(g) => (
+            &from[..from.len() - g.len() - 1],
+            Some(g.parse::<u32>().with_context(|| format!("--from {from}: `{g}` is not a gid"))?),
+        ),
+        None => (from, None),
+    };
     let (host, uid) = match from.split_once(':') {
         Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
         None => (from, 1000),
@@ -636,7 +652,7 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
     let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
         format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod")
     })?;
-    Ok((host, uid))
+    Ok((host, uid, gid.unwrap_or(uid)))
 }
 
 fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
@@ -665,7 +681,7 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
 
 fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     let mut config = SessionConfig { rule_texts: true, ..args.rules.config()? };
-    let (from, uid) = parse_from(&args.from)?;
+    let (from, uid, gid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
     // Host names resolve in the first family tested; an address picks its own.
     let family = if to.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
@@ -681,7 +697,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     Session::preflight(&config, &[])?;
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
-    let done = session.probe_one(from, uid, uid, to);
+    let done = session.probe_one(from, uid, gid, to);
     let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
     drop(session);
     let observed = harness::verdict::observe(&done.observation);
@@ -689,7 +705,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<bool> {
     match args.format {
         TraceFormat::Json => {
             let v = serde_json::json!({
-                "from": { "host": from.name(), "uid": uid },
+                "from": { "host": from.name(), "uid": uid, "gid": gid },
                 "to": to.to_string(),
                 "rules": config.rules.describe(),
                 "backend": config.backend.name(),
@@ -722,4 +738,267 @@ fn clean() -> anyhow::Result<bool> {
         swept.namespaces + kept.namespaces
     ))?;
     Ok(true)
+}
+
+/// The reference run behind `--assert paths` on rules the user gave.
+type ReferenceRun = std::thread::JoinHandle<harness::Result<harness::diff::SideRun>>;
+
+/// `--assert paths` on rules the user gave: the contract's own rules (the
+/// policy's reference rules, or the profile's rule set) run beside on the
+/// same probes, and each connection must leave by the same kind of rule
+/// (docs/decisions.md). The contract's own rules keep the exact path strings.
+fn paths_reference(
+    args: &RunArgs,
+    config: &mut SessionConfig,
+    scenarios: &[scenario::Scenario],
+) -> anyhow::Result<Option<ReferenceRun>> {
+    if args.assert != Assert::Paths {
+        return Ok(None);
+    }
+    if !args.rules.given() {
+        // A policy's matrix states no paths: its reference rules are the
+        // reference, and decide as they decide.
+        if args.policy.is_some() {
+            config.assert_paths = false;
+        }
+        return Ok(None);
+    }
+    let policy_rules = match &args.policy {
+        Some(file) => {
+            Some(Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?.reference_rules())
+        }
+        None => None,
+    };
+    let reference = harness::diff::reference_config(config, policy_rules)?;
+    Session::preflight(&reference, scenarios).context("checking the reference rules for --assert paths")?;
+    config.assert_paths = false;
+    config.rule_texts = true;
+    let scenarios = scenarios.to_vec();
+    Ok(Some(std::thread::spawn(move || harness::diff::run_side(reference, &scenarios))))
+}
+
+fn judge_paths_by_reference(
+    reference: ReferenceRun,
+    session: &Session,
+    trials: &mut [harness::verdict::TrialResult],
+    scenarios: &[scenario::Scenario],
+    rules: &RulesArgs,
+) -> anyhow::Result<()> {
+    let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
+    let mine: Vec<_> = trials.iter().map(|t| harness::decision::decisions(&t.observed.legs, &index)).collect();
+    let reference = reference
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reference run for --assert paths panicked"))?
+        .context("running the reference rules for --assert paths")?;
+    let mut config = session.config().clone();
+    config.topology.families = session.families().to_vec();
+    let probes = harness::diff::probes(scenarios, &config);
+    harness::diff::judge_against(trials, &mine, &reference, &probes, &trace_rule_args(rules));
+    Ok(())
+}
+
+/// Quote for a POSIX shell when needed.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-,:=+@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The run's rule source as `sidecheck trace` arguments.
+fn trace_rule_args(r: &RulesArgs) -> String {
+    let mut v: Vec<String> = Vec::new();
+    let path = |p: &std::path::Path| sh_quote(&p.display().to_string());
+    for (flag, p) in [("--rules", &r.rules), ("--rules6", &r.rules6), ("--nft", &r.nft), ("--script", &r.script)] {
+        if let Some(p) = p {
+            v.push(format!("{flag} {}", path(p)));
+        }
+    }
+    if let Some(g) = &r.generator {
+        v.push(format!("--generator {}", sh_quote(g)));
+    }
+    if r.profile != "istio" {
+        v.push(format!("--profile {}", sh_quote(&r.profile)));
+    }
+    if r.backend != Backend::Nft {
+        v.push(format!("--backend {}", r.backend.name()));
+    }
+    if let Some(t) = &r.topology {
+        v.push(format!("--topology {}", path(t)));
+    }
+    v.join(" ")
+}
+
+#[derive(Parser)]
+struct DiffArgs {
+    /// The first rule source: FILE (restore input, IPv4), FILE4,FILE6 (both
+    /// families; ,FILE6 for IPv6 alone), nft:FILE, script:FILE, gen:COMMAND,
+    /// builtin, builtin:classic, profile:NAME.
+    #[arg(value_name = "A")]
+    a: String,
+    /// The second rule source, in the same forms.
+    #[arg(value_name = "B")]
+    b: String,
+    /// A directory of scenario YAML files instead of the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    scenarios: Option<PathBuf>,
+    /// Probe a capture policy's boundary matrix instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "scenarios")]
+    policy: Option<PathBuf>,
+    /// The contract the probes' roles resolve in (default istio, or the
+    /// profile a `profile:NAME` side names).
+    #[arg(long, value_name = "NAME|FILE")]
+    profile: Option<String>,
+    #[arg(long, value_enum)]
+    family: Option<FamilyArg>,
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Which iptables installs restore input (both sides).
+    #[arg(long, value_enum, default_value = "nft")]
+    backend: Backend,
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    rules_timeout: f64,
+    /// `paths`: a connection differs when its ports or any deciding rule
+    /// differ; `ports`: only when its ports or end differ.
+    #[arg(long, value_enum, default_value = "paths")]
+    assert: Assert,
+    /// human, json, markdown or junit.
+    #[arg(long, value_enum, default_value = "human")]
+    format: Format,
+    /// Also write the report to a file, as FORMAT=FILE; repeatable.
+    #[arg(long, value_name = "FORMAT=FILE", value_parser = parse_output)]
+    output: Vec<(Format, PathBuf)>,
+}
+
+/// One side of `sidecheck diff`: the rule source and the profile it names.
+fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
+    let file = |p: &str| -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(!p.is_empty(), "`{spec}` names no file");
+        Ok(PathBuf::from(p))
+    };
+    Ok(match spec.split_once(':') {
+        Some(("nft", p)) => (RuleSource::NftFile(file(p)?), None),
+        Some(("script", p)) => (RuleSource::Script(file(p)?), None),
+        Some(("gen", c)) => (RuleSource::Generator(c.to_string()), None),
+        Some(("builtin", "classic")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)), None),
+        Some(("builtin", "current")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
+        Some(("builtin", other)) => anyhow::bail!(
+            "`{spec}`: the built-in rules come as builtin, builtin:current or builtin:classic, not `{other}`"
+        ),
+        Some(("profile", name)) => {
+            let p = Profile::load(name).with_context(|| format!("loading the profile of `{spec}`"))?;
+            let rules = match p.name.as_str() {
+                "istio" => RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
+                _ => p.rules().with_context(|| format!("`{spec}`: profile {} has no rule set of its own", p.name))?,
+            };
+            (rules, Some(p))
+        }
+        _ if spec == "builtin" => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
+        // Restore input, as --rules/--rules6 take it (and whatever forms
+        // their reader accepts, e.g. Istio's dry-run output once it parses it).
+        _ => match spec.split_once(',') {
+            Some((v4, v6)) => (
+                RuleSource::RestoreFiles { v4: (!v4.is_empty()).then(|| PathBuf::from(v4)), v6: Some(file(v6)?) },
+                None,
+            ),
+            None => (RuleSource::restore(file(spec)?), None),
+        },
+    })
+}
+
+fn diff(args: DiffArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        !args.output.iter().any(|(f, _)| matches!(f, Format::Summary | Format::Github))
+            && !matches!(args.format, Format::Summary | Format::Github),
+        "`summary` and `github` are formats of `run`; diff writes human, json, markdown or junit"
+    );
+    anyhow::ensure!(
+        args.rules_timeout.is_finite() && args.rules_timeout > 0.0 && args.rules_timeout <= 3600.0,
+        "--rules-timeout {}: give seconds between 0 and 3600",
+        args.rules_timeout
+    );
+    let (ra, pa) = diff_source(&args.a).with_context(|| format!("reading rule source A `{}`", args.a))?;
+    let (rb, pb) = diff_source(&args.b).with_context(|| format!("reading rule source B `{}`", args.b))?;
+    let profile = match (&args.profile, &pa, &pb) {
+        (Some(name), _, _) => Profile::load(name).with_context(|| format!("loading --profile {name}"))?,
+        (None, Some(a), Some(b)) if a.name != b.name => anyhow::bail!(
+            "A is profile {} and B profile {}: their probes differ; say which contract to probe with --profile",
+            a.name,
+            b.name
+        ),
+        (None, Some(p), _) | (None, None, Some(p)) => p.clone(),
+        (None, None, None) => Profile::istio(),
+    };
+    let mut base = SessionConfig {
+        profile,
+        backend: args.backend,
+        rules_timeout: std::time::Duration::from_secs_f64(args.rules_timeout),
+        ..SessionConfig::default()
+    };
+    if let Some(file) = &args.topology {
+        let name = file.display().to_string();
+        harness::settings::Settings::load(file)?.apply(&name, &mut base).with_context(|| format!("applying {name}"))?;
+    }
+    let scenarios = match (&args.scenarios, &args.policy) {
+        (Some(dir), _) => {
+            scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
+        }
+        (None, Some(file)) => {
+            let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
+            policy.check_groups(&file.display().to_string())?;
+            base.profile = policy.profile();
+            base.tproxy = policy.tproxy();
+            let families = policy.families();
+            base.topology.families.retain(|f| families.contains(f));
+            let plan = policy.run_plan(&base.topology, &base.profile);
+            base.topology.remote_extra = plan.remote_extra;
+            base.topology.local_extra = plan.local_extra;
+            base.topology.pod_links = policy.pod_links();
+            base.side_app_ports = plan.side_app_ports;
+            base.dns = plan.dns;
+            base.local_app_ports = plan.local_app_ports;
+            base.remote_app_ports = plan.remote_app_ports;
+            plan.scenarios
+        }
+        (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
+    };
+    match args.family {
+        Some(FamilyArg::Ipv4) => base.topology.families.retain(|f| *f == Family::Ipv4),
+        Some(FamilyArg::Ipv6) => base.topology.families.retain(|f| *f == Family::Ipv6),
+        Some(FamilyArg::Both) | None => {}
+    }
+    // Both sides run the families both have rules for.
+    let (fa, fb) = (ra.families(), rb.families());
+    base.topology.families.retain(|f| fa.contains(f) && fb.contains(f));
+    if base.topology.families.is_empty() {
+        anyhow::bail!(
+            "A ({}) and B ({}) have rules for no IP family in common (that this run tests): give both families (FILE4,FILE6) or --family",
+            ra.describe(),
+            rb.describe()
+        );
+    }
+    let a = SessionConfig { rules: ra, ..base.clone() };
+    let b = SessionConfig { rules: rb, ..base.clone() };
+    Session::preflight(&a, &scenarios).with_context(|| format!("checking A ({})", a.rules.describe()))?;
+    Session::preflight(&b, &scenarios).with_context(|| format!("checking B ({})", b.rules.describe()))?;
+    harness::require_root("sidecheck diff")?;
+    let probes = harness::diff::probes(&scenarios, &base);
+    let (sa, sb) = harness::diff::run_pair(a, b, &scenarios);
+    let sa = sa.with_context(|| format!("setting up A `{}`", args.a))?;
+    let sb = sb.with_context(|| format!("setting up B `{}`", args.b))?;
+    let report = harness::diff::compare(&sa, &sb, &probes, args.assert == Assert::Paths);
+    let render = |f: Format| match f {
+        Format::Json => report.to_json() + "\n",
+        Format::Junit => report.to_junit(),
+        Format::Markdown => report.to_markdown(),
+        Format::Human | Format::Summary => report.to_human(),
+        Format::Github => unreachable!("refused before the run"),
+    };
+    for (format, file) in &args.output {
+        std::fs::write(file, render(*format))
+            .with_context(|| format!("writing the {format:?} diff to {}", file.display()))?;
+    }
+    emit(&render(args.format))?;
+    Ok(!report.differs())
 }

@@ -1,0 +1,366 @@
+//! `sidecheck diff A B` as a user runs it: exit 0 when no connection's fate
+//! differs, 1 when one does (listing exactly those), 2 on bad input; and on
+//! Istio's own data (`shared::` trials, under the shared-data convention:
+//! ignored with the missing path named when ../shared is absent, failed
+//! instead when SIDECHECK_REQUIRE_SHARED=1). Expected differences are
+//! written from reading the rules (docs/decisions.md), never from output.
+//! Needs root, like the suite.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+
+fn sidecheck(args: &[&str]) -> Result<Output, Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("run as root: sudo cargo test (these tests build network namespaces)".into());
+    }
+    Command::new(BIN).args(args).output().map_err(|e| format!("running sidecheck: {e}").into())
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sidecheck-diff-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rules(args: &[&str]) -> Result<String, Failed> {
+    let out = sidecheck(&[&["rules"], args].concat())?;
+    ensure(code(&out) == 0, || text(&out))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A diff's JSON report and exit code.
+fn diff_json(args: &[&str]) -> Result<(i32, serde_json::Value), Failed> {
+    let out = sidecheck(&[&["diff"], args, &["--format", "json"]].concat())?;
+    let v =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("diff {args:?}: not JSON ({e}): {}", text(&out)))?;
+    Ok((code(&out), v))
+}
+
+fn differing(v: &serde_json::Value) -> BTreeSet<String> {
+    v["differences"].as_array().into_iter().flatten().map(|d| d["name"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn same(args: &[&str]) -> Result<(), Failed> {
+    let (c, v) = diff_json(args)?;
+    ensure(c == 0 && differing(&v).is_empty(), || format!("diff {args:?}: exit {c}, differences {:?}", differing(&v)))?;
+    ensure(v["compared"].as_array().is_some_and(|a| !a.is_empty()), || format!("diff {args:?} compared nothing"))
+}
+
+/// The built-in rules without the proxy's uid and gid RETURNs (both families).
+fn without_proxy_returns(dir: &TempDir) -> Result<String, Failed> {
+    let strip = |t: String| -> String {
+        t.lines()
+            .filter(|l| {
+                *l != "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+                    && *l != "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let (v4, v6) = (rules(&[])?, rules(&["--form", "restore6"])?);
+    let (s4, s6) = (strip(v4.clone()), strip(v6.clone()));
+    ensure(s4.lines().count() + 2 == v4.lines().count() && s6.lines().count() + 2 == v6.lines().count(), || {
+        "the built-in rules no longer hold both proxy RETURNs in both families".into()
+    })?;
+    Ok(format!("{},{}", dir.write("noret.v4", &s4), dir.write("noret.v6", &s6)))
+}
+
+fn cli_trials() -> Vec<Trial> {
+    vec![
+        Trial::test("diff::builtin-against-builtin-classic-is-the-same", || same(&["builtin", "builtin:classic"])),
+        Trial::test("diff::builtin-restore-against-its-native-nft-form-is-the-same", || {
+            let dir = TempDir::new("nft");
+            let nft = dir.write("r.nft", &rules(&["--form", "nft"])?);
+            same(&["builtin", &format!("nft:{nft}")])
+        }),
+        // From reading the rules: without `--uid-owner 1337 -j RETURN` and
+        // `--gid-owner 1337 -j RETURN`, every connection the proxy (or the
+        // agent, uid 1337) opens to another pod falls to the catch-all and
+        // loops (flow 2 and both flow 6 probes); its call to 127.0.0.1 keeps
+        // its ports but is let through by `-d 127.0.0.1/32 -j RETURN`
+        // (flow 5). Inbound (1, 3) and the lo redirect of flow 4 never reach
+        // those rules.
+        Trial::test("diff::without-the-proxy-returns-lists-exactly-the-connections-that-change", || {
+            let dir = TempDir::new("noret");
+            let b = without_proxy_returns(&dir)?;
+            let fams = |stems: &[&str]| -> BTreeSet<String> {
+                stems.iter().flat_map(|s| ["ipv4", "ipv6"].map(|f| format!("istio::{s}::{f}"))).collect()
+            };
+            let ports = ["type2-local-to-remote", "type6-agent-as-app-uid", "type6-agent-to-istiod"];
+            let (c, v) = diff_json(&["builtin", &b])?;
+            let want = fams(&[&ports[..], &["type5-envoy-to-admin"]].concat());
+            ensure(c == 1 && differing(&v) == want, || format!("exit {c}, {:?} differ, want {want:?}", differing(&v)))?;
+            ensure(v["compared"].as_array().map(Vec::len) == Some(14), || format!("compared {}", v["compared"]))?;
+            let d5 =
+                v["differences"].as_array().unwrap().iter().find(|d| d["name"] == "istio::type5-envoy-to-admin::ipv4");
+            let d5 = d5.ok_or("no flow 5 difference")?;
+            ensure(
+                d5["ports_differ"] == false
+                    && d5["first"]["hook"] == "OUTPUT"
+                    && d5["first"]["a"]["text"] == "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+                    && d5["first"]["b"]["text"] == "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                || format!("flow 5: {d5:#}"),
+            )?;
+            let (c, v) = diff_json(&["builtin", &b, "--assert", "ports"])?;
+            ensure(c == 1 && differing(&v) == fams(&ports), || {
+                format!("--assert ports: exit {c}, {:?}", differing(&v))
+            })?;
+            // Human output: only the differing connections, both rules side by side.
+            let out = sidecheck(&["diff", "builtin", &b])?;
+            let human = text(&out);
+            ensure(code(&out) == 1 && human.contains("8 of 14 connections differ"), || human.clone())?;
+            ensure(!human.contains("type1-remote-to-local") && !human.contains("type3-prometheus"), || human.clone())?;
+            let side_by_side = human.lines().any(|l| {
+                l.contains("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
+                    && l.contains("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
+            });
+            ensure(side_by_side, || human.clone())?;
+            // Markdown (a Mermaid pair per difference) and JUnit, as files.
+            let (md, xml) = (dir.0.join("d.md"), dir.0.join("d.xml"));
+            let out = sidecheck(&[
+                "diff",
+                "builtin",
+                &b,
+                "--output",
+                &format!("markdown={}", md.display()),
+                "--output",
+                &format!("junit={}", xml.display()),
+            ])?;
+            ensure(code(&out) == 1, || text(&out))?;
+            let md = std::fs::read_to_string(md)?;
+            ensure(md.matches("```mermaid\nflowchart LR").count() == 16, || md.clone())?;
+            let xml = std::fs::read_to_string(xml)?;
+            ensure(xml.contains("tests=\"14\" failures=\"8\"") && xml.matches("<failure").count() == 8, || xml.clone())
+        }),
+        Trial::test("diff::bad-input-is-exit-2-with-what-to-do", || {
+            let dir = TempDir::new("bad");
+            let garbage = dir.write("garbage.rules", "*nat\n-A NOPE -j NOWHERE\nCOMMIT\n");
+            for (args, says) in [
+                (
+                    vec!["diff", "builtin:nine", "builtin"],
+                    "the built-in rules come as builtin, builtin:current or builtin:classic",
+                ),
+                (vec!["diff", "builtin", "/nonexistent/rules.v4"], "/nonexistent/rules.v4"),
+                (vec!["diff", "builtin", "nft:"], "names no file"),
+                (vec!["diff", "profile:kuma", "profile:linkerd"], "say which contract to probe with --profile"),
+                (
+                    vec!["diff", "builtin", "builtin", "--format", "summary"],
+                    "diff writes human, json, markdown or junit",
+                ),
+                // The tool's own message, for the side that did not install.
+                (vec!["diff", "builtin", &garbage], "setting up B"),
+                (vec!["diff", "builtin", &garbage], "Chain 'NOWHERE' does not exist"),
+            ] {
+                let out = sidecheck(&args)?;
+                ensure(code(&out) == 2 && text(&out).contains(says), || {
+                    format!("{args:?}: exit {}: {}", code(&out), text(&out))
+                })?;
+            }
+            Ok(())
+        }),
+    ]
+}
+
+/// The shared-data root: $SIDECHECK_SHARED, else ../shared beside the workspace.
+fn shared_root() -> PathBuf {
+    std::env::var_os("SIDECHECK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+/// A trial needing `needs` (relative to the shared root): ignored, with the
+/// path named, when it is absent; failed then if SIDECHECK_REQUIRE_SHARED=1.
+fn shared_trial(
+    name: &str,
+    needs: &'static str,
+    f: impl FnOnce(PathBuf) -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    let root = shared_root();
+    let path = root.join(needs);
+    if path.exists() {
+        return Trial::test(name, move || f(root));
+    }
+    let why =
+        format!("{name}: missing {}: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", path.display());
+    if std::env::var("SIDECHECK_REQUIRE_SHARED").as_deref() == Ok("1") {
+        return Trial::test(name, move || Err(format!("{why} (SIDECHECK_REQUIRE_SHARED=1)").into()));
+    }
+    eprintln!("ignored {why}");
+    Trial::test(name, || Ok(())).with_ignored_flag(true)
+}
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies")
+}
+
+/// The variants whose goldens name groups this machine lacks (`java`,
+/// `ftp`): they cannot be installed, so they are not compared.
+const NEEDS_GROUPS: &[&str] = &[
+    "outbound-owner-groups",
+    "outbound-owner-groups-exclude",
+    "ipv6-dns-outbound-owner-groups",
+    "ipv6-dns-outbound-owner-groups-exclude",
+];
+
+fn shared_trials() -> Vec<Trial> {
+    vec![
+        // Each istio-iptables golden against its istio-nftables twin (the
+        // same variant, VARIANTS.md) on its policy's matrix. Read side by
+        // side, every pair writes the same rules in the same order per
+        // family, but for the TPROXY mangle ISTIO_INBOUND inserts, which
+        // istio-nftables puts in another order (`iifname lo mark != 1338
+        // return` before the 127.0.0.6 RETURN): two RETURNs no probe tells
+        // apart, since under TPROXY the proxy's upstream keeps the client's
+        // address and carries mark 1337, which the first rule returns in
+        // both. So no connection may differ (docs/decisions.md).
+        shared_trial(
+            "shared::istio-iptables-goldens-against-their-istio-nftables-twins",
+            "third-party/istio/restore",
+            |root| {
+                let restore = root.join("third-party/istio/restore");
+                let nft = root.join("third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata");
+                let mut files: Vec<String> = std::fs::read_dir(policies())?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("iptables-"))
+                    .collect();
+                files.sort();
+                let mut problems = Vec::new();
+                let mut pairs = 0;
+                for file in files {
+                    let name = file.trim_end_matches(".yaml");
+                    let variant = name.trim_start_matches("iptables-");
+                    let (v4, v6, twin) = (
+                        restore.join(format!("{name}.v4.rules")),
+                        restore.join(format!("{name}.v6.rules")),
+                        nft.join(format!("{variant}.golden")),
+                    );
+                    if !v4.exists() || !twin.exists() || NEEDS_GROUPS.contains(&variant) {
+                        continue;
+                    }
+                    let a = match v6.exists() {
+                        true => format!("{},{}", v4.display(), v6.display()),
+                        false => v4.display().to_string(),
+                    };
+                    let policy = policies().join(&file);
+                    let args = [
+                        "diff",
+                        &a,
+                        &format!("nft:{}", twin.display()),
+                        "--policy",
+                        policy.to_str().unwrap(),
+                        "--format",
+                        "json",
+                    ];
+                    let out = sidecheck(&args)?;
+                    pairs += 1;
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    if code(&out) != 0 || !differing(&v).is_empty() {
+                        problems.push(format!(
+                            "{variant}: exit {}, differ: {:?}\n{}",
+                            code(&out),
+                            differing(&v),
+                            String::from_utf8_lossy(&out.stderr)
+                        ));
+                    }
+                }
+                ensure(pairs >= 22, || format!("only {pairs} pairs compared"))?;
+                ensure(problems.is_empty(), || problems.join("\n"))
+            },
+        ),
+        // cni-basic of 2021-12 against today's: the lo redirects of 2021 lack
+        // `-p tcp ! --dport 15008`, so the proxy's own call to its pod's tunnel
+        // port is redirected to 15006 where today the uid RETURN lets it
+        // through. (2021's `-A OUTPUT -p tcp` and today's UDP 15020 RETURN
+        // differ only for UDP, which this matrix does not send; a gid-only
+        // caller is returned by `-o lo ! --uid-owner 1337` in both.)
+        shared_trial(
+            "shared::cni-basic-2021-12-against-today",
+            "third-party/istio/raw/cni-basic-2021-12.golden",
+            |root| {
+                let i = root.join("third-party/istio");
+                let policy = policies().join("cni-basic.yaml");
+                let (c, v) = diff_json(&[
+                    i.join("restore/cni-basic.v4.rules").to_str().unwrap(),
+                    i.join("raw/cni-basic-2021-12.golden").to_str().unwrap(),
+                    "--policy",
+                    policy.to_str().unwrap(),
+                ])?;
+                tunnel_port_difference(c, &v, "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
+            },
+        ),
+        // The built-in current shape against the classic one on the same
+        // matrix: the classic lo redirects have no tunnel-port guard (the
+        // same one difference); its port-22 RETURN and TCP-only OUTPUT jump
+        // meet no probe of this matrix.
+        Trial::test("diff::builtin-current-against-classic-on-cni-basic", || {
+            let policy = policies().join("cni-basic.yaml");
+            let (c, v) =
+                diff_json(&["builtin", "builtin:classic", "--policy", policy.to_str().unwrap(), "--family", "ipv4"])?;
+            tunnel_port_difference(c, &v, "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
+        }),
+    ]
+}
+
+fn tunnel_port_difference(c: i32, v: &serde_json::Value, a_rule: &str) -> Result<(), Failed> {
+    let want = set(&["policy::proxy-uid-1337-to-own-pod-tunnel-15008::ipv4"]);
+    ensure(c == 1 && differing(v) == want, || format!("exit {c}, differ {:?}, want {want:?}", differing(v)))?;
+    let d = &v["differences"][0];
+    ensure(
+        d["ports_differ"] == true
+            && d["first"]["leg"] == 1
+            && d["first"]["hook"] == "OUTPUT"
+            && d["first"]["a"]["text"] == a_rule
+            && d["first"]["b"]["text"] == "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        || format!("{d:#}"),
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = cli_trials();
+    trials.extend(shared_trials());
+    libtest_mimic::run(&args, trials).exit();
+}
