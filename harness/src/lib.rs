@@ -11,6 +11,7 @@
 pub mod error;
 pub mod nfnetlink;
 pub mod policy;
+pub mod policy_from;
 pub mod probe;
 pub mod profile;
 pub mod registry;

@@ -298,6 +298,15 @@ impl Mesh {
         !matches!(self, Mesh::Consul)
     }
 
+    /// Whether excluded outbound ranges are returned before the proxy's own
+    /// lo redirect, so they also keep the proxy's connections to them from
+    /// the inbound listener: Kuma writes `-A OUTPUT -d CIDR -j RETURN` first
+    /// in nat OUTPUT (its with-multiple-flags goldens), Istio writes `-x`
+    /// ranges after the lo rules.
+    pub fn ranges_exclude_first(self) -> bool {
+        self == Mesh::Kuma
+    }
+
     /// Whether the mesh has Istio's HBONE tunnel port, never captured inbound.
     pub fn has_tunnel(self) -> bool {
         self == Mesh::Istio
@@ -740,7 +749,8 @@ impl Policy {
                     }
                     let tunnel = self.tunnel_port.map(PortRange::one);
                     for p in self.inbound_exclude.iter().filter(|p| Some(**p) != tunnel) {
-                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+                        let _ =
+                            writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
                     }
                     for c in &sources {
                         let _ = writeln!(inbound, "-A ISTIO_INBOUND -s {c} -j RETURN");
@@ -799,6 +809,11 @@ impl Policy {
         // Under a mesh that never redirects the proxy's lo traffic, the
         // passthrough source needs no rule: the proxy identity returns it.
         let lo_to_inbound = self.mesh.proxy_lo_to_inbound();
+        if self.mesh.ranges_exclude_first() {
+            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+            }
+        }
         match (lo_to_inbound, self.mode) {
             (false, _) => {}
             // The transparent upstream comes from the proxy gid over lo.
@@ -885,7 +900,8 @@ impl Policy {
                 self.outbound_ranges_include == Select::All
                     || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr))
             };
-            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family && overlaps(c)) {
+            let written = self.mesh.ranges_exclude_first();
+            for c in self.outbound_ranges_exclude.iter().filter(|c| !written && c.family() == family && overlaps(c)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
             }
             if self.outbound_ranges_include == Select::All {
@@ -1075,6 +1091,9 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     // Over lo: the proxy's TCP connections to the pod's own address (or any
     // lo address outside the host loopback range) are captured, to the
     // inbound listener (a service call to itself); its DNS is not.
+    if p.mesh.ranges_exclude_first() && p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+        return vec![q.port];
+    }
     if over_lo && proxy && !q.udp && !host_lo && Some(q.port) != p.tunnel_port && !dns && p.mesh.proxy_lo_to_inbound() {
         return vec![p.inbound_for(family), q.port];
     }
@@ -1176,32 +1195,29 @@ impl Policy {
         };
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push =
-                |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool, link: u8| {
-                    if served(port) {
-                        return;
-                    }
-                    // The client's address: the remote pod's, or the host's behind an extra interface.
-                    let source = match from {
-                        Host::LocalPod => None,
-                        Host::Side(k) => Some(crate::topology::TopologyConfig::link_addresses(k, family).1),
-                        _ => Some(remote),
-                    };
-                    let q = Query {
-                        inbound: from != Host::LocalPod,
-                        udp,
-                        invalid: false,
-                        uid,
-                        gid,
-                        dest,
-                        port,
-                        link,
-                        source,
-                    };
-                    let expected = oracle(self, q);
-                    let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
-                    out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
+            let mut push = |label: String,
+                            from: Host,
+                            uid: u32,
+                            gid: u32,
+                            dest: Dest,
+                            port: u16,
+                            udp: bool,
+                            link: u8| {
+                if served(port) {
+                    return;
+                }
+                // The client's address: the remote pod's, or the host's behind an extra interface.
+                let source = match from {
+                    Host::LocalPod => None,
+                    Host::Side(k) => Some(crate::topology::TopologyConfig::link_addresses(k, family).1),
+                    _ => Some(remote),
                 };
+                let q =
+                    Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link, source };
+                let expected = oracle(self, q);
+                let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
+                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
+            };
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
             let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080)];
             if let Some(t) = self.tunnel_port {
@@ -1918,7 +1934,17 @@ mod tests {
     const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, udp: false, invalid: false, uid: 65534, gid: 65534, dest: OWN, port, link: 0, source: None }
+        Query {
+            inbound: true,
+            udp: false,
+            invalid: false,
+            uid: 65534,
+            gid: 65534,
+            dest: OWN,
+            port,
+            link: 0,
+            source: None,
+        }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
