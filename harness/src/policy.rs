@@ -525,6 +525,31 @@ impl Policy {
         Ok(p)
     }
 
+    /// Whether the stand-in proxy can run this policy under `profile`: it
+    /// serves the profile's admin, stats and health ports beside the
+    /// policy's capture listeners, and one port cannot be both.
+    pub fn check_profile(&self, file: &str, profile: &crate::profile::Profile) -> Result<()> {
+        let x = &profile.proxy;
+        for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
+            for (field, port) in [
+                ("outbound_port", Some(self.outbound_port)),
+                ("inbound_port", Some(self.inbound_port)),
+                ("inbound_port_ipv6", self.inbound_port_ipv6),
+            ] {
+                if port == Some(served) {
+                    return Err(Error::ScenarioInvalid {
+                        file: file.into(),
+                        message: format!(
+                            "{field} {served} is also the {} profile's {role} port ({}): the stand-in proxy cannot listen there for both; run it with a profile file (--profile FILE) that moves the {role} port",
+                            profile.name, profile.file
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn parse_text(file: &str, text: &str) -> Result<Policy> {
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {

@@ -310,7 +310,11 @@ fn render(report: &Report, format: Format, colour: bool) -> String {
 /// `--policy FILE|from-command` for a run: the policy, the profile of its
 /// mesh it runs under (--profile when given, else the built-in profile of
 /// the mesh the policy names), and what to call it in messages.
-fn policy_for_run(file: &std::path::Path, rules: &RulesArgs, given: &Profile) -> anyhow::Result<(Policy, Profile, String)> {
+fn policy_for_run(
+    file: &std::path::Path,
+    rules: &RulesArgs,
+    given: &Profile,
+) -> anyhow::Result<(Policy, Profile, String)> {
     let (text, label) = if file.as_os_str() == "from-command" {
         let Some(cmd) = &rules.generator else {
             anyhow::bail!("--policy from-command derives the policy from the generator's command line: give it with --generator 'CMD'");
@@ -331,6 +335,7 @@ fn policy_for_run(file: &std::path::Path, rules: &RulesArgs, given: &Profile) ->
         (None, None) => given.clone(),
     };
     let policy = Policy::parse_for(&label, &text, &base).with_context(|| format!("loading --policy {label}"))?;
+    policy.check_profile(&label, &base)?;
     Ok((policy, base, label))
 }
 
@@ -344,7 +349,9 @@ fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
         words => harness::policy_from::from_args(words)?,
     };
     let profile = Profile::builtin(derived.mesh.name())?;
-    derived.policy(&profile).context("the derived policy does not load (a bug: please report it with the command line)")?;
+    derived
+        .policy(&profile)
+        .context("the derived policy does not load (a bug: please report it with the command line)")?;
     print!("{}", derived.yaml);
     Ok(true)
 }
