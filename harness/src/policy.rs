@@ -2316,4 +2316,117 @@ mod tests {
             "{some}"
         );
     }
+
+    fn under(mesh: &str, yaml: &str) -> Policy {
+        Policy::parse_for("p.yaml", yaml, &crate::profile::Profile::builtin(mesh).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fields_left_out_take_the_meshs_profile() {
+        let l = under("linkerd", "inbound_ports: '*'");
+        assert_eq!(l.mesh, Mesh::Linkerd);
+        assert_eq!((l.outbound_port, l.inbound_port, l.tunnel_port), (4140, 4143, None));
+        assert_eq!(
+            (l.proxy_uids.clone(), l.proxy_gids.clone()),
+            (vec![2102], vec![]),
+            "a gid only where the mesh matches one"
+        );
+        let i = under("istio", "");
+        assert_eq!((i.proxy_gids, i.tunnel_port), (vec![1337], Some(15008)));
+        let named = under("kuma", "mesh: kuma\noutbound_port: 12345");
+        assert_eq!((named.outbound_port, named.inbound_port), (12345, 15006));
+        let e = Policy::parse_for("p.yaml", "mesh: kuma", &crate::profile::Profile::builtin("linkerd").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mesh: kuma but the profile is linkerd"), "{e}");
+        let e = Policy::parse_for(
+            "p.yaml",
+            "mesh: consul\nmode: TPROXY",
+            &crate::profile::Profile::builtin("consul").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only Istio's generators write TPROXY"), "{e}");
+        let consul = crate::profile::Profile::builtin("consul").unwrap();
+        let clash = under("consul", "outbound_port: 21000");
+        let e = clash.check_profile("p.yaml", &consul).unwrap_err().to_string();
+        assert!(e.contains("outbound_port 21000 is also the consul profile's health port"), "{e}");
+        assert!(under("consul", "").check_profile("p.yaml", &consul).is_ok());
+        let e = Policy::parse("p.yaml", "inbound_exclude: [ssh]").unwrap_err().to_string();
+        assert!(e.contains("`ssh` is not a port or a range"), "{e}");
+    }
+
+    /// The same configuration means other traffic under each mesh's rules.
+    #[test]
+    fn each_mesh_treats_the_proxy_and_lo_its_own_way() {
+        let proxy_to_own = Query { uid: 1337, gid: 1337, ..app(OWN, 8080) };
+        let all = "inbound_ports: '*'\noutbound_ranges_include: '*'\nproxy_uids: [1337]";
+        let rows: &[(&str, &[u16], &[u16])] = &[
+            // mesh, the proxy calling its own pod, the app calling its own pod
+            ("istio", &[15006, 8080], &[8080]),
+            ("kuma", &[15006, 8080], &[8080]),
+            ("linkerd", &[8080], &[8080]),
+            ("consul", &[8080], &[15001, 8080]),
+        ];
+        for (mesh, proxy, app_own) in rows {
+            let p = under(mesh, &format!("{all}\ninbound_port: 15006\noutbound_port: 15001"));
+            assert_eq!(oracle(&p, proxy_to_own), *proxy, "{mesh}: the proxy to its own pod");
+            assert_eq!(oracle(&p, app(OWN, 8080)), *app_own, "{mesh}: the app to its own pod");
+            assert_eq!(oracle(&p, app(Dest::Loopback, 8080)), [8080], "{mesh}: 127.0.0.1 is never captured");
+            let r = p.to_restore_for(Family::Ipv4);
+            assert_eq!(
+                r.contains("-j ISTIO_IN_REDIRECT\n") && r.contains("-o lo -p tcp"),
+                proxy.len() > 1,
+                "{mesh}:\n{r}"
+            );
+            assert_eq!(r.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), app_own.len() == 1, "{mesh}:\n{r}");
+        }
+        // Kuma returns excluded ranges before the proxy's lo redirect; Istio after.
+        let x = "inbound_ports: '*'\noutbound_ranges_include: '*'\noutbound_ranges_exclude: [10.244.0.0/24]\nproxy_uids: [1337]";
+        assert_eq!(oracle(&under("kuma", x), proxy_to_own), [8080]);
+        assert_eq!(oracle(&under("istio", x), proxy_to_own), [15006, 8080]);
+        let r = under("kuma", x).to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("-A ISTIO_OUTPUT -d 10.244.0.0/24 -j RETURN") < pos("--uid-owner 1337 -j ISTIO_IN_REDIRECT"));
+        assert_eq!(r.matches("-d 10.244.0.0/24").count(), 1, "{r}");
+    }
+
+    #[test]
+    fn sources_uids_ranges_and_the_ipv6_port() {
+        let p = policy("inbound_ports: '*'\ninbound_exclude: [6000-8000]\ninbound_sources_exclude: [10.244.0.20/32]\noutbound_ranges_include: '*'\noutbound_ports_exclude: ['5555:5557']\noutbound_uids_exclude: [456]\ninbound_port_ipv6: 15010\nipv6: true");
+        let from = |src: &str, port: u16| Query { source: Some(src.parse().unwrap()), ..inbound(port) };
+        assert_eq!(oracle(&p, from("10.244.0.20", 9000)), [9000], "an excluded source");
+        assert_eq!(oracle(&p, from("10.244.0.21", 9000)), [15006, 9000], "the next address");
+        assert_eq!(oracle(&p, inbound(8000)), [8000], "a range's last port");
+        assert_eq!(oracle(&p, inbound(8001)), [15006, 8001]);
+        assert_eq!(oracle(&p, app(REMOTE, 5557)), [5557]);
+        assert_eq!(oracle(&p, app(REMOTE, 5558)), [15001, 5558]);
+        assert_eq!(oracle(&p, Query { uid: 456, ..app(REMOTE, 80) }), [80], "an excluded uid");
+        let six = Dest::Remote("fd00:10:244::10".parse().unwrap());
+        assert_eq!(oracle(&p, Query { dest: six, ..inbound(80) }), [15010, 80], "IPv6 inbound to its own port");
+        let r4 = p.to_restore_for(Family::Ipv4);
+        for want in [
+            "--dport 6000:8000 -j RETURN",
+            "-s 10.244.0.20/32 -j RETURN",
+            "--dport 5555:5557 -j RETURN",
+            "--uid-owner 456 -j RETURN",
+            "--to-ports 15006",
+        ] {
+            assert!(r4.contains(want), "`{want}` missing from\n{r4}");
+        }
+        let r6 = p.to_restore_for(Family::Ipv6);
+        assert!(r6.contains("--to-ports 15010") && !r6.contains("10.244.0.20"), "{r6}");
+        let topo = MatrixTopology {
+            hosts: vec![(Family::Ipv4, "10.244.0.10".parse().unwrap(), "10.244.0.20".parse().unwrap())],
+            usable: Box::new(|_| true),
+        };
+        let m = p.matrix(&topo, 1000);
+        let find = |l: &str| m.iter().find(|x| x.label == l).unwrap_or_else(|| panic!("no {l}")).expected.clone();
+        assert_eq!(find("inbound-8080"), [8080], "the remote pod's source is excluded");
+        assert_eq!(find("inbound-5999-below-6000-8000"), [5999]);
+        assert_eq!(find("outbound-5558-above-5555-5557"), [15001, 5558]);
+        assert_eq!(find("excluded-uid-456-out"), [9090]);
+        let l = under("linkerd", "inbound_ports: '*'");
+        assert!(l.matrix(&topo, 1000).iter().all(|x| !x.label.contains("tunnel")), "no tunnel port, no tunnel probe");
+    }
 }
