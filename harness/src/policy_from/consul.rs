@@ -60,7 +60,7 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
     let inbound = g.port("proxy-inbound-port")?.ok_or_else(|| {
         Error::config("consul connect redirect-traffic: either -proxy-id or -proxy-inbound-port are required")
     })?;
-    let mut y = Yaml::new(Mesh::Consul, format!("from: consul connect redirect-traffic {}", args.join(" ")));
+    let mut y = Yaml::new(Mesh::Consul, format!("from: consul connect redirect-traffic {}", super::shell_join(args)));
     y.set("outbound_port", g.port("proxy-outbound-port")?.unwrap_or(15001));
     y.set("inbound_port", inbound);
     y.set("tunnel_port", "null");

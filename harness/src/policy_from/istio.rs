@@ -68,7 +68,7 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
             "istio-iptables: --cleanup-only removes rules and installs none: no policy to derive",
         ));
     }
-    let mut y = Yaml::new(Mesh::Istio, format!("from: istio-iptables {}", args.join(" ")));
+    let mut y = Yaml::new(Mesh::Istio, format!("from: istio-iptables {}", super::shell_join(args)));
     let port = |name: &str, default: u16| -> Result<u16> { Ok(g.port(name)?.unwrap_or(default)) };
     y.set("outbound_port", port("envoy-port", 15001)?);
     y.set("inbound_port", port("inbound-capture-port", 15006)?);

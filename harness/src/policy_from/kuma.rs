@@ -84,7 +84,7 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
             "kumactl install transparent-proxy: one of --redirect-dns or --redirect-all-dns-traffic should be specified (kumactl refuses both)",
         ));
     }
-    let mut y = Yaml::new(Mesh::Kuma, format!("from: kumactl install transparent-proxy {}", args.join(" ")));
+    let mut y = Yaml::new(Mesh::Kuma, format!("from: kumactl install transparent-proxy {}", super::shell_join(args)));
     let inbound = g.port("redirect-inbound-port")?.unwrap_or(15006);
     y.set("outbound_port", g.port("redirect-outbound-port")?.unwrap_or(15001));
     y.set("inbound_port", inbound);

@@ -46,7 +46,7 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
         })
     };
     let (inbound, outbound) = (need("incoming-proxy-port")?, need("outgoing-proxy-port")?);
-    let mut y = Yaml::new(Mesh::Linkerd, format!("from: proxy-init {}", args.join(" ")));
+    let mut y = Yaml::new(Mesh::Linkerd, format!("from: proxy-init {}", super::shell_join(args)));
     y.set("outbound_port", outbound);
     y.set("inbound_port", inbound);
     y.set("tunnel_port", "null");

@@ -137,6 +137,16 @@ pub fn split_words(cmd: &str) -> Result<Vec<String>> {
     Ok(words)
 }
 
+/// Words back as one command line, quoted where `sh` needs it (the policy's note).
+fn shell_join(words: &[String]) -> String {
+    let plain = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+%".contains(c));
+    words
+        .iter()
+        .map(|w| if plain(w) { w.clone() } else { format!("'{}'", w.replace('\'', "'\\''")) })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// How a flag is written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -371,6 +381,9 @@ mod tests {
     fn words_split_as_sh_splits_them() {
         assert_eq!(words("a 'b c' \"d\\\"e\" f\\ g"), ["a", "b c", "d\"e", "f g"]);
         assert_eq!(words("-i '*' -x \"\""), ["-i", "*", "-x", ""]);
+        let back = shell_join(&words("-i '*' -x '' -d 1,2 it\\'s"));
+        assert_eq!(back, "-i '*' -x '' -d 1,2 'it'\\''s'");
+        assert_eq!(words(&back), ["-i", "*", "-x", "", "-d", "1,2", "it's"], "the note reads back as the same words");
         for bad in ["a 'b", "a \"b", "a $X", "a; b", "a | b", "a `b`"] {
             assert!(split_words(bad).is_err(), "{bad}");
         }
