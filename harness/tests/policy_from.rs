@@ -448,6 +448,41 @@ fn shared_trials() -> Vec<Trial> {
     ]
 }
 
+/// A hand-written policy using the new fields, with no rule source: its
+/// reference rules under each mesh's profile must meet that mesh's oracle
+/// (the two follow the same contract; a rule the reference forgets, or an
+/// oracle branch it does not implement, fails here).
+fn reference_trials() -> Vec<Trial> {
+    ["istio", "linkerd", "kuma", "consul"]
+        .into_iter()
+        .map(|mesh| {
+            Trial::test(format!("reference::{mesh}::new-fields"), move || {
+                if !nix::unistd::geteuid().is_root() {
+                    return Err("run as root: sudo cargo test (these trials build network namespaces)".into());
+                }
+                let dir = TempDir::new(&format!("ref-{mesh}"));
+                let file = dir.0.join("policy.yaml");
+                let yaml = "inbound_ports: '*'\ninbound_exclude: ['6000-6010']\ninbound_sources_exclude: [198.51.100.0/24]\noutbound_ranges_include: '*'\noutbound_ranges_exclude: [192.0.2.0/24]\noutbound_ports_exclude: ['5555:5557']\noutbound_uids_exclude: [456]\nipv6: true\n";
+                std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+                let trials = run_json(&["--policy", &file.display().to_string(), "--profile", mesh])?;
+                check(
+                    &trials,
+                    &Expect {
+                        fail: &[],
+                        ports: &[
+                            ("policy::inbound-6010::nft::ipv4", &[6010]),
+                            ("policy::outbound-5557::nft::ipv6", &[5557]),
+                            ("policy::excluded-uid-456-out::nft::ipv4", &[9090]),
+                            ("policy::range-192.0.2.0/24-first-192.0.2.1::nft::ipv4", &[9090]),
+                        ],
+                        at_least: 36,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// Bad command lines: exit 2, the message names what is wrong, no panic; no root needed.
 fn error_trials() -> Vec<Trial> {
     let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
@@ -533,5 +568,6 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = error_trials();
     trials.extend(shared_trials());
+    trials.extend(reference_trials());
     libtest_mimic::run(&args, trials).exit();
 }
