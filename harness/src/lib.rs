@@ -15,6 +15,7 @@ pub mod error;
 pub mod golden;
 pub mod nfnetlink;
 pub mod policy;
+pub mod policy_from;
 pub mod probe;
 pub mod profile;
 pub mod registry;

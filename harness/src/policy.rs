@@ -175,6 +175,144 @@ impl std::fmt::Display for GroupRef {
     }
 }
 
+/// A port or an inclusive range of ports: `15090` or `"6000-8000"` (Linkerd's
+/// and Consul's generators take ranges; `6000:8000` is read the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn one(p: u16) -> PortRange {
+        PortRange { first: p, last: p }
+    }
+
+    pub fn parse(s: &str) -> Option<PortRange> {
+        let s = s.trim();
+        let (a, b) = s.split_once(['-', ':']).unwrap_or((s, s));
+        let (first, last): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (first > 0 && first <= last).then_some(PortRange { first, last })
+    }
+
+    pub fn contains(&self, p: u16) -> bool {
+        self.first <= p && p <= self.last
+    }
+
+    /// As iptables' `--dport` takes it.
+    pub fn to_iptables(self) -> String {
+        if self.first == self.last {
+            self.first.to_string()
+        } else {
+            format!("{}:{}", self.first, self.last)
+        }
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port (1-65535) or a range `FIRST-LAST`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<PortRange, E> {
+                u16::try_from(v)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .map(PortRange::one)
+                    .ok_or_else(|| E::custom(format!("port {v} is out of range: use 1-65535")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<PortRange, E> {
+                self.visit_u64(u64::try_from(v).map_err(|_| E::custom(format!("port {v} is negative")))?)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<PortRange, E> {
+                PortRange::parse(v).ok_or_else(|| {
+                    E::custom(format!("`{v}` is not a port or a range of ports (like 15090 or 6000-8000)"))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whose generator the policy configures: the same field can mean other
+/// traffic under another mesh's rules, and the oracle follows each mesh's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mesh {
+    #[default]
+    Istio,
+    Linkerd,
+    Kuma,
+    Consul,
+}
+
+impl Mesh {
+    pub const ALL: [Mesh; 4] = [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma, Mesh::Consul];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mesh::Istio => "istio",
+            Mesh::Linkerd => "linkerd",
+            Mesh::Kuma => "kuma",
+            Mesh::Consul => "consul",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mesh> {
+        Mesh::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// Whether the proxy's own TCP connections over lo (to the pod's address,
+    /// or any lo address outside the host loopback range) are sent to the
+    /// inbound listener. Istio: istio-iptables' `-o lo ! -d 127.0.0.1/32
+    /// -m owner --uid-owner` -> ISTIO_IN_REDIRECT; Kuma the same (kumahq/kuma
+    /// pkg/transparentproxy/iptables/builder/builder_table_nat.go, the
+    /// goldens' KUMA_MESH_OUTBOUND rule 2). Linkerd (linkerd2-proxy-init
+    /// pkg/iptables/iptables.go addOutgoingTrafficRules: the proxy uid RETURNs
+    /// first) and Consul (sdk/iptables/iptables.go: proxy uid RETURN first)
+    /// never capture the proxy's own traffic.
+    pub fn proxy_lo_to_inbound(self) -> bool {
+        matches!(self, Mesh::Istio | Mesh::Kuma)
+    }
+
+    /// Whether the app's traffic leaving on lo is never captured. Istio
+    /// (`-o lo -j RETURN`), Kuma (`-o lo -m owner ! --uid-owner -j RETURN`)
+    /// and Linkerd (`-o lo -j RETURN`, proxy-init/ignore-loopback) return it;
+    /// Consul's rules have no lo rule, only `-d 127.0.0.1/32 -j RETURN`
+    /// (sdk/iptables/iptables.go; sdk/nftables also `ip6 daddr ::1/128`), so
+    /// the app calling its own pod address goes to the outbound listener.
+    pub fn app_lo_returned(self) -> bool {
+        !matches!(self, Mesh::Consul)
+    }
+
+    /// Whether excluded outbound ranges are returned before the proxy's own
+    /// lo redirect, so they also keep the proxy's connections to them from
+    /// the inbound listener: Kuma writes `-A OUTPUT -d CIDR -j RETURN` first
+    /// in nat OUTPUT (its with-multiple-flags goldens), Istio writes `-x`
+    /// ranges after the lo rules.
+    pub fn ranges_exclude_first(self) -> bool {
+        self == Mesh::Kuma
+    }
+
+    /// Whether the mesh has Istio's HBONE tunnel port, never captured inbound.
+    pub fn has_tunnel(self) -> bool {
+        self == Mesh::Istio
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Mode {
@@ -201,15 +339,20 @@ fn d_outbound() -> u16 {
 fn d_inbound() -> u16 {
     15006
 }
-fn d_tunnel() -> u16 {
-    15008
+fn d_tunnel() -> Option<u16> {
+    Some(15008)
 }
 
-/// What the generator was asked to do. Each field is an `istio-iptables`
-/// flag (README maps them); defaults are the flags' defaults.
+/// What the generator was asked to do. The fields began as `istio-iptables`
+/// flags (docs/policy.md maps them, and every other generator's flags);
+/// defaults are Istio's flags' defaults, or under another `mesh` that
+/// mesh's profile's ports and proxy uid ([`Policy::parse_for`]).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Whose generator was asked: which mesh's rules give the fields their meaning.
+    #[serde(default)]
+    pub mesh: Mesh,
     /// `-u`: uids whose traffic is the proxy's.
     #[serde(default = "d_uids")]
     pub proxy_uids: Vec<u32>,
@@ -222,9 +365,12 @@ pub struct Policy {
     /// `-z`
     #[serde(default = "d_inbound")]
     pub inbound_port: u16,
-    /// `--inbound-tunnel-port` (HBONE): never captured inbound.
+    /// A separate IPv6 inbound port (Kuma < 2.7's 15010); absent: `inbound_port`.
+    #[serde(default)]
+    pub inbound_port_ipv6: Option<u16>,
+    /// `--inbound-tunnel-port` (HBONE): never captured inbound. Istio only (null elsewhere).
     #[serde(default = "d_tunnel")]
-    pub tunnel_port: u16,
+    pub tunnel_port: Option<u16>,
     /// `-m`
     #[serde(default)]
     pub mode: Mode,
@@ -237,15 +383,23 @@ pub struct Policy {
     /// `-b`: inbound ports to capture.
     #[serde(default)]
     pub inbound_ports: Select<u16>,
-    /// `-d`: with `inbound_ports: "*"`, ports not captured.
+    /// `-d`: with `inbound_ports: "*"`, ports (or ranges) not captured.
     #[serde(default)]
-    pub inbound_exclude: Vec<u16>,
+    pub inbound_exclude: Vec<PortRange>,
+    /// Inbound connections from these source ranges are not captured
+    /// (Linkerd `--subnets-to-ignore`, Kuma `--exclude-inbound-ips`).
+    #[serde(default)]
+    pub inbound_sources_exclude: Vec<Cidr>,
     /// `-q`: outbound ports captured whatever the address.
     #[serde(default)]
     pub outbound_ports_include: Vec<u16>,
-    /// `-o`: outbound ports never captured.
+    /// `-o`: outbound ports (or ranges) never captured.
     #[serde(default)]
-    pub outbound_ports_exclude: Vec<u16>,
+    pub outbound_ports_exclude: Vec<PortRange>,
+    /// Uids whose outbound traffic is never captured, though they are not
+    /// the proxy (Consul `-exclude-uid`).
+    #[serde(default)]
+    pub outbound_uids_exclude: Vec<u32>,
     /// `-i`: outbound address ranges captured.
     #[serde(default)]
     pub outbound_ranges_include: Select<Cidr>,
@@ -297,7 +451,106 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Parse a policy for Istio's profile.
     pub fn parse(file: &str, text: &str) -> Result<Policy> {
+        Policy::parse_for(file, text, &crate::profile::Profile::istio())
+    }
+
+    /// The `mesh:` a policy names, if it names one (to choose its profile).
+    pub fn mesh_of(text: &str) -> Option<Mesh> {
+        let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+        v.get("mesh").and_then(|m| m.as_str()).and_then(Mesh::parse)
+    }
+
+    /// Parse a policy to be run under `profile`. Its mesh is the policy's
+    /// `mesh:`, else the profile's name; fields left out take that profile's
+    /// numbers (ports, the proxy uid; the proxy gid and the tunnel port only
+    /// under Istio, whose generator alone matches them by default), so a
+    /// policy says only what differs from the mesh's defaults.
+    pub fn parse_for(file: &str, text: &str, profile: &crate::profile::Profile) -> Result<Policy> {
+        let mut p = Policy::parse_text(file, text)?;
+        let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
+        let named = Policy::mesh_of(text);
+        let mesh = match (named, Mesh::parse(&profile.name)) {
+            (Some(m), Some(of_profile)) if m != of_profile => {
+                return Err(invalid(format!(
+                    "mesh: {} but the profile is {} ({}): run it with --profile {} or a profile of that mesh",
+                    m.name(),
+                    profile.name,
+                    profile.file,
+                    m.name()
+                )))
+            }
+            (Some(m), _) | (None, Some(m)) => m,
+            (None, None) => {
+                return Err(invalid(format!(
+                    "profile {} is none of the meshes whose rules the oracle knows ({}): say which one's generator the policy configures with `mesh:`",
+                    profile.name,
+                    Mesh::ALL.map(Mesh::name).join(", ")
+                )))
+            }
+        };
+        let is_istio_default = profile.name == "istio" && mesh == Mesh::Istio;
+        if !is_istio_default {
+            let mut v: serde_norway::Value = serde_norway::from_str(text).unwrap_or(serde_norway::Value::Null);
+            if v.is_null() {
+                v = serde_norway::Value::Mapping(Default::default());
+            }
+            let map = v.as_mapping_mut().ok_or_else(|| invalid("a policy is a mapping of fields".into()))?;
+            let x = &profile.proxy;
+            let mut put = |key: &str, value: serde_norway::Value| {
+                if !map.contains_key(key) {
+                    map.insert(key.into(), value);
+                }
+            };
+            put("mesh", mesh.name().into());
+            put("outbound_port", x.outbound.into());
+            put("inbound_port", x.inbound.into());
+            if let Some(v6) = x.inbound_ipv6 {
+                put("inbound_port_ipv6", v6.into());
+            }
+            put("proxy_uids", vec![x.uid].into());
+            put("proxy_gids", if mesh == Mesh::Istio { vec![x.gid] } else { Vec::new() }.into());
+            if !mesh.has_tunnel() {
+                put("tunnel_port", serde_norway::Value::Null);
+            }
+            p = serde_norway::from_value(v).map_err(|e| invalid(e.to_string()))?;
+        }
+        if p.mode == Mode::Tproxy && p.mesh != Mesh::Istio {
+            return Err(invalid(format!(
+                "mode: TPROXY under mesh {}: only Istio's generators write TPROXY rules the oracle knows",
+                p.mesh.name()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Whether the stand-in proxy can run this policy under `profile`: it
+    /// serves the profile's admin, stats and health ports beside the
+    /// policy's capture listeners, and one port cannot be both.
+    pub fn check_profile(&self, file: &str, profile: &crate::profile::Profile) -> Result<()> {
+        let x = &profile.proxy;
+        for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
+            for (field, port) in [
+                ("outbound_port", Some(self.outbound_port)),
+                ("inbound_port", Some(self.inbound_port)),
+                ("inbound_port_ipv6", self.inbound_port_ipv6),
+            ] {
+                if port == Some(served) {
+                    return Err(Error::ScenarioInvalid {
+                        file: file.into(),
+                        message: format!(
+                            "{field} {served} is also the {} profile's {role} port ({}): the stand-in proxy cannot listen there for both; run it with a profile file (--profile FILE) that moves the {role} port",
+                            profile.name, profile.file
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_text(file: &str, text: &str) -> Result<Policy> {
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
@@ -316,7 +569,7 @@ impl Policy {
         if p.mode == Mode::Tproxy && p.proxy_gids.is_empty() {
             return Err(invalid("mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart".into()));
         }
-        if p.outbound_port == p.inbound_port {
+        if p.outbound_port == p.inbound_port || Some(p.outbound_port) == p.inbound_port_ipv6 {
             return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
         }
         Ok(p)
@@ -325,6 +578,24 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Policy> {
         let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
         Policy::parse(&path.display().to_string(), &text)
+    }
+
+    /// Load a policy to be run under `profile` ([`Policy::parse_for`]).
+    pub fn load_for(path: &Path, profile: &crate::profile::Profile) -> Result<Policy> {
+        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        Policy::parse_for(&path.display().to_string(), &text, profile)
+    }
+
+    /// The inbound listener for `family`.
+    pub fn inbound_for(&self, family: Family) -> u16 {
+        match family {
+            Family::Ipv6 => self.inbound_port_ipv6.unwrap_or(self.inbound_port),
+            Family::Ipv4 => self.inbound_port,
+        }
+    }
+
+    fn in_ranges(list: &[PortRange], port: u16) -> bool {
+        list.iter().any(|r| r.contains(port))
     }
 
     /// The pod's interfaces besides eth0 that the policy names, in order:
@@ -421,6 +692,9 @@ impl Policy {
     /// range to capture is a loopback one, as istio-iptables does (it then
     /// writes no lo RETURN). Otherwise lo is never captured for the app.
     pub fn judges_lo(&self, family: Family) -> bool {
+        if !self.mesh.app_lo_returned() {
+            return true;
+        }
         let loopback =
             Cidr::parse(if family == Family::Ipv4 { "127.0.0.0/8" } else { "::1/128" }).expect("a literal range");
         self.includes(family).iter().any(|c| loopback.contains(c.addr))
@@ -438,7 +712,7 @@ impl Policy {
         };
         let capture_out = self.captures_outbound(family);
         let mut r = crate::rules::istio_nat_preamble();
-        let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_port);
+        let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_for(family));
         // What arrives on a KubeVirt interface is the VM's outbound traffic:
         // to the outbound listener where the ranges capture it.
         let mut virt = Vec::new();
@@ -491,16 +765,30 @@ impl Policy {
                     inbound.push_str("-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n");
                 }
             }
+            // Sources never captured (only where something would be).
+            let sources: Vec<&Cidr> = self.inbound_sources_exclude.iter().filter(|c| c.family() == family).collect();
             match &self.inbound_ports {
                 Select::All => {
-                    let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", self.tunnel_port);
-                    for p in self.inbound_exclude.iter().filter(|p| **p != self.tunnel_port) {
-                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j RETURN");
+                    if let Some(t) = self.tunnel_port {
+                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {t} -j RETURN");
+                    }
+                    let tunnel = self.tunnel_port.map(PortRange::one);
+                    for p in self.inbound_exclude.iter().filter(|p| Some(**p) != tunnel) {
+                        let _ =
+                            writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+                    }
+                    for c in &sources {
+                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -s {c} -j RETURN");
                     }
                     let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -j {jump}");
                 }
                 Select::Only(ports) => {
-                    for p in ports.iter().filter(|p| **p != self.tunnel_port) {
+                    if !ports.is_empty() {
+                        for c in &sources {
+                            let _ = writeln!(inbound, "-A ISTIO_INBOUND -s {c} -j RETURN");
+                        }
+                    }
+                    for p in ports.iter().filter(|p| Some(**p) != self.tunnel_port) {
                         let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j {jump}");
                     }
                 }
@@ -538,33 +826,51 @@ impl Policy {
         let dns_servers = if self.dns_capture { self.dns_servers_for(family) } else { Vec::new() };
         let dns = !dns_servers.is_empty();
         for p in &self.outbound_ports_exclude {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j RETURN");
-            if dns && *p == 53 {
-                r.push_str("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j RETURN\n");
+            let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+            if dns && p.contains(53) {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -p udp -m udp --dport {} -j RETURN", p.to_iptables());
             }
         }
-        if self.mode == Mode::Tproxy {
+        // Under a mesh that never redirects the proxy's lo traffic, the
+        // passthrough source needs no rule: the proxy identity returns it.
+        let lo_to_inbound = self.mesh.proxy_lo_to_inbound();
+        if self.mesh.ranges_exclude_first() {
+            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+            }
+        }
+        match (lo_to_inbound, self.mode) {
+            (false, _) => {}
             // The transparent upstream comes from the proxy gid over lo.
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -m mark --mark {} -j RETURN", self.tproxy_mark);
-        } else {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+            (true, Mode::Tproxy) => {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -m mark --mark {} -j RETURN", self.tproxy_mark);
+            }
+            (true, Mode::Redirect) => {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
+            }
         }
         // Every proxy identity's lo redirect before any lo RETURN, so a
         // second uid, or a gid alone, is treated as the proxy too.
         // (With DNS capture the proxy's own TCP queries over lo are not redirected.)
-        let lo_redirect = if dns {
-            format!("! -d {loopback} -o lo -p tcp -m multiport ! --dports 53,{}", self.tunnel_port)
-        } else {
-            format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {}", self.tunnel_port)
+        let lo_redirect = match (dns, self.tunnel_port) {
+            (true, Some(t)) => format!("! -d {loopback} -o lo -p tcp -m multiport ! --dports 53,{t}"),
+            (true, None) => format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport 53"),
+            (false, Some(t)) => format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {t}"),
+            (false, None) => format!("! -d {loopback} -o lo -p tcp"),
         };
-        for u in &self.proxy_uids {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --uid-owner {u} -j ISTIO_IN_REDIRECT");
-        }
-        for g in &self.proxy_gids {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
+        if lo_to_inbound {
+            for u in &self.proxy_uids {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --uid-owner {u} -j ISTIO_IN_REDIRECT");
+            }
+            for g in &self.proxy_gids {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
+            }
         }
         if capture_out || dns {
             for u in &self.proxy_uids {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
+            }
+            for u in &self.outbound_uids_exclude {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
             }
             // A proxy gid outside the included owner groups is returned by
@@ -619,7 +925,8 @@ impl Policy {
                 self.outbound_ranges_include == Select::All
                     || includes.iter().any(|i| i.contains(c.addr) || c.contains(i.addr))
             };
-            for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family && overlaps(c)) {
+            let written = self.mesh.ranges_exclude_first();
+            for c in self.outbound_ranges_exclude.iter().filter(|c| !written && c.family() == family && overlaps(c)) {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
             }
             if self.outbound_ranges_include == Select::All {
@@ -730,6 +1037,8 @@ pub struct Query {
     pub gid: u32,
     pub dest: Dest,
     pub port: u16,
+    /// The client's address, for an inbound connection (source exclusions).
+    pub source: Option<IpAddr>,
 }
 
 /// The specification: the proxy listener ports a TCP connection passes
@@ -776,16 +1085,22 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     if !q.inbound && on(&p.exclude_interfaces) {
         return vec![q.port];
     }
+    let family = match q.dest {
+        Dest::OwnPod(ip) | Dest::LoopbackAlias(ip) | Dest::Remote(ip) | Dest::Through(ip) => Family::of(ip),
+        Dest::Loopback => q.source.map(Family::of).unwrap_or(Family::Ipv4),
+    };
     if q.inbound {
-        let captured = q.port != p.tunnel_port
+        let from_excluded = q.source.is_some_and(|ip| p.inbound_sources_exclude.iter().any(|c| c.contains(ip)));
+        let captured = Some(q.port) != p.tunnel_port
+            && !from_excluded
             && match &p.inbound_ports {
-                Select::All => !p.inbound_exclude.contains(&q.port),
+                Select::All => !Policy::in_ranges(&p.inbound_exclude, q.port),
                 Select::Only(list) => list.contains(&q.port),
             };
-        return if captured { vec![p.inbound_port, q.port] } else { vec![q.port] };
+        return if captured { vec![p.inbound_for(family), q.port] } else { vec![q.port] };
     }
     let proxy = p.proxy_uids.contains(&q.uid) || p.proxy_gids.contains(&q.gid);
-    if p.outbound_ports_exclude.contains(&q.port) {
+    if Policy::in_ranges(&p.outbound_ports_exclude, q.port) {
         return vec![q.port];
     }
     let (ip, over_lo) = match q.dest {
@@ -801,10 +1116,13 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     // Over lo: the proxy's TCP connections to the pod's own address (or any
     // lo address outside the host loopback range) are captured, to the
     // inbound listener (a service call to itself); its DNS is not.
-    if over_lo && proxy && !q.udp && !host_lo && q.port != p.tunnel_port && !dns {
-        return vec![p.inbound_port, q.port];
+    if p.mesh.ranges_exclude_first() && p.outbound_ranges_exclude.iter().any(|c| c.contains(ip)) {
+        return vec![q.port];
     }
-    if proxy {
+    if over_lo && proxy && !q.udp && !host_lo && Some(q.port) != p.tunnel_port && !dns && p.mesh.proxy_lo_to_inbound() {
+        return vec![p.inbound_for(family), q.port];
+    }
+    if proxy || p.outbound_uids_exclude.contains(&q.uid) {
         return vec![q.port];
     }
     // DNS capture: the app's queries to the listed servers (to any server
@@ -897,27 +1215,44 @@ impl Policy {
         // The app runs in the first included owner group, if any, so its
         // traffic is the kind the policy captures.
         let app_gid = self.owner_groups_include.iter().find_map(GroupRef::gid).unwrap_or(app_uid);
-        let served = |port: u16| [self.outbound_port, self.inbound_port].contains(&port);
+        let served = |port: u16| {
+            [Some(self.outbound_port), Some(self.inbound_port), self.inbound_port_ipv6].contains(&Some(port))
+        };
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push =
-                |label: String, from: Host, uid: u32, gid: u32, dest: Dest, port: u16, udp: bool, link: u8| {
-                    if served(port) {
-                        return;
-                    }
-                    let q = Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link };
-                    let expected = oracle(self, q);
-                    let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
-                    out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
+            let mut push = |label: String,
+                            from: Host,
+                            uid: u32,
+                            gid: u32,
+                            dest: Dest,
+                            port: u16,
+                            udp: bool,
+                            link: u8| {
+                if served(port) {
+                    return;
+                }
+                // The client's address: the remote pod's, or the host's behind an extra interface.
+                let source = match from {
+                    Host::LocalPod => None,
+                    Host::Side(k) => Some(crate::topology::TopologyConfig::link_addresses(k, family).1),
+                    _ => Some(remote),
                 };
-            // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
-            let mut inbound: Vec<(String, u16)> =
-                vec![("inbound-8080".into(), 8080), (format!("inbound-tunnel-{}", self.tunnel_port), self.tunnel_port)];
-            let listed: Vec<u16> = match &self.inbound_ports {
-                Select::All => self.inbound_exclude.clone(),
-                Select::Only(l) => l.clone(),
+                let q =
+                    Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link, source };
+                let expected = oracle(self, q);
+                let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
+                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
             };
-            inbound.extend(with_neighbours("inbound", &listed));
+            // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
+            let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080)];
+            if let Some(t) = self.tunnel_port {
+                inbound.push((format!("inbound-tunnel-{t}"), t));
+            }
+            let listed: Vec<PortRange> = match &self.inbound_ports {
+                Select::All => self.inbound_exclude.clone(),
+                Select::Only(l) => l.iter().copied().map(PortRange::one).collect(),
+            };
+            inbound.extend(range_edges("inbound", &listed));
             for (label, port) in dedup(inbound) {
                 push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false, 0);
             }
@@ -963,6 +1298,7 @@ impl Policy {
                 dest: Dest::Remote(ip),
                 port,
                 link: 0,
+                source: None,
             };
             let (target, target_port) = candidates
                 .iter()
@@ -972,17 +1308,30 @@ impl Policy {
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
             push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false, 0);
-            for (label, port) in with_neighbours("outbound", &self.outbound_ports_exclude) {
+            for (label, port) in range_edges("outbound", &self.outbound_ports_exclude) {
                 push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false, 0);
             }
             for p in &self.outbound_ports_exclude {
                 push(
-                    format!("proxy-to-own-pod-excluded-{p}"),
+                    format!("proxy-to-own-pod-excluded-{}", p.first),
                     Host::LocalPod,
                     puid,
                     app_gid,
                     Dest::OwnPod(pod),
-                    *p,
+                    p.first,
+                    false,
+                    0,
+                );
+            }
+            // Uids excluded as if they were the proxy's, out where the app is captured.
+            for u in &self.outbound_uids_exclude {
+                push(
+                    format!("excluded-uid-{u}-out"),
+                    Host::LocalPod,
+                    *u,
+                    app_gid,
+                    Dest::Remote(target),
+                    target_port,
                     false,
                     0,
                 );
@@ -1073,16 +1422,18 @@ impl Policy {
                     false,
                     0,
                 );
-                push(
-                    format!("proxy-uid-{u}-to-own-pod-tunnel-{}", self.tunnel_port),
-                    Host::LocalPod,
-                    *u,
-                    app_gid,
-                    Dest::OwnPod(pod),
-                    self.tunnel_port,
-                    false,
-                    0,
-                );
+                if let Some(t) = self.tunnel_port {
+                    push(
+                        format!("proxy-uid-{u}-to-own-pod-tunnel-{t}"),
+                        Host::LocalPod,
+                        *u,
+                        app_gid,
+                        Dest::OwnPod(pod),
+                        t,
+                        false,
+                        0,
+                    );
+                }
             }
             // Where lo is judged by the ranges, the proxy's lo call that is
             // not redirected inbound (the tunnel port) is returned as the proxy's.
@@ -1093,7 +1444,7 @@ impl Policy {
                     Cidr::step(c.bounds().0, 2)
                 }
             });
-            if let Some(ip) = lo_target.filter(|_| self.judges_lo(family)) {
+            if let (Some(ip), Some(tunnel)) = (lo_target.filter(|_| self.judges_lo(family)), self.tunnel_port) {
                 for u in &self.proxy_uids {
                     push(
                         format!("proxy-uid-{u}-to-lo-{ip}-tunnel"),
@@ -1101,7 +1452,7 @@ impl Policy {
                         *u,
                         app_gid,
                         Dest::LoopbackAlias(ip),
-                        self.tunnel_port,
+                        tunnel,
                         false,
                         0,
                     );
@@ -1113,7 +1464,7 @@ impl Policy {
                         app_uid,
                         *g,
                         Dest::LoopbackAlias(ip),
-                        self.tunnel_port,
+                        tunnel,
                         false,
                         0,
                     );
@@ -1140,16 +1491,18 @@ impl Policy {
                     false,
                     0,
                 );
-                push(
-                    format!("proxy-gid-{g}-to-own-pod-tunnel-{}", self.tunnel_port),
-                    Host::LocalPod,
-                    app_uid,
-                    *g,
-                    Dest::OwnPod(pod),
-                    self.tunnel_port,
-                    false,
-                    0,
-                );
+                if let Some(t) = self.tunnel_port {
+                    push(
+                        format!("proxy-gid-{g}-to-own-pod-tunnel-{t}"),
+                        Host::LocalPod,
+                        app_uid,
+                        *g,
+                        Dest::OwnPod(pod),
+                        t,
+                        false,
+                        0,
+                    );
+                }
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
@@ -1327,6 +1680,7 @@ impl Policy {
                     dest: Dest::Remote(pod),
                     port: 8080,
                     link: 0,
+                    source: Some(remote),
                 };
                 out.push(MatrixProbe {
                     label: "invalid-segment-to-8080".into(),
@@ -1364,9 +1718,16 @@ pub struct PolicyRun {
 impl Policy {
     /// The profile the stubs run under: Istio's, with this policy's ports and identity.
     pub fn profile(&self) -> crate::profile::Profile {
-        let mut p = crate::profile::Profile::istio();
+        self.profile_on(&crate::profile::Profile::istio())
+    }
+
+    /// The profile the stubs run under: `base` (the mesh's), with this
+    /// policy's ports and proxy identity.
+    pub fn profile_on(&self, base: &crate::profile::Profile) -> crate::profile::Profile {
+        let mut p = base.clone();
         p.proxy.outbound = self.outbound_port;
         p.proxy.inbound = self.inbound_port;
+        p.proxy.inbound_ipv6 = self.inbound_port_ipv6;
         p.proxy.uid = self.proxy_uids.first().copied().unwrap_or(p.proxy.uid);
         p.proxy.gid = self.proxy_gids.first().copied().unwrap_or(p.proxy.gid);
         if self.mode == Mode::Tproxy {
@@ -1540,6 +1901,28 @@ impl Policy {
     }
 }
 
+/// Each port and the one after it, a range's ends and the ports just outside
+/// it (`outbound-6000`, `outbound-8000`, `outbound-5999-below-6000-8000`,
+/// `outbound-8001-above-6000-8000`), once each.
+fn range_edges(prefix: &str, ranges: &[PortRange]) -> Vec<(String, u16)> {
+    let mut v = Vec::new();
+    for r in ranges {
+        if r.first == r.last {
+            v.extend(with_neighbours(prefix, &[r.first]));
+            continue;
+        }
+        v.push((format!("{prefix}-{}", r.first), r.first));
+        v.push((format!("{prefix}-{}", r.last), r.last));
+        if let Some(below) = r.first.checked_sub(1).filter(|p| *p > 0) {
+            v.push((format!("{prefix}-{below}-below-{r}"), below));
+        }
+        if let Some(above) = r.last.checked_add(1) {
+            v.push((format!("{prefix}-{above}-above-{r}"), above));
+        }
+    }
+    dedup(v)
+}
+
 /// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`), once each.
 fn with_neighbours(prefix: &str, ports: &[u16]) -> Vec<(String, u16)> {
     let mut v = Vec::new();
@@ -1576,11 +1959,21 @@ mod tests {
     const OWN: Dest = Dest::OwnPod(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10)));
 
     fn inbound(port: u16) -> Query {
-        Query { inbound: true, udp: false, invalid: false, uid: 65534, gid: 65534, dest: OWN, port, link: 0 }
+        Query {
+            inbound: true,
+            udp: false,
+            invalid: false,
+            uid: 65534,
+            gid: 65534,
+            dest: OWN,
+            port,
+            link: 0,
+            source: None,
+        }
     }
 
     fn app(dest: Dest, port: u16) -> Query {
-        Query { inbound: false, udp: false, invalid: false, uid: 1000, gid: 1000, dest, port, link: 0 }
+        Query { inbound: false, udp: false, invalid: false, uid: 1000, gid: 1000, dest, port, link: 0, source: None }
     }
 
     fn ip(s: &str) -> Dest {
@@ -1922,5 +2315,118 @@ mod tests {
                 && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"),
             "{some}"
         );
+    }
+
+    fn under(mesh: &str, yaml: &str) -> Policy {
+        Policy::parse_for("p.yaml", yaml, &crate::profile::Profile::builtin(mesh).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fields_left_out_take_the_meshs_profile() {
+        let l = under("linkerd", "inbound_ports: '*'");
+        assert_eq!(l.mesh, Mesh::Linkerd);
+        assert_eq!((l.outbound_port, l.inbound_port, l.tunnel_port), (4140, 4143, None));
+        assert_eq!(
+            (l.proxy_uids.clone(), l.proxy_gids.clone()),
+            (vec![2102], vec![]),
+            "a gid only where the mesh matches one"
+        );
+        let i = under("istio", "");
+        assert_eq!((i.proxy_gids, i.tunnel_port), (vec![1337], Some(15008)));
+        let named = under("kuma", "mesh: kuma\noutbound_port: 12345");
+        assert_eq!((named.outbound_port, named.inbound_port), (12345, 15006));
+        let e = Policy::parse_for("p.yaml", "mesh: kuma", &crate::profile::Profile::builtin("linkerd").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mesh: kuma but the profile is linkerd"), "{e}");
+        let e = Policy::parse_for(
+            "p.yaml",
+            "mesh: consul\nmode: TPROXY",
+            &crate::profile::Profile::builtin("consul").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only Istio's generators write TPROXY"), "{e}");
+        let consul = crate::profile::Profile::builtin("consul").unwrap();
+        let clash = under("consul", "outbound_port: 21000");
+        let e = clash.check_profile("p.yaml", &consul).unwrap_err().to_string();
+        assert!(e.contains("outbound_port 21000 is also the consul profile's health port"), "{e}");
+        assert!(under("consul", "").check_profile("p.yaml", &consul).is_ok());
+        let e = Policy::parse("p.yaml", "inbound_exclude: [ssh]").unwrap_err().to_string();
+        assert!(e.contains("`ssh` is not a port or a range"), "{e}");
+    }
+
+    /// The same configuration means other traffic under each mesh's rules.
+    #[test]
+    fn each_mesh_treats_the_proxy_and_lo_its_own_way() {
+        let proxy_to_own = Query { uid: 1337, gid: 1337, ..app(OWN, 8080) };
+        let all = "inbound_ports: '*'\noutbound_ranges_include: '*'\nproxy_uids: [1337]";
+        let rows: &[(&str, &[u16], &[u16])] = &[
+            // mesh, the proxy calling its own pod, the app calling its own pod
+            ("istio", &[15006, 8080], &[8080]),
+            ("kuma", &[15006, 8080], &[8080]),
+            ("linkerd", &[8080], &[8080]),
+            ("consul", &[8080], &[15001, 8080]),
+        ];
+        for (mesh, proxy, app_own) in rows {
+            let p = under(mesh, &format!("{all}\ninbound_port: 15006\noutbound_port: 15001"));
+            assert_eq!(oracle(&p, proxy_to_own), *proxy, "{mesh}: the proxy to its own pod");
+            assert_eq!(oracle(&p, app(OWN, 8080)), *app_own, "{mesh}: the app to its own pod");
+            assert_eq!(oracle(&p, app(Dest::Loopback, 8080)), [8080], "{mesh}: 127.0.0.1 is never captured");
+            let r = p.to_restore_for(Family::Ipv4);
+            assert_eq!(
+                r.contains("-j ISTIO_IN_REDIRECT\n") && r.contains("-o lo -p tcp"),
+                proxy.len() > 1,
+                "{mesh}:\n{r}"
+            );
+            assert_eq!(r.contains("-A ISTIO_OUTPUT -o lo -j RETURN"), app_own.len() == 1, "{mesh}:\n{r}");
+        }
+        // Kuma returns excluded ranges before the proxy's lo redirect; Istio after.
+        let x = "inbound_ports: '*'\noutbound_ranges_include: '*'\noutbound_ranges_exclude: [10.244.0.0/24]\nproxy_uids: [1337]";
+        assert_eq!(oracle(&under("kuma", x), proxy_to_own), [8080]);
+        assert_eq!(oracle(&under("istio", x), proxy_to_own), [15006, 8080]);
+        let r = under("kuma", x).to_restore_for(Family::Ipv4);
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("`{s}` missing from\n{r}"));
+        assert!(pos("-A ISTIO_OUTPUT -d 10.244.0.0/24 -j RETURN") < pos("--uid-owner 1337 -j ISTIO_IN_REDIRECT"));
+        assert_eq!(r.matches("-d 10.244.0.0/24").count(), 1, "{r}");
+    }
+
+    #[test]
+    fn sources_uids_ranges_and_the_ipv6_port() {
+        let p = policy("inbound_ports: '*'\ninbound_exclude: [6000-8000]\ninbound_sources_exclude: [10.244.0.20/32]\noutbound_ranges_include: '*'\noutbound_ports_exclude: ['5555:5557']\noutbound_uids_exclude: [456]\ninbound_port_ipv6: 15010\nipv6: true");
+        let from = |src: &str, port: u16| Query { source: Some(src.parse().unwrap()), ..inbound(port) };
+        assert_eq!(oracle(&p, from("10.244.0.20", 9000)), [9000], "an excluded source");
+        assert_eq!(oracle(&p, from("10.244.0.21", 9000)), [15006, 9000], "the next address");
+        assert_eq!(oracle(&p, inbound(8000)), [8000], "a range's last port");
+        assert_eq!(oracle(&p, inbound(8001)), [15006, 8001]);
+        assert_eq!(oracle(&p, app(REMOTE, 5557)), [5557]);
+        assert_eq!(oracle(&p, app(REMOTE, 5558)), [15001, 5558]);
+        assert_eq!(oracle(&p, Query { uid: 456, ..app(REMOTE, 80) }), [80], "an excluded uid");
+        let six = Dest::Remote("fd00:10:244::10".parse().unwrap());
+        assert_eq!(oracle(&p, Query { dest: six, ..inbound(80) }), [15010, 80], "IPv6 inbound to its own port");
+        let r4 = p.to_restore_for(Family::Ipv4);
+        for want in [
+            "--dport 6000:8000 -j RETURN",
+            "-s 10.244.0.20/32 -j RETURN",
+            "--dport 5555:5557 -j RETURN",
+            "--uid-owner 456 -j RETURN",
+            "--to-ports 15006",
+        ] {
+            assert!(r4.contains(want), "`{want}` missing from\n{r4}");
+        }
+        let r6 = p.to_restore_for(Family::Ipv6);
+        assert!(r6.contains("--to-ports 15010") && !r6.contains("10.244.0.20"), "{r6}");
+        let topo = MatrixTopology {
+            hosts: vec![(Family::Ipv4, "10.244.0.10".parse().unwrap(), "10.244.0.20".parse().unwrap())],
+            usable: Box::new(|_| true),
+        };
+        let m = p.matrix(&topo, 1000);
+        let find = |l: &str| m.iter().find(|x| x.label == l).unwrap_or_else(|| panic!("no {l}")).expected.clone();
+        assert_eq!(find("inbound-8080"), [8080], "the remote pod's source is excluded");
+        assert_eq!(find("inbound-5999-below-6000-8000"), [5999]);
+        assert_eq!(find("outbound-5558-above-5555-5557"), [15001, 5558]);
+        assert_eq!(find("excluded-uid-456-out"), [9090]);
+        let l = under("linkerd", "inbound_ports: '*'");
+        assert!(l.matrix(&topo, 1000).iter().all(|x| !x.label.contains("tunnel")), "no tunnel port, no tunnel probe");
     }
 }

@@ -42,6 +42,20 @@ enum Command {
     /// Two rule sets on the same probes: the connections whose fate differs,
     /// and the first hook where their deciding rules part.
     Diff(DiffArgs),
+    /// Print the capture policy (YAML, for --policy) that a rule generator's
+    /// command line asks for.
+    Policy(PolicyArgs),
+}
+
+#[derive(Parser)]
+struct PolicyArgs {
+    /// Read the generator command line after `--`: istio-iptables (or
+    /// pilot-agent istio-iptables), proxy-init (Linkerd), kumactl install
+    /// transparent-proxy, consul connect redirect-traffic.
+    #[arg(long, required = true)]
+    from: bool,
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Parser)]
@@ -131,10 +145,11 @@ struct RulesArgs {
     #[arg(long, value_enum, default_value = "nft")]
     backend: Backend,
     /// The mesh whose capture contract the rules are checked against: a
-    /// built-in profile (istio, linkerd, kuma, consul) or a profile file.
+    /// built-in profile (istio, linkerd, kuma, consul) or a profile file
+    /// (default istio, or with --policy the mesh the policy names).
     /// Without a rule source, the profile's own rule set is tested.
-    #[arg(long, value_name = "NAME|FILE", default_value = "istio")]
-    profile: String,
+    #[arg(long, value_name = "NAME|FILE")]
+    profile: Option<String>,
 }
 
 impl RulesArgs {
@@ -183,7 +198,8 @@ impl RulesArgs {
             "--rules-timeout {}: give seconds between 0 and 3600",
             self.rules_timeout
         );
-        let profile = Profile::load(&self.profile).with_context(|| format!("loading --profile {}", self.profile))?;
+        let spec = self.profile.as_deref().unwrap_or("istio");
+        let profile = Profile::load(spec).with_context(|| format!("loading --profile {spec}"))?;
         let mut config = SessionConfig {
             rules: self.source(&profile)?,
             profile,
@@ -222,10 +238,12 @@ struct RunArgs {
     /// A directory of scenario YAML files, replacing the built-in set.
     #[arg(long, value_name = "DIR")]
     scenarios: Option<PathBuf>,
-    /// A capture policy (YAML, istio-iptables' flags as fields): probe every
-    /// boundary it draws and compare each connection with what the policy
-    /// says. Without a rule source, the reference rules for it are tested.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios", "profile"])]
+    /// A capture policy (YAML, see docs/policy.md): probe every boundary it
+    /// draws and compare each connection with what the policy says, under
+    /// --profile's mesh (default: the mesh the policy names). Without a rule
+    /// source, the reference rules for it are tested. `from-command`: the
+    /// policy --generator's command line asks for.
+    #[arg(long, value_name = "FILE|from-command", conflicts_with = "scenarios")]
     policy: Option<PathBuf>,
     /// What to print: `github` is the human table, then one `::error`
     /// annotation per failing trial (in GitHub Actions, GITHUB_ACTIONS=true,
@@ -357,9 +375,62 @@ fn render(report: &Report, format: Format, colour: bool) -> String {
     }
 }
 
+/// `--policy FILE|from-command` for a run: the policy, the profile of its
+/// mesh it runs under (--profile when given, else the built-in profile of
+/// the mesh the policy names), and what to call it in messages.
+fn policy_for_run(
+    file: &std::path::Path,
+    rules: &RulesArgs,
+    given: &Profile,
+) -> anyhow::Result<(Policy, Profile, String)> {
+    let (text, label) = if file.as_os_str() == "from-command" {
+        let Some(cmd) = &rules.generator else {
+            anyhow::bail!("--policy from-command derives the policy from the generator's command line: give it with --generator 'CMD'");
+        };
+        let derived = harness::policy_from::from_command(cmd)
+            .with_context(|| format!("deriving the policy from --generator '{cmd}'"))?;
+        (derived.yaml, format!("the policy of --generator '{cmd}'"))
+    } else {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("loading --policy {}: cannot read it; check the path", file.display()))?;
+        (text, file.display().to_string())
+    };
+    let base = match (&rules.profile, Policy::mesh_of(&text)) {
+        (Some(_), _) => given.clone(),
+        (None, Some(mesh)) => {
+            Profile::builtin(mesh.name()).with_context(|| format!("loading the {} profile for {label}", mesh.name()))?
+        }
+        (None, None) => given.clone(),
+    };
+    let policy = Policy::parse_for(&label, &text, &base).with_context(|| format!("loading --policy {label}"))?;
+    policy.check_profile(&label, &base)?;
+    Ok((policy, base, label))
+}
+
+/// `sidecheck policy --from -- CMD`: print the policy, once it loads.
+fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
+    debug_assert!(args.from);
+    // One quoted word is a whole command line; several are its words.
+    let derived = match args.command.as_slice() {
+        [] => anyhow::bail!("policy --from: give the generator command line after `--`, e.g. sidecheck policy --from -- istio-iptables -p 15001 -b '*'"),
+        [one] => harness::policy_from::from_command(one)?,
+        words => harness::policy_from::from_args(words)?,
+    };
+    let profile = Profile::builtin(derived.mesh.name())?;
+    derived
+        .policy(&profile)
+        .context("the derived policy does not load (a bug: please report it with the command line)")?;
+    print!("{}", derived.yaml);
+    Ok(true)
+}
+
 fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
     let file = args.policy.as_deref().expect("guarded by the caller");
-    let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("loading --policy {}: cannot read it; check the path", file.display()))?;
+    let profile = Profile::builtin(Policy::mesh_of(&text).unwrap_or_default().name())?;
+    let policy = Policy::parse_for(&file.display().to_string(), &text, &profile)
+        .with_context(|| format!("loading --policy {}", file.display()))?;
     let family = match args.form {
         RulesForm::Restore => Family::Ipv4,
         RulesForm::Restore6 if policy.ipv6 => Family::Ipv6,
@@ -397,6 +468,7 @@ fn main() -> ExitCode {
         Command::Clean => clean(),
         Command::List(args) => list(args),
         Command::Diff(args) => diff(args),
+        Command::Policy(args) => print_policy_from(&args),
     };
     registry::wait_if_interrupted();
     match result {
@@ -423,9 +495,9 @@ fn plan(
             scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
         }
         (None, Some(file)) => {
-            let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
-            policy.check_groups(&file.display().to_string())?;
-            config.profile = policy.profile();
+            let (policy, base, label) = policy_for_run(file, rules, &config.profile)?;
+            policy.check_groups(&label)?;
+            config.profile = policy.profile_on(&base);
             config.tproxy = policy.tproxy();
             if !rules.given() {
                 config.rules = policy.reference_rules();
@@ -818,8 +890,8 @@ fn trace_rule_args(r: &RulesArgs) -> String {
     if let Some(g) = &r.generator {
         v.push(format!("--generator {}", sh_quote(g)));
     }
-    if r.profile != "istio" {
-        v.push(format!("--profile {}", sh_quote(&r.profile)));
+    if let Some(profile) = r.profile.as_deref().filter(|p| *p != "istio") {
+        v.push(format!("--profile {}", sh_quote(profile)));
     }
     if r.backend != Backend::Nft {
         v.push(format!("--backend {}", r.backend.name()));
