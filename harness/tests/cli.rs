@@ -6,7 +6,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+mod common;
+use common::{code, stderr, TempDir, BIN};
 
 /// Every test that starts a run holds this shared; the tests about stale
 /// runs hold it alone, because any run that starts meanwhile sweeps stale
@@ -28,39 +29,6 @@ fn need_root() {
 
 fn sidecheck(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("running sidecheck")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("sidecheck was killed by a signal")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sidecheck-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn write(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.0.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Namespaces of sidecheck runs whose pid is this test's child: each test

@@ -3,46 +3,15 @@
 //! numbers, chain names, empty tables or front end (docs/decisions.md).
 //! Needs root, like the suite; no shared data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+mod common;
+use common::{code, text, TempDir, BIN};
 
 fn sidecheck(args: &[&str]) -> Output {
     assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test (these tests build network namespaces)");
     Command::new(BIN).args(args).output().expect("running sidecheck")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("sidecheck was killed by a signal")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sidecheck-decisions-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn builtin(args: &[&str]) -> String {
@@ -74,24 +43,24 @@ fn passes_with_paths(args: &[&str]) {
 fn the_builtin_rules_plus_an_empty_filter_table_pass() {
     let dir = TempDir::new("filter");
     let filter = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
-    let v4 = dir.write("r.v4", &(builtin(&[]) + filter));
-    let v6 = dir.write("r.v6", &(builtin(&["--form", "restore6"]) + filter));
+    let v4 = dir.file("r.v4", &(builtin(&[]) + filter));
+    let v6 = dir.file("r.v6", &(builtin(&["--form", "restore6"]) + filter));
     passes_with_paths(&["--rules", &v4, "--rules6", &v6]);
 }
 
 #[test]
 fn the_builtin_rules_as_native_nftables_pass() {
     let dir = TempDir::new("nft");
-    let nft = dir.write("r.nft", &builtin(&["--form", "nft"]));
+    let nft = dir.file("r.nft", &builtin(&["--form", "nft"]));
     passes_with_paths(&["--nft", &nft]);
 }
 
 #[test]
 fn the_builtin_rules_as_a_script_and_through_iptables_legacy_pass() {
     let dir = TempDir::new("forms");
-    let script = dir.write("r.sh", &builtin(&["--form", "script"]));
+    let script = dir.file("r.sh", &builtin(&["--form", "script"]));
     passes_with_paths(&["--script", &script]);
-    let v4 = dir.write("r.v4", &builtin(&[]));
+    let v4 = dir.file("r.v4", &builtin(&[]));
     passes_with_paths(&["--rules", &v4, "--backend", "legacy"]);
 }
 
@@ -113,7 +82,7 @@ fn a_no_op_return_inserted_into_the_classic_rules_passes() {
     assert!(classic.contains(catch_all));
     // 192.0.2.1 (TEST-NET-1): no probe goes there; the catch-all is now rule 10.
     let v4 = dir
-        .write("r.v4", &classic.replace(catch_all, &format!("-A ISTIO_OUTPUT -d 192.0.2.1/32 -j RETURN\n{catch_all}")));
+        .file("r.v4", &classic.replace(catch_all, &format!("-A ISTIO_OUTPUT -d 192.0.2.1/32 -j RETURN\n{catch_all}")));
     passes_with_paths(&["--rules", &v4]);
 }
 
@@ -132,7 +101,7 @@ fn the_gid_return_deciding_for_the_uid_return_fails_exactly_that_flow() {
             &format!("-A ISTIO_OUTPUT -d 127.0.0.1/32 -m owner --uid-owner 1337 -g PROXY_LOCAL\n{uid_return}"),
         )
         .replace("COMMIT\n", "-A PROXY_LOCAL -m owner --gid-owner 1337 -j RETURN\nCOMMIT\n");
-    let v4 = dir.write("gid.v4", &rules);
+    let v4 = dir.file("gid.v4", &rules);
     // Ports alone: every trial passes.
     let out = sidecheck(&["run", "--rules", &v4, "--format", "json"]);
     assert_eq!(failures(&out), vec![], "without --assert paths");
@@ -165,8 +134,8 @@ fn a_profile_without_rules_of_its_own_cannot_assert_paths_on_rules() {
     let profile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/istio.yaml"))
             .unwrap();
-    let p = dir.write("mine.yaml", &profile.replace("name: istio", "name: mine"));
-    let v4 = dir.write("r.v4", &builtin(&[]));
+    let p = dir.file("mine.yaml", &profile.replace("name: istio", "name: mine"));
+    let v4 = dir.file("r.v4", &builtin(&[]));
     let out = sidecheck(&["run", "--profile", &p, "--rules", &v4, "--assert", "paths"]);
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("has none: give the profile its rule set"), "{}", text(&out));

@@ -12,7 +12,10 @@ use std::process::{Command, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+mod common;
+use common::{code, data_trial, text, TempDir, BIN};
+
+const NFT_GOLDENS: &str = "third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata";
 
 fn sidecheck(args: &[&str]) -> Result<Output, Failed> {
     if !nix::unistd::geteuid().is_root() {
@@ -21,42 +24,11 @@ fn sidecheck(args: &[&str]) -> Result<Output, Failed> {
     Command::new(BIN).args(args).output().map_err(|e| format!("running sidecheck: {e}").into())
 }
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     if ok {
         Ok(())
     } else {
         Err(what().into())
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sidecheck-diff-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -104,7 +76,7 @@ fn without_proxy_returns(dir: &TempDir) -> Result<String, Failed> {
     ensure(s4.lines().count() + 2 == v4.lines().count() && s6.lines().count() + 2 == v6.lines().count(), || {
         "the built-in rules no longer hold both proxy RETURNs in both families".into()
     })?;
-    Ok(format!("{},{}", dir.write("noret.v4", &s4), dir.write("noret.v6", &s6)))
+    Ok(format!("{},{}", dir.file("noret.v4", &s4), dir.file("noret.v6", &s6)))
 }
 
 fn cli_trials() -> Vec<Trial> {
@@ -112,7 +84,7 @@ fn cli_trials() -> Vec<Trial> {
         Trial::test("diff::builtin-against-builtin-classic-is-the-same", || same(&["builtin", "builtin:classic"])),
         Trial::test("diff::builtin-restore-against-its-native-nft-form-is-the-same", || {
             let dir = TempDir::new("nft");
-            let nft = dir.write("r.nft", &rules(&["--form", "nft"])?);
+            let nft = dir.file("r.nft", &rules(&["--form", "nft"])?);
             same(&["builtin", &format!("nft:{nft}")])
         }),
         // From reading the rules: without `--uid-owner 1337 -j RETURN` and
@@ -176,7 +148,7 @@ fn cli_trials() -> Vec<Trial> {
         }),
         Trial::test("diff::bad-input-is-exit-2-with-what-to-do", || {
             let dir = TempDir::new("bad");
-            let garbage = dir.write("garbage.rules", "*nat\n-A NOPE -j NOWHERE\nCOMMIT\n");
+            let garbage = dir.file("garbage.rules", "*nat\n-A NOPE -j NOWHERE\nCOMMIT\n");
             for (args, says) in [
                 (
                     vec!["diff", "builtin:nine", "builtin"],
@@ -203,34 +175,6 @@ fn cli_trials() -> Vec<Trial> {
     ]
 }
 
-/// The shared-data root: $SIDECHECK_SHARED, else ../shared beside the workspace.
-fn shared_root() -> PathBuf {
-    std::env::var_os("SIDECHECK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
-
-/// A trial needing `needs` (relative to the shared root): ignored, with the
-/// path named, when it is absent; failed then if SIDECHECK_REQUIRE_SHARED=1.
-fn shared_trial(
-    name: &str,
-    needs: &'static str,
-    f: impl FnOnce(PathBuf) -> Result<(), Failed> + Send + 'static,
-) -> Trial {
-    let root = shared_root();
-    let path = root.join(needs);
-    if path.exists() {
-        return Trial::test(name, move || f(root));
-    }
-    let why =
-        format!("{name}: missing {}: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", path.display());
-    if std::env::var("SIDECHECK_REQUIRE_SHARED").as_deref() == Ok("1") {
-        return Trial::test(name, move || Err(format!("{why} (SIDECHECK_REQUIRE_SHARED=1)").into()));
-    }
-    eprintln!("ignored {why}");
-    Trial::test(name, || Ok(())).with_ignored_flag(true)
-}
-
 fn policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies")
 }
@@ -244,7 +188,7 @@ const NEEDS_GROUPS: &[&str] = &[
     "ipv6-dns-outbound-owner-groups-exclude",
 ];
 
-fn shared_trials() -> Vec<Trial> {
+fn shared_trials(args: &Arguments) -> Vec<Trial> {
     vec![
         // Each istio-iptables golden against its istio-nftables twin (the
         // same variant, VARIANTS.md) on its policy's matrix. Read side by
@@ -255,12 +199,14 @@ fn shared_trials() -> Vec<Trial> {
         // apart, since under TPROXY the proxy's upstream keeps the client's
         // address and carries mark 1337, which the first rule returns in
         // both. So no connection may differ (docs/decisions.md).
-        shared_trial(
+        data_trial(
+            args,
             "shared::istio-iptables-goldens-against-their-istio-nftables-twins",
-            "third-party/istio/restore",
+            &["third-party/istio/raw/tools/istio-iptables/pkg/capture/testdata", NFT_GOLDENS],
             |root| {
-                let restore = root.join("third-party/istio/restore");
-                let nft = root.join("third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata");
+                // The upstream dry-run files as they are: `diff` splits them per family.
+                let ipt = root.join("third-party/istio/raw/tools/istio-iptables/pkg/capture/testdata");
+                let nft = root.join(NFT_GOLDENS);
                 let mut files: Vec<String> = std::fs::read_dir(policies())?
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -272,18 +218,11 @@ fn shared_trials() -> Vec<Trial> {
                 for file in files {
                     let name = file.trim_end_matches(".yaml");
                     let variant = name.trim_start_matches("iptables-");
-                    let (v4, v6, twin) = (
-                        restore.join(format!("{name}.v4.rules")),
-                        restore.join(format!("{name}.v6.rules")),
-                        nft.join(format!("{variant}.golden")),
-                    );
-                    if !v4.exists() || !twin.exists() || NEEDS_GROUPS.contains(&variant) {
+                    let (golden, twin) = (ipt.join(format!("{variant}.golden")), nft.join(format!("{variant}.golden")));
+                    if !golden.exists() || !twin.exists() || NEEDS_GROUPS.contains(&variant) {
                         continue;
                     }
-                    let a = match v6.exists() {
-                        true => format!("{},{}", v4.display(), v6.display()),
-                        false => v4.display().to_string(),
-                    };
+                    let a = golden.display().to_string();
                     let policy = policies().join(&file);
                     let args = [
                         "diff",
@@ -316,14 +255,18 @@ fn shared_trials() -> Vec<Trial> {
         // through. (2021's `-A OUTPUT -p tcp` and today's UDP 15020 RETURN
         // differ only for UDP, which this matrix does not send; a gid-only
         // caller is returned by `-o lo ! --uid-owner 1337` in both.)
-        shared_trial(
+        data_trial(
+            args,
             "shared::cni-basic-2021-12-against-today",
-            "third-party/istio/raw/cni-basic-2021-12.golden",
+            &[
+                "third-party/istio/raw/cni-basic-2021-12.golden",
+                "third-party/istio/raw/cni/pkg/plugin/testdata/basic.txt.golden",
+            ],
             |root| {
                 let i = root.join("third-party/istio");
                 let policy = policies().join("cni-basic.yaml");
                 let (c, v) = diff_json(&[
-                    i.join("restore/cni-basic.v4.rules").to_str().unwrap(),
+                    i.join("raw/cni/pkg/plugin/testdata/basic.txt.golden").to_str().unwrap(),
                     i.join("raw/cni-basic-2021-12.golden").to_str().unwrap(),
                     "--policy",
                     policy.to_str().unwrap(),
@@ -361,6 +304,6 @@ fn tunnel_port_difference(c: i32, v: &serde_json::Value, a_rule: &str) -> Result
 fn main() {
     let args = Arguments::from_args();
     let mut trials = cli_trials();
-    trials.extend(shared_trials());
+    trials.extend(shared_trials(&args));
     libtest_mimic::run(&args, trials).exit();
 }

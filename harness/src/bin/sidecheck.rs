@@ -951,7 +951,9 @@ fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
     };
     Ok(match spec.split_once(':') {
         Some(("nft", p)) => (RuleSource::NftFile(file(p)?), None),
-        Some(("script", p)) => (RuleSource::Script(file(p)?), None),
+        Some(("script", p)) => {
+            (RuleSource::from_script_file(file(p)?).with_context(|| format!("reading `{spec}`"))?, None)
+        }
         Some(("gen", c)) => (RuleSource::Generator(c.to_string()), None),
         Some(("builtin", "classic")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)), None),
         Some(("builtin", "current")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
@@ -967,15 +969,14 @@ fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
             (rules, Some(p))
         }
         _ if spec == "builtin" => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
-        // Restore input, as --rules/--rules6 take it (and whatever forms
-        // their reader accepts, e.g. Istio's dry-run output once it parses it).
-        _ => match spec.split_once(',') {
-            Some((v4, v6)) => (
-                RuleSource::RestoreFiles { v4: (!v4.is_empty()).then(|| PathBuf::from(v4)), v6: Some(file(v6)?) },
-                None,
-            ),
-            None => (RuleSource::restore(file(spec)?), None),
-        },
+        // Restore input or Istio's dry-run output, read as --rules/--rules6 read it.
+        _ => {
+            let (v4, v6) = match spec.split_once(',') {
+                Some((v4, v6)) => ((!v4.is_empty()).then(|| file(v4)).transpose()?, Some(file(v6)?)),
+                None => (Some(file(spec)?), None),
+            };
+            (RuleSource::from_rule_files(v4, v6).with_context(|| format!("reading `{spec}`"))?, None)
+        }
     })
 }
 

@@ -55,39 +55,50 @@ pub struct DataTest {
     pub body: fn(&Path),
 }
 
-/// Trials for `tests`: each runs on the data root when every path it needs
-/// is there; otherwise it is ignored, with one stderr line giving the reason
-/// (libtest prints a bare `ignored` for it, nextest SKIP), or fails under
-/// SIDECHECK_REQUIRE_SHARED=1.
-pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
-    let mut trials = Vec::new();
-    for DataTest { name, needs, body } in tests {
-        let trial = match missing(needs) {
-            None => Trial::test(name, move || {
-                body(&data_root());
-                Ok(())
-            }),
-            Some(why) if required() => Trial::test(name, move || {
-                Err(Failed::from(format!("{why} (SIDECHECK_REQUIRE_SHARED=1: absence fails)")))
-            }),
-            Some(why) => {
-                // Ignored when listed, so libtest, nextest and `--ignored` see
-                // it as such. Run anyway (--include-ignored, nextest
-                // --run-ignored), it fails with the reason: a pass would lie.
-                let t = Trial::test(name, {
-                    let why = why.clone();
-                    move || Err(Failed::from(why))
-                })
-                .with_ignored_flag(true);
-                if !args.list && !args.is_filtered_out(&t) {
-                    eprintln!("ignored {name}: {why}");
-                }
-                t
+/// One trial needing `needs` (paths under the data root): it runs `body`
+/// on the data root when every path is there; otherwise it is ignored, with
+/// one stderr line giving the reason (libtest prints a bare `ignored` for it,
+/// nextest SKIP), or fails under SIDECHECK_REQUIRE_SHARED=1.
+pub fn data_trial(
+    args: &Arguments,
+    name: impl Into<String>,
+    needs: &[&str],
+    body: impl FnOnce(PathBuf) -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    let name = name.into();
+    match missing(needs) {
+        None => Trial::test(name, move || body(data_root())),
+        Some(why) if required() => {
+            Trial::test(name, move || Err(Failed::from(format!("{why} (SIDECHECK_REQUIRE_SHARED=1: absence fails)"))))
+        }
+        Some(why) => {
+            // Ignored when listed, so libtest, nextest and `--ignored` see it
+            // as such. Run anyway (--include-ignored, nextest --run-ignored),
+            // it fails with the reason: a pass would lie.
+            let t = Trial::test(name.clone(), {
+                let why = why.clone();
+                move || Err(Failed::from(why))
+            })
+            .with_ignored_flag(true);
+            if !args.list && !args.is_filtered_out(&t) {
+                eprintln!("ignored {name}: {why}");
             }
-        };
-        trials.push(trial);
+            t
+        }
     }
-    trials
+}
+
+/// Trials for `tests`, each as [`data_trial`].
+pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
+    tests
+        .into_iter()
+        .map(|DataTest { name, needs, body }| {
+            data_trial(args, name, needs, move |root| {
+                body(&root);
+                Ok(())
+            })
+        })
+        .collect()
 }
 
 pub fn need_root() {
@@ -109,6 +120,11 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Both streams, for messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -125,6 +141,11 @@ impl TempDir {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// As [`TempDir::write`], the path as a string for an argument list.
+    pub fn file(&self, rel: &str, text: &str) -> String {
+        self.write(rel, text).display().to_string()
     }
 }
 
