@@ -13,7 +13,8 @@ use std::process::{Command, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+mod common;
+use common::{data_trial, TempDir, BIN};
 
 fn sidecheck(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("running sidecheck")
@@ -21,30 +22,6 @@ fn sidecheck(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn shared_root() -> PathBuf {
-    std::env::var_os("SIDECHECK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sidecheck-policy-from-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("creating a temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `sidecheck policy --from -- WORDS`: the YAML, or the failure.
@@ -123,26 +100,20 @@ fn check(trials: &[Trialled], want: &Expect) -> Result<(), Failed> {
 }
 
 /// A trial on shared data: ignored (one line saying why) when it is absent.
-fn on_shared(name: &str, needs: &[&str], f: impl FnOnce(&Path) -> Result<(), Failed> + Send + 'static) -> Trial {
-    let root = shared_root();
-    let missing: Vec<PathBuf> = needs.iter().map(|n| root.join(n)).filter(|p| !p.exists()).collect();
-    let require = std::env::var("SIDECHECK_REQUIRE_SHARED").as_deref() == Ok("1");
-    let why = missing
-        .first()
-        .map(|p| format!("{} is missing: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", p.display()));
-    match why {
-        Some(why) if !require => {
-            eprintln!("ignored {name}: {why}");
-            Trial::test(name, || Ok(())).with_ignored_flag(true)
+fn on_shared(
+    args: &Arguments,
+    name: &str,
+    needs: &[&str],
+    f: impl FnOnce(&Path) -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    data_trial(args, name, needs, move |root| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(
+                "run as root: these trials build network namespaces (cargo test runs them through ci/as-root)".into()
+            );
         }
-        Some(why) => Trial::test(name, move || Err(format!("SIDECHECK_REQUIRE_SHARED=1: {why}").into())),
-        None => Trial::test(name, move || {
-            if !nix::unistd::geteuid().is_root() {
-                return Err("run as root: sudo cargo test (these trials build network namespaces)".into());
-            }
-            f(&root.join("third-party"))
-        }),
-    }
+        f(&root.join("third-party"))
+    })
 }
 
 /// Write the derived policy to a file and run it with `rules` (sidecheck args).
@@ -179,37 +150,43 @@ const LINKERD_INJECTOR: &[&str] = &[
     "--simulate",
 ];
 
-fn shared_trials() -> Vec<Trial> {
+fn shared_trials(args: &Arguments) -> Vec<Trial> {
     vec![
         // VARIANTS.md: cni-basic is the sidecar injector's configuration. The
         // golden writes `-o lo -m owner ! --uid-owner 1337 -j RETURN` before
         // the gid rule, so a process with only the proxy's gid calling its own
         // pod is returned instead of redirected inbound: that one probe fails.
-        on_shared("istio::injector-command-line::cni-basic", &["third-party/istio/restore/cni-basic.v4.rules"], |t| {
-            let trials = run_policy(
-                "istio",
-                &[ISTIO_INJECTOR],
-                &["--rules".into(), s(t.join("istio/restore/cni-basic.v4.rules"))],
-            )?;
-            check(
-                &trials,
-                &Expect {
-                    fail: &["policy::proxy-gid-1337-to-own-pod::nft::ipv4"],
-                    ports: &[
-                        ("policy::inbound-8080::nft::ipv4", &[15006, 8080]),
-                        ("policy::inbound-15090::nft::ipv4", &[15090]),
-                        ("policy::inbound-tunnel-15008::nft::ipv4", &[15008]),
-                        ("policy::outbound-15020::nft::ipv4", &[15020]),
-                        ("policy::proxy-uid-1337-to-own-pod::nft::ipv4", &[15006, 8080]),
-                    ],
-                    at_least: 15,
-                },
-            )
-        }),
+        on_shared(
+            args,
+            "istio::injector-command-line::cni-basic",
+            &["third-party/istio/raw/cni/pkg/plugin/testdata/basic.txt.golden"],
+            |t| {
+                let trials = run_policy(
+                    "istio",
+                    &[ISTIO_INJECTOR],
+                    &["--rules".into(), s(t.join("istio/raw/cni/pkg/plugin/testdata/basic.txt.golden"))],
+                )?;
+                check(
+                    &trials,
+                    &Expect {
+                        fail: &["policy::proxy-gid-1337-to-own-pod::nft::ipv4"],
+                        ports: &[
+                            ("policy::inbound-8080::nft::ipv4", &[15006, 8080]),
+                            ("policy::inbound-15090::nft::ipv4", &[15090]),
+                            ("policy::inbound-tunnel-15008::nft::ipv4", &[15008]),
+                            ("policy::outbound-15020::nft::ipv4", &[15020]),
+                            ("policy::proxy-uid-1337-to-own-pod::nft::ipv4", &[15006, 8080]),
+                        ],
+                        at_least: 15,
+                    },
+                )
+            },
+        ),
         // The injector's arguments: 4190,4191,4567,4568 RETURN inbound, 4567,4568
         // outbound; the proxy uid RETURNs before lo, so its call to its own pod
         // reaches the app with no inbound hop. Every probe passes, both families.
         on_shared(
+            args,
             "linkerd::injector-defaults::gen-injector-default-nft",
             &["third-party/linkerd/gen-injector-default-nft.sh"],
             |t| {
@@ -241,6 +218,7 @@ fn shared_trials() -> Vec<Trial> {
         // only those two probes fail; the proxy's own call to its pod at 4567 is
         // still returned by its uid, and IPv6 still has the rule.
         on_shared(
+            args,
             "linkerd::broken-fixture::no-ipv4-outbound-ignore",
             &["third-party/linkerd/gen-injector-default-nft.sh"],
             |t| {
@@ -271,6 +249,7 @@ fn shared_trials() -> Vec<Trial> {
         // root_test.go's configuration: ports 1234/2345 and uid and gid 33, which
         // no built-in profile has: the policy gives them, the linkerd profile the rest.
         on_shared(
+            args,
             "linkerd::root-test-uid33::gen-roottest-uid33-nft",
             &["third-party/linkerd/gen-roottest-uid33-nft.sh"],
             |t| {
@@ -297,6 +276,7 @@ fn shared_trials() -> Vec<Trial> {
         // `--policy from-command`: the generator command itself. A stand-in
         // `proxy-init` that runs what proxy-init logged for those arguments.
         on_shared(
+            args,
             "linkerd::policy-from-command::generator",
             &["third-party/linkerd/gen-injector-default-nft.sh"],
             |t| {
@@ -329,6 +309,7 @@ fn shared_trials() -> Vec<Trial> {
         // nothing excluded; the proxy's lo call to its own pod is redirected
         // inbound (KUMA_MESH_OUTBOUND rule 2).
         on_shared(
+            args,
             "kuma::default::debian-12",
             &["third-party/kuma/default.v4.rules", "third-party/kuma/default.v6.rules"],
             |t| {
@@ -358,31 +339,36 @@ fn shared_trials() -> Vec<Trial> {
         ),
         // The dry-run test's overrides (uid 0, ports 12345/12346, inbound 1000,1001
         // and outbound 2000,2001 excluded), IPv4 only.
-        on_shared("kuma::dry-run-overrides::uid0", &["third-party/kuma/kumactl-dryrun-overrides-uid0.v4.rules"], |t| {
-            let trials = run_policy(
+        on_shared(
+            args,
+            "kuma::dry-run-overrides::uid0",
+            &["third-party/kuma/kumactl-dryrun-overrides-uid0.v4.rules"],
+            |t| {
+                let trials = run_policy(
                 "kuma0",
                 &["kumactl install transparent-proxy --dry-run --ip-family-mode ipv4 --kuma-dp-user root --redirect-outbound-port 12345 --redirect-inbound-port 12346 --exclude-outbound-ports 2000,2001 --exclude-inbound-ports 1000,1001"],
                 &["--rules".into(), s(t.join("kuma/kumactl-dryrun-overrides-uid0.v4.rules"))],
             )?;
-            check(
-                &trials,
-                &Expect {
-                    fail: &[],
-                    ports: &[
-                        ("policy::inbound-8080::nft::ipv4", &[12346, 8080]),
-                        ("policy::inbound-1001-beside-1000::nft::ipv4", &[1001]),
-                        ("policy::outbound-2000::nft::ipv4", &[2000]),
-                        ("policy::outbound-2002-beside-2001::nft::ipv4", &[12345, 2002]),
-                        ("policy::proxy-uid-0-to-own-pod::nft::ipv4", &[12346, 8080]),
-                    ],
-                    at_least: 17,
-                },
-            )
-        }),
+                check(
+                    &trials,
+                    &Expect {
+                        fail: &[],
+                        ports: &[
+                            ("policy::inbound-8080::nft::ipv4", &[12346, 8080]),
+                            ("policy::inbound-1001-beside-1000::nft::ipv4", &[1001]),
+                            ("policy::outbound-2000::nft::ipv4", &[2000]),
+                            ("policy::outbound-2002-beside-2001::nft::ipv4", &[12345, 2002]),
+                            ("policy::proxy-uid-0-to-own-pod::nft::ipv4", &[12346, 8080]),
+                        ],
+                        at_least: 17,
+                    },
+                )
+            },
+        ),
         // sdk/nftables' "no proxy outbound port provided" (uid 123, inbound
         // 20000): no lo rule, so the app's call to its own pod address, and to
         // 127.0.0.2, goes to 15001; only 127.0.0.1 and ::1 are returned.
-        on_shared("consul::default::nft-uid123", &["third-party/consul/nft-default-uid123.nft"], |t| {
+        on_shared(args, "consul::default::nft-uid123", &["third-party/consul/nft-default-uid123.nft"], |t| {
             let trials = run_policy(
                 "consul",
                 &["consul", "connect", "redirect-traffic", "-proxy-uid", "123", "-proxy-inbound-port", "20000"],
@@ -408,43 +394,48 @@ fn shared_trials() -> Vec<Trial> {
         // captured inbound. 21000 is also the consul profile's readiness port
         // (consul-k8s's -envoy-ready-bind-port), so the built-in profile is
         // refused for it (below) and a copy with readiness on 21001 runs it.
-        on_shared("consul::exclude-inbound::nft-uid123", &["third-party/consul/nft-exclude-inbound-uid123.nft"], |t| {
-            let dir = TempDir::new("consul-profile");
-            let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/consul.yaml");
-            let yaml = std::fs::read_to_string(&builtin).map_err(|e| e.to_string())?;
-            let moved: String = yaml
-                .lines()
-                .filter(|l| !l.starts_with("rules:"))
-                .map(|l| if l.trim() == "health: 21000" { "  health: 21001" } else { l })
-                .collect::<Vec<_>>()
-                .join("\n");
-            if !moved.contains("health: 21001") {
-                return Err("the consul profile's health port is no longer 21000: revisit this trial".into());
-            }
-            let profile = dir.0.join("consul-ready-21001.yaml");
-            std::fs::write(&profile, moved + "\n").map_err(|e| e.to_string())?;
-            let cmd = "consul connect redirect-traffic -proxy-uid 123 -proxy-inbound-port 20000 -proxy-outbound-port 21000 -exclude-inbound-port 22000 -exclude-inbound-port 22500";
-            let nft = s(t.join("consul/nft-exclude-inbound-uid123.nft"));
-            let clash = sidecheck(&["run", "--policy", "from-command", "--generator", cmd]);
-            if clash.status.code() != Some(2)
-                || !text(&clash.stderr).contains("outbound_port 21000 is also the consul profile's health port")
-            {
-                return Err(format!("the built-in profile should be refused: {}", text(&clash.stderr)).into());
-            }
-            let trials = run_policy("consul-x", &[cmd], &["--nft".into(), nft, "--profile".into(), s(profile)])?;
-            check(
-                &trials,
-                &Expect {
-                    fail: &[],
-                    ports: &[
-                        ("policy::inbound-22000::nft-native::ipv4", &[22000]),
-                        ("policy::inbound-22501-beside-22500::nft-native::ipv6", &[20000, 22501]),
-                        ("policy::outbound-9090::nft-native::ipv4", &[21000, 9090]),
-                    ],
-                    at_least: 20,
-                },
-            )
-        }),
+        on_shared(
+            args,
+            "consul::exclude-inbound::nft-uid123",
+            &["third-party/consul/nft-exclude-inbound-uid123.nft"],
+            |t| {
+                let dir = TempDir::new("consul-profile");
+                let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles/consul.yaml");
+                let yaml = std::fs::read_to_string(&builtin).map_err(|e| e.to_string())?;
+                let moved: String = yaml
+                    .lines()
+                    .filter(|l| !l.starts_with("rules:"))
+                    .map(|l| if l.trim() == "health: 21000" { "  health: 21001" } else { l })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !moved.contains("health: 21001") {
+                    return Err("the consul profile's health port is no longer 21000: revisit this trial".into());
+                }
+                let profile = dir.0.join("consul-ready-21001.yaml");
+                std::fs::write(&profile, moved + "\n").map_err(|e| e.to_string())?;
+                let cmd = "consul connect redirect-traffic -proxy-uid 123 -proxy-inbound-port 20000 -proxy-outbound-port 21000 -exclude-inbound-port 22000 -exclude-inbound-port 22500";
+                let nft = s(t.join("consul/nft-exclude-inbound-uid123.nft"));
+                let clash = sidecheck(&["run", "--policy", "from-command", "--generator", cmd]);
+                if clash.status.code() != Some(2)
+                    || !text(&clash.stderr).contains("outbound_port 21000 is also the consul profile's health port")
+                {
+                    return Err(format!("the built-in profile should be refused: {}", text(&clash.stderr)).into());
+                }
+                let trials = run_policy("consul-x", &[cmd], &["--nft".into(), nft, "--profile".into(), s(profile)])?;
+                check(
+                    &trials,
+                    &Expect {
+                        fail: &[],
+                        ports: &[
+                            ("policy::inbound-22000::nft-native::ipv4", &[22000]),
+                            ("policy::inbound-22501-beside-22500::nft-native::ipv6", &[20000, 22501]),
+                            ("policy::outbound-9090::nft-native::ipv4", &[21000, 9090]),
+                        ],
+                        at_least: 20,
+                    },
+                )
+            },
+        ),
     ]
 }
 
@@ -567,7 +558,7 @@ fn error_trials() -> Vec<Trial> {
 fn main() {
     let args = Arguments::from_args();
     let mut trials = error_trials();
-    trials.extend(shared_trials());
+    trials.extend(shared_trials(&args));
     trials.extend(reference_trials());
     libtest_mimic::run(&args, trials).exit();
 }
