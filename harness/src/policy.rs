@@ -2465,4 +2465,23 @@ mod tests {
         let l = under("linkerd", "inbound_ports: '*'");
         assert!(l.matrix(&topo, 1000).iter().all(|x| !x.label.contains("tunnel")), "no tunnel port, no tunnel probe");
     }
+    #[test]
+    fn osm_excludes_ports_after_the_proxys_lo_redirect() {
+        // exclusions-inclusions.sh: `-o lo ! -d 127.0.0.1/32 --uid-owner 1500
+        // -j OSM_PROXY_IN_REDIRECT` comes before `--dports 10,20 -j RETURN`.
+        let yaml = "inbound_ports: '*'\noutbound_ranges_include: '*'\noutbound_ports_exclude: [10]\nexclude_interfaces: [eth0]";
+        let o = under("osm", yaml);
+        assert_eq!((o.mesh, o.outbound_port, o.inbound_port, o.tunnel_port), (Mesh::Osm, 15001, 15003, None));
+        let proxy_to_own = |p: &Policy, port| oracle(p, Query { uid: p.proxy_uids[0], ..app(OWN, port) });
+        assert_eq!(proxy_to_own(&o, 10), [15003, 10], "OSM: the lo redirect wins over the port exclusion");
+        assert_eq!(oracle(&o, app(REMOTE, 10)), [10], "the app's call to an excluded port is not captured");
+        let i = under("istio", yaml);
+        assert_eq!(proxy_to_own(&i, 10), [10], "Istio: the port exclusion comes first");
+        // An excluded eth0 returns what leaves by eth0, never lo traffic.
+        assert_eq!(proxy_to_own(&o, 8080), [15003, 8080], "over lo, not eth0");
+        assert_eq!(oracle(&o, app(REMOTE, 9090)), [9090], "leaves by the excluded eth0");
+        let r = o.to_restore_for(Family::Ipv4);
+        let (lo, port) = (r.find("--uid-owner 1500 -j ISTIO_IN_REDIRECT"), r.find("--dport 10 -j RETURN"));
+        assert!(lo.is_some() && port.is_some() && lo < port, "the reference follows OSM's order:\n{r}");
+    }
 }
