@@ -317,6 +317,15 @@ impl Drop for TempFile {
     }
 }
 
+/// The command line a generated rule file says it was written by: the
+/// comment line after `run as:` (Linkerd's gen-*.sh).
+fn run_as(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut lines = text.lines().skip_while(|l| !(l.starts_with('#') && l.trim_end().ends_with("run as:")));
+    lines.next()?;
+    Some(lines.next()?.trim_start_matches('#').trim().to_string())
+}
+
 /// The policy run: the case's policy (for a `command`, what `sidecheck
 /// policy --from -- COMMAND` prints) against its rules, every probe of the
 /// boundary matrix; exactly the `policy_expect` probes fail.
@@ -324,6 +333,14 @@ fn run_policy(case: &Case) -> Result<(), Failed> {
     let at = case.file.display();
     if let Some(why) = &case.not_expressible {
         eprintln!("third-party::policy::{}: the policy leaves out: {why}", case.name());
+    }
+    // A generated script names the command line it came from: the case's must be that one.
+    if let (Some(cmd), Some(logged)) = (&case.command, run_as(&case.files()[0])) {
+        if *cmd != logged {
+            return Err(
+                format!("{at}: command `{cmd}` is not the one {} was generated with: `{logged}`", case.rules).into()
+            );
+        }
     }
     let mut _tmp = None;
     let file = match (&case.command, case.policy_file()) {
