@@ -7,6 +7,11 @@
 //!
 //! - `third-party::<mesh>/<file>[+<ipv6 file>][@<profile>]`: one rule set,
 //!   all built-in scenarios, exactly the listed failures.
+//! - `third-party::policy::...`: the boundary matrix of the case's capture
+//!   policy (`command`: what `sidecheck policy --from -- COMMAND` prints;
+//!   `policy`: a file under `policies/`): exactly `policy_expect` fails. A
+//!   case whose configuration no policy can say is reported ignored, with its
+//!   `not_expressible` reason.
 //! - `third-party::half::...`: the same rule set with only the first half of
 //!   each file's rule lines installed: it must fail, exactly as listed.
 //! - `third-party::cases-are-sound`: the case files parse, name real
