@@ -257,10 +257,13 @@ pub enum Mesh {
     Linkerd,
     Kuma,
     Consul,
+    /// Open Service Mesh: no generator command line (the injector writes the
+    /// init container's script), so its policies are written by hand.
+    Osm,
 }
 
 impl Mesh {
-    pub const ALL: [Mesh; 4] = [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma, Mesh::Consul];
+    pub const ALL: [Mesh; 5] = [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma, Mesh::Consul, Mesh::Osm];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -268,6 +271,7 @@ impl Mesh {
             Mesh::Linkerd => "linkerd",
             Mesh::Kuma => "kuma",
             Mesh::Consul => "consul",
+            Mesh::Osm => "osm",
         }
     }
 
@@ -283,9 +287,24 @@ impl Mesh {
     /// goldens' KUMA_MESH_OUTBOUND rule 2). Linkerd (linkerd2-proxy-init
     /// pkg/iptables/iptables.go addOutgoingTrafficRules: the proxy uid RETURNs
     /// first) and Consul (sdk/iptables/iptables.go: proxy uid RETURN first)
-    /// never capture the proxy's own traffic.
+    /// never capture the proxy's own traffic. OSM does, with uid only
+    /// (openservicemesh/osm pkg/injector/iptables.go @7bec5b6b2f77: `-A
+    /// OSM_PROXY_OUTBOUND -o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1500 -j
+    /// OSM_PROXY_IN_REDIRECT`, ../shared/third-party/osm/default.sh).
     pub fn proxy_lo_to_inbound(self) -> bool {
-        matches!(self, Mesh::Istio | Mesh::Kuma)
+        matches!(self, Mesh::Istio | Mesh::Kuma | Mesh::Osm)
+    }
+
+    /// Whether excluded outbound ports are returned before the proxy's own lo
+    /// redirect (istio-iptables writes `-o` ports first in ISTIO_OUTPUT). OSM
+    /// appends its port exclusions (and IP exclusions, and its inclusion
+    /// list) after the lo and uid rules (pkg/injector/iptables.go
+    /// @7bec5b6b2f77 GenerateIptablesCommands; iptables_test.go 'with
+    /// exclusions and inclusions' = ../shared/third-party/osm/
+    /// exclusions-inclusions.sh), so the proxy calling its own pod on an
+    /// excluded port still goes to the inbound listener.
+    pub fn ports_exclude_first(self) -> bool {
+        self != Mesh::Osm
     }
 
     /// Whether the app's traffic leaving on lo is never captured. Istio
@@ -825,11 +844,16 @@ impl Policy {
         r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
         let dns_servers = if self.dns_capture { self.dns_servers_for(family) } else { Vec::new() };
         let dns = !dns_servers.is_empty();
-        for p in &self.outbound_ports_exclude {
-            let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
-            if dns && p.contains(53) {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -p udp -m udp --dport {} -j RETURN", p.to_iptables());
+        let ports_exclude = |r: &mut String| {
+            for p in &self.outbound_ports_exclude {
+                let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+                if dns && p.contains(53) {
+                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p udp -m udp --dport {} -j RETURN", p.to_iptables());
+                }
             }
+        };
+        if self.mesh.ports_exclude_first() {
+            ports_exclude(&mut r);
         }
         // Under a mesh that never redirects the proxy's lo traffic, the
         // passthrough source needs no rule: the proxy identity returns it.
@@ -865,6 +889,10 @@ impl Policy {
             for g in &self.proxy_gids {
                 let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
             }
+        }
+        // OSM: after the proxy's lo redirect ([`Mesh::ports_exclude_first`]).
+        if !self.mesh.ports_exclude_first() {
+            ports_exclude(&mut r);
         }
         if capture_out || dns {
             for u in &self.proxy_uids {
@@ -1052,8 +1080,15 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         return vec![q.port];
     }
     let links = p.pod_links();
-    let iface =
-        if q.link == 0 { "eth0" } else { links.get(usize::from(q.link) - 1).map(String::as_str).unwrap_or("?") };
+    // The app's or proxy's connections to the pod itself leave by lo, never
+    // by eth0: an excluded eth0 (`-o eth0 -j RETURN`, OSM's
+    // exclusions-inclusions.sh, istio-iptables' `-c`) does not return them.
+    let over_lo = matches!(q.dest, Dest::OwnPod(_) | Dest::Loopback | Dest::LoopbackAlias(_));
+    let iface = match q.link {
+        0 if !q.inbound && over_lo => "lo",
+        0 => "eth0",
+        n => links.get(usize::from(n) - 1).map(String::as_str).unwrap_or("?"),
+    };
     let on = |list: &[String]| list.iter().any(|i| i == iface);
     if q.inbound && on(&p.exclude_interfaces) {
         return vec![q.port];
@@ -1100,7 +1135,8 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
         return if captured { vec![p.inbound_for(family), q.port] } else { vec![q.port] };
     }
     let proxy = p.proxy_uids.contains(&q.uid) || p.proxy_gids.contains(&q.gid);
-    if Policy::in_ranges(&p.outbound_ports_exclude, q.port) {
+    let port_excluded = Policy::in_ranges(&p.outbound_ports_exclude, q.port);
+    if port_excluded && p.mesh.ports_exclude_first() {
         return vec![q.port];
     }
     let (ip, over_lo) = match q.dest {
@@ -1122,7 +1158,7 @@ pub fn oracle(p: &Policy, q: Query) -> Vec<u16> {
     if over_lo && proxy && !q.udp && !host_lo && Some(q.port) != p.tunnel_port && !dns && p.mesh.proxy_lo_to_inbound() {
         return vec![p.inbound_for(family), q.port];
     }
-    if proxy || p.outbound_uids_exclude.contains(&q.uid) {
+    if proxy || port_excluded || p.outbound_uids_exclude.contains(&q.uid) {
         return vec![q.port];
     }
     // DNS capture: the app's queries to the listed servers (to any server
@@ -2428,5 +2464,24 @@ mod tests {
         assert_eq!(find("excluded-uid-456-out"), [9090]);
         let l = under("linkerd", "inbound_ports: '*'");
         assert!(l.matrix(&topo, 1000).iter().all(|x| !x.label.contains("tunnel")), "no tunnel port, no tunnel probe");
+    }
+    #[test]
+    fn osm_excludes_ports_after_the_proxys_lo_redirect() {
+        // exclusions-inclusions.sh: `-o lo ! -d 127.0.0.1/32 --uid-owner 1500
+        // -j OSM_PROXY_IN_REDIRECT` comes before `--dports 10,20 -j RETURN`.
+        let yaml = "inbound_ports: '*'\noutbound_ranges_include: '*'\noutbound_ports_exclude: [10]\nexclude_interfaces: [eth0]";
+        let o = under("osm", yaml);
+        assert_eq!((o.mesh, o.outbound_port, o.inbound_port, o.tunnel_port), (Mesh::Osm, 15001, 15003, None));
+        let proxy_to_own = |p: &Policy, port| oracle(p, Query { uid: p.proxy_uids[0], ..app(OWN, port) });
+        assert_eq!(proxy_to_own(&o, 10), [15003, 10], "OSM: the lo redirect wins over the port exclusion");
+        assert_eq!(oracle(&o, app(REMOTE, 10)), [10], "the app's call to an excluded port is not captured");
+        let i = under("istio", yaml);
+        assert_eq!(proxy_to_own(&i, 10), [10], "Istio: the port exclusion comes first");
+        // An excluded eth0 returns what leaves by eth0, never lo traffic.
+        assert_eq!(proxy_to_own(&o, 8080), [15003, 8080], "over lo, not eth0");
+        assert_eq!(oracle(&o, app(REMOTE, 9090)), [9090], "leaves by the excluded eth0");
+        let r = o.to_restore_for(Family::Ipv4);
+        let (lo, port) = (r.find("--uid-owner 1500 -j ISTIO_IN_REDIRECT"), r.find("--dport 10 -j RETURN"));
+        assert!(lo.is_some() && port.is_some() && lo < port, "the reference follows OSM's order:\n{r}");
     }
 }

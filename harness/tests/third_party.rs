@@ -7,6 +7,11 @@
 //!
 //! - `third-party::<mesh>/<file>[+<ipv6 file>][@<profile>]`: one rule set,
 //!   all built-in scenarios, exactly the listed failures.
+//! - `third-party::policy::...`: the boundary matrix of the case's capture
+//!   policy (`command`: what `sidecheck policy --from -- COMMAND` prints;
+//!   `policy`: a file under `policies/`): exactly `policy_expect` fails. A
+//!   case whose configuration no policy can say is reported ignored, with its
+//!   `not_expressible` reason.
 //! - `third-party::half::...`: the same rule set with only the first half of
 //!   each file's rule lines installed: it must fail, exactly as listed.
 //! - `third-party::cases-are-sound`: the case files parse, name real
@@ -20,6 +25,7 @@
 mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use harness::profile::Profile;
 use harness::rules::{Backend, RuleSource};
@@ -87,6 +93,23 @@ struct Case {
     expect: BTreeMap<String, Fails>,
     #[serde(default)]
     half: Option<BTreeMap<String, Fails>>,
+    /// The generator's command line from PROVENANCE: the policy run takes
+    /// the policy `sidecheck policy --from -- COMMAND` prints for it.
+    #[serde(default)]
+    command: Option<String>,
+    /// Or a hand-written policy file under `policies/` (no generator command
+    /// line, or flags `--from` refuses).
+    #[serde(default)]
+    policy: Option<String>,
+    /// What of the configuration no policy can say: alone, there is no
+    /// policy run (the trial is reported ignored with this reason); beside
+    /// `command`/`policy`, what the policy leaves out and why no probe depends on it.
+    #[serde(default)]
+    not_expressible: Option<String>,
+    /// The policy run: probe name (as in `policy::NAME::...`) -> families it
+    /// fails in and why; every other probe must pass.
+    #[serde(default)]
+    policy_expect: BTreeMap<String, Fails>,
     /// The case file, for messages.
     #[serde(skip)]
     file: PathBuf,
@@ -217,11 +240,220 @@ impl Case {
                 }
             }
         }
+        match (&self.command, &self.policy, &self.not_expressible) {
+            (Some(_), Some(_), _) => bad.push(format!("{at}: give `command` or `policy`, not both")),
+            (None, None, None) => bad.push(format!(
+                "{at}: no policy run: give `command` (the generator command line from PROVENANCE.md), `policy` (a file under policies/) or `not_expressible` (why no policy can say the configuration)"
+            )),
+            (None, None, Some(_)) if !self.policy_expect.is_empty() => {
+                bad.push(format!("{at}: policy_expect with no policy run: give `command` or `policy`"))
+            }
+            _ => {}
+        }
+        if self.not_expressible.as_ref().is_some_and(|w| w.trim().is_empty()) {
+            bad.push(format!("{at}: not_expressible is empty: say what cannot be expressed and why"));
+        }
+        if let Err(e) = self.policy_text() {
+            bad.push(e);
+        }
+        for (stem, f) in &self.policy_expect {
+            if f.fail.is_empty() || f.fail.iter().any(|x| !tested.contains(x)) {
+                bad.push(format!(
+                    "{at}: policy_expect.{stem}.fail {:?} must be families this case tests ({tested:?})",
+                    f.fail
+                ));
+            }
+            if f.why.trim().is_empty() {
+                bad.push(format!("{at}: policy_expect.{stem}.why is empty: say why it fails"));
+            }
+        }
         if self.half.as_ref().is_some_and(|h| h.is_empty()) {
             bad.push(format!("{at}: half lists no failure: half the rules must break something"));
         }
         bad
     }
+}
+
+impl Case {
+    /// The policy file's path, for `--policy`.
+    fn policy_file(&self) -> Option<PathBuf> {
+        self.policy.as_ref().map(|p| testdata().join(p))
+    }
+
+    /// The policy of the policy run (None: no run), checked to load under
+    /// the case's profile, in-process (no root): the run itself goes through
+    /// the binary's `policy --from`.
+    fn policy_text(&self) -> Result<Option<String>, String> {
+        let at = self.file.display();
+        let text = match (&self.command, self.policy_file()) {
+            (Some(cmd), _) => {
+                harness::policy_from::from_command(cmd).map_err(|e| format!("{at}: command `{cmd}`: {e:#}"))?.yaml
+            }
+            (None, Some(file)) => {
+                std::fs::read_to_string(&file).map_err(|e| format!("{at}: policy {}: {e}", file.display()))?
+            }
+            (None, None) => return Ok(None),
+        };
+        let profile = self.profile()?;
+        let label = format!("{at} (the policy of the case)");
+        let policy = harness::policy::Policy::parse_for(&label, &text, &profile).map_err(|e| format!("{e:#}"))?;
+        policy.check_profile(&label, &profile).map_err(|e| format!("{e:#}"))?;
+        Ok(Some(text))
+    }
+
+    /// What `--profile` gets: a built-in name or the variant file's path.
+    fn profile_arg(&self) -> String {
+        if self.profile.ends_with(".yaml") {
+            testdata().join(&self.profile).display().to_string()
+        } else {
+            self.profile.clone()
+        }
+    }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
+
+/// A temp file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The command line a generated rule file says it was written by: the
+/// comment line after `run as:` (Linkerd's gen-*.sh).
+fn run_as(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut lines = text.lines().skip_while(|l| !(l.starts_with('#') && l.trim_end().ends_with("run as:")));
+    lines.next()?;
+    Some(lines.next()?.trim_start_matches('#').trim().to_string())
+}
+
+/// The policy run: the case's policy (for a `command`, what `sidecheck
+/// policy --from -- COMMAND` prints) against its rules, every probe of the
+/// boundary matrix; exactly the `policy_expect` probes fail.
+fn run_policy(case: &Case) -> Result<(), Failed> {
+    let at = case.file.display();
+    if let Some(why) = &case.not_expressible {
+        eprintln!("third-party::policy::{}: the policy leaves out: {why}", case.name());
+    }
+    // A generated script names the command line it came from: the case's must be that one.
+    if let (Some(cmd), Some(logged)) = (&case.command, run_as(&case.files()[0])) {
+        if *cmd != logged {
+            return Err(
+                format!("{at}: command `{cmd}` is not the one {} was generated with: `{logged}`", case.rules).into()
+            );
+        }
+    }
+    let mut _tmp = None;
+    let file = match (&case.command, case.policy_file()) {
+        (Some(cmd), _) => {
+            let out = Command::new(BIN).args(["policy", "--from", "--", cmd]).output().map_err(|e| e.to_string())?;
+            if out.status.code() != Some(0) {
+                return Err(format!(
+                    "{at}: sidecheck policy --from -- {cmd}: exit {:?}: {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            let p = std::env::temp_dir().join(format!(
+                "sidecheck-third-party-policy-{}-{}.yaml",
+                std::process::id(),
+                case.name().replace(['/', '+', '@'], "_")
+            ));
+            std::fs::write(&p, &out.stdout).map_err(|e| format!("writing {}: {e}", p.display()))?;
+            _tmp = Some(TempFile(p.clone()));
+            p
+        }
+        (None, Some(f)) => f,
+        (None, None) => return Err(format!("{at}: no policy run").into()),
+    };
+    let files = case.files();
+    let mut args: Vec<String> = ["run", "--format", "json", "--policy"].map(String::from).to_vec();
+    args.push(file.display().to_string());
+    args.extend(["--profile".to_string(), case.profile_arg()]);
+    let families = case.tested_families();
+    if let [one] = families.as_slice() {
+        args.extend(["--family".to_string(), one.name().to_string()]);
+    }
+    if case.backend == BackendName::Legacy {
+        args.extend(["--backend", "legacy"].map(String::from));
+    }
+    match case.form {
+        Form::Restore => {
+            args.extend(["--rules".to_string(), files[0].display().to_string()]);
+            if let Some(v6) = files.get(1) {
+                args.extend(["--rules6".to_string(), v6.display().to_string()]);
+            }
+        }
+        Form::Script => args.extend(["--script".to_string(), files[0].display().to_string()]),
+        Form::Nft => args.extend(["--nft".to_string(), files[0].display().to_string()]),
+    }
+    let out = Command::new(BIN).args(&args).output().map_err(|e| e.to_string())?;
+    let policy_yaml = std::fs::read_to_string(&file).unwrap_or_default();
+    if !matches!(out.status.code(), Some(0) | Some(1)) {
+        return Err(format!(
+            "{at}: sidecheck {}: exit {:?}: {}\npolicy:\n{policy_yaml}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{at}: not JSON: {e}"))?;
+    let trials = v["trials"].as_array().ok_or_else(|| format!("{at}: no trials in the JSON report"))?;
+    // policy::<probe>::<backend>::<family>
+    let mut seen = BTreeSet::new();
+    let mut ran = BTreeSet::new();
+    let mut failed = BTreeMap::new();
+    for t in trials {
+        let name = t["name"].as_str().unwrap_or_default();
+        // (A probe name can hold `::` itself: an IPv6 range.)
+        let parts: Vec<&str> = name.strip_prefix("policy::").unwrap_or_default().rsplitn(3, "::").collect();
+        let [family, _, probe] = parts.as_slice() else {
+            return Err(format!("{at}: unexpected trial name {name}").into());
+        };
+        seen.insert(probe.to_string());
+        ran.insert(family.to_string());
+        if t["outcome"] != "pass" {
+            failed.insert(format!("{probe}::{family}"), t["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let want_families: BTreeSet<String> = families.iter().map(|f| f.name().to_string()).collect();
+    if ran != want_families {
+        return Err(format!("{at}: the policy run ran in {ran:?}, the case is for {want_families:?}").into());
+    }
+    let unknown: Vec<&String> = case.policy_expect.keys().filter(|k| !seen.contains(*k)).collect();
+    if !unknown.is_empty() {
+        return Err(format!("{at}: policy_expect names no probe of this policy: {unknown:?} (probes: {seen:?})").into());
+    }
+    let want: BTreeSet<String> = case
+        .policy_expect
+        .iter()
+        .flat_map(|(s, f)| f.fail.iter().map(move |fam| format!("{s}::{}", fam.name())))
+        .collect();
+    let got: BTreeSet<String> = failed.keys().cloned().collect();
+    if got == want {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "{} (policy run, {at}, configuration: {}):\n  expected to fail: {want:?}\n  failed:           {got:?}\n",
+        case.name(),
+        case.configuration
+    );
+    for key in want.difference(&got) {
+        let probe = key.rsplit_once("::").map(|(p, _)| p).unwrap_or_default();
+        let why = &case.policy_expect[probe].why;
+        msg.push_str(&format!("  PASSED but expected to fail, because {why}: {key}\n"));
+    }
+    for key in got.difference(&want) {
+        msg.push_str(&format!("  FAILED unexpectedly: {key}: {}\n", failed[key]));
+    }
+    msg.push_str(&format!("policy:\n{policy_yaml}"));
+    Err(msg.into())
 }
 
 /// The rule set with only the first half of each file's rule lines.
@@ -415,6 +647,19 @@ fn main() {
             }
             run(&c, &s, &c.expect, false).map(|()| Completion::Completed)
         }));
+        {
+            let c = case.clone();
+            trials.push(Trial::ignorable_test(format!("third-party::policy::{name}"), move || {
+                if c.command.is_none() && c.policy.is_none() {
+                    let why = c.not_expressible.as_deref().unwrap_or("no policy");
+                    return Ok(Completion::ignored_with(format!("not expressible as a policy: {why}")));
+                }
+                if let Err(skip) = need(&c.files()) {
+                    return skip;
+                }
+                run_policy(&c).map(|()| Completion::Completed)
+            }));
+        }
         if let Some(half) = case.half.clone() {
             let s = scenarios.clone();
             trials.push(Trial::ignorable_test(format!("third-party::half::{name}"), move || {
