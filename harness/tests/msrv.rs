@@ -15,7 +15,8 @@ fn parse(v: &str) -> Version {
 /// The largest `rust_version` among dependencies, and every workspace
 /// member's declared one, from `cargo metadata` JSON.
 fn needed_and_declared(meta: &serde_json::Value) -> (Option<(Version, String)>, Vec<(String, Option<Version>)>) {
-    let members: Vec<&str> = meta["workspace_members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    let members: Vec<&str> =
+        meta["workspace_members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
     // Only packages in the resolved graph: metadata also lists unused ones.
     let resolved: Vec<&str> =
         meta["resolve"]["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
