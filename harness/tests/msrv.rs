@@ -6,6 +6,8 @@
 use std::process::Command;
 
 type Version = (u64, u64, u64);
+/// The largest need and who has it, and each member with its declared version.
+type Found = (Option<(Version, String)>, Vec<(String, Option<Version>)>);
 
 fn parse(v: &str) -> Version {
     let mut it = v.split('.').map(|n| n.parse::<u64>().unwrap_or_else(|_| panic!("rust-version {v:?} is not X.Y[.Z]")));
@@ -14,7 +16,7 @@ fn parse(v: &str) -> Version {
 
 /// The largest `rust_version` among dependencies, and every workspace
 /// member's declared one, from `cargo metadata` JSON.
-fn needed_and_declared(meta: &serde_json::Value) -> (Option<(Version, String)>, Vec<(String, Option<Version>)>) {
+fn needed_and_declared(meta: &serde_json::Value) -> Found {
     let members: Vec<&str> =
         meta["workspace_members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
     // Only packages in the resolved graph: metadata also lists unused ones.
