@@ -8,7 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "run as root: sudo cargo test (or sudo sidecheck ...): {what} creates network namespaces, which needs root"
+        "{what} creates network namespaces, which needs root.\n  \
+         From the source tree: as root, or as a user with sudo, `cargo test` (cargo's runner, ci/as-root, uses sudo for the binaries that need it).\n  \
+         Installed: `cargo install --locked --path harness`, then `sudo \"$(command -v sidecheck)\" run` \
+         (or install to /usr/local/bin: `sudo install ~/.cargo/bin/sidecheck /usr/local/bin/`, then `sudo sidecheck run`).\n  \
+         Not `sudo cargo test`: sudo's secure_path lacks ~/.cargo/bin, so sudo cannot find cargo; type `cargo test` instead."
     )]
     NotRoot { what: String },
 

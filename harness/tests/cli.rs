@@ -360,7 +360,17 @@ fn not_root_exits_2_saying_so() {
     use std::os::unix::process::CommandExt;
     let out = Command::new(&exe).arg("run").uid(65534).gid(65534).output().unwrap();
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("run as root: sudo cargo test"), "{}", stderr(&out));
+    // The three ways that work for a rustup user, and why `sudo cargo` does not.
+    let err = stderr(&out);
+    for said in [
+        "sidecheck run creates network namespaces, which needs root",
+        "as root, or as a user with sudo, `cargo test`",
+        "`cargo install --locked --path harness`, then `sudo \"$(command -v sidecheck)\" run`",
+        "/usr/local/bin",
+        "Not `sudo cargo test`: sudo's secure_path lacks ~/.cargo/bin",
+    ] {
+        assert!(err.contains(said), "the not-root message does not say {said:?}:\n{err}");
+    }
 }
 
 #[test]
