@@ -1,7 +1,8 @@
-//! docs/action-inputs.md (included in README's CI section) lists the
-//! composite action's inputs and outputs: it must say what ci/action.yml
-//! defines, or users pass inputs that do not exist. No root needed.
-//! `SIDECHECK_BLESS=1 cargo test --test action_inputs` rewrites the file.
+//! README's CI section lists the composite action's inputs and outputs,
+//! between `<!-- action-inputs -->` and `<!-- /action-inputs -->`: it must say
+//! what ci/action.yml defines, or users pass inputs that do not exist. No
+//! root needed. `SIDECHECK_BLESS=1 cargo test --test action_inputs` rewrites
+//! the block.
 
 use std::path::Path;
 
@@ -11,9 +12,7 @@ const WS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 fn render(action_yml: &str) -> String {
     let doc: serde_norway::Value = serde_norway::from_str(action_yml).expect("ci/action.yml is not YAML");
     let mut md = String::from(
-        "<!-- Generated from ci/action.yml; harness/tests/action_inputs.rs checks it. \
-         Rewrite with SIDECHECK_BLESS=1 cargo test --test action_inputs -->\n\n\
-         | Input | Default | What |\n|---|---|---|\n",
+        "| Input | Default | What |\n|---|---|---|\n",
     );
     let text = |v: &serde_norway::Value| match v {
         serde_norway::Value::String(s) => s.trim().replace('|', "\\|"),
@@ -35,20 +34,28 @@ fn render(action_yml: &str) -> String {
     md
 }
 
+const OPEN: &str = "<!-- action-inputs -->\n";
+const CLOSE: &str = "<!-- /action-inputs -->";
+
 #[test]
-fn docs_list_the_actions_inputs_and_outputs() {
+fn readme_lists_the_actions_inputs_and_outputs() {
     let action = std::fs::read_to_string(Path::new(WS).join("ci/action.yml")).unwrap();
     let want = render(&action);
-    let doc = Path::new(WS).join("docs/action-inputs.md");
+    let path = Path::new(WS).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(a), Some(b)) = (readme.find(OPEN), readme.find(CLOSE)) else {
+        panic!("{} has no {OPEN:?} ... {CLOSE:?} block for the action's inputs", path.display())
+    };
+    let have = &readme[a + OPEN.len()..b];
     if std::env::var_os("SIDECHECK_BLESS").is_some() {
-        std::fs::write(&doc, &want).unwrap();
+        std::fs::write(&path, format!("{}{want}{}", &readme[..a + OPEN.len()], &readme[b..])).unwrap();
+        return;
     }
-    let have = std::fs::read_to_string(&doc).unwrap_or_default();
     assert!(
         have == want,
-        "{} does not match ci/action.yml's inputs and outputs; rewrite it with \
+        "{}'s action-inputs block does not match ci/action.yml's inputs and outputs; rewrite it with \
          SIDECHECK_BLESS=1 cargo test --test action_inputs.\n--- expected:\n{want}\n--- found:\n{have}",
-        doc.display()
+        path.display()
     );
 }
 
