@@ -11,9 +11,7 @@ const WS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The Markdown tables for an action.yml's inputs and outputs.
 fn render(action_yml: &str) -> String {
     let doc: serde_norway::Value = serde_norway::from_str(action_yml).expect("ci/action.yml is not YAML");
-    let mut md = String::from(
-        "| Input | Default | What |\n|---|---|---|\n",
-    );
+    let mut md = String::from("| Input | Default | What |\n|---|---|---|\n");
     let text = |v: &serde_norway::Value| match v {
         serde_norway::Value::String(s) => s.trim().replace('|', "\\|"),
         serde_norway::Value::Bool(b) => b.to_string(),

@@ -33,7 +33,7 @@ use harness::scenario::{self, Scenario};
 use harness::topology::{Family, TopologyConfig};
 use harness::verdict::Outcome;
 use harness::{registry, Session, SessionConfig};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 use serde::Deserialize;
 
 const MESHES: [&str; 4] = ["linkerd", "kuma", "consul", "osm"];
@@ -119,17 +119,6 @@ struct Case {
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/third-party")
-}
-
-/// `Ok(())` when every path exists; otherwise the ignore (or, under
-/// SIDECHECK_REQUIRE_SHARED=1, the failure) naming the first missing one.
-fn need(paths: &[PathBuf]) -> Result<(), Result<Completion, Failed>> {
-    let Some(missing) = paths.iter().find(|p| !p.exists()) else { return Ok(()) };
-    let why = format!("missing {}: put ../shared beside the checkout or set SIDECHECK_SHARED=DIR", missing.display());
-    if common::required() {
-        return Err(Err(format!("{why} (SIDECHECK_REQUIRE_SHARED=1)").into()));
-    }
-    Err(Ok(Completion::ignored_with(why)))
 }
 
 fn load_cases() -> Result<Vec<Case>, String> {
@@ -604,12 +593,9 @@ fn main() {
     }
     {
         let cases = cases.clone();
-        trials.push(Trial::ignorable_test("third-party::every-rule-set-has-a-case", move || {
-            let root = common::data_root().join("third-party");
-            let dirs: Vec<PathBuf> = MESHES.iter().map(|m| root.join(m)).collect();
-            if let Err(skip) = need(&dirs) {
-                return skip;
-            }
+        let root = common::data_root().join("third-party");
+        let dirs: Vec<PathBuf> = MESHES.iter().map(|m| root.join(m)).collect();
+        trials.push(common::data_trial(&args, "third-party::every-rule-set-has-a-case", &dirs, move |_| {
             let covered: BTreeSet<String> =
                 cases.iter().flat_map(|c| std::iter::once(c.rules.clone()).chain(c.rules6.clone())).collect();
             let mut missing = Vec::new();
@@ -630,7 +616,7 @@ fn main() {
             }
             missing.sort();
             match missing.is_empty() {
-                true => Ok(Completion::Completed),
+                true => Ok(()),
                 false => {
                     Err(format!("rule sets with no case in harness/testdata/third-party/: {}", missing.join(", "))
                         .into())
@@ -641,32 +627,30 @@ fn main() {
     for case in cases {
         let name = case.name();
         let (c, s) = (case.clone(), scenarios.clone());
-        trials.push(Trial::ignorable_test(format!("third-party::{name}"), move || {
-            if let Err(skip) = need(&c.files()) {
-                return skip;
-            }
-            run(&c, &s, &c.expect, false).map(|()| Completion::Completed)
+        trials.push(common::data_trial(&args, format!("third-party::{name}"), &case.files(), move |_| {
+            run(&c, &s, &c.expect, false)
         }));
         {
             let c = case.clone();
-            trials.push(Trial::ignorable_test(format!("third-party::policy::{name}"), move || {
-                if c.command.is_none() && c.policy.is_none() {
-                    let why = c.not_expressible.as_deref().unwrap_or("no policy");
-                    return Ok(Completion::ignored_with(format!("not expressible as a policy: {why}")));
-                }
-                if let Err(skip) = need(&c.files()) {
-                    return skip;
-                }
-                run_policy(&c).map(|()| Completion::Completed)
-            }));
+            let trial_name = format!("third-party::policy::{name}");
+            if c.command.is_none() && c.policy.is_none() {
+                // Not data that is missing: a configuration no policy can say.
+                let why =
+                    format!("not expressible as a policy: {}", c.not_expressible.as_deref().unwrap_or("no policy"));
+                let t = Trial::test(trial_name, {
+                    let why = why.clone();
+                    move || Err(why.into())
+                });
+                trials.push(common::ignored(&args, t, &why));
+            } else {
+                trials.push(common::data_trial(&args, trial_name, &case.files(), move |_| run_policy(&c)));
+            }
         }
         if let Some(half) = case.half.clone() {
             let s = scenarios.clone();
-            trials.push(Trial::ignorable_test(format!("third-party::half::{name}"), move || {
-                if let Err(skip) = need(&case.files()) {
-                    return skip;
-                }
-                run(&case, &s, &half, true).map(|()| Completion::Completed)
+            let files = case.files();
+            trials.push(common::data_trial(&args, format!("third-party::half::{name}"), &files, move |_| {
+                run(&case, &s, &half, true)
             }));
         }
     }

@@ -32,11 +32,13 @@ pub fn required() -> bool {
     std::env::var("SIDECHECK_REQUIRE_SHARED").is_ok_and(|v| v == "1")
 }
 
-/// Why a trial needing `needs` (paths under the data root) cannot run, if it cannot.
-pub fn missing(needs: &[&str]) -> Option<String> {
+/// Why a trial needing `needs` (paths under the data root, or absolute
+/// paths) cannot run, if it cannot.
+pub fn missing<P: AsRef<Path>>(needs: &[P]) -> Option<String> {
     let root = data_root();
-    let absent: Vec<&&str> = needs.iter().filter(|p| !root.join(p).exists()).collect();
+    let absent: Vec<&Path> = needs.iter().map(AsRef::as_ref).filter(|p| !root.join(p).exists()).collect();
     let first = absent.first()?;
+    let first = first.strip_prefix(&root).unwrap_or(first).display();
     let more = match absent.len() {
         1 => String::new(),
         n => format!(" and {} more", n - 1),
@@ -59,10 +61,10 @@ pub struct DataTest {
 /// on the data root when every path is there; otherwise it is ignored, with
 /// one stderr line giving the reason (libtest prints a bare `ignored` for it,
 /// nextest SKIP), or fails under SIDECHECK_REQUIRE_SHARED=1.
-pub fn data_trial(
+pub fn data_trial<P: AsRef<Path>>(
     args: &Arguments,
     name: impl Into<String>,
-    needs: &[&str],
+    needs: &[P],
     body: impl FnOnce(PathBuf) -> Result<(), Failed> + Send + 'static,
 ) -> Trial {
     let name = name.into();
@@ -80,12 +82,19 @@ pub fn data_trial(
                 move || Err(Failed::from(why))
             })
             .with_ignored_flag(true);
-            if !args.list && !args.is_filtered_out(&t) {
-                eprintln!("ignored {name}: {why}");
-            }
-            t
+            ignored(args, t, &why)
         }
     }
+}
+
+/// `trial`, ignored for `why`: said on one stderr line when it would run,
+/// because libtest prints a bare `ignored` (nextest SKIP).
+pub fn ignored(args: &Arguments, trial: Trial, why: &str) -> Trial {
+    let trial = trial.with_ignored_flag(true);
+    if !args.list && !args.is_filtered_out(&trial) {
+        eprintln!("ignored {}: {why}", trial.name());
+    }
+    trial
 }
 
 /// Trials for `tests`, each as [`data_trial`].
