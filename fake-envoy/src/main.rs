@@ -146,7 +146,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    stub::exit_with_parent();
+    stub::exit_with_parent("fake-envoy");
     // Each proxied probe holds two sockets: allow thousands at once.
     if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         if soft < hard {
@@ -166,7 +166,7 @@ fn main() {
     let terminals: Vec<_> =
         cfg.serve.iter().map(|(name, a)| (name.clone(), stub::bind_or_exit("fake-envoy", *a))).collect();
     for (name, l) in terminals {
-        stub::serve_terminal(l, name, cfg.timeout);
+        stub::serve_terminal("fake-envoy", l, name, cfg.timeout);
     }
     let dns_tcp: Vec<_> =
         cfg.dns.iter().map(|(a, up)| (stub::bind_or_exit("fake-envoy", *a), Direction::Dns(*up))).collect();
@@ -183,7 +183,7 @@ fn main() {
         .collect();
     let cfg: &'static Config = Box::leak(Box::new(cfg));
     for (sock, up) in dns_udp {
-        thread::spawn(move || dns_udp_loop(sock, up, cfg));
+        stub::spawn_or_exit("fake-envoy", "the DNS listener", move || dns_udp_loop(sock, up, cfg));
     }
     let listeners = inbound
         .into_iter()
@@ -191,7 +191,7 @@ fn main() {
         .chain(outbound.into_iter().map(|l| (l, Direction::Outbound)))
         .chain(dns_tcp);
     for (l, dir) in listeners {
-        thread::spawn(move || accept_loop(l, dir, cfg));
+        stub::spawn_or_exit("fake-envoy", &format!("the {} listener", dir.role()), move || accept_loop(l, dir, cfg));
     }
     stub::announce_ready();
     loop {
@@ -205,7 +205,8 @@ fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        stub::spawn_connection(move || {
+        // No thread for it: answered as overloaded, never silently closed.
+        stub::spawn_connection("fake-envoy", port, conn, move |conn| {
             let _ = proxy(conn, port, dir, cfg);
         });
     }
@@ -310,8 +311,8 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
     loop {
         let Ok((n, client)) = sock.recv_from(&mut buf) else { continue };
         let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let sock = sock.clone();
-        stub::spawn_connection(move || {
+        let job = (sock.clone(), line);
+        let spawned = stub::spawn_with(job, move |(sock, line)| {
             let Ok(mut probe) = Probe::parse(&line) else { return };
             let role = "dns".to_string();
             let end = if probe.has_passed(port) || probe.hops.len() >= sidecheck_wire::MAX_HOPS {
@@ -332,6 +333,13 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
             };
             let _ = sock.send_to(answer.as_bytes(), client);
         });
+        if let Err(((sock, line), e)) = spawned {
+            if let Ok(probe) = Probe::parse(&line) {
+                let _ =
+                    sock.send_to(Answer { probe, end: stub::overloaded_end(port, &e) }.to_line().as_bytes(), client);
+            }
+            stub::log_dropped("fake-envoy", port, &e);
+        }
     }
 }
 

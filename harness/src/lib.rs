@@ -8,8 +8,10 @@
 //! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
 //! [`session`] ties them together.
 
+pub mod admission;
 pub mod error;
 pub mod nfnetlink;
+pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod profile;

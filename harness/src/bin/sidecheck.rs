@@ -398,7 +398,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
-    let failed = trials.iter().any(|t| t.outcome == harness::verdict::Outcome::Fail);
+    let failed = trials.iter().any(|t| t.outcome != harness::verdict::Outcome::Pass);
     if args.keep && failed {
         session.keep();
         let names: Vec<String> = session.topology().namespace_names().iter().map(|s| s.to_string()).collect();
@@ -427,6 +427,16 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     use std::io::IsTerminal;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     print!("{}", render(&report, args.format, colour));
+    // The report is out; the exit status says the run itself is not a verdict.
+    if let Some(e) = report.trials.iter().find(|t| t.outcome == harness::verdict::Outcome::Error) {
+        anyhow::bail!(
+            "{} of {} trials could not be tested (ERROR), so this run is no verdict on the rules; the first, {}: {}",
+            report.errors,
+            report.trials.len(),
+            e.name,
+            e.message.lines().next().unwrap_or_default()
+        );
+    }
     Ok(report.all_passed())
 }
 
