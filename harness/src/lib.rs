@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod error;
+pub mod installed;
 pub mod nfnetlink;
 pub mod outcome;
 pub mod policy;

@@ -175,6 +175,26 @@ pub fn trace_text(
     out
 }
 
+/// Control characters as `\xNN` (newlines and tabs kept): descriptions,
+/// file names and tools' output reach terminals and CI logs, where an
+/// escape sequence could rewrite what the report says.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            let n = c as u32;
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

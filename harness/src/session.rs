@@ -47,6 +47,8 @@ pub struct SessionConfig {
     /// beside its rules, and a transparent fake-envoy.
     pub tproxy: Option<Tproxy>,
     pub dns: Option<Dns>,
+    /// Test the rules even when the source installed none (else an error).
+    pub allow_empty_rules: bool,
 }
 
 /// DNS capture: pilot-agent's DNS proxy (in fake-envoy, on 127.0.0.1 and
@@ -88,6 +90,7 @@ impl Default for SessionConfig {
             rule_texts: false,
             tproxy: None,
             dns: None,
+            allow_empty_rules: false,
         }
     }
 }
@@ -177,7 +180,15 @@ impl Session {
         {
             tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
         }
-        config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
+        let said = config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
+        crate::installed::verify(
+            pod,
+            &config.rules.describe(),
+            &config.topology.families,
+            config.allow_empty_rules,
+            &said,
+            config.rules_timeout,
+        )?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
             true => {

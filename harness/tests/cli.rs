@@ -592,6 +592,8 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("badsources");
+    // Unique to this test run: other worktrees run the same test.
+    let hang = format!("sleep 600.{}", std::process::id());
     let bad_nft = dir.write("bad.nft", "table inet t {\n  chain c {\n    type nat hook output priority -100;\n    tcp dport 80 redirec to :15001\n  }\n}\n");
     let failing_script = dir.write("fail.sh", "echo writing rules\niptables-nft -t nat -A NOPE -j RETURN\n");
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
@@ -600,9 +602,10 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
             vec!["--script".into(), failing_script.display().to_string()],
             vec!["writing rules", "No chain/target/match by that name", "did not apply"],
         ),
+        // (What is looked for must not be in the command line the message quotes.)
         (
-            vec!["--generator".into(), "echo half-done; echo 'no such option' >&2; exit 3".into()],
-            vec!["half-done", "no such option", "exit status: 3"],
+            vec!["--generator".into(), "echo half-$((1+1))-done; printf 'no such %s' option >&2; exit 3".into()],
+            vec!["half-2-done", "no such option", "exit status: 3"],
         ),
         // Megabytes of output: bounded in the message, and nothing blocks.
         (
@@ -611,8 +614,8 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
         ),
         // A hang: killed at the timeout, with its children.
         (
-            vec!["--generator".into(), "echo started; sleep 600".into(), "--rules-timeout".into(), "1".into()],
-            vec!["did not finish within 1 s", "started"],
+            vec!["--generator".into(), format!("echo started-$((6*7)); {hang}"), "--rules-timeout".into(), "1".into()],
+            vec!["did not finish within 1 s", "its output before it was killed:\nstarted-42"],
         ),
     ];
     for (args, says) in cases {
@@ -630,7 +633,7 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
         }
     }
     // The hung generator's sleep was killed with it.
-    let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().unwrap();
+    let sleeping = std::process::Command::new("pgrep").args(["-f", &hang]).output().unwrap();
     assert!(
         sleeping.stdout.is_empty(),
         "the generator's child survived: {}",

@@ -127,6 +127,10 @@ struct RulesArgs {
     /// Without a rule source, the profile's own rule set is tested.
     #[arg(long, value_name = "NAME|FILE", default_value = "istio")]
     profile: String,
+    /// Test the rules even if the rule source installed none for a family
+    /// under test (else that stops the run: exit 2).
+    #[arg(long)]
+    allow_empty_rules: bool,
 }
 
 impl RulesArgs {
@@ -174,6 +178,7 @@ impl RulesArgs {
             profile,
             backend: self.backend,
             rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
+            allow_empty_rules: self.allow_empty_rules,
             ..SessionConfig::default()
         };
         if let Some(file) = &self.topology {
