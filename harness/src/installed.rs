@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::rules::{self, Frontend};
+use crate::rules;
 use crate::topology::{Family, Namespace};
 use crate::{Error, Result};
 
@@ -151,6 +151,23 @@ fn nft_families(listing: &str, skip: &str) -> (bool, bool) {
     (v4, v6)
 }
 
+/// Every listing a rule could be in, from the tools this machine has (a
+/// run without tracing needs no nft, so its absence is no error here).
+fn read_back(pod: &Namespace, timeout: Duration) -> Result<rules::Snapshot> {
+    let list = |tool: &str, args: &[&str]| -> Result<Option<String>> {
+        let Ok(path) = rules::find_tool(tool, "") else { return Ok(None) };
+        let ran = rules::run_in(pod, &path, args, "", timeout)?;
+        Ok(ran.status.success().then_some(ran.output))
+    };
+    Ok(rules::Snapshot {
+        iptables_nft: list("iptables-nft-save", &[])?,
+        ip6tables_nft: list("ip6tables-nft-save", &[])?,
+        iptables_legacy: list("iptables-legacy-save", &[])?,
+        ip6tables_legacy: list("ip6tables-legacy-save", &[])?,
+        nft: list("nft", &["list", "ruleset"])?,
+    })
+}
+
 /// After `source` ran in `pod`: every family under test must hold rules,
 /// unless `allow_empty`. `output` is what the source printed.
 pub fn verify(
@@ -164,8 +181,8 @@ pub fn verify(
     if allow_empty {
         return Ok(());
     }
-    let snap = rules::snapshot(pod, Frontend::Any, timeout)?;
-    let have = families_with_rules(&snap, crate::trace::TRACE_TABLE);
+    let snap = read_back(pod, timeout)?;
+    let have = families_with_rules(&snap, crate::trace::trace_table());
     let missing: Vec<&str> = families.iter().filter(|f| !have.contains(f)).map(|f| label(*f)).collect();
     if missing.is_empty() {
         return Ok(());

@@ -72,9 +72,6 @@ pub fn harness_cause(obs: &Observation, trace_complete: bool, health: &Health) -
     if let Some(name) = resource_error(&text) {
         return Some(format!("out of resources ({name}): {text}"));
     }
-    if let Some(t) = &health.run_trouble {
-        return Some(t.clone());
-    }
     if is_timeout(&text) && !health.listen_drops.is_empty() {
         let drops: Vec<String> = health.listen_drops.iter().map(|(ns, n)| format!("{n} in {ns}")).collect();
         return Some(format!(
@@ -98,8 +95,15 @@ fn stub_log(health: &Health) -> String {
 }
 
 /// Turn a FAIL into an ERROR when the harness was to blame. A pass stays a
-/// pass: the connection went where the rules should send it.
+/// pass (the connection went where the rules should send it), unless the
+/// run's trouble spoils every trial: something rewrote the ruleset while
+/// the probes ran, so what passed is not what was installed.
 pub fn settle(r: &mut TrialResult, obs: &Observation, trace_complete: bool, health: &Health) {
+    if let Some(t) = &health.run_trouble {
+        r.outcome = Outcome::Error;
+        r.message = format!("the harness could not test this: {t}\n  (what was seen: {})", r.message);
+        return;
+    }
     if r.outcome != Outcome::Fail {
         return;
     }

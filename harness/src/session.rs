@@ -316,6 +316,9 @@ impl Session {
             }
             (apps, udp)
         };
+        if let Some(trouble) = tracer.as_ref().and_then(|t| t.check(pod, config.rules_timeout)) {
+            return Err(Error::config(trouble));
+        }
         Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, in_flight, run })
     }
 
@@ -499,6 +502,8 @@ impl Session {
             }
         }
         health.stub_trouble = self._stubs.iter().flat_map(|s| s.trouble()).collect();
+        health.run_trouble =
+            self.tracer.as_ref().and_then(|t| t.check(self.topology.ns(Host::LocalPod), self.config.rules_timeout));
         let done = requests
             .into_iter()
             .zip(probes)
@@ -579,7 +584,7 @@ impl Session {
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String =
                 nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
-            let listing = strip_table(&listing, crate::trace::TRACE_TABLE);
+            let listing = strip_table(&listing, crate::trace::trace_table());
             if !listing.trim().is_empty() {
                 out.push_str(&format!("# nft list ruleset\n{listing}"));
             }
@@ -620,7 +625,10 @@ fn strip_table(text: &str, name: &str) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for line in text.lines() {
-        if line.starts_with("table ") && line.split_whitespace().nth(2) == Some(name) {
+        // Only the tracer's own (family inet): a user's table of the same
+        // name in another family is part of the rules.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"table") && words.get(1) == Some(&"inet") && words.get(2) == Some(&name) {
             skipping = true;
         }
         if !skipping {
@@ -640,11 +648,12 @@ mod tests {
 
     #[test]
     fn counters_are_zeroed_and_the_trace_table_dropped() {
-        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
+        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
         let got = strip_table(&normalize_counters(text), "sidecheck_trace");
+        // A user's `ip sidecheck_trace` stays: only the tracer's inet table goes.
         assert_eq!(
             got,
-            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
+            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
         );
     }
 }

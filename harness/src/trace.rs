@@ -1,7 +1,7 @@
 //! Rule-level tracing: which chains and rules each probe's SYNs took, read
 //! from the kernel itself.
 //!
-//! A harness-owned table (`inet sidecheck_trace`, priority -400, ahead of
+//! A harness-owned table (`inet sidecheck_trace_<random>`, priority -400, ahead of
 //! every table under test) sets `meta nftrace` on TCP SYNs. The tables under
 //! test are never edited, so their rule numbers and counters stay theirs.
 //! Rules in nf_tables (iptables-nft, native nft) then report on the
@@ -26,14 +26,35 @@ use crate::rules::{self, Frontend};
 use crate::topology::Namespace;
 use crate::{Error, Result};
 
-/// The harness's own table; events from it are not part of any path.
-pub const TRACE_TABLE: &str = "sidecheck_trace";
-
-const TRACE_RULESET: &str = "table inet sidecheck_trace {
-  chain prerouting { type filter hook prerouting priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
-  chain output { type filter hook output priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
+/// The harness's own table (family inet); events from it are not part of
+/// any path. Its name is unique to this process (`sidecheck_trace_` and 32
+/// random bits): a user's table of any name, `sidecheck_trace` too, can
+/// neither merge into it nor be hidden from "rules as installed".
+pub fn trace_table() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // SAFETY: writes at most 4 bytes into `bytes`.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 4, 0) };
+        let n = if got == 4 {
+            u32::from_ne_bytes(bytes)
+        } else {
+            std::process::id() ^ std::time::SystemTime::now().elapsed().map(|d| d.subsec_nanos()).unwrap_or(0)
+        };
+        format!("sidecheck_trace_{n:08x}")
+    })
 }
-";
+
+fn trace_ruleset() -> String {
+    format!(
+        "table inet {} {{
+  chain prerouting {{ type filter hook prerouting priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }}
+  chain output {{ type filter hook output priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }}
+}}
+",
+        trace_table()
+    )
+}
 
 /// How an event ended its rule or chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -285,6 +306,8 @@ pub struct Tracer {
     /// The proxy's name in the profile (`envoy`): its listeners are
     /// `<name>-admin`, ... and paths call it `Envoy 15001 (Outbound)`.
     proxy: String,
+    /// The trace table as listed right after it was installed.
+    listed: String,
 }
 
 pub struct TraceStore {
@@ -344,7 +367,7 @@ impl Tracer {
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
             ns.sysctl("net.netfilter.nf_log.10", "nfnetlink_log")?;
         }
-        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], TRACE_RULESET, timeout)?;
+        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], &trace_ruleset(), timeout)?;
         if !ran.status.success() {
             return Err(Error::config(format!(
                 "installing the trace table in namespace {} failed: {}",
@@ -390,7 +413,29 @@ impl Tracer {
             .name("trace-reader".into())
             .spawn(move || reader_shared.read_until_closed(wake))
             .map_err(Error::io("starting the trace reader"))?;
-        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop), proxy: "envoy".into() })
+        let listed = list_trace_table(ns, timeout)?.unwrap_or_default();
+        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop), proxy: "envoy".into(), listed })
+    }
+
+    /// Whether the trace table is still as installed; else what happened
+    /// to it (the rules under test, or something they left running, removed
+    /// or changed it: every path from then on would be wrong).
+    pub fn check(&self, ns: &Namespace, timeout: Duration) -> Option<String> {
+        let table = trace_table();
+        match list_trace_table(ns, timeout) {
+            Err(e) => Some(format!("the trace table inet {table} could not be read back: {e}")),
+            Ok(None) => Some(format!(
+                "the harness's trace table inet {table} was removed from namespace {} after it was installed: the rules under test (a `flush ruleset`, a `delete table`, or a process they left running) took it away, so no rule path can be read",
+                ns.name()
+            )),
+            Ok(Some(now)) if now != self.listed => Some(format!(
+                "the harness's trace table inet {table} in namespace {} was changed after it was installed (by the rules under test or a process they left running), so the rule paths cannot be trusted; as installed:\n{}\nnow:\n{}",
+                ns.name(),
+                self.listed.trim_end(),
+                crate::installed::shown(&now)
+            )),
+            Ok(Some(_)) => None,
+        }
     }
 
     /// The rules under test as indexed at the start.
@@ -465,7 +510,7 @@ impl TraceStore {
             // Our own table's events are kept: they see every traced SYN
             // before any NAT, which is how a leg finds its sequence number.
             // Under iptables-legacy nothing else in nf_tables is under test.
-            if ev.table == TRACE_TABLE || self.frontend != Frontend::IptablesLegacy {
+            if ev.table == trace_table() || self.frontend != Frontend::IptablesLegacy {
                 p.events.push(ev);
             }
         }
@@ -488,7 +533,7 @@ impl TraceStore {
             } else {
                 e.src.ip() == src.ip() && isns.contains(&e.isn)
             };
-            if ours && e.table != TRACE_TABLE {
+            if ours && e.table != trace_table() {
                 mine.push(e.clone());
             }
             !ours
@@ -505,6 +550,13 @@ impl TraceStore {
         }
         (mine, p.lost)
     }
+}
+
+/// `nft list table inet <trace table>`, or None when it does not exist.
+fn list_trace_table(ns: &Namespace, timeout: Duration) -> Result<Option<String>> {
+    let nft = rules::find_tool("nft", "nftables")?;
+    let ran = rules::run_in(ns, &nft, &["list", "table", "inet", trace_table()], "", timeout)?;
+    Ok(ran.status.success().then_some(ran.output))
 }
 
 fn open_nflog() -> std::io::Result<Socket> {
@@ -939,7 +991,7 @@ mod captured {
         }
         let steps: Vec<(String, String, Option<String>)> = events
             .iter()
-            .filter(|e| e.table != TRACE_TABLE)
+            .filter(|e| e.table != trace_table())
             .map(|e| (e.chain.clone(), format!("{:?}", e.step), e.verdict.clone()))
             .collect();
         let first = &steps[..3];

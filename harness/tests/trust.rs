@@ -218,3 +218,52 @@ fn fake_envoy_out_of_threads_answers_overloaded_and_never_panics() {
     assert!(err.contains("dropped a connection on port 15001 (#1): could not start a thread"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn user_tables_named_like_the_tracers_work_and_are_shown() {
+    need_root();
+    let dir = TempDir::new("usertables");
+    // Both names once collided: `inet sidecheck_trace` was refused with
+    // "Operation not supported" (merged into the tracer's), and `ip
+    // sidecheck_trace` was left out of "rules as installed".
+    let builtin = sidecheck(&["rules", "--form", "nft"]);
+    let mut text = String::from_utf8(builtin.stdout).unwrap();
+    text.push_str(
+        "table inet sidecheck_trace {\n  chain prerouting { type nat hook prerouting priority -150; policy accept; }\n}\ntable ip sidecheck_trace {\n  chain c { type nat hook output priority -150; policy accept; tcp dport 4444 return; }\n}\n",
+    );
+    let file = dir.write("user.nft", &text);
+    let out = sidecheck(&["run", "--nft", file.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ruleset = v["ruleset"].as_str().unwrap();
+    assert!(ruleset.contains("table inet sidecheck_trace {"), "{ruleset}");
+    assert!(ruleset.contains("table ip sidecheck_trace {") && ruleset.contains("tcp dport 4444 return"), "{ruleset}");
+    assert!(!ruleset.contains("sidecheck_trace_"), "the tracer's own table is not part of the rules: {ruleset}");
+}
+
+#[test]
+fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
+    need_root();
+    let session = harness::Session::start(harness::SessionConfig {
+        topology: harness::topology::TopologyConfig {
+            families: vec![harness::topology::Family::Ipv4],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let scenarios = harness::scenario::builtin().unwrap();
+    let before = session.run(&scenarios);
+    assert!(before.iter().all(|t| t.outcome == harness::verdict::Outcome::Pass), "{:?}", before[0].message);
+    // What a daemon left by a generator, or `flush ruleset`, does to it.
+    let pod = session.topology().ns(harness::topology::Host::LocalPod).name().to_string();
+    let table = harness::trace::trace_table();
+    let ran =
+        Command::new("ip").args(["netns", "exec", &pod, "nft", "delete", "table", "inet", table]).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let after = session.run(&scenarios);
+    for t in &after {
+        assert_eq!(t.outcome, harness::verdict::Outcome::Error, "{}: {}", t.name, t.message);
+        assert!(t.message.contains(&format!("trace table inet {table} was removed")), "{}", t.message);
+    }
+}
