@@ -9,10 +9,12 @@
 //! [`session`] ties them together.
 
 pub mod admission;
+pub mod bounded;
 pub mod error;
 pub mod installed;
 pub mod nfnetlink;
 pub mod outcome;
+pub mod outputs;
 pub mod policy;
 pub mod probe;
 pub mod profile;
@@ -25,6 +27,7 @@ pub mod settings;
 pub mod stubs;
 pub mod topology;
 pub mod trace;
+pub mod validate;
 pub mod verdict;
 
 pub use error::{Error, Result};

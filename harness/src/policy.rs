@@ -298,6 +298,7 @@ impl Default for Policy {
 
 impl Policy {
     pub fn parse(file: &str, text: &str) -> Result<Policy> {
+        crate::bounded::yaml_budget(file, text)?;
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
@@ -319,11 +320,12 @@ impl Policy {
         if p.outbound_port == p.inbound_port {
             return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
         }
+        crate::validate::policy(&p, file, text)?;
         Ok(p)
     }
 
     pub fn load(path: &Path) -> Result<Policy> {
-        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
         Policy::parse(&path.display().to_string(), &text)
     }
 

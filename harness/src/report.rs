@@ -123,7 +123,7 @@ impl Report {
             let _ = write!(out, ", {} could not be tested (ERROR: the harness's trouble, not the rules')", self.errors);
         }
         out.push('\n');
-        out
+        escape_controls(&out)
     }
 }
 
@@ -150,7 +150,7 @@ pub fn trace_text(
     );
     let Some(path) = path else {
         let _ = writeln!(out, "(not traced)");
-        return out;
+        return escape_controls(&out);
     };
     let _ = writeln!(out, "path:  {}", path.line);
     if !path.complete {
@@ -172,7 +172,7 @@ pub fn trace_text(
             let _ = writeln!(out, "  {:<16} {:<18} {:<13} {}", e.table, e.chain, what, text);
         }
     }
-    out
+    escape_controls(&out)
 }
 
 /// Control characters as `\xNN` (newlines and tabs kept): descriptions,
@@ -253,7 +253,7 @@ impl Report {
             scenarios.len(),
             self.backend
         );
-        out
+        escape_controls(&out)
     }
 
     /// JUnit XML: one `<testsuite>` per run, one `<testcase>` per trial
@@ -390,7 +390,7 @@ impl Report {
                 "classDef diff fill:#f8d7da,stroke:#c00,color:#600\nclassDef envoy fill:#e7f0ff,stroke:#36c\n```\n",
             );
         }
-        out
+        markdown_escaped(out)
     }
 }
 
@@ -431,6 +431,11 @@ fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: 
         }
     }
     out.push_str("end\n");
+}
+
+/// The Markdown report with control characters escaped.
+fn markdown_escaped(text: String) -> String {
+    escape_controls(&text)
 }
 
 #[cfg(test)]

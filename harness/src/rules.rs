@@ -392,7 +392,10 @@ impl RuleSource {
     fn texts(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for p in self.files() {
-            let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+            let text = crate::bounded::read_text(p, crate::bounded::RULES_MAX)?;
+            if let RuleSource::NftFile(_) = self {
+                crate::bounded::nft_includes_outside(p, &text)?;
+            }
             out.push((p.display().to_string(), text));
         }
         if let RuleSource::Text { what, v4, v6, .. } = self {
@@ -405,7 +408,7 @@ impl RuleSource {
     /// output; on success that output is returned (bounded), for errors
     /// found later (a source that installed nothing).
     pub fn install(&self, ns: &Namespace, backend: Backend, families: &[Family], timeout: Duration) -> Result<String> {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err });
+        let read = |p: &PathBuf| crate::bounded::read_text(p, crate::bounded::RULES_MAX);
         // (what it is called in messages, tool, program, args, stdin)
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
         match self {

@@ -341,13 +341,17 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("sidecheck: {e:#}");
+            eprintln!("sidecheck: {}", harness::report::escape_controls(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
+    // Where the reports go is checked before anything is built.
+    for (format, file) in &args.output {
+        harness::outputs::check_writable(file).with_context(|| format!("--output {format:?}={}", file.display()))?;
+    }
     let mut config =
         SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..args.rules.config()? };
     let mut scenarios = match (&args.scenarios, &args.policy) {
@@ -425,13 +429,14 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     report.ruleset = ruleset;
+    // stdout first: a file that cannot be written later must not cost it.
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    print!("{}", render(&report, args.format, colour));
     for (format, file) in &args.output {
         std::fs::write(file, render(&report, *format, false))
             .with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
-    use std::io::IsTerminal;
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    print!("{}", render(&report, args.format, colour));
     // The report is out; the exit status says the run itself is not a verdict.
     if let Some(e) = report.trials.iter().find(|t| t.outcome == harness::verdict::Outcome::Error) {
         anyhow::bail!(
@@ -447,7 +452,10 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 
 fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
     let (host, uid) = match from.split_once(':') {
-        Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
+        Some((h, u)) => {
+            let n: u64 = u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?;
+            (h, harness::validate::uid(n).map_err(|e| anyhow::anyhow!("--from {from}: {e}"))?)
+        }
         None => (from, 1000),
     };
     let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
@@ -457,13 +465,14 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32)> {
 }
 
 fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = to.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
     let (target, port) = to
         .rsplit_once(':')
         .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090"))?;
-    let port: u16 = port.parse().with_context(|| format!("--to {to}: `{port}` is not a port"))?;
+    let port = harness::validate::target_port(to, target, port).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    if let Ok(addr) = to.parse::<SocketAddr>() {
+        harness::validate::destination(addr.ip()).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        return Ok(addr);
+    }
     let family = *topo.families.first().unwrap_or(&Family::Ipv4);
     let ip: IpAddr = if target == "localhost" {
         family.localhost()
@@ -472,10 +481,12 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
     } else if let Some(s) = topo.service(target) {
         s.vip_of(family)
     } else {
-        target.parse().with_context(|| {
+        let ip: IpAddr = target.parse().with_context(|| {
             format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an address",
                 topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
-        })?
+        })?;
+        harness::validate::destination(ip).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        ip
     };
     Ok(SocketAddr::new(ip, port))
 }
