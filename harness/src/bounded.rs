@@ -181,7 +181,7 @@ mod tests {
         let e = yaml_budget("x.yaml", &deep).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml:1: nested deeper than 64"), "{e}");
         let block: String = (0..100).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
-        assert!(yaml_budget("b.yaml", &block).unwrap_err().to_string().starts_with("b.yaml:64:"));
+        assert!(yaml_budget("b.yaml", &block).unwrap_err().to_string().starts_with("b.yaml:65:"));
         assert!(started.elapsed() < std::time::Duration::from_millis(200));
         let ok = "flow: 2 # [[[[ not nesting\nsource: { host: local-pod, uid: 1000 }\nexpect:\n  ports: [15001, 9090]\n  server: \"x[{\"\n";
         yaml_budget("ok.yaml", ok).unwrap();

@@ -267,3 +267,221 @@ fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
         assert!(t.message.contains(&format!("trace table inet {table} was removed")), "{}", t.message);
     }
 }
+
+const SCENARIO: &str = "flow: 2\ndescription: the app calls a remote pod\nsource: { host: local-pod, uid: 1000 }\ndestination: { host: remote-pod, port: 9090 }\nexpect:\n  ports: [outbound, 9090]\n  server: remote-app\n";
+
+/// Each invalid value is exit 2 naming the file, the line and the field,
+/// fast, before any namespace exists (they used to reach the kernel and
+/// come back as FAILs, exit 1).
+#[test]
+fn invalid_values_are_exit_2_with_field_file_and_line() {
+    need_root();
+    let dir = TempDir::new("invalid");
+    let scenario = |name: &str, text: &str| {
+        let d = dir.0.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("s.yaml"), text).unwrap();
+        d.display().to_string()
+    };
+    let uid_max = scenario("uid", &SCENARIO.replace("uid: 1000", "uid: 4294967295"));
+    let link_local = scenario(
+        "ll",
+        &SCENARIO
+            .replace("destination: { host: remote-pod, port: 9090 }", "destination:\n  address: fe80::1\n  port: 9090"),
+    );
+    let topo = |name: &str, text: &str| dir.write(name, text).display().to_string();
+    let no_ports = topo("t1.yaml", "families: [ipv4]\nlocal_app_ports: []\n");
+    let port0 = topo("t2.yaml", "local_app_ports: [0]\n");
+    let eth0 = topo("p1.yaml", "note: x\nexclude_interfaces: [eth0]\n");
+    let in0 = topo("p2.yaml", "inbound_ports: [0, 8080]\n");
+    let out0 = topo("p3.yaml", "outbound_port: 0\n");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["run", "--scenarios", &uid_max], format!("{uid_max}/s.yaml:3:")),
+        (
+            vec!["run", "--scenarios", &link_local],
+            format!("{link_local}/s.yaml:5: address: fe80::1 is IPv6 link-local"),
+        ),
+        (vec!["run", "--topology", &no_ports], format!("{no_ports}:2: local_app_ports: is empty")),
+        (vec!["run", "--topology", &port0], format!("{port0}:1: local_app_ports: port 0")),
+        (vec!["run", "--policy", &eth0], format!("{eth0}:2: exclude_interfaces: eth0")),
+        (vec!["run", "--policy", &in0], format!("{in0}:1: inbound_ports: port 0")),
+        (vec!["run", "--policy", &out0], format!("{out0}:1: outbound_port: port 0")),
+        (vec!["trace", "--from", "local-pod", "--to", "remote-pod:0"], "--to `remote-pod:0`: port 0".into()),
+        (
+            vec!["trace", "--from", "local-pod", "--to", "fd00::20:9090"],
+            "must be in brackets, e.g. [fd00::20]:9090".into(),
+        ),
+        (vec!["trace", "--from", "local-pod:4294967295", "--to", "remote-pod:9090"], "(uid_t)-1".into()),
+        (vec!["trace", "--from", "local-pod", "--to", "[fe80::1]:9090"], "link-local".into()),
+    ];
+    for (args, says) in cases {
+        let started = std::time::Instant::now();
+        let out = sidecheck(&args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert!(err.contains(&says), "{args:?}: wanted `{says}` in {err}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{args:?} took {:?}", started.elapsed());
+    }
+    let e = stderr(&sidecheck(&["run", "--scenarios", &uid_max]));
+    assert!(e.contains("(uid_t)-1"), "{e}");
+}
+
+#[test]
+fn unbounded_inputs_are_refused_fast() {
+    need_root();
+    let dir = TempDir::new("unbounded");
+    let fifo = dir.0.join("rules.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let scen = dir.0.join("scen");
+    std::fs::create_dir_all(&scen).unwrap();
+    nix::unistd::mkfifo(&scen.join("f.yaml"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let deep = dir.0.join("deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("d.yaml"), format!("flow: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000))).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--rules", fifo.to_str().unwrap()], "is a FIFO, not a regular file"),
+        (vec!["run", "--rules", "/dev/zero"], "is a character device, not a regular file"),
+        (vec!["run", "--nft", "/dev/zero"], "is a character device"),
+        (vec!["run", "--scenarios", scen.to_str().unwrap()], "is a FIFO"),
+        (vec!["run", "--scenarios", deep.to_str().unwrap()], "d.yaml:1: nested deeper than 64 levels"),
+    ];
+    for (args, says) in cases {
+        let started = std::time::Instant::now();
+        let out = sidecheck(&args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: wanted `{says}` in {err}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{args:?} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_symlink_loop_under_scenarios_loads_each_file_once() {
+    need_root();
+    let dir = TempDir::new("loop");
+    dir.write("s.yaml", SCENARIO);
+    std::os::unix::fs::symlink(&dir.0, dir.0.join("again")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("s.yaml"), dir.0.join("same.yaml")).unwrap();
+    let out = sidecheck(&["run", "--scenarios", dir.0.to_str().unwrap(), "--family", "ipv4", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["trials"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
+fn output_destinations_are_checked_before_anything_is_built() {
+    need_root();
+    let started = std::time::Instant::now();
+    let out = sidecheck(&["run", "--output", "junit=/nonexistent/dir/x.xml"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
+    assert!(stderr(&out).contains("directory /nonexistent/dir"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn nft_includes_outside_the_rule_files_directory_are_refused() {
+    need_root();
+    let dir = TempDir::new("include");
+    let file = dir.write("r.nft", "include \"/etc/shadow\"\n");
+    let out = sidecheck(&["run", "--nft", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("r.nft:1: include \"/etc/shadow\" reaches outside"), "{err}");
+    // Nothing of the file was read: root's entry is not echoed.
+    assert!(!err.contains("root:"), "{err}");
+}
+
+#[test]
+fn control_characters_are_escaped_in_every_report_format() {
+    need_root();
+    let dir = TempDir::new("controls");
+    dir.write("s.yaml", &SCENARIO.replace("the app calls a remote pod", "\"evil \\e[2J\\e]0;pwned\\a here\""));
+    let d = dir.0.to_str().unwrap();
+    for format in ["human", "markdown", "summary", "json", "junit"] {
+        // A rule set that fails it, so the description is printed.
+        let out = sidecheck(&[
+            "run",
+            "--scenarios",
+            d,
+            "--family",
+            "ipv4",
+            "--generator",
+            "iptables-nft -t nat -N X",
+            "--allow-empty-rules",
+            "--format",
+            format,
+        ]);
+        assert_eq!(code(&out), 1, "{format}: {}", stderr(&out));
+        assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "{format}: raw control characters");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if format == "human" || format == "markdown" {
+            assert!(text.contains("evil \\x1b[2J"), "{format}: {text}");
+        }
+    }
+}
+
+/// ERROR in every format: JUnit `<error>` (valid against ci/schema/junit.xsd),
+/// JSON `"outcome": "error"`, ERROR in the table, Markdown and summary.
+#[test]
+fn an_error_trial_is_reported_as_an_error_in_every_format() {
+    use harness::verdict::{Expected, Observed, Outcome, TrialResult};
+    let trial = |name: &str, outcome: Outcome, message: &str| TrialResult {
+        name: name.into(),
+        scenario: name.into(),
+        backend: "nft".into(),
+        family: "ipv4".into(),
+        flow: 2,
+        description: "d".into(),
+        outcome,
+        expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: None, note: None },
+        observed: Observed {
+            ports: vec![],
+            end: "setup failed".into(),
+            server: None,
+            peer: None,
+            hops: vec![],
+            path: None,
+            legs: vec![],
+        },
+        message: message.into(),
+        duration_ms: 1,
+    };
+    let r = harness::report::Report::new(
+        "r".into(),
+        "nft".into(),
+        vec![
+            trial("istio::a::nft::ipv4", Outcome::Pass, "ok"),
+            trial("istio::b::nft::ipv4", Outcome::Fail, "expected x"),
+            trial("istio::c::nft::ipv4", Outcome::Error, "the harness could not test this: out of resources"),
+        ],
+    );
+    assert_eq!((r.passed, r.failed, r.errors), (1, 1, 1));
+    assert!(!r.all_passed());
+    let xml = r.to_junit();
+    assert!(xml.contains("failures=\"1\" errors=\"1\""), "{xml}");
+    assert!(
+        xml.contains(
+            "<error message=\"the harness could not test this: out of resources\" type=\"sidecheck.harness\">"
+        ),
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<failure ").count(), 1);
+    let dir = TempDir::new("junit");
+    let file = dir.write("r.xml", &xml);
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/schema/junit.xsd");
+    let lint = Command::new("xmllint")
+        .args(["--noout", "--schema", schema.to_str().unwrap(), file.to_str().unwrap()])
+        .output()
+        .expect("xmllint (apt-get install libxml2-utils, or ci/setup)");
+    assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stderr));
+    let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(v["trials"][2]["outcome"], "error");
+    assert_eq!(v["errors"], 1);
+    let h = r.to_human();
+    assert!(h.contains("\nERROR istio::c::nft::ipv4 (flow 2)"), "{h}");
+    assert!(h.contains("1 passed, 1 failed, 1 could not be tested (ERROR"), "{h}");
+    assert!(r.to_markdown().contains("⚠️ **ERROR**"));
+    let s = r.to_summary();
+    assert!(s.contains("ipv4 ERROR") && s.contains("could not test the Istio sidecar capture contract"), "{s}");
+}
