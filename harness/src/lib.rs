@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod bounded;
+pub mod contain;
 pub mod error;
 pub mod installed;
 pub mod nfnetlink;

@@ -481,7 +481,12 @@ impl RuleSource {
             )),
         }
         let mut said = String::new();
+        // Scripts and generators run arbitrary commands: contained, and
+        // the host checked around them.
+        let contained = matches!(self, RuleSource::Script(_) | RuleSource::Generator(_));
+        let host_before = contained.then(crate::contain::host_state);
         for (origin, tool, program, args, stdin) in steps {
+            let (program, args) = if contained { crate::contain::wrap(program, args)? } else { (program, args) };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
                 Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
@@ -494,7 +499,14 @@ impl RuleSource {
                     output: doing,
                 },
                 e => e,
-            })?;
+            });
+            if let Some(before) = &host_before {
+                let changed = crate::contain::changes(before, &crate::contain::host_state());
+                if !changed.is_empty() {
+                    return Err(crate::contain::changed_host(&origin, &changed));
+                }
+            }
+            let ran = ran?;
             if !ran.status.success() {
                 let output = match self {
                     RuleSource::Script(p) => crate::installed::script_failure(p, &ran.output),
@@ -629,6 +641,15 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("PS4", crate::installed::XTRACE)
         .process_group(0);
+    // Dies with sidecheck, even by SIGKILL: a contained source's `unshare`
+    // then takes its whole PID namespace along (--kill-child).
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
         let _guard = crate::registry::creating();

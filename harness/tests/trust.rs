@@ -134,10 +134,11 @@ fn ten_thousand_trials_pass_under_256_open_files() {
     assert!(text.contains("conforms to the Istio sidecar capture contract: 10010/10010 flows"), "{text}");
 }
 
-/// A namespace of its own (named outside the `sidecheck-` runs' space, so
-/// no run's sweep touches it), removed on drop.
+/// A namespace of its own, removed on drop. Named `sidecheck-trust-*`: runs
+/// sweep only by their numeric prefixes, and the host check of contained
+/// rule sources ignores `sidecheck-*` entries of /run/netns.
 fn namespace(tag: &str) -> harness::topology::Namespace {
-    let ns = harness::topology::Namespace::create(&format!("trust-{tag}-{}", std::process::id())).unwrap();
+    let ns = harness::topology::Namespace::create(&format!("sidecheck-trust-{tag}-{}", std::process::id())).unwrap();
     let ran = Command::new("ip").args(["netns", "exec", ns.name(), "ip", "link", "set", "lo", "up"]).status().unwrap();
     assert!(ran.success());
     ns
@@ -484,4 +485,80 @@ fn an_error_trial_is_reported_as_an_error_in_every_format() {
     assert!(r.to_markdown().contains("⚠️ **ERROR**"));
     let s = r.to_summary();
     assert!(s.contains("ipv4 ERROR") && s.contains("could not test the Istio sidecar capture contract"), "{s}");
+}
+
+/// Run sidecheck in a stand-in host: a network namespace of the test's own
+/// with a private /run/netns and an overlay over /etc, so that rule sources
+/// may change "the host" without touching the real one. `$HOSTNS` names
+/// the stand-in host's network namespace (what `nsenter --net=/proc/1/ns/net`
+/// reached before each source got a PID namespace of its own).
+fn sidecheck_in_stand_in_host(dir: &TempDir, args: &[&str]) -> Output {
+    let d = dir.0.display();
+    let script = format!(
+        "set -e; mount --make-rprivate /; mkdir -p /run/netns; mount -t tmpfs tmpfs /run/netns; ip link set lo up; \
+         touch {d}/hostns; mount --bind /proc/self/ns/net {d}/hostns; mkdir -p {d}/upper {d}/work; \
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/upper,workdir={d}/work /etc; \
+         HOSTNS={d}/hostns exec \"$0\" \"$@\""
+    );
+    Command::new("unshare").args(["--net", "--mount", "sh", "-c", &script, BIN]).args(args).output().expect("unshare")
+}
+
+#[test]
+fn a_rule_source_that_changes_the_host_is_exit_2_naming_the_change() {
+    need_root();
+    let dir = TempDir::new("hostchange");
+    let rules = format!("{BIN} rules | iptables-nft-restore && {BIN} rules --form restore6 | ip6tables-nft-restore");
+    // The same rules without a host change pass in the stand-in host.
+    let out = sidecheck_in_stand_in_host(&dir, &["run", "--generator", &rules, "--family", "ipv4"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for (change, says) in [
+        ("nsenter --net=$HOSTNS nft add table ip evil", "nftables ruleset (nft list ruleset); added: table ip evil {"),
+        ("ip netns add evil-ns", "network namespaces (/run/netns); added: evil-ns"),
+        ("echo x > /etc/sidecheck-evil", "files in /etc (names, sizes, modification times); added: sidecheck-evil 2"),
+    ] {
+        let generator = format!("{rules} && {change}");
+        let out = sidecheck_in_stand_in_host(&dir, &["run", "--generator", &generator, "--family", "ipv4"]);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{change}: {err}");
+        assert!(err.contains("changed the host's own network state"), "{change}: {err}");
+        assert!(err.contains(says), "{change}: wanted `{says}` in {err}");
+    }
+    // The real host's /etc saw nothing (the overlay took it).
+    assert!(!Path::new("/etc/sidecheck-evil").exists());
+}
+
+fn alive(pattern: &str) -> String {
+    let out = Command::new("pgrep").args(["-af", pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_sources_processes_die_with_it_and_with_sidecheck() {
+    need_root();
+    let rules = format!("{BIN} rules | iptables-nft-restore && {BIN} rules --form restore6 | ip6tables-nft-restore");
+    // A daemon left behind (setsid, its own session and process group).
+    let daemon = format!("sleep 601.{}", std::process::id());
+    let generator = format!("{rules} && (setsid {daemon} >/dev/null 2>&1 &)");
+    let out = sidecheck(&["run", "--generator", &generator, "--family", "ipv4"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(alive(&daemon), "", "the generator's daemon outlived it");
+    // sidecheck killed (SIGKILL) while its generator runs.
+    let hang = format!("sleep 602.{}", std::process::id());
+    let mut child = Command::new(BIN)
+        .args(["run", "--generator", &format!("setsid {hang} & {hang}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while alive(&hang).lines().count() < 2 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = std::time::Instant::now();
+    while !alive(&hang).is_empty() && gone.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(alive(&hang), "", "the generator's processes outlived sidecheck's SIGKILL");
 }
