@@ -312,7 +312,8 @@ impl Profile {
     /// A built-in name, or a path to a profile file.
     pub fn load(spec: &str) -> Result<Profile> {
         let path = Path::new(spec);
-        if !spec.ends_with(".yaml") && !spec.ends_with(".yml") && !path.exists() {
+        // (A directory of that name in the working directory is not a profile.)
+        if !spec.ends_with(".yaml") && !spec.ends_with(".yml") && !path.is_file() {
             return Profile::builtin(spec);
         }
         let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
