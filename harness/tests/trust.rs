@@ -562,3 +562,24 @@ fn a_sources_processes_die_with_it_and_with_sidecheck() {
     }
     assert_eq!(alive(&hang), "", "the generator's processes outlived sidecheck's SIGKILL");
 }
+
+#[test]
+fn runs_in_separate_pid_namespaces_do_not_collide() {
+    need_root();
+    // Each sidecheck is pid 1 of its own PID namespace, all sharing /run:
+    // with the pid as the run's name all four took the same one.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("unshare")
+                .args(["--pid", "--fork", "--mount-proc", BIN, "run", "--family", "ipv4", "--format", "summary"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+}
