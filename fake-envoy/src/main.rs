@@ -253,13 +253,16 @@ fn proxy(conn: TcpStream, port: u16, dir: Direction, cfg: &Config) -> io::Result
     // Nested proxies answer sooner than the ones in front of them, so an
     // error from deep in the chain reaches the client before it gives up.
     let budget = cfg.timeout.saturating_sub(cfg.timeout / 8 * probe.hops.len() as u32);
-    match forward(&mut probe, conn.peer_addr()?, upstream_addr, dir, cfg, budget) {
+    let replied = match forward(&mut probe, conn.peer_addr()?, upstream_addr, dir, cfg, budget) {
         Ok(answer_line) => (&conn).write_all(answer_line.as_bytes()),
         Err(e) => {
             let message = format!("{upstream_addr} {e}");
             reply(probe, End::Error { role, port, message })
         }
-    }
+    };
+    // The client closes first (its port then waits in TIME_WAIT, unused).
+    stub::await_close(&conn);
+    replied
 }
 
 fn forward(

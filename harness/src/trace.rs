@@ -336,7 +336,17 @@ impl Drop for Tracer {
 
 #[derive(Default)]
 struct Pending {
+    /// Events as they arrive; moved into `by_isn` when legs are taken.
     events: Vec<TraceEvent>,
+    /// Unclaimed events by the SYN's sequence number, each with its arrival
+    /// number (a leg's events are returned in arrival order), and the
+    /// sequence numbers each (source, destination) pair was seen with: a
+    /// leg is found without scanning every event of the run (10,000 probes
+    /// leave some 100,000 events).
+    by_isn: HashMap<u32, Vec<(u64, TraceEvent)>>,
+    by_pair: HashMap<(SocketAddr, SocketAddr), Vec<u32>>,
+    arrived: u64,
+    kept: usize,
     /// nf_tables trace id -> packet tuple and sequence number (only the
     /// first event of a packet in a chain call carries the headers).
     ids: HashMap<u32, Packet>,
@@ -522,27 +532,71 @@ impl TraceStore {
     /// rewritten). Legs whose SYN was not seen fall back to matching the
     /// source and the destination, or the port reached.
     pub fn take_leg(&self, src: SocketAddr, dst: SocketAddr, reached: u16) -> (Vec<TraceEvent>, bool) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain(&mut p);
-        let isns: std::collections::HashSet<u32> =
-            p.events.iter().filter(|e| e.src == src && e.dst == dst).map(|e| e.isn).collect();
-        let mut mine = Vec::new();
-        p.events.retain(|e| {
-            let ours = if isns.is_empty() {
-                e.src == src && (e.dst == dst || e.dst.port() == reached)
-            } else {
-                e.src.ip() == src.ip() && isns.contains(&e.isn)
-            };
-            if ours && e.table != trace_table() {
-                mine.push(e.clone());
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut guard);
+        let p = &mut *guard;
+        for e in std::mem::take(&mut p.events) {
+            p.arrived += 1;
+            p.kept += 1;
+            let isns = p.by_pair.entry((e.src, e.dst)).or_default();
+            if !isns.contains(&e.isn) {
+                isns.push(e.isn);
             }
-            !ours
-        });
+            p.by_isn.entry(e.isn).or_default().push((p.arrived, e));
+        }
+        let isns: Vec<u32> = p.by_pair.get(&(src, dst)).cloned().unwrap_or_default();
+        let mut mine: Vec<(u64, TraceEvent)> = Vec::new();
+        let mut claim = |bucket: &mut Vec<(u64, TraceEvent)>, ours: &dyn Fn(&TraceEvent) -> bool| {
+            let (taken, left): (Vec<_>, Vec<_>) = std::mem::take(bucket).into_iter().partition(|(_, e)| ours(e));
+            *bucket = left;
+            mine.extend(taken);
+        };
+        if isns.is_empty() {
+            // (Rare: a leg whose SYN was not seen; every event is looked at.)
+            for bucket in p.by_isn.values_mut() {
+                claim(bucket, &|e| e.src == src && (e.dst == dst || e.dst.port() == reached));
+            }
+        } else {
+            for isn in &isns {
+                if let Some(bucket) = p.by_isn.get_mut(isn) {
+                    claim(bucket, &|e| e.src.ip() == src.ip());
+                }
+            }
+        }
+        p.kept -= mine.len();
+        let touched: std::collections::HashSet<u32> = mine.iter().map(|(_, e)| e.isn).collect();
+        let pairs: std::collections::HashSet<(SocketAddr, SocketAddr)> =
+            mine.iter().map(|(_, e)| (e.src, e.dst)).collect();
+        for isn in &touched {
+            if p.by_isn.get(isn).is_some_and(Vec::is_empty) {
+                p.by_isn.remove(isn);
+            }
+        }
+        for pair in pairs {
+            if let Some(v) = p.by_pair.get_mut(&pair) {
+                v.retain(|i| p.by_isn.contains_key(i));
+                if v.is_empty() {
+                    p.by_pair.remove(&pair);
+                }
+            }
+        }
+        mine.sort_by_key(|(n, _)| *n);
+        let mine: Vec<TraceEvent> = mine.into_iter().map(|(_, e)| e).filter(|e| e.table != trace_table()).collect();
         // Events nobody claims (probes that failed before their legs were
-        // known) must not pile up over a long session.
-        if p.events.len() > 100_000 {
-            let excess = p.events.len() - 100_000;
-            p.events.drain(..excess);
+        // known) must not pile up over a long session: the oldest go.
+        if p.kept > 100_000 {
+            let mut all: Vec<(u64, TraceEvent)> = p.by_isn.drain().flat_map(|(_, b)| b).collect();
+            all.sort_by_key(|(n, _)| *n);
+            all.drain(..all.len() - 100_000);
+            p.by_pair.clear();
+            p.kept = all.len();
+            for (n, e) in all {
+                let isns = p.by_pair.entry((e.src, e.dst)).or_default();
+                if !isns.contains(&e.isn) {
+                    isns.push(e.isn);
+                }
+                p.by_isn.entry(e.isn).or_default().push((n, e));
+            }
         }
         // Trace ids only join events of one chain call: old ones are dead.
         if p.ids.len() > 100_000 {

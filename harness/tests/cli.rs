@@ -83,6 +83,29 @@ fn namespaces_of_pid(pid: u32) -> Vec<String> {
     harness::registry::namespaces_of(&format!("sidecheck-{pid}"))
 }
 
+/// Entries of /run/sidecheck of the runs of process `pid` (run names are
+/// `sidecheck-<pid>-<n>`, n random per process).
+fn run_files_of_pid(pid: u32) -> Vec<String> {
+    let (a, b) = (format!("sidecheck-{pid}-"), format!(".sidecheck-{pid}-"));
+    std::fs::read_dir("/run/sidecheck")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&a) || n.starts_with(&b))
+        .collect()
+}
+
+/// The run name of the (one) run of process `pid`, from its lock file or
+/// keep marker.
+fn prefix_of_pid(pid: u32) -> String {
+    run_files_of_pid(pid)
+        .iter()
+        .find_map(|n| {
+            n.strip_suffix(".lock").or(n.strip_suffix(".kept")).filter(|p| !p.starts_with('.')).map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no lock file or keep marker of process {pid} in /run/sidecheck"))
+}
+
 /// Pids of stub processes started by the sidecheck process `pid`.
 fn stubs_of_pid(pid: u32) -> Vec<u32> {
     let marker = format!("/run/sidecheck/sidecheck-{pid}-");
@@ -99,8 +122,8 @@ fn stubs_of_pid(pid: u32) -> Vec<u32> {
 fn assert_nothing_left(pid: u32, what: &str) {
     let left = namespaces_of_pid(pid);
     assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");
+    let files = run_files_of_pid(pid);
+    assert!(files.is_empty(), "{what} left its run directory or lock file: {files:?}");
     let stubs = stubs_of_pid(pid);
     assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
 }
@@ -211,7 +234,7 @@ fn sigkill_mid_probe_is_swept_by_clean() {
     // Queue for the run's lock before killing it: once the kernel drops the
     // dead run's lock we hold it, so no concurrent run's start-up sweep can
     // remove the leftovers before this test has seen them.
-    let lock_path = format!("/run/sidecheck/sidecheck-{pid}-0.lock");
+    let lock_path = format!("/run/sidecheck/{}.lock", prefix_of_pid(pid));
     let lock_file = std::fs::File::open(&lock_path).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -717,7 +740,8 @@ fn keep_leaves_a_failing_run_to_inspect_until_clean() {
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let kept = namespaces_of_pid(pid);
     assert_eq!(kept.len(), 5, "{}", stderr(&out));
-    let pod = format!("sidecheck-{pid}-0-local-pod");
+    let prefix = prefix_of_pid(pid);
+    let pod = format!("{prefix}-local-pod");
     assert!(stderr(&out).contains(&format!("ip netns exec {pod} iptables-save")), "{}", stderr(&out));
     // The kept rules are the broken ones, inspectable as printed.
     let saved = Command::new("ip").args(["netns", "exec", &pod, "iptables-nft-save"]).output().unwrap();
@@ -730,7 +754,7 @@ fn keep_leaves_a_failing_run_to_inspect_until_clean() {
     let out = sidecheck(&["clean"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 kept run(s)"), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(namespaces_of_pid(pid).is_empty());
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.kept")).exists());
+    assert!(!Path::new(&format!("/run/sidecheck/{prefix}.kept")).exists());
 }
 
 #[test]

@@ -114,7 +114,22 @@ fn answer_as_server(conn: TcpStream, name: &str, io_timeout: Duration) -> io::Re
     let line = read_line(&mut reader)?;
     let probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let answer = Answer { probe, end: End::Server { name: name.to_string(), port, peer } };
-    (&conn).write_all(answer.to_line().as_bytes())
+    (&conn).write_all(answer.to_line().as_bytes())?;
+    await_close(&conn);
+    Ok(())
+}
+
+/// After answering, wait (within the read timeout) for the client to close
+/// first. The client's side then holds TIME_WAIT, so its source port is not
+/// reused for the same destination at once: two connections with one
+/// address-and-port tuple in a run could not be told apart in the trace.
+pub fn await_close(conn: &TcpStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = (&*conn).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Tell the harness we are listening.
