@@ -81,7 +81,7 @@ pub fn harness_cause(obs: &Observation, trace_complete: bool, health: &Health) -
     }
     if !trace_complete {
         return Some(format!(
-            "{text}; the kernel dropped trace events during this run, so where the SYN went cannot be told"
+            "{text}; the trace is incomplete (the kernel dropped trace events, or two connections of the run shared this leg's addresses and ports), so where the SYN went cannot be told"
         ));
     }
     None

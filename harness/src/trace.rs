@@ -545,6 +545,9 @@ impl TraceStore {
             p.by_isn.entry(e.isn).or_default().push((p.arrived, e));
         }
         let isns: Vec<u32> = p.by_pair.get(&(src, dst)).cloned().unwrap_or_default();
+        // Two connections with this leg's addresses and ports: which events
+        // are its own cannot be told, so the path is not complete.
+        let ambiguous = isns.len() > 1;
         let mut mine: Vec<(u64, TraceEvent)> = Vec::new();
         let mut claim = |bucket: &mut Vec<(u64, TraceEvent)>, ours: &dyn Fn(&TraceEvent) -> bool| {
             let (taken, left): (Vec<_>, Vec<_>) = std::mem::take(bucket).into_iter().partition(|(_, e)| ours(e));
@@ -602,7 +605,7 @@ impl TraceStore {
         if p.ids.len() > 100_000 {
             p.ids.clear();
         }
-        (mine, p.lost)
+        (mine, p.lost || ambiguous)
     }
 }
 

@@ -172,6 +172,8 @@ fn fake_envoy_out_of_threads_answers_overloaded_and_never_panics() {
     let ns = namespace("envoy");
     // Too few threads for its listeners: exit 2 naming the limit (it panicked).
     let mut tight = fake_envoy(&ns, 2);
+    // Held open: wait() would close it, and stdin's EOF is a clean exit.
+    let _stdin = tight.stdin.take();
     let status = tight.wait().unwrap();
     let mut err = String::new();
     tight.stderr.take().unwrap().read_to_string(&mut err).unwrap();
