@@ -159,7 +159,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    stub::exit_with_parent();
+    stub::exit_with_parent("fake-envoy");
     // Each proxied probe holds two sockets: allow thousands at once.
     if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         if soft < hard {
@@ -179,7 +179,7 @@ fn main() {
     let terminals: Vec<_> =
         cfg.serve.iter().map(|(name, a)| (name.clone(), stub::bind_or_exit("fake-envoy", *a))).collect();
     for (name, l) in terminals {
-        stub::serve_terminal(l, name, cfg.timeout);
+        stub::serve_terminal("fake-envoy", l, name, cfg.timeout);
     }
     let dns_tcp: Vec<_> =
         cfg.dns.iter().map(|(a, up)| (stub::bind_or_exit("fake-envoy", *a), Direction::Dns(*up))).collect();
@@ -196,7 +196,7 @@ fn main() {
         .collect();
     let cfg: &'static Config = Box::leak(Box::new(cfg));
     for (sock, up) in dns_udp {
-        thread::spawn(move || dns_udp_loop(sock, up, cfg));
+        stub::spawn_or_exit("fake-envoy", "the DNS listener", move || dns_udp_loop(sock, up, cfg));
     }
     let listeners = inbound
         .into_iter()
@@ -204,7 +204,7 @@ fn main() {
         .chain(outbound.into_iter().map(|l| (l, Direction::Outbound)))
         .chain(dns_tcp);
     for (l, dir) in listeners {
-        thread::spawn(move || accept_loop(l, dir, cfg));
+        stub::spawn_or_exit("fake-envoy", &format!("the {} listener", dir.role()), move || accept_loop(l, dir, cfg));
     }
     stub::announce_ready();
     loop {
@@ -218,7 +218,8 @@ fn accept_loop(listener: TcpListener, dir: Direction, cfg: &'static Config) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        stub::spawn_connection(move || {
+        // No thread for it: answered as overloaded, never silently closed.
+        stub::spawn_connection("fake-envoy", port, conn, move |conn| {
             let _ = proxy(conn, port, dir, cfg);
         });
     }
@@ -269,13 +270,16 @@ fn proxy(conn: TcpStream, port: u16, dir: Direction, cfg: &Config) -> io::Result
     // Nested proxies answer sooner than the ones in front of them, so an
     // error from deep in the chain reaches the client before it gives up.
     let budget = cfg.timeout.saturating_sub(cfg.timeout / 8 * probe.hops.len() as u32);
-    match forward(&mut probe, conn.peer_addr()?, upstream_addr, dir, cfg, budget) {
+    let replied = match forward(&mut probe, conn.peer_addr()?, upstream_addr, dir, cfg, budget) {
         Ok(answer_line) => (&conn).write_all(answer_line.as_bytes()),
         Err(e) => {
             let message = format!("{upstream_addr} {e}");
             reply(probe, End::Error { role, port, message })
         }
-    }
+    };
+    // The client closes first (its port then waits in TIME_WAIT, unused).
+    stub::await_close(&conn);
+    replied
 }
 
 fn forward(
@@ -327,8 +331,8 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
     loop {
         let Ok((n, client)) = sock.recv_from(&mut buf) else { continue };
         let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let sock = sock.clone();
-        stub::spawn_connection(move || {
+        let job = (sock.clone(), line);
+        let spawned = stub::spawn_with(job, move |(sock, line)| {
             let Ok(mut probe) = Probe::parse(&line) else { return };
             let role = "dns".to_string();
             let end = if probe.has_passed(port) || probe.hops.len() >= sidecheck_wire::MAX_HOPS {
@@ -349,6 +353,13 @@ fn dns_udp_loop(sock: std::net::UdpSocket, upstream: SocketAddr, cfg: &'static C
             };
             let _ = sock.send_to(answer.as_bytes(), client);
         });
+        if let Err(((sock, line), e)) = spawned {
+            if let Ok(probe) = Probe::parse(&line) {
+                let _ =
+                    sock.send_to(Answer { probe, end: stub::overloaded_end(port, &e) }.to_line().as_bytes(), client);
+            }
+            stub::log_dropped("fake-envoy", port, &e);
+        }
     }
 }
 

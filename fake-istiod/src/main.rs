@@ -35,10 +35,10 @@ fn main() {
     if listen.is_empty() {
         listen = [15010, 15012, 15014, 15017].iter().map(|p| SocketAddr::from(([0, 0, 0, 0], *p))).collect();
     }
-    stub::exit_with_parent();
+    stub::exit_with_parent("fake-istiod");
     let listeners: Vec<_> = listen.iter().map(|a| stub::bind_or_exit("fake-istiod", *a)).collect();
     for l in listeners {
-        stub::serve_terminal(l, name.clone(), timeout);
+        stub::serve_terminal("fake-istiod", l, name.clone(), timeout);
     }
     stub::announce_ready();
     loop {

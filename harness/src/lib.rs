@@ -8,12 +8,18 @@
 //! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
 //! [`session`] ties them together.
 
+pub mod admission;
 pub mod annotate;
+pub mod bounded;
+pub mod contain;
 pub mod decision;
 pub mod diff;
 pub mod error;
 pub mod golden;
+pub mod installed;
 pub mod nfnetlink;
+pub mod outcome;
+pub mod outputs;
 pub mod policy;
 pub mod policy_from;
 pub mod probe;
@@ -27,6 +33,7 @@ pub mod settings;
 pub mod stubs;
 pub mod topology;
 pub mod trace;
+pub mod validate;
 pub mod verdict;
 
 pub use error::{Error, Result};

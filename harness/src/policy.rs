@@ -570,6 +570,7 @@ impl Policy {
     }
 
     fn parse_text(file: &str, text: &str) -> Result<Policy> {
+        crate::bounded::yaml_budget(file, text)?;
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
@@ -591,11 +592,12 @@ impl Policy {
         if p.outbound_port == p.inbound_port || Some(p.outbound_port) == p.inbound_port_ipv6 {
             return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
         }
+        crate::validate::policy(&p, file, text)?;
         Ok(p)
     }
 
     pub fn load(path: &Path) -> Result<Policy> {
-        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
         Policy::parse(&path.display().to_string(), &text)
     }
 

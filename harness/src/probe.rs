@@ -233,6 +233,10 @@ async fn finish(
             ),
         ),
         Ok(Err(detail)) => failed("answer", format!("{to}: {detail}")),
+        // A stub that had no thread for the connection answers before reading it.
+        Ok(Ok(answer)) if matches!(&answer.end, End::Error { role, .. } if role == sidecheck_wire::stub::OVERLOADED) => {
+            Observation::Answered(answer)
+        }
         Ok(Ok(answer)) if answer.probe.id != id => {
             failed("answer", format!("{to}: answer is for probe {} instead of {id}", answer.probe.id))
         }
@@ -321,7 +325,16 @@ async fn answer(mut conn: TcpStream, peer: SocketAddr, name: &str, port: u16) ->
     let line = read_line(&mut conn).await?;
     let probe = Probe::parse(&line).map_err(|e| e.to_string())?;
     let answer = Answer { probe, end: End::Server { name: name.into(), port, peer } };
-    conn.write_all(answer.to_line().as_bytes()).await.map_err(|e| e.to_string())
+    conn.write_all(answer.to_line().as_bytes()).await.map_err(|e| e.to_string())?;
+    // The client closes first: its side holds TIME_WAIT, so its source port
+    // is not reused for this destination while the run's trace is read.
+    let mut buf = [0u8; 64];
+    while let Ok(n) = conn.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A UDP server answering each datagram's probe as `name` (a nameserver).

@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for UidRef {
                 f.write_str("a uid number or `proxy`")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<UidRef, E> {
-                u32::try_from(v).map(UidRef::Number).map_err(|_| E::custom(format!("uid {v} is out of range")))
+                crate::validate::uid(v).map(UidRef::Number).map_err(E::custom)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<UidRef, E> {
                 self.visit_u64(u64::try_from(v).map_err(|_| E::custom(format!("uid {v} is negative")))?)
@@ -264,6 +264,7 @@ pub struct Profile {
 impl Profile {
     /// Parse a profile; `read` fetches a rule file named in it.
     fn parse(file: String, text: &str, read: impl Fn(&str) -> Result<String>) -> Result<Profile> {
+        crate::bounded::yaml_budget(&file, text)?;
         let mut p: Profile = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.clone(),
@@ -344,14 +345,15 @@ impl Profile {
     /// A built-in name, or a path to a profile file.
     pub fn load(spec: &str) -> Result<Profile> {
         let path = Path::new(spec);
-        if !spec.ends_with(".yaml") && !spec.ends_with(".yml") && !path.exists() {
+        // (A directory of that name in the working directory is not a profile.)
+        if !spec.ends_with(".yaml") && !spec.ends_with(".yml") && !path.is_file() {
             return Profile::builtin(spec);
         }
-        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Profile::parse(path.display().to_string(), &text, |rel| {
             let p: PathBuf = dir.join(rel);
-            std::fs::read_to_string(&p).map_err(|err| Error::Read { path: p, err })
+            crate::bounded::read_text(&p, crate::bounded::YAML_MAX)
         })
     }
 

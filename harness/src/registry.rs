@@ -82,6 +82,20 @@ pub struct RunGuard {
     keep: std::sync::atomic::AtomicBool,
 }
 
+/// 32 random bits drawn once per process.
+fn process_nonce() -> u32 {
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let mut b = [0u8; 4];
+        // SAFETY: writes at most 4 bytes into `b`.
+        if unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) } == 4 {
+            u32::from_ne_bytes(b)
+        } else {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        }
+    })
+}
+
 impl RunGuard {
     pub fn acquire() -> Result<RunGuard> {
         fs::DirBuilder::new()
@@ -89,36 +103,55 @@ impl RunGuard {
             .mode(0o755)
             .create(RUN_DIR)
             .map_err(Error::io(format!("creating {RUN_DIR}")))?;
-        let prefix = format!("{NAME_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
-        // Known to the signal handler before anything named after it exists.
-        let _creating = creating();
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(LiveRun { prefix: prefix.clone(), pids: Vec::new() });
-        Self::make(prefix.clone()).inspect_err(|_| {
-            LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.prefix != prefix);
-            let _ = fs::remove_file(Path::new(RUN_DIR).join(format!(".{prefix}.lock.tmp")));
-        })
+        // The pid alone is not unique: runs in separate PID namespaces share
+        // /run (each may be pid 1). A random number per process joins it;
+        // a name already taken is never replaced, another is drawn.
+        for _ in 0..8 {
+            let n = (u64::from(process_nonce()) << 20) | u64::from(SEQ.fetch_add(1, Ordering::SeqCst));
+            let prefix = format!("{NAME_PREFIX}{}-{n}", std::process::id());
+            // Known to the signal handler before anything named after it exists.
+            let _creating = creating();
+            LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(LiveRun { prefix: prefix.clone(), pids: Vec::new() });
+            match Self::make(Path::new(RUN_DIR), prefix.clone()) {
+                Ok(g) => return Ok(g),
+                Err(e) => {
+                    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.prefix != prefix);
+                    if !matches!(&e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::AlreadyExists) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(Error::config(format!(
+            "could not find a free run name in {RUN_DIR} after 8 tries: remove stale files there (sidecheck clean)"
+        )))
     }
 
-    fn make(prefix: String) -> Result<RunGuard> {
-        let lock_path = Path::new(RUN_DIR).join(format!("{prefix}.lock"));
-        // Lock a temporary file, then rename it: a sweeper never sees this
-        // run's lock file unlocked.
-        let tmp = Path::new(RUN_DIR).join(format!(".{prefix}.lock.tmp"));
+    /// Take `prefix` in `run_dir`, or fail with AlreadyExists if any run
+    /// (live or not yet swept) has it: its lock is never replaced.
+    fn make(run_dir: &Path, prefix: String) -> Result<RunGuard> {
+        let lock_path = run_dir.join(format!("{prefix}.lock"));
+        // Lock a temporary file, then link it into place (link, unlike
+        // rename, fails when the name exists): a sweeper never sees this
+        // run's lock file unlocked, and never another run's lock replaced.
+        let tmp = run_dir.join(format!(".{prefix}.lock.tmp"));
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o644)
             .open(&tmp)
             .map_err(Error::io(format!("creating lock file {}", tmp.display())))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| Error::Io { doing: format!("locking {}", tmp.display()), err: e.into() })?;
-        fs::rename(&tmp, &lock_path).map_err(Error::io(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            lock_path.display()
-        )))?;
-        let dir = Path::new(RUN_DIR).join(&prefix);
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, e)) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::Io { doing: format!("locking {}", tmp.display()), err: e.into() });
+            }
+        };
+        let linked = fs::hard_link(&tmp, &lock_path);
+        let _ = fs::remove_file(&tmp);
+        linked.map_err(Error::io(format!("taking {} (from {})", lock_path.display(), tmp.display())))?;
+        let dir = run_dir.join(&prefix);
         fs::DirBuilder::new().mode(0o755).create(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         Ok(RunGuard { prefix, dir, lock_path, _lock: lock, keep: std::sync::atomic::AtomicBool::new(false) })
     }
@@ -332,6 +365,37 @@ pub fn install_signal_cleanup() -> Result<()> {
 /// For children: undo the signal mask they inherit from a blocked thread.
 pub fn unblock_signals_in_child() {
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
+}
+
+#[cfg(test)]
+mod held_locks {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_never_replaced() {
+        let dir = std::env::temp_dir().join(format!("sidecheck-registry-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let prefix = format!("{NAME_PREFIX}1-7");
+        let first = RunGuard::make(&dir, prefix.clone()).unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&first.lock_path);
+        // The same name again, as a run in another PID namespace would take it.
+        let again = RunGuard::make(&dir, prefix.clone());
+        let e = again.err().expect("a second run took a held lock's name");
+        assert!(matches!(&e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::AlreadyExists), "{e}");
+        assert_eq!(inode(&first.lock_path), before, "the held lock file was replaced");
+        assert!(!dir.join(format!(".{prefix}.lock.tmp")).exists());
+        std::mem::forget(first); // its Drop cleans the real run directory
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn prefixes_differ_by_more_than_the_pid() {
+        assert_ne!(process_nonce(), 0);
+        let n = (u64::from(process_nonce()) << 20) | 5;
+        assert!(run_prefix_of(&format!("{NAME_PREFIX}1-{n}-local-pod")).is_some());
+    }
 }
 
 #[cfg(test)]

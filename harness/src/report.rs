@@ -22,17 +22,30 @@ pub struct Report {
     pub trials: Vec<TrialResult>,
     pub passed: usize,
     pub failed: usize,
+    /// Trials the harness could not test (exit 2).
+    pub errors: usize,
 }
 
 impl Report {
     pub fn new(rules: String, backend: String, trials: Vec<TrialResult>) -> Report {
         let passed = trials.iter().filter(|t| t.outcome == Outcome::Pass).count();
-        let failed = trials.len() - passed;
-        Report { rules, profile: "istio".into(), backend, families: Vec::new(), ruleset: None, trials, passed, failed }
+        let failed = trials.iter().filter(|t| t.outcome == Outcome::Fail).count();
+        let errors = trials.iter().filter(|t| t.outcome == Outcome::Error).count();
+        Report {
+            rules,
+            profile: "istio".into(),
+            backend,
+            families: Vec::new(),
+            ruleset: None,
+            trials,
+            passed,
+            failed,
+            errors,
+        }
     }
 
     pub fn all_passed(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.errors == 0
     }
 
     pub fn to_json(&self) -> String {
@@ -74,6 +87,7 @@ impl Report {
                 let verdict = match t.outcome {
                     Outcome::Pass => "pass",
                     Outcome::Fail => "FAIL",
+                    Outcome::Error => "ERROR",
                 };
                 [t.flow.to_string(), t.name.clone(), want, got, verdict.to_string()]
             })
@@ -92,8 +106,9 @@ impl Report {
             let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
         }
-        for t in self.trials.iter().filter(|t| t.outcome == Outcome::Fail) {
-            let _ = writeln!(out, "\nFAIL {} (flow {}): {}\n  {}", t.name, t.flow, t.description, t.message);
+        for t in self.trials.iter().filter(|t| t.outcome != Outcome::Pass) {
+            let word = if t.outcome == Outcome::Error { "ERROR" } else { "FAIL" };
+            let _ = writeln!(out, "\n{word} {} (flow {}): {}\n  {}", t.name, t.flow, t.description, t.message);
             // The paths one above the other, also when the ports failed.
             if let (Some(want), Some(got)) = (&t.expected.path, &t.observed.path) {
                 if want != got && !t.message.contains("path expected:") {
@@ -103,8 +118,12 @@ impl Report {
                 }
             }
         }
-        let _ = writeln!(out, "\n{} passed, {} failed", self.passed, self.failed);
-        out
+        let _ = write!(out, "\n{} passed, {} failed", self.passed, self.failed);
+        if self.errors > 0 {
+            let _ = write!(out, ", {} could not be tested (ERROR: the harness's trouble, not the rules')", self.errors);
+        }
+        out.push('\n');
+        escape_controls(&out)
     }
 }
 
@@ -176,7 +195,7 @@ pub fn trace_text(
     );
     let Some(path) = path else {
         let _ = writeln!(out, "(not traced)");
-        return out;
+        return escape_controls(&out);
     };
     let _ = writeln!(out, "path:  {}", path.line);
     if !path.complete {
@@ -196,6 +215,26 @@ pub fn trace_text(
                 Step::Policy => ("policy".into(), "(the base chain's policy)".into()),
             };
             let _ = writeln!(out, "  {:<16} {:<18} {:<13} {}", e.table, e.chain, what, text);
+        }
+    }
+    escape_controls(&out)
+}
+
+/// Control characters as `\xNN` (newlines and tabs kept): descriptions,
+/// file names and tools' output reach terminals and CI logs, where an
+/// escape sequence could rewrite what the report says.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            let n = c as u32;
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
         }
     }
     out
@@ -223,16 +262,16 @@ impl Report {
     /// per scenario over every family, then a one-line statement.
     pub fn to_summary(&self) -> String {
         // (scenario, flow, [(family, passed)])
-        type Row<'a> = (&'a str, u8, Vec<(&'a str, bool)>);
+        type Row<'a> = (&'a str, u8, Vec<(&'a str, Outcome)>);
         let mut scenarios: Vec<Row<'_>> = Vec::new();
         for t in &self.trials {
-            let pass = t.outcome == Outcome::Pass;
+            let pass = t.outcome;
             match scenarios.iter_mut().find(|(s, _, _)| *s == t.scenario) {
                 Some(entry) => entry.2.push((&t.family, pass)),
                 None => scenarios.push((&t.scenario, t.flow, vec![(&t.family, pass)])),
             }
         }
-        let ok = scenarios.iter().filter(|(_, _, f)| f.iter().all(|(_, p)| *p)).count();
+        let ok = scenarios.iter().filter(|(_, _, f)| f.iter().all(|(_, p)| *p == Outcome::Pass)).count();
         let families = if self.families.is_empty() {
             "-".to_string()
         } else {
@@ -242,11 +281,16 @@ impl Report {
         let _ = writeln!(out, "sidecheck conformance: {}", self.rules);
         let _ = writeln!(out, "profile {}, backend {}, families {}\n", self.profile, self.backend, families);
         for (name, flow, fams) in &scenarios {
-            let cells: Vec<String> =
-                fams.iter().map(|(f, p)| format!("{f} {}", if *p { "pass" } else { "FAIL" })).collect();
+            let cells: Vec<String> = fams.iter().map(|(f, p)| format!("{f} {}", outcome_word(*p))).collect();
             let _ = writeln!(out, "  flow {flow}  {name:<44} {}", cells.join("  "));
         }
-        let verdict = if ok == scenarios.len() { "conforms to" } else { "does not conform to" };
+        let verdict = if self.errors > 0 {
+            "could not test"
+        } else if ok == scenarios.len() {
+            "conforms to"
+        } else {
+            "does not conform to"
+        };
         let _ = writeln!(
             out,
             "\n{verdict} the {} sidecar capture contract: {ok}/{} flows, {families}, {}",
@@ -254,7 +298,7 @@ impl Report {
             scenarios.len(),
             self.backend
         );
-        out
+        escape_controls(&out)
     }
 
     /// JUnit XML: one `<testsuite>` per run, one `<testcase>` per trial
@@ -265,16 +309,18 @@ impl Report {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             out,
-            "<testsuites name=\"sidecheck\" tests=\"{}\" failures=\"{}\" errors=\"0\" time=\"{seconds:.3}\">",
+            "<testsuites name=\"sidecheck\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{seconds:.3}\">",
             self.trials.len(),
-            self.failed
+            self.failed,
+            self.errors
         );
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"0\" time=\"{seconds:.3}\">",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"0\" time=\"{seconds:.3}\">",
             xml_escape(&format!("sidecheck: {} ({})", self.rules, self.backend)),
             self.trials.len(),
-            self.failed
+            self.failed,
+            self.errors
         );
         for t in &self.trials {
             let (class, name) = t.name.split_once("::").unwrap_or(("sidecheck", &t.name));
@@ -287,6 +333,14 @@ impl Report {
             match t.outcome {
                 Outcome::Pass => {
                     let _ = writeln!(out, "{open}/>");
+                }
+                Outcome::Error => {
+                    let _ = writeln!(
+                        out,
+                        "{open}>\n      <error message=\"{}\" type=\"sidecheck.harness\">{}</error>\n    </testcase>",
+                        xml_escape(t.message.lines().next().unwrap_or_default()),
+                        xml_escape(&format!("flow {}: {}\n{}\n", t.flow, t.description, t.message))
+                    );
                 }
                 Outcome::Fail => {
                     let summary = t.message.lines().next().unwrap_or_default();
@@ -314,8 +368,15 @@ impl Report {
     /// the expected path beside it, the first difference highlighted).
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let verdict = if self.failed == 0 { "all passed" } else { "FAILED" };
-        let _ = writeln!(out, "## sidecheck: {} passed, {} failed ({verdict})\n", self.passed, self.failed);
+        let verdict = if self.errors > 0 {
+            "ERROR: could not test"
+        } else if self.failed == 0 {
+            "all passed"
+        } else {
+            "FAILED"
+        };
+        let errors = if self.errors > 0 { format!(", {} errors", self.errors) } else { String::new() };
+        let _ = writeln!(out, "## sidecheck: {} passed, {} failed{errors} ({verdict})\n", self.passed, self.failed);
         let _ = writeln!(
             out,
             "Rules: `{}`, backend `{}`, families {}.\n",
@@ -330,7 +391,11 @@ impl Report {
         out.push_str("| flow | trial | expected | observed | verdict |\n|---|---|---|---|---|\n");
         for t in &self.trials {
             let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(" → ");
-            let mark = if t.outcome == Outcome::Pass { "✅ pass" } else { "❌ **fail**" };
+            let mark = match t.outcome {
+                Outcome::Pass => "✅ pass",
+                Outcome::Fail => "❌ **fail**",
+                Outcome::Error => "⚠️ **ERROR**",
+            };
             let _ = writeln!(
                 out,
                 "| {} | `{}` | {} | {} | {mark} |",
@@ -345,12 +410,16 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\n### {} `{}`\n\n{}\n",
-                if t.outcome == Outcome::Pass { "✅" } else { "❌" },
+                match t.outcome {
+                    Outcome::Pass => "✅",
+                    Outcome::Fail => "❌",
+                    Outcome::Error => "⚠️",
+                },
                 t.name,
                 t.description
             );
             let expected = t.expected.path.as_deref().filter(|e| *e != observed);
-            if t.outcome == Outcome::Fail {
+            if t.outcome != Outcome::Pass {
                 let _ = writeln!(out, "{}\n", t.message.lines().next().unwrap_or_default());
             }
             out.push_str("```mermaid\nflowchart LR\n");
@@ -366,7 +435,15 @@ impl Report {
                 "classDef diff fill:#f8d7da,stroke:#c00,color:#600\nclassDef envoy fill:#e7f0ff,stroke:#36c\n```\n",
             );
         }
-        out
+        markdown_escaped(out)
+    }
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::Fail => "FAIL",
+        Outcome::Error => "ERROR",
     }
 }
 
@@ -399,6 +476,11 @@ fn mermaid_chain(out: &mut String, title: &str, prefix: &str, path: &str, diff: 
         }
     }
     out.push_str("end\n");
+}
+
+/// The Markdown report with control characters escaped.
+fn markdown_escaped(text: String) -> String {
+    escape_controls(&text)
 }
 
 #[cfg(test)]

@@ -491,7 +491,10 @@ impl RuleSource {
     fn texts(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for p in self.files() {
-            let text = std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err })?;
+            let text = crate::bounded::read_text(p, crate::bounded::RULES_MAX)?;
+            if let RuleSource::NftFile(_) = self {
+                crate::bounded::nft_includes_outside(p, &text)?;
+            }
             out.push((p.display().to_string(), text));
         }
         if let RuleSource::Text { what, v4, v6, .. } = self {
@@ -500,9 +503,11 @@ impl RuleSource {
         Ok(out)
     }
 
-    /// Install into `ns` for `families`. Failures carry the tool's own output.
-    pub fn install(&self, ns: &Namespace, backend: Backend, families: &[Family], timeout: Duration) -> Result<()> {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err });
+    /// Install into `ns` for `families`. Failures carry the tool's own
+    /// output; on success that output is returned (bounded), for errors
+    /// found later (a source that installed nothing).
+    pub fn install(&self, ns: &Namespace, backend: Backend, families: &[Family], timeout: Duration) -> Result<String> {
+        let read = |p: &PathBuf| crate::bounded::read_text(p, crate::bounded::RULES_MAX);
         // (what it is called in messages, tool, program, args, stdin)
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
         match self {
@@ -571,11 +576,13 @@ impl RuleSource {
                 vec!["-f".into(), p.display().to_string()],
                 String::new(),
             )),
+            // -e: a failing command stops the script; -x (marked by PS4,
+            // set in run_in): the error can name the command that failed.
             RuleSource::Script(p) => steps.push((
                 self.describe(),
-                "sh".into(),
+                "sh -e".into(),
                 find_tool("sh", "dash")?,
-                vec![p.display().to_string()],
+                vec!["-e".into(), "-x".into(), p.display().to_string()],
                 String::new(),
             )),
             RuleSource::Generator(c) => steps.push((
@@ -586,7 +593,13 @@ impl RuleSource {
                 String::new(),
             )),
         }
+        let mut said = String::new();
+        // Scripts and generators run arbitrary commands: contained, and
+        // the host checked around them.
+        let contained = matches!(self, RuleSource::Script(_) | RuleSource::Generator(_));
+        let host_before = contained.then(crate::contain::host_state);
         for (origin, tool, program, args, stdin) in steps {
+            let (program, args) = if contained { crate::contain::wrap(program, args)? } else { (program, args) };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
                 Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
@@ -599,18 +612,30 @@ impl RuleSource {
                     output: doing,
                 },
                 e => e,
-            })?;
+            });
+            if let Some(before) = &host_before {
+                let changed = crate::contain::changes(before, &crate::contain::host_state());
+                if !changed.is_empty() {
+                    return Err(crate::contain::changed_host(&origin, &changed));
+                }
+            }
+            let ran = ran?;
             if !ran.status.success() {
+                let output = match self {
+                    RuleSource::Script(p) => crate::installed::script_failure(p, &ran.output),
+                    _ => crate::installed::shown(&ran.output),
+                };
                 return Err(Error::RulesDidNotApply {
                     origin,
                     namespace: ns.name().to_string(),
                     tool,
                     status: ran.status.to_string(),
-                    output: ran.output.trim_end().to_string(),
+                    output,
                 });
             }
+            said.push_str(&ran.output);
         }
-        Ok(())
+        Ok(said)
     }
 }
 
@@ -725,7 +750,19 @@ pub struct Ran {
 /// (killed after it), output (stdout+stderr) capped at 64 KiB.
 pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Result<Ran> {
     let mut cmd = ns.command(program);
-    cmd.args(args).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").process_group(0);
+    cmd.args(args)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PS4", crate::installed::XTRACE)
+        .process_group(0);
+    // Dies with sidecheck, even by SIGKILL: a contained source's `unshare`
+    // then takes its whole PID namespace along (--kill-child).
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
         let _guard = crate::registry::creating();
@@ -751,9 +788,12 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     });
     // Keep the first 64 KiB of output and drain the rest: a child that
     // prints megabytes must never block on a full pipe.
+    // Kept in shared buffers: a killed child's output is shown too, without
+    // waiting for pipes a leftover grandchild may hold open.
     let collect = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = buf.clone();
+        let handle = std::thread::spawn(move || {
             let mut dropped = 0u64;
             if let Some(mut r) = r {
                 use std::io::Read;
@@ -762,16 +802,21 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
                     if n == 0 {
                         break;
                     }
+                    let mut kept = shared.lock().unwrap_or_else(|e| e.into_inner());
                     let room = (OUTPUT_CAP - kept.len()).min(n);
                     kept.extend_from_slice(&chunk[..room]);
                     dropped += (n - room) as u64;
                 }
             }
             if dropped > 0 {
+                let mut kept = shared.lock().unwrap_or_else(|e| e.into_inner());
                 kept.extend_from_slice(format!("\n[... {dropped} more bytes of output not shown]\n").as_bytes());
             }
-            kept
-        })
+        });
+        (buf, handle)
+    };
+    let so_far = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     };
     let out = collect(child.stdout.take().map(|s| Box::new(s) as _));
     let err = collect(child.stderr.take().map(|s| Box::new(s) as _));
@@ -787,12 +832,21 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
             // The whole process group: a generator's own children too.
             let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = rx.recv();
-            return Err(Error::Timeout { doing, seconds: timeout.as_secs_f32() });
+            // A moment for the readers to take what was already written.
+            std::thread::sleep(Duration::from_millis(50));
+            let said = so_far(&out.0) + &so_far(&err.0);
+            let said = if said.trim().is_empty() {
+                "it printed nothing".to_string()
+            } else {
+                format!("its output before it was killed:\n{}", crate::installed::shown(&said))
+            };
+            return Err(Error::Timeout { doing: format!("{doing} ({said})"), seconds: timeout.as_secs_f32() });
         }
     };
     let _ = writer.join();
-    let mut output = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-    output.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+    let _ = out.1.join();
+    let _ = err.1.join();
+    let output = so_far(&out.0) + &so_far(&err.0);
     Ok(Ran { status, output })
 }
 

@@ -147,6 +147,7 @@ impl Scenario {
                 message: "the file is empty: a scenario needs flow, description, source, destination and expect".into(),
             });
         }
+        crate::bounded::yaml_budget(&file, text)?;
         let spec: Spec = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.clone(),
@@ -177,6 +178,9 @@ impl Scenario {
                     Host::ALL.map(Host::name).join(", ")
                 )));
             }
+        }
+        if let Some(ip) = d.address {
+            crate::validate::destination(ip).map_err(|m| crate::validate::at(&file, text, "address", m))?;
         }
         if spec.source.host == Host::Node {
             return Err(invalid("source.host: the node only bridges pods; connect from a pod".into()));
@@ -290,7 +294,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         return Err(Error::config(format!("--scenarios {}: not a directory of scenario files", dir.display())));
     }
     let mut files = Vec::new();
-    collect(dir, &mut files)?;
+    collect(dir, &mut files, &mut std::collections::HashSet::new())?;
     if files.is_empty() {
         return Err(Error::config(format!(
             "no scenario files (*.yaml) in {}: point --scenarios at a directory holding some",
@@ -305,7 +309,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         .unwrap_or_else(|| "scenarios".into());
     let mut list = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|err| Error::Read { path: path.clone(), err })?;
+        let text = crate::bounded::read_text(&path, crate::bounded::YAML_MAX)?;
         let rel = path.strip_prefix(dir).unwrap_or(&path);
         list.push(Scenario::parse(trial_name(&root_name, rel), path.display().to_string(), &text)?);
     }
@@ -383,7 +387,12 @@ pub fn select(
     Ok(kept)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// `seen`: every directory and file by its real path, so a symlink loop or
+/// a second link to a file loads nothing twice.
+fn collect(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) -> Result<()> {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
     let entries = std::fs::read_dir(dir).map_err(|err| Error::Read { path: dir.to_path_buf(), err })?;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -392,8 +401,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if path.is_dir() {
-            collect(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            collect(&path, out, seen)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            && seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone()))
+        {
             out.push(path);
         }
     }

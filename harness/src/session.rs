@@ -47,6 +47,8 @@ pub struct SessionConfig {
     /// beside its rules, and a transparent fake-envoy.
     pub tproxy: Option<Tproxy>,
     pub dns: Option<Dns>,
+    /// Test the rules even when the source installed none (else an error).
+    pub allow_empty_rules: bool,
 }
 
 impl SessionConfig {
@@ -104,6 +106,7 @@ impl Default for SessionConfig {
             rule_texts: false,
             tproxy: None,
             dns: None,
+            allow_empty_rules: false,
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct Session {
     tracer: Option<Tracer>,
     topology: Topology,
     config: SessionConfig,
+    /// Probes allowed in flight at once ([`crate::admission`]).
+    in_flight: usize,
     run: RunGuard,
 }
 
@@ -172,6 +177,8 @@ impl Session {
         }
         Self::preflight(&config, &[])?;
         crate::raise_fd_limit();
+        let limits = crate::admission::Limits::read(config.profile.proxy.uid, config.control_plane_uid);
+        let in_flight = crate::admission::budget(&limits, config.profile.proxy.uid, config.control_plane_uid)?;
         registry::sweep_stale();
         let run = RunGuard::acquire()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -189,7 +196,15 @@ impl Session {
         {
             tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
         }
-        config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
+        let said = config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
+        crate::installed::verify(
+            pod,
+            &config.rules.describe(),
+            &config.topology.families,
+            config.allow_empty_rules,
+            &said,
+            config.rules_timeout,
+        )?;
         let frontend = config.rules.frontend(config.backend);
         let tracer = match config.trace {
             true => {
@@ -326,7 +341,10 @@ impl Session {
             }
             (apps, udp)
         };
-        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run })
+        if let Some(trouble) = tracer.as_ref().and_then(|t| t.check(pod, config.rules_timeout)) {
+            return Err(Error::config(trouble));
+        }
+        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, in_flight, run })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -414,13 +432,16 @@ impl Session {
             }
         }
         let backend = self.backend_name();
+        let (done, health) = self.probe_all(requests);
         cases
             .iter()
             .zip(expected)
-            .zip(self.probe_all(requests))
+            .zip(done)
             .map(|(((s, f), expected), done)| {
                 let check = PathCheck { label: &label, assert: assert_paths };
+                let complete = done.path.as_ref().is_none_or(|p| p.complete);
                 let mut r = verdict::judge(s, expected, &done.observation, done.ms, done.path, &check);
+                crate::outcome::settle(&mut r, &done.observation, complete, &health);
                 r.name = crate::scenario::case_name(&s.name, &backend, *f);
                 r.backend = backend.clone();
                 r.family = f.name().into();
@@ -431,46 +452,46 @@ impl Session {
 
     /// One connection, for troubleshooting: what happened and its path.
     pub fn probe_one(&self, from: Host, uid: u32, gid: u32, target: std::net::SocketAddr) -> ProbeDone {
-        self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target), protocol: Protocol::Tcp }]).remove(0)
+        self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target), protocol: Protocol::Tcp }]).0.remove(0)
     }
 
-    /// Run probes concurrently; then collect each one's trace.
-    fn probe_all(&self, requests: Vec<ProbeRequest>) -> Vec<ProbeDone> {
-        let prepared: Vec<_> = requests
-            .iter()
-            .map(|r| {
-                let to = r.target.as_ref().map_err(|e| e.to_string())?;
-                if r.protocol == Protocol::TcpInvalid {
-                    return Ok(None); // sent below, from a raw socket
-                }
-                let udp = r.protocol == Protocol::Udp;
-                let fd = probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp)
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(Some((fd, *to, udp)))
-            })
-            .collect();
+    /// Run probes concurrently, at most `in_flight` at a time (each one's
+    /// socket is made once it is admitted); then collect each one's trace,
+    /// and what the run saw of its own health meanwhile.
+    fn probe_all(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::outcome::Health) {
+        let namespaces: Vec<&crate::topology::Namespace> =
+            self.topology.config.hosts().into_iter().map(|h| self.topology.ns(h)).collect();
+        let drops_before: Vec<Option<u64>> = namespaces.iter().map(|ns| crate::outcome::listen_drops(ns)).collect();
         let t = self.config.probe_timeouts;
-        let probes = self.rt.block_on(async move {
+        let admit = std::sync::Arc::new(tokio::sync::Semaphore::new(self.in_flight));
+        let probes = self.rt.block_on(async {
             // (None: an INVALID segment, sent afterwards from a raw socket.)
-            let tasks: Vec<_> = prepared
-                .into_iter()
-                .map(|p| {
-                    let p = match p {
-                        Ok(None) => return None,
-                        Ok(Some(p)) => Ok(p),
-                        Err(e) => Err(e),
+            let mut tasks = Vec::new();
+            for r in &requests {
+                if r.protocol == Protocol::TcpInvalid && r.target.is_ok() {
+                    tasks.push(None);
+                    continue;
+                }
+                // Admitted first, then the socket is made: descriptors are
+                // held only by probes in flight.
+                let permit = admit.clone().acquire_owned().await;
+                let udp = r.protocol == Protocol::Udp;
+                let made = r.target.as_ref().map_err(|e| e.to_string()).and_then(|to| {
+                    probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp)
+                        .map(|fd| (fd, *to))
+                        .map_err(|e| e.to_string())
+                });
+                tasks.push(Some(tokio::spawn(async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let (obs, client) = match made {
+                        Ok((fd, to)) if !udp => probe::run(fd, to, next_probe_id(), t).await,
+                        Ok((fd, to)) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
+                        Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
                     };
-                    Some(tokio::spawn(async move {
-                        let started = Instant::now();
-                        let (obs, client) = match p {
-                            Ok((fd, to, false)) => probe::run(fd, to, next_probe_id(), t).await,
-                            Ok((fd, to, true)) => (probe::run_udp(fd, to, next_probe_id(), t).await, None),
-                            Err(e) => (Observation::Failed { stage: "setup".into(), detail: e }, None),
-                        };
-                        (obs, client, started.elapsed().as_millis() as u64)
-                    }))
-                })
-                .collect();
+                    (obs, client, started.elapsed().as_millis() as u64)
+                })));
+            }
             let mut out = Vec::new();
             for task in tasks {
                 out.push(match task {
@@ -489,7 +510,18 @@ impl Session {
             }
             out
         });
-        requests
+        let mut health = crate::outcome::Health::default();
+        for (ns, before) in namespaces.iter().zip(drops_before) {
+            if let (Some(b), Some(a)) = (before, crate::outcome::listen_drops(ns)) {
+                if a > b {
+                    health.listen_drops.push((ns.name().to_string(), a - b));
+                }
+            }
+        }
+        health.stub_trouble = self._stubs.iter().flat_map(|s| s.trouble()).collect();
+        health.run_trouble =
+            self.tracer.as_ref().and_then(|t| t.check(self.topology.ns(Host::LocalPod), self.config.rules_timeout));
+        let done = requests
             .into_iter()
             .zip(probes)
             .map(|(r, done)| {
@@ -507,7 +539,8 @@ impl Session {
                 };
                 ProbeDone { observation, path, ms }
             })
-            .collect()
+            .collect();
+        (done, health)
     }
 
     /// One INVALID segment (IPv4 only), after the concurrent probes: it
@@ -568,7 +601,7 @@ impl Session {
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String =
                 nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
-            let listing = strip_table(&listing, crate::trace::TRACE_TABLE);
+            let listing = strip_table(&listing, crate::trace::trace_table());
             if !listing.trim().is_empty() {
                 out.push_str(&format!("# nft list ruleset\n{listing}"));
             }
@@ -609,7 +642,10 @@ fn strip_table(text: &str, name: &str) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for line in text.lines() {
-        if line.starts_with("table ") && line.split_whitespace().nth(2) == Some(name) {
+        // Only the tracer's own (family inet): a user's table of the same
+        // name in another family is part of the rules.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"table") && words.get(1) == Some(&"inet") && words.get(2) == Some(&name) {
             skipping = true;
         }
         if !skipping {
@@ -629,11 +665,12 @@ mod tests {
 
     #[test]
     fn counters_are_zeroed_and_the_trace_table_dropped() {
-        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
+        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
         let got = strip_table(&normalize_counters(text), "sidecheck_trace");
+        // A user's `ip sidecheck_trace` stays: only the tracer's inet table goes.
         assert_eq!(
             got,
-            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
+            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
         );
     }
 }

@@ -62,7 +62,7 @@ fn cidr<A: std::str::FromStr>(file: &str, key: &str, text: &str, max: u8) -> Res
 
 impl Settings {
     pub fn load(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
         Self::parse(&path.display().to_string(), &text)
     }
 
@@ -70,7 +70,8 @@ impl Settings {
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        serde_norway::from_str(text).map_err(|e| match e.location() {
+        crate::bounded::yaml_budget(file, text)?;
+        let s: Settings = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
                 line: loc.line(),
@@ -78,7 +79,13 @@ impl Settings {
                 message: e.to_string(),
             },
             None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
-        })
+        })?;
+        for (key, ports) in [("local_app_ports", &s.local_app_ports), ("remote_app_ports", &s.remote_app_ports)] {
+            if let Some(p) = ports {
+                crate::validate::app_ports(p).map_err(|m| crate::validate::at(file, text, key, m))?;
+            }
+        }
+        Ok(s)
     }
 
     /// Apply over `config` (whose topology is then validated by the session).

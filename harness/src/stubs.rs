@@ -62,6 +62,8 @@ pub struct StubProcess {
     run_prefix: String,
     /// Drains the stub's stderr; joined on drop so its pipe is closed by then.
     drain: Option<std::thread::JoinHandle<()>>,
+    /// The first lines it logged about connections it dropped (bounded).
+    trouble: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl StubProcess {
@@ -106,8 +108,15 @@ impl StubProcess {
         let pid = child.id() as i32;
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let mut proc = StubProcess { child, _stdin: stdin, pid, run_prefix: run.prefix().into(), drain: None };
+        let stderr = child.stderr.take().unwrap();
+        let mut proc = StubProcess {
+            child,
+            _stdin: stdin,
+            pid,
+            run_prefix: run.prefix().into(),
+            drain: None,
+            trouble: Default::default(),
+        };
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut line = String::new();
@@ -117,9 +126,16 @@ impl StubProcess {
         match rx.recv_timeout(timeout) {
             Ok(line) if line.trim() == sidecheck_wire::stub::READY => {
                 let _ = reader.join();
-                // Keep draining stderr so a chatty stub never blocks on a full pipe.
+                // Keep draining stderr so a chatty stub never blocks on a full
+                // pipe, keeping what it says about dropped connections.
+                let trouble = proc.trouble.clone();
                 proc.drain = Some(std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+                    for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                        let mut t = trouble.lock().unwrap_or_else(|e| e.into_inner());
+                        if line.contains(sidecheck_wire::stub::DROPPED_LOG) && t.len() < 10 {
+                            t.push(line);
+                        }
+                    }
                 }));
                 Ok(proc)
             }
@@ -136,6 +152,13 @@ impl StubProcess {
             }
             Err(_) => Err(failed(format!("no READY line within {} ms", timeout.as_millis()))),
         }
+    }
+}
+
+impl StubProcess {
+    /// What the stub logged so far about connections it could not serve.
+    pub fn trouble(&self) -> Vec<String> {
+        self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Rule-level tracing: which chains and rules each probe's SYNs took, read
 //! from the kernel itself.
 //!
-//! A harness-owned table (`inet sidecheck_trace`, priority -400, ahead of
+//! A harness-owned table (`inet sidecheck_trace_<random>`, priority -400, ahead of
 //! every table under test) sets `meta nftrace` on TCP SYNs. The tables under
 //! test are never edited, so their rule numbers and counters stay theirs.
 //! Rules in nf_tables (iptables-nft, native nft) then report on the
@@ -26,14 +26,35 @@ use crate::rules::{self, Frontend};
 use crate::topology::Namespace;
 use crate::{Error, Result};
 
-/// The harness's own table; events from it are not part of any path.
-pub const TRACE_TABLE: &str = "sidecheck_trace";
-
-const TRACE_RULESET: &str = "table inet sidecheck_trace {
-  chain prerouting { type filter hook prerouting priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
-  chain output { type filter hook output priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }
+/// The harness's own table (family inet); events from it are not part of
+/// any path. Its name is unique to this process (`sidecheck_trace_` and 32
+/// random bits): a user's table of any name, `sidecheck_trace` too, can
+/// neither merge into it nor be hidden from "rules as installed".
+pub fn trace_table() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // SAFETY: writes at most 4 bytes into `bytes`.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 4, 0) };
+        let n = if got == 4 {
+            u32::from_ne_bytes(bytes)
+        } else {
+            std::process::id() ^ std::time::SystemTime::now().elapsed().map(|d| d.subsec_nanos()).unwrap_or(0)
+        };
+        format!("sidecheck_trace_{n:08x}")
+    })
 }
-";
+
+fn trace_ruleset() -> String {
+    format!(
+        "table inet {} {{
+  chain prerouting {{ type filter hook prerouting priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }}
+  chain output {{ type filter hook output priority -400; policy accept; tcp flags & (syn | ack) == syn meta nftrace set 1; }}
+}}
+",
+        trace_table()
+    )
+}
 
 /// How an event ended its rule or chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -285,6 +306,8 @@ pub struct Tracer {
     /// The proxy's name in the profile (`envoy`): its listeners are
     /// `<name>-admin`, ... and paths call it `Envoy 15001 (Outbound)`.
     proxy: String,
+    /// The trace table as listed right after it was installed.
+    listed: String,
 }
 
 pub struct TraceStore {
@@ -313,7 +336,17 @@ impl Drop for Tracer {
 
 #[derive(Default)]
 struct Pending {
+    /// Events as they arrive; moved into `by_isn` when legs are taken.
     events: Vec<TraceEvent>,
+    /// Unclaimed events by the SYN's sequence number, each with its arrival
+    /// number (a leg's events are returned in arrival order), and the
+    /// sequence numbers each (source, destination) pair was seen with: a
+    /// leg is found without scanning every event of the run (10,000 probes
+    /// leave some 100,000 events).
+    by_isn: HashMap<u32, Vec<(u64, TraceEvent)>>,
+    by_pair: HashMap<(SocketAddr, SocketAddr), Vec<u32>>,
+    arrived: u64,
+    kept: usize,
     /// nf_tables trace id -> packet tuple and sequence number (only the
     /// first event of a packet in a chain call carries the headers).
     ids: HashMap<u32, Packet>,
@@ -344,7 +377,7 @@ impl Tracer {
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
             ns.sysctl("net.netfilter.nf_log.10", "nfnetlink_log")?;
         }
-        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], TRACE_RULESET, timeout)?;
+        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], &trace_ruleset(), timeout)?;
         if !ran.status.success() {
             return Err(Error::config(format!(
                 "installing the trace table in namespace {} failed: {}",
@@ -390,7 +423,29 @@ impl Tracer {
             .name("trace-reader".into())
             .spawn(move || reader_shared.read_until_closed(wake))
             .map_err(Error::io("starting the trace reader"))?;
-        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop), proxy: "envoy".into() })
+        let listed = list_trace_table(ns, timeout)?.unwrap_or_default();
+        Ok(Tracer { shared, reader: Some(reader), stop: Some(stop), proxy: "envoy".into(), listed })
+    }
+
+    /// Whether the trace table is still as installed; else what happened
+    /// to it (the rules under test, or something they left running, removed
+    /// or changed it: every path from then on would be wrong).
+    pub fn check(&self, ns: &Namespace, timeout: Duration) -> Option<String> {
+        let table = trace_table();
+        match list_trace_table(ns, timeout) {
+            Err(e) => Some(format!("the trace table inet {table} could not be read back: {e}")),
+            Ok(None) => Some(format!(
+                "the harness's trace table inet {table} was removed from namespace {} after it was installed: the rules under test (a `flush ruleset`, a `delete table`, or a process they left running) took it away, so no rule path can be read",
+                ns.name()
+            )),
+            Ok(Some(now)) if now != self.listed => Some(format!(
+                "the harness's trace table inet {table} in namespace {} was changed after it was installed (by the rules under test or a process they left running), so the rule paths cannot be trusted; as installed:\n{}\nnow:\n{}",
+                ns.name(),
+                self.listed.trim_end(),
+                crate::installed::shown(&now)
+            )),
+            Ok(Some(_)) => None,
+        }
     }
 
     /// The rules under test as indexed at the start.
@@ -465,7 +520,7 @@ impl TraceStore {
             // Our own table's events are kept: they see every traced SYN
             // before any NAT, which is how a leg finds its sequence number.
             // Under iptables-legacy nothing else in nf_tables is under test.
-            if ev.table == TRACE_TABLE || self.frontend != Frontend::IptablesLegacy {
+            if ev.table == trace_table() || self.frontend != Frontend::IptablesLegacy {
                 p.events.push(ev);
             }
         }
@@ -477,34 +532,88 @@ impl TraceStore {
     /// rewritten). Legs whose SYN was not seen fall back to matching the
     /// source and the destination, or the port reached.
     pub fn take_leg(&self, src: SocketAddr, dst: SocketAddr, reached: u16) -> (Vec<TraceEvent>, bool) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain(&mut p);
-        let isns: std::collections::HashSet<u32> =
-            p.events.iter().filter(|e| e.src == src && e.dst == dst).map(|e| e.isn).collect();
-        let mut mine = Vec::new();
-        p.events.retain(|e| {
-            let ours = if isns.is_empty() {
-                e.src == src && (e.dst == dst || e.dst.port() == reached)
-            } else {
-                e.src.ip() == src.ip() && isns.contains(&e.isn)
-            };
-            if ours && e.table != TRACE_TABLE {
-                mine.push(e.clone());
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut guard);
+        let p = &mut *guard;
+        for e in std::mem::take(&mut p.events) {
+            p.arrived += 1;
+            p.kept += 1;
+            let isns = p.by_pair.entry((e.src, e.dst)).or_default();
+            if !isns.contains(&e.isn) {
+                isns.push(e.isn);
             }
-            !ours
-        });
+            p.by_isn.entry(e.isn).or_default().push((p.arrived, e));
+        }
+        let isns: Vec<u32> = p.by_pair.get(&(src, dst)).cloned().unwrap_or_default();
+        // Two connections with this leg's addresses and ports: which events
+        // are its own cannot be told, so the path is not complete.
+        let ambiguous = isns.len() > 1;
+        let mut mine: Vec<(u64, TraceEvent)> = Vec::new();
+        let mut claim = |bucket: &mut Vec<(u64, TraceEvent)>, ours: &dyn Fn(&TraceEvent) -> bool| {
+            let (taken, left): (Vec<_>, Vec<_>) = std::mem::take(bucket).into_iter().partition(|(_, e)| ours(e));
+            *bucket = left;
+            mine.extend(taken);
+        };
+        if isns.is_empty() {
+            // (Rare: a leg whose SYN was not seen; every event is looked at.)
+            for bucket in p.by_isn.values_mut() {
+                claim(bucket, &|e| e.src == src && (e.dst == dst || e.dst.port() == reached));
+            }
+        } else {
+            for isn in &isns {
+                if let Some(bucket) = p.by_isn.get_mut(isn) {
+                    claim(bucket, &|e| e.src.ip() == src.ip());
+                }
+            }
+        }
+        p.kept -= mine.len();
+        let touched: std::collections::HashSet<u32> = mine.iter().map(|(_, e)| e.isn).collect();
+        let pairs: std::collections::HashSet<(SocketAddr, SocketAddr)> =
+            mine.iter().map(|(_, e)| (e.src, e.dst)).collect();
+        for isn in &touched {
+            if p.by_isn.get(isn).is_some_and(Vec::is_empty) {
+                p.by_isn.remove(isn);
+            }
+        }
+        for pair in pairs {
+            if let Some(v) = p.by_pair.get_mut(&pair) {
+                v.retain(|i| p.by_isn.contains_key(i));
+                if v.is_empty() {
+                    p.by_pair.remove(&pair);
+                }
+            }
+        }
+        mine.sort_by_key(|(n, _)| *n);
+        let mine: Vec<TraceEvent> = mine.into_iter().map(|(_, e)| e).filter(|e| e.table != trace_table()).collect();
         // Events nobody claims (probes that failed before their legs were
-        // known) must not pile up over a long session.
-        if p.events.len() > 100_000 {
-            let excess = p.events.len() - 100_000;
-            p.events.drain(..excess);
+        // known) must not pile up over a long session: the oldest go.
+        if p.kept > 100_000 {
+            let mut all: Vec<(u64, TraceEvent)> = p.by_isn.drain().flat_map(|(_, b)| b).collect();
+            all.sort_by_key(|(n, _)| *n);
+            all.drain(..all.len() - 100_000);
+            p.by_pair.clear();
+            p.kept = all.len();
+            for (n, e) in all {
+                let isns = p.by_pair.entry((e.src, e.dst)).or_default();
+                if !isns.contains(&e.isn) {
+                    isns.push(e.isn);
+                }
+                p.by_isn.entry(e.isn).or_default().push((n, e));
+            }
         }
         // Trace ids only join events of one chain call: old ones are dead.
         if p.ids.len() > 100_000 {
             p.ids.clear();
         }
-        (mine, p.lost)
+        (mine, p.lost || ambiguous)
     }
+}
+
+/// `nft list table inet <trace table>`, or None when it does not exist.
+fn list_trace_table(ns: &Namespace, timeout: Duration) -> Result<Option<String>> {
+    let nft = rules::find_tool("nft", "nftables")?;
+    let ran = rules::run_in(ns, &nft, &["list", "table", "inet", trace_table()], "", timeout)?;
+    Ok(ran.status.success().then_some(ran.output))
 }
 
 fn open_nflog() -> std::io::Result<Socket> {
@@ -939,7 +1048,8 @@ mod captured {
         }
         let steps: Vec<(String, String, Option<String>)> = events
             .iter()
-            .filter(|e| e.table != TRACE_TABLE)
+            // (The tracer's table had this name when the bytes were captured.)
+            .filter(|e| e.table != "sidecheck_trace")
             .map(|e| (e.chain.clone(), format!("{:?}", e.step), e.verdict.clone()))
             .collect();
         let first = &steps[..3];

@@ -13,7 +13,10 @@ use crate::trace::{LegPath, ObservedPath};
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
+    /// The rules sent the connection somewhere else.
     Fail,
+    /// The harness could not test it (see [`crate::outcome`]).
+    Error,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,6 +110,14 @@ pub fn observe(obs: &Observation) -> Observed {
                     ports.push(*port);
                     (format!("loop: the probe came back to the {role} listener {port}"), None, None)
                 }
+                End::Error { role, port, message } if role == sidecheck_wire::stub::OVERLOADED => (
+                    format!(
+                        "the stub on port {port} ran out of resources and dropped it: {}",
+                        message.replace('_', " ")
+                    ),
+                    None,
+                    None,
+                ),
                 End::Error { role, port, message } => (
                     format!("the {role} listener {port} could not forward it: {}", message.replace('_', " ")),
                     None,

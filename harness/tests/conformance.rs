@@ -73,6 +73,7 @@ fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -
                 match result.outcome {
                     Outcome::Pass => Ok(()),
                     Outcome::Fail => Err(result.message.into()),
+                    Outcome::Error => Err(format!("ERROR (the harness, not the rules): {}", result.message).into()),
                 }
             })
         })

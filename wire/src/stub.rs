@@ -17,23 +17,88 @@ pub const READ_BUFFER: usize = 1024;
 /// stack keeps thousands of threads cheap in resident memory.
 pub const CONNECTION_STACK: usize = 32 * 1024;
 
-/// Run `f` on a new thread with [`CONNECTION_STACK`].
-pub fn spawn_connection(f: impl FnOnce() + Send + 'static) {
-    // If even a small thread cannot be had, the connection is dropped and
-    // the client sees it closed: the verdict says so.
-    let _ = thread::Builder::new().stack_size(CONNECTION_STACK).spawn(f);
+/// Role of the answer a stub sends on a connection it cannot serve (no
+/// thread could be had for it). Its probe id is 0: the request was never
+/// read. The harness counts such a trial as its own trouble, not the rules'.
+pub const OVERLOADED: &str = "overloaded";
+
+/// Run `f(item)` on a new thread with [`CONNECTION_STACK`]. When no thread
+/// can be had (the uid's process limit, memory), `item` comes back with the
+/// error, so the caller can still answer on it.
+pub fn spawn_with<T: Send + 'static>(item: T, f: impl FnOnce(T) + Send + 'static) -> Result<(), (T, io::Error)> {
+    // The item travels through a channel: a failed spawn drops its closure,
+    // and the connection must survive that to be answered.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
+    match thread::Builder::new().stack_size(CONNECTION_STACK).spawn(move || {
+        if let Ok(item) = rx.recv() {
+            f(item)
+        }
+    }) {
+        Ok(_) => {
+            let _ = tx.send(item);
+            Ok(())
+        }
+        Err(e) => Err((item, e)),
+    }
+}
+
+/// Serve `conn` on its own thread; if none can be had, answer it with
+/// [`OVERLOADED`] and log that to stderr (the harness reads it).
+pub fn spawn_connection(prog: &str, port: u16, conn: TcpStream, f: impl FnOnce(TcpStream) + Send + 'static) {
+    if let Err((conn, e)) = spawn_with(conn, f) {
+        refuse_overloaded(prog, port, &conn, &e);
+    }
+}
+
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The line fake-envoy and fake-istiod log for a connection they dropped.
+pub const DROPPED_LOG: &str = "dropped a connection";
+
+/// Answer `conn` as overloaded and log it (the first few, then every 1000th).
+pub fn refuse_overloaded(prog: &str, port: u16, conn: &TcpStream, e: &io::Error) {
+    let answer = Answer { probe: Probe::new(0), end: overloaded_end(port, e) };
+    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = (&*conn).write_all(answer.to_line().as_bytes());
+    log_dropped(prog, port, e);
+}
+
+/// The end of an answer for a probe a stub had no resources for.
+pub fn overloaded_end(port: u16, e: &io::Error) -> End {
+    End::Error { role: OVERLOADED.into(), port, message: format!("could not start a thread for it: {e}") }
+}
+
+/// Log one dropped connection (the first ten, then every thousandth).
+pub fn log_dropped(prog: &str, port: u16, e: &io::Error) {
+    let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n <= 10 || n.is_multiple_of(1000) {
+        eprintln!("{prog}: {DROPPED_LOG} on port {port} (#{n}): could not start a thread for it: {e}");
+    }
+}
+
+/// Start a long-lived thread (a listener's accept loop), or exit 2 naming
+/// the limit: a stub that cannot even listen must not look like a rule.
+pub fn spawn_or_exit(prog: &str, what: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = thread::Builder::new().spawn(f) {
+        eprintln!(
+            "{prog}: cannot start a thread for {what}: {e}; the process limit of uid {} (RLIMIT_NPROC, ulimit -u) or memory is too low",
+            nix::unistd::getuid()
+        );
+        std::process::exit(2);
+    }
 }
 
 /// The line a stub prints on stdout once every listener is bound.
 pub const READY: &str = "READY";
 
 /// Accept forever on `listener`, answering each probe as server `name`.
-pub fn serve_terminal(listener: TcpListener, name: String, io_timeout: Duration) {
-    thread::spawn(move || {
+pub fn serve_terminal(prog: &'static str, listener: TcpListener, name: String, io_timeout: Duration) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    spawn_or_exit(prog, &format!("the listener on port {port}"), move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let name = name.clone();
-            spawn_connection(move || {
+            spawn_connection(prog, port, conn, move |conn| {
                 let _ = answer_as_server(conn, &name, io_timeout);
             });
         }
@@ -49,7 +114,22 @@ fn answer_as_server(conn: TcpStream, name: &str, io_timeout: Duration) -> io::Re
     let line = read_line(&mut reader)?;
     let probe = Probe::parse(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let answer = Answer { probe, end: End::Server { name: name.to_string(), port, peer } };
-    (&conn).write_all(answer.to_line().as_bytes())
+    (&conn).write_all(answer.to_line().as_bytes())?;
+    await_close(&conn);
+    Ok(())
+}
+
+/// After answering, wait (within the read timeout) for the client to close
+/// first. The client's side then holds TIME_WAIT, so its source port is not
+/// reused for the same destination at once: two connections with one
+/// address-and-port tuple in a run could not be told apart in the trace.
+pub fn await_close(conn: &TcpStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = (&*conn).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Tell the harness we are listening.
@@ -61,8 +141,8 @@ pub fn announce_ready() {
 
 /// Exit as soon as stdin reaches EOF: the harness holds the other end, so a
 /// stub never outlives the run that started it.
-pub fn exit_with_parent() {
-    thread::spawn(|| {
+pub fn exit_with_parent(prog: &str) {
+    spawn_or_exit(prog, "watching stdin", || {
         let mut buf = [0u8; 64];
         let mut stdin = io::stdin();
         loop {

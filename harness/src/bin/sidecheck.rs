@@ -150,6 +150,10 @@ struct RulesArgs {
     /// Without a rule source, the profile's own rule set is tested.
     #[arg(long, value_name = "NAME|FILE")]
     profile: Option<String>,
+    /// Test the rules even if the rule source installed none for a family
+    /// under test (else that stops the run: exit 2).
+    #[arg(long)]
+    allow_empty_rules: bool,
 }
 
 impl RulesArgs {
@@ -205,6 +209,7 @@ impl RulesArgs {
             profile,
             backend: self.backend,
             rules_timeout: std::time::Duration::from_secs_f64(self.rules_timeout),
+            allow_empty_rules: self.allow_empty_rules,
             ..SessionConfig::default()
         };
         if let Some(file) = &self.topology {
@@ -475,7 +480,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("sidecheck: {e:#}");
+            eprintln!("sidecheck: {}", harness::report::escape_controls(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -589,6 +594,10 @@ fn list(args: ListArgs) -> anyhow::Result<bool> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
+    // Where the reports go is checked before anything is built.
+    for (format, file) in &args.output {
+        harness::outputs::check_writable(file).with_context(|| format!("--output {format:?}={}", file.display()))?;
+    }
     let (config, scenarios) = plan(&args.rules, args.scenarios.as_deref(), args.policy.as_deref(), args.repeat)?;
     let mut config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..config };
     let cases = cases(&config, &scenarios, &args.select)?;
@@ -619,7 +628,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
-    let failed = trials.iter().any(|t| t.outcome == harness::verdict::Outcome::Fail);
+    let failed = trials.iter().any(|t| t.outcome != harness::verdict::Outcome::Pass);
     if args.keep && failed {
         session.keep();
         let names: Vec<String> = session.topology().namespace_names().iter().map(|s| s.to_string()).collect();
@@ -641,12 +650,23 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     report.ruleset = ruleset;
+    // stdout first: a file that cannot be written later must not cost it.
+    emit(&render(&report, args.format, colour(args.color)))?;
+    print_annotations(&report, &args.rules, args.format)?;
     for (format, file) in &args.output {
         std::fs::write(file, render(&report, *format, false))
             .with_context(|| format!("writing the {format:?} report to {}", file.display()))?;
     }
-    emit(&render(&report, args.format, colour(args.color)))?;
-    print_annotations(&report, &args.rules, args.format)?;
+    // The report is out; the exit status says the run itself is not a verdict.
+    if let Some(e) = report.trials.iter().find(|t| t.outcome == harness::verdict::Outcome::Error) {
+        anyhow::bail!(
+            "{} of {} trials could not be tested (ERROR), so this run is no verdict on the rules; the first, {}: {}",
+            report.errors,
+            report.trials.len(),
+            e.name,
+            e.message.lines().next().unwrap_or_default()
+        );
+    }
     Ok(report.all_passed())
 }
 
@@ -718,7 +738,10 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
         None => (from, None),
     };
     let (host, uid) = match from.split_once(':') {
-        Some((h, u)) => (h, u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?),
+        Some((h, u)) => {
+            let n: u64 = u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?;
+            (h, harness::validate::uid(n).map_err(|e| anyhow::anyhow!("--from {from}: {e}"))?)
+        }
         None => (from, 1000),
     };
     let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
@@ -728,13 +751,14 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
 }
 
 fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = to.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
     let (target, port) = to
         .rsplit_once(':')
         .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090"))?;
-    let port: u16 = port.parse().with_context(|| format!("--to {to}: `{port}` is not a port"))?;
+    let port = harness::validate::target_port(to, target, port).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    if let Ok(addr) = to.parse::<SocketAddr>() {
+        harness::validate::destination(addr.ip()).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        return Ok(addr);
+    }
     let family = *topo.families.first().unwrap_or(&Family::Ipv4);
     let ip: IpAddr = if target == "localhost" {
         family.localhost()
@@ -743,10 +767,12 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
     } else if let Some(s) = topo.service(target) {
         s.vip_of(family)
     } else {
-        target.parse().with_context(|| {
+        let ip: IpAddr = target.parse().with_context(|| {
             format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an address",
                 topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
-        })?
+        })?;
+        harness::validate::destination(ip).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        ip
     };
     Ok(SocketAddr::new(ip, port))
 }

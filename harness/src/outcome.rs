@@ -1,0 +1,194 @@
+//! The third outcome: a trial the harness could not test. A FAIL must
+//! always mean the rules sent the connection somewhere else; when the
+//! evidence says the harness itself was in trouble (out of descriptors or
+//! threads, a stub that dropped the connection, listeners whose accept queues
+//! overflowed, trace events the kernel dropped) the trial is an ERROR and the
+//! run exits 2. docs/verdicts.md explains each signal.
+
+use sidecheck_wire::End;
+
+use crate::probe::Observation;
+use crate::topology::Namespace;
+use crate::verdict::{Outcome, TrialResult};
+
+/// What the run saw of its own health while the probes ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Health {
+    /// SYNs dropped by full accept queues (TcpExt ListenDrops), per
+    /// namespace, during the probes: the harness overloaded its listeners.
+    pub listen_drops: Vec<(String, u64)>,
+    /// What the stubs logged about connections they could not serve.
+    pub stub_trouble: Vec<String>,
+    /// Trouble that spoils every trial of the run (the trace table changed).
+    pub run_trouble: Option<String>,
+}
+
+/// errno values that mean the machine, not the rules, refused: as the
+/// kernel's text and as Rust's `(os error N)` suffix.
+const RESOURCE_ERRORS: &[(&str, &str)] = &[
+    ("Too many open files", "(os error 24)"),
+    ("Too many open files in system", "(os error 23)"),
+    ("Resource temporarily unavailable", "(os error 11)"),
+    ("Cannot allocate memory", "(os error 12)"),
+    ("No buffer space available", "(os error 105)"),
+    ("Cannot assign requested address", "(os error 99)"),
+];
+
+/// The resource error named in `text`, if any (stub answers carry their
+/// message with `_` for spaces).
+pub fn resource_error(text: &str) -> Option<&'static str> {
+    let text = text.replace('_', " ");
+    RESOURCE_ERRORS.iter().find(|(name, code)| text.contains(name) || text.contains(code)).map(|(name, _)| *name)
+}
+
+/// Failures that are only a clock running out: the rules' doing (a DROP),
+/// unless the harness overloaded a listener meanwhile.
+fn is_timeout(text: &str) -> bool {
+    ["no answer to the SYN", "no answer within", "connect timed out", "closed without an answer", "no answer datagram"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
+/// Why the harness, not the rules, is to blame for this observation.
+pub fn harness_cause(obs: &Observation, trace_complete: bool, health: &Health) -> Option<String> {
+    let text = match obs {
+        // No socket, or the probe task died: nothing was sent.
+        Observation::Failed { stage, detail } if stage == "setup" || stage == "probe" => {
+            return Some(format!("the probe could not be sent: {detail}"))
+        }
+        Observation::Failed { detail, .. } => detail.clone(),
+        Observation::Answered(a) => match &a.end {
+            End::Error { role, port, message } if role == sidecheck_wire::stub::OVERLOADED => {
+                return Some(format!(
+                    "the stub on port {port} had no thread for the connection ({}){}",
+                    message.replace('_', " "),
+                    stub_log(health)
+                ))
+            }
+            End::Error { message, .. } => message.replace('_', " "),
+            _ => return None,
+        },
+    };
+    if let Some(name) = resource_error(&text) {
+        return Some(format!("out of resources ({name}): {text}"));
+    }
+    if is_timeout(&text) && !health.listen_drops.is_empty() {
+        let drops: Vec<String> = health.listen_drops.iter().map(|(ns, n)| format!("{n} in {ns}")).collect();
+        return Some(format!(
+            "{text}; meanwhile full accept queues dropped SYNs ({}): the harness overloaded its own listeners",
+            drops.join(", ")
+        ));
+    }
+    if !trace_complete {
+        return Some(format!(
+            "{text}; the trace is incomplete (the kernel dropped trace events, or two connections of the run shared this leg's addresses and ports), so where the SYN went cannot be told"
+        ));
+    }
+    None
+}
+
+fn stub_log(health: &Health) -> String {
+    match health.stub_trouble.first() {
+        Some(line) => format!("; the stub logged: {line}"),
+        None => String::new(),
+    }
+}
+
+/// Turn a FAIL into an ERROR when the harness was to blame. A pass stays a
+/// pass (the connection went where the rules should send it), unless the
+/// run's trouble spoils every trial: something rewrote the ruleset while
+/// the probes ran, so what passed is not what was installed.
+pub fn settle(r: &mut TrialResult, obs: &Observation, trace_complete: bool, health: &Health) {
+    if let Some(t) = &health.run_trouble {
+        r.outcome = Outcome::Error;
+        r.message = format!("the harness could not test this: {t}\n  (what was seen: {})", r.message);
+        return;
+    }
+    if r.outcome != Outcome::Fail {
+        return;
+    }
+    if let Some(cause) = harness_cause(obs, trace_complete, health) {
+        r.outcome = Outcome::Error;
+        r.message = format!("the harness could not test this: {cause}\n  (what was seen: {})", r.message);
+    }
+}
+
+/// TcpExt ListenDrops of `ns` (SYNs or handshakes dropped at a listener).
+pub fn listen_drops(ns: &Namespace) -> Option<u64> {
+    // /proc/thread-self/net is the reading thread's namespace.
+    let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/netstat")).ok()?.ok()?;
+    parse_netstat(&text, "TcpExt:", "ListenDrops")
+}
+
+fn parse_netstat(text: &str, prefix: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidecheck_wire::{Answer, Probe};
+
+    fn failed(stage: &str, detail: &str) -> Observation {
+        Observation::Failed { stage: stage.into(), detail: detail.into() }
+    }
+
+    fn error_end(role: &str, message: &str) -> Observation {
+        Observation::Answered(Answer {
+            probe: Probe::new(1),
+            end: End::Error { role: role.into(), port: 15001, message: message.into() },
+        })
+    }
+
+    #[test]
+    fn resource_exhaustion_is_the_harness() {
+        let h = Health::default();
+        for obs in [
+            failed("setup", "creating a socket as uid 1000: Too many open files (os error 24)"),
+            failed("connect", "10.244.0.20:9090: Cannot assign requested address (os error 99)"),
+            error_end("outbound", "10.244.0.20:9090_Too_many_open_files_(os_error_24)"),
+            error_end(sidecheck_wire::stub::OVERLOADED, "could not start a thread for it"),
+            failed("probe", "the probe task failed: panicked"),
+        ] {
+            assert!(harness_cause(&obs, true, &h).is_some(), "{obs:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_rules_do_stays_a_failure() {
+        let h = Health::default();
+        for obs in [
+            failed("connect", "no answer to the SYN for 10.244.0.20:9090 within 2000 ms: a rule dropped it"),
+            failed("connect", "10.244.0.20:9090: Connection refused (os error 111)"),
+            error_end("outbound", "10.244.0.20:9090_Connection_refused_(os_error_111)"),
+            error_end("inbound", "10.244.0.10:8080 no answer within 1500 ms"),
+        ] {
+            assert_eq!(harness_cause(&obs, true, &h), None, "{obs:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_while_listeners_overflowed_is_the_harness_a_refusal_is_not() {
+        let h = Health { listen_drops: vec![("sidecheck-1-0-local-pod".into(), 12)], ..Health::default() };
+        let t = failed("connect", "no answer to the SYN for 10.244.0.20:9090 within 2000 ms");
+        assert!(harness_cause(&t, true, &h).unwrap().contains("12 in sidecheck-1-0-local-pod"));
+        let refused = failed("connect", "10.244.0.20:9090: Connection refused (os error 111)");
+        assert_eq!(harness_cause(&refused, true, &h), None);
+    }
+
+    #[test]
+    fn lost_trace_events_make_a_failure_an_error_but_not_a_pass() {
+        let obs = failed("connect", "10.244.0.20:9090: Connection refused (os error 111)");
+        assert!(harness_cause(&obs, false, &Health::default()).unwrap().contains("dropped trace events"));
+    }
+
+    #[test]
+    fn netstat_fields_are_found_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 7 9\nIpExt: A\nIpExt: 1\n";
+        assert_eq!(parse_netstat(text, "TcpExt:", "ListenDrops"), Some(9));
+        assert_eq!(parse_netstat(text, "TcpExt:", "Nope"), None);
+    }
+}
