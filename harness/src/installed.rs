@@ -52,7 +52,7 @@ pub fn script_failure(script: &std::path::Path, output: &str) -> String {
     if let Some(last) = traced.last() {
         // The k-th run of this command is its k-th occurrence in the script.
         let k = traced.iter().filter(|c| words(c) == words(last)).count();
-        let text = std::fs::read_to_string(script).unwrap_or_default();
+        let text = crate::bounded::read_text(script, crate::bounded::RULES_MAX).unwrap_or_default();
         let line = text.lines().enumerate().filter(|(_, l)| words(l) == words(last)).nth(k - 1).map(|(i, _)| i + 1);
         let at = match line {
             Some(n) => format!(" ({}:{n})", script.display()),

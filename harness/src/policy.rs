@@ -603,7 +603,7 @@ impl Policy {
 
     /// Load a policy to be run under `profile` ([`Policy::parse_for`]).
     pub fn load_for(path: &Path, profile: &crate::profile::Profile) -> Result<Policy> {
-        let text = std::fs::read_to_string(path).map_err(|err| Error::Read { path: path.to_path_buf(), err })?;
+        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
         Policy::parse_for(&path.display().to_string(), &text, profile)
     }
 

@@ -297,7 +297,8 @@ impl RuleSource {
     /// are, unless one is in Istio's dry-run format, which is split per
     /// family here (IPv4 blocks first, then IPv6).
     pub fn from_rule_files(v4: Option<PathBuf>, v6: Option<PathBuf>) -> Result<RuleSource> {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|err| Error::Read { path: p.clone(), err });
+        // Bounded: regular files only (a FIFO or /dev/zero is refused at once).
+        let read = |p: &PathBuf| crate::bounded::read_text(p, crate::bounded::RULES_MAX);
         let dry_run = |p: &PathBuf| -> Result<Option<Vec<golden::Restore>>> {
             match golden::parse(&read(p)?, &p.display().to_string())? {
                 golden::Parsed::DryRun(r) => Ok(Some(r)),
@@ -350,7 +351,7 @@ impl RuleSource {
     /// input (iptables-restore's, or Istio's dry-run format), which no shell
     /// can run and which is then installed as `--rules` would install it.
     pub fn from_script_file(path: PathBuf) -> Result<RuleSource> {
-        let text = std::fs::read_to_string(&path).map_err(|err| Error::Read { path: path.clone(), err })?;
+        let text = crate::bounded::read_text(&path, crate::bounded::RULES_MAX)?;
         match golden::parse(&text, &path.display().to_string())? {
             golden::Parsed::Other => Ok(RuleSource::Script(path)),
             golden::Parsed::Plain => Ok(RuleSource::RestoreFiles { v4: Some(path), v6: None }),

@@ -583,10 +583,8 @@ fn rule_sources_that_fail_exit_2_showing_their_output_and_leave_nothing() {
         let mut all = vec!["run".to_string()];
         all.extend(args.clone());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let started = std::time::Instant::now();
         let (out, _) = run_checked(&all);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} took {:?}", started.elapsed());
         let err = stderr(&out);
         assert!(err.len() < 80_000, "{args:?}: the message is {} bytes", err.len());
         for s in says {

@@ -396,8 +396,8 @@ fn policy_for_run(
             .with_context(|| format!("deriving the policy from --generator '{cmd}'"))?;
         (derived.yaml, format!("the policy of --generator '{cmd}'"))
     } else {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("loading --policy {}: cannot read it; check the path", file.display()))?;
+        let text = harness::bounded::read_text(file, harness::bounded::YAML_MAX)
+            .with_context(|| format!("loading --policy {}", file.display()))?;
         (text, file.display().to_string())
     };
     let base = match (&rules.profile, Policy::mesh_of(&text)) {
@@ -431,8 +431,8 @@ fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
 
 fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
     let file = args.policy.as_deref().expect("guarded by the caller");
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("loading --policy {}: cannot read it; check the path", file.display()))?;
+    let text = harness::bounded::read_text(file, harness::bounded::YAML_MAX)
+        .with_context(|| format!("loading --policy {}", file.display()))?;
     let profile = Profile::builtin(Policy::mesh_of(&text).unwrap_or_default().name())?;
     let policy = Policy::parse_for(&file.display().to_string(), &text, &profile)
         .with_context(|| format!("loading --policy {}", file.display()))?;
@@ -704,7 +704,7 @@ fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) -> anyh
     for (path, kind) in files {
         let Some(path) = path else { continue };
         // Unreadable now (it was read to install it): annotate without lines.
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let Ok(text) = harness::bounded::read_text(path, harness::bounded::RULES_MAX) else { continue };
         // GitHub wants the path from the repository root.
         let shown = workspace.as_deref().and_then(|w| path.strip_prefix(w).ok()).unwrap_or(path);
         locator.add(shown.display().to_string(), kind, &text);
