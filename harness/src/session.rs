@@ -659,22 +659,6 @@ fn strip_table(text: &str, name: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_zeroed_and_the_trace_table_dropped() {
-        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
-        let got = strip_table(&normalize_counters(text), "sidecheck_trace");
-        // A user's `ip sidecheck_trace` stays: only the tracer's inet table goes.
-        assert_eq!(
-            got,
-            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
-        );
-    }
-}
-
 /// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.
 fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Family], timeout: Duration) -> Result<()> {
     let ip = rules::find_tool("ip", "iproute2")?;
@@ -700,4 +684,20 @@ fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Famil
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_zeroed_and_the_trace_table_dropped() {
+        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
+        let got = strip_table(&normalize_counters(text), "sidecheck_trace");
+        // A user's `ip sidecheck_trace` stays: only the tracer's inet table goes.
+        assert_eq!(
+            got,
+            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip sidecheck_trace {\n}\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
+        );
+    }
 }

@@ -71,7 +71,7 @@ pub fn overloaded_end(port: u16, e: &io::Error) -> End {
 /// Log one dropped connection (the first ten, then every thousandth).
 pub fn log_dropped(prog: &str, port: u16, e: &io::Error) {
     let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    if n <= 10 || n.is_multiple_of(1000) {
+    if n <= 10 || n % 1000 == 0 {
         eprintln!("{prog}: {DROPPED_LOG} on port {port} (#{n}): could not start a thread for it: {e}");
     }
 }

@@ -145,7 +145,7 @@ struct RulesArgs {
     #[arg(long, value_enum, default_value = "nft")]
     backend: Backend,
     /// The mesh whose capture contract the rules are checked against: a
-    /// built-in profile (istio, linkerd, kuma, consul) or a profile file
+    /// built-in profile (`sidecheck list` names them) or a profile file
     /// (default istio, or with --policy the mesh the policy names).
     /// Without a rule source, the profile's own rule set is tested.
     #[arg(long, value_name = "NAME|FILE")]
