@@ -274,6 +274,35 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                 tunnel_port_difference(c, &v, "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
             },
         ),
+        // A policy of another mesh is read as `run` reads it (its `mesh:`
+        // picks the profile): Kuma's own profile rule set, written in the
+        // shape kumactl writes, against kumactl's real output for the same
+        // configuration (the defaults: PROVENANCE.md) decides every probe of
+        // the matrix the same way.
+        data_trial(
+            args,
+            "shared::kuma-profile-rules-against-kumactl-under-its-policy",
+            &["third-party/kuma/default.v4.rules", "third-party/kuma/default.v6.rules"],
+            |root| {
+                let k = root.join("third-party/kuma");
+                let dir = TempDir::new("kuma");
+                let out = sidecheck(&[
+                    "policy",
+                    "--from",
+                    "--",
+                    "kumactl",
+                    "install",
+                    "transparent-proxy",
+                    "--kuma-dp-user",
+                    "kuma-dp",
+                ])?;
+                ensure(code(&out) == 0, || text(&out))?;
+                let policy = dir.file("kuma.yaml", &String::from_utf8_lossy(&out.stdout));
+                let real = format!("{},{}", k.join("default.v4.rules").display(), k.join("default.v6.rules").display());
+                let (c, v) = diff_json(&["profile:kuma", &real, "--policy", &policy])?;
+                ensure(c == 0 && differing(&v).is_empty(), || format!("exit {c}: {v:#}"))
+            },
+        ),
         // The built-in current shape against the classic one on the same
         // matrix: the classic lo redirects have no tunnel-port guard (the
         // same one difference); its port-22 RETURN and TCP-only OUTPUT jump

@@ -385,11 +385,12 @@ fn render(report: &Report, format: Format, colour: bool) -> String {
 /// the mesh the policy names), and what to call it in messages.
 fn policy_for_run(
     file: &std::path::Path,
-    rules: &RulesArgs,
+    generator: Option<&str>,
+    profile_given: bool,
     given: &Profile,
 ) -> anyhow::Result<(Policy, Profile, String)> {
     let (text, label) = if file.as_os_str() == "from-command" {
-        let Some(cmd) = &rules.generator else {
+        let Some(cmd) = generator else {
             anyhow::bail!("--policy from-command derives the policy from the generator's command line: give it with --generator 'CMD'");
         };
         let derived = harness::policy_from::from_command(cmd)
@@ -400,16 +401,35 @@ fn policy_for_run(
             .with_context(|| format!("loading --policy {}", file.display()))?;
         (text, file.display().to_string())
     };
-    let base = match (&rules.profile, Policy::mesh_of(&text)) {
-        (Some(_), _) => given.clone(),
-        (None, Some(mesh)) => {
+    let base = match (profile_given, Policy::mesh_of(&text)) {
+        (true, _) => given.clone(),
+        (false, Some(mesh)) => {
             Profile::builtin(mesh.name()).with_context(|| format!("loading the {} profile for {label}", mesh.name()))?
         }
-        (None, None) => given.clone(),
+        (false, None) => given.clone(),
     };
     let policy = Policy::parse_for(&label, &text, &base).with_context(|| format!("loading --policy {label}"))?;
     policy.check_profile(&label, &base)?;
     Ok((policy, base, label))
+}
+
+/// Point `config` at `policy`'s run plan (its profile, TPROXY routing,
+/// families, extra addresses and servers) and return its probes: one path
+/// for `run`, `list` and `diff`.
+fn apply_policy(config: &mut SessionConfig, policy: &Policy, base: &Profile) -> Vec<scenario::Scenario> {
+    config.profile = policy.profile_on(base);
+    config.tproxy = policy.tproxy();
+    let families = policy.families();
+    config.topology.families.retain(|f| families.contains(f));
+    let plan = policy.run_plan(&config.topology, &config.profile);
+    config.topology.remote_extra = plan.remote_extra;
+    config.topology.local_extra = plan.local_extra;
+    config.topology.pod_links = policy.pod_links();
+    config.side_app_ports = plan.side_app_ports;
+    config.dns = plan.dns;
+    config.local_app_ports = plan.local_app_ports;
+    config.remote_app_ports = plan.remote_app_ports;
+    plan.scenarios
 }
 
 /// `sidecheck policy --from -- CMD`: print the policy, once it loads.
@@ -500,24 +520,13 @@ fn plan(
             scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
         }
         (None, Some(file)) => {
-            let (policy, base, label) = policy_for_run(file, rules, &config.profile)?;
+            let (policy, base, label) =
+                policy_for_run(file, rules.generator.as_deref(), rules.profile.is_some(), &config.profile)?;
             policy.check_groups(&label)?;
-            config.profile = policy.profile_on(&base);
-            config.tproxy = policy.tproxy();
             if !rules.given() {
                 config.rules = policy.reference_rules();
             }
-            let families = policy.families();
-            config.topology.families.retain(|f| families.contains(f));
-            let plan = policy.run_plan(&config.topology, &config.profile);
-            config.topology.remote_extra = plan.remote_extra;
-            config.topology.local_extra = plan.local_extra;
-            config.topology.pod_links = policy.pod_links();
-            config.side_app_ports = plan.side_app_ports;
-            config.dns = plan.dns;
-            config.local_app_ports = plan.local_app_ports;
-            config.remote_app_ports = plan.remote_app_ports;
-            plan.scenarios
+            apply_policy(&mut config, &policy, &base)
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
@@ -1044,21 +1053,11 @@ fn diff(args: DiffArgs) -> anyhow::Result<bool> {
             scenario::load_dir(dir).with_context(|| format!("loading scenarios from {}", dir.display()))?
         }
         (None, Some(file)) => {
-            let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
-            policy.check_groups(&file.display().to_string())?;
-            base.profile = policy.profile();
-            base.tproxy = policy.tproxy();
-            let families = policy.families();
-            base.topology.families.retain(|f| families.contains(f));
-            let plan = policy.run_plan(&base.topology, &base.profile);
-            base.topology.remote_extra = plan.remote_extra;
-            base.topology.local_extra = plan.local_extra;
-            base.topology.pod_links = policy.pod_links();
-            base.side_app_ports = plan.side_app_ports;
-            base.dns = plan.dns;
-            base.local_app_ports = plan.local_app_ports;
-            base.remote_app_ports = plan.remote_app_ports;
-            plan.scenarios
+            // As `run` reads it: the policy's mesh, or --profile's.
+            let given = args.profile.is_some() || pa.is_some() || pb.is_some();
+            let (policy, profile, label) = policy_for_run(file, None, given, &base.profile)?;
+            policy.check_groups(&label)?;
+            apply_policy(&mut base, &policy, &profile)
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
