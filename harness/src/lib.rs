@@ -12,6 +12,7 @@ pub mod annotate;
 pub mod error;
 pub mod golden;
 pub mod nfnetlink;
+pub mod phases;
 pub mod policy;
 pub mod probe;
 pub mod profile;

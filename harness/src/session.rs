@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 use crate::probe::{self, AppServer, Observation, Timeouts};
+use crate::phases::Phases;
 use crate::profile::{AppBind, Bind, InboundUpstream, Profile};
 use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
@@ -142,6 +143,14 @@ pub struct Session {
     topology: Topology,
     config: SessionConfig,
     run: RunGuard,
+    // Last: its drop ends the teardown phase and reports (SIDECHECK_PHASES).
+    phases: std::sync::Mutex<Phases>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.phases.get_mut().unwrap_or_else(|e| e.into_inner()).teardown_starts();
+    }
 }
 
 impl Session {
@@ -163,6 +172,7 @@ impl Session {
 
     pub fn start(mut config: SessionConfig) -> Result<Session> {
         crate::require_root("building the test topology")?;
+        let mut phases = Phases::new();
         // Test the families the rules are for: an IPv4 restore file alone
         // is an IPv4 test (the report says which families ran).
         let for_rules = config.rules.families();
@@ -179,27 +189,32 @@ impl Session {
             .enable_all()
             .build()
             .map_err(Error::io("starting the async runtime"))?;
-        let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
+        let topology = phases.time("links", || rt.block_on(Topology::build(run.prefix(), config.topology.clone())))?;
 
         let pod = topology.ns(Host::LocalPod);
         // A script or a generator sets up its own routing, as istio-iptables
         // does (`ip rule add fwmark ...`); rule files carry none.
-        if let (Some(t), false) =
-            (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_)))
-        {
-            tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
-        }
-        config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
-        let frontend = config.rules.frontend(config.backend);
-        let tracer = match config.trace {
-            true => {
-                let mut t = Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?;
-                t.set_proxy_name(&config.profile.proxy.name);
-                Some(t)
+        phases.time("rules", || -> Result<()> {
+            if let (Some(t), false) =
+                (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_)))
+            {
+                tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
             }
-            false => None,
-        };
+            config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)
+        })?;
+        let frontend = config.rules.frontend(config.backend);
+        let tracer = phases.time("tracer", || -> Result<Option<Tracer>> {
+            Ok(match config.trace {
+                true => {
+                    let mut t = Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?;
+                    t.set_proxy_name(&config.profile.proxy.name);
+                    Some(t)
+                }
+                false => None,
+            })
+        })?;
 
+        let stubs_from = Instant::now();
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(&run)?;
         let p = &config.profile.proxy;
@@ -326,7 +341,9 @@ impl Session {
             }
             (apps, udp)
         };
-        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run })
+        phases.add("stubs", stubs_from.elapsed());
+        let phases = std::sync::Mutex::new(phases);
+        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run, phases })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -436,6 +453,13 @@ impl Session {
 
     /// Run probes concurrently; then collect each one's trace.
     fn probe_all(&self, requests: Vec<ProbeRequest>) -> Vec<ProbeDone> {
+        let started = Instant::now();
+        let done = self.probe_all_untimed(requests);
+        self.phases.lock().unwrap_or_else(|e| e.into_inner()).add("probes", started.elapsed());
+        done
+    }
+
+    fn probe_all_untimed(&self, requests: Vec<ProbeRequest>) -> Vec<ProbeDone> {
         let prepared: Vec<_> = requests
             .iter()
             .map(|r| {

@@ -263,6 +263,19 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
     let mut files: Vec<String> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
+    // Every run first, sessions in parallel (see `run_all`); then each
+    // policy's results judged in file order, exactly as before.
+    struct Judged {
+        name: String,
+        reference: usize,
+        sets: Vec<(Vec<String>, Vec<String>, usize)>,
+    }
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    let mut judged: Vec<Judged> = Vec::new();
+    let mut add = |args: Vec<String>| {
+        runs.push(args);
+        runs.len() - 1
+    };
     for file in files {
         let name = file.trim_end_matches(".yaml");
         let policy = dir.join(&file);
@@ -296,10 +309,14 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
             checked += 2;
             continue;
         }
+        let json = |extra: &[String]| -> Vec<String> {
+            let mut args: Vec<String> = ["run", "--policy", policy, "--format", "json"].map(String::from).to_vec();
+            args.extend(extra.iter().cloned());
+            args
+        };
         if name.starts_with("sidecheck-") {
             // The project's own policies: no golden, the reference rules only.
-            let out = run_checked(&["run", "--policy", policy]);
-            assert_eq!(code(&out), 0, "{name}:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+            judged.push(Judged { name: name.into(), reference: add(json(&[])), sets: Vec::new() });
             continue;
         }
         let want =
@@ -319,25 +336,14 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
             ));
         }
         assert!(!sets.is_empty(), "{name}: no golden found for this policy");
-        // The reference rules and each golden at once: separate runs, and
-        // mostly waiting on probes.
-        let runs: Vec<Output> = std::thread::scope(|scope| {
-            let reference = scope.spawn(|| run_checked(&["run", "--policy", policy, "--format", "json"]));
-            let goldens: Vec<_> = sets
-                .iter()
-                .map(|(rules, _)| {
-                    scope.spawn(move || {
-                        let mut args = vec!["run", "--policy", policy, "--format", "json"];
-                        args.extend(rules.iter().map(String::as_str));
-                        run_checked(&args)
-                    })
-                })
-                .collect();
-            std::iter::once(reference).chain(goldens).map(|h| h.join().expect("a run thread panicked")).collect()
-        });
-        let mut runs = runs.into_iter();
-        let out = runs.next().expect("the reference run");
-        if code(&out) != 0 {
+        let reference = add(json(&[]));
+        let sets = sets.into_iter().map(|(rules, want)| (rules.clone(), want, add(json(&rules)))).collect();
+        judged.push(Judged { name: name.into(), reference, sets });
+    }
+    let outs = run_all(&runs);
+    for Judged { name, reference, sets } in judged {
+        let out = &outs[reference];
+        if code(out) != 0 {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             let failed: Vec<String> = v["trials"]
                 .as_array()
@@ -348,14 +354,15 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
                 .collect();
             panic!(
                 "{name}: the reference rules disagree with the oracle (exit {}):\n{}\n{}",
-                code(&out),
+                code(out),
                 failed.join("\n"),
-                stderr(&out)
+                stderr(out)
             );
         }
-        for ((rules, want), out) in sets.into_iter().zip(runs) {
+        for (rules, want, run) in sets {
+            let out = &outs[run];
             let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
+                .unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(out)));
             let mut failed: Vec<String> = v["trials"]
                 .as_array()
                 .unwrap()
@@ -367,11 +374,37 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
             failed.sort();
             want.sort();
             assert_eq!(failed, want, "{name} {rules:?}: the golden's failures differ from the documented ones");
-            assert_eq!(code(&out), if want.is_empty() { 0 } else { 1 }, "{name} {rules:?}");
+            assert_eq!(code(out), if want.is_empty() { 0 } else { 1 }, "{name} {rules:?}");
             checked += 1;
         }
     }
     assert!(checked >= 64, "only {checked} goldens ran");
+}
+
+/// `sidecheck ARGS` for each of `runs`, as many at once as the machine has
+/// cores (SIDECHECK_TEST_JOBS=N overrides): each is a separate session, and
+/// much of a session is waiting (namespace teardown, probes' replies).
+/// Results in the order given; every run still checked to leave nothing.
+fn run_all(runs: &[Vec<String>]) -> Vec<Output> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs = std::env::var("SIDECHECK_TEST_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let next = AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<Output>>> = runs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(runs.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(args) = runs.get(i) else { break };
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                *done[i].lock().unwrap() = Some(run_checked(&args));
+            });
+        }
+    });
+    done.into_iter().map(|m| m.into_inner().unwrap().expect("every run ran")).collect()
 }
 
 /// The two DNS regressions Istio had, replayed on its own golden: a RETURN
