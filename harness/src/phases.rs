@@ -73,6 +73,11 @@ impl Phases {
         Phases { sink: Sink::from_env(), started: Instant::now(), times: Default::default(), teardown_from: None }
     }
 
+    /// Times to add to another's ([`Phases::absorb`]): never reported itself.
+    pub fn silent() -> Phases {
+        Phases { sink: None, started: Instant::now(), times: Default::default(), teardown_from: None }
+    }
+
     /// Add `d` to `phase` (one of [`PHASES`]; another name is a bug here).
     pub fn add(&mut self, phase: &str, d: Duration) {
         self.times[index(phase)] += d;
@@ -92,6 +97,13 @@ impl Phases {
         }
         self.add(phase, elapsed.saturating_sub(inner));
         out
+    }
+
+    /// Add another's times to these (a session's later work).
+    pub fn absorb(&mut self, other: &Phases) {
+        for (t, o) in self.times.iter_mut().zip(other.times) {
+            *t += o;
+        }
     }
 
     /// Teardown starts now; it ends when this value is dropped.

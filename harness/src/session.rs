@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::probe::{self, AppServer, Observation, Timeouts};
 use crate::phases::Phases;
+use crate::probe::{self, AppServer, Observation, Timeouts};
 use crate::profile::{AppBind, Bind, InboundUpstream, Profile};
 use crate::registry::{self, RunGuard};
 use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
@@ -350,6 +350,67 @@ impl Session {
         &self.topology
     }
 
+    /// Whether [`Session::swap_rules`] can put `rules` (with `backend`) in
+    /// place of this session's: both everything-in-nftables (iptables-nft
+    /// or native nft; `nft flush ruleset` removes all of it, x_tables
+    /// legacy tables it would not), neither a script or generator (they set
+    /// up routing of their own), and for exactly this session's families.
+    pub fn can_swap_to(&self, rules: &RuleSource, backend: Backend) -> bool {
+        let in_nft = |r: &RuleSource, b: Backend| {
+            !matches!(r, RuleSource::Script(_) | RuleSource::Generator(_))
+                && matches!(r.frontend(b), rules::Frontend::IptablesNft | rules::Frontend::Nft)
+        };
+        let mut families = rules.families();
+        families.retain(|f| self.config.topology.families.contains(f));
+        in_nft(&self.config.rules, self.config.backend)
+            && in_nft(rules, backend)
+            && families.len() == self.config.topology.families.len()
+    }
+
+    /// Test other rules in this topology: flush every rule in the pod
+    /// (nftables and conntrack: no connection of the old rules keeps its
+    /// NAT), install `rules`, and start the tracer afresh (trace table
+    /// reinstalled, rules indexed again). The stubs and app servers stay:
+    /// they depend on the profile and topology, not on the rules. Refused
+    /// (a configuration error) where [`Session::can_swap_to`] says no.
+    pub fn swap_rules(&mut self, rules: RuleSource, backend: Backend) -> Result<()> {
+        if !self.can_swap_to(&rules, backend) {
+            return Err(Error::config(format!(
+                "{} cannot replace {} in the same topology: start a new session",
+                rules.describe(),
+                self.config.rules.describe()
+            )));
+        }
+        let pod = self.topology.ns(Host::LocalPod);
+        let timeout = self.config.rules_timeout;
+        let mut phases = Phases::silent();
+        // Closes the old trace sockets before the table they follow goes.
+        self.tracer = None;
+        phases.time("rules", || -> Result<()> {
+            let nft = rules::find_tool("nft", "nftables")?;
+            let ran = rules::run_in(pod, &nft, &["flush", "ruleset"], "", timeout)?;
+            if !ran.status.success() {
+                return Err(Error::config(format!(
+                    "flushing the rules in namespace {} failed: {}",
+                    pod.name(),
+                    ran.output.trim()
+                )));
+            }
+            flush_conntrack(pod)?;
+            rules.install(pod, backend, &self.config.topology.families, timeout)
+        })?;
+        self.config.rules = rules;
+        self.config.backend = backend;
+        let frontend = self.config.rules.frontend(backend);
+        if self.config.trace {
+            let mut t = phases.time("tracer", || Tracer::start(pod, frontend, timeout, self.config.rule_texts))?;
+            t.set_proxy_name(&self.config.profile.proxy.name);
+            self.tracer = Some(t);
+        }
+        self.phases.lock().unwrap_or_else(|e| e.into_inner()).absorb(&phases);
+        Ok(())
+    }
+
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }
@@ -647,19 +708,34 @@ fn strip_table(text: &str, name: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_zeroed_and_the_trace_table_dropped() {
-        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
-        let got = strip_table(&normalize_counters(text), "sidecheck_trace");
-        assert_eq!(
-            got,
-            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
-        );
-    }
+/// Delete every conntrack entry in `ns` (ctnetlink IPCTNL_MSG_CT_DELETE
+/// without a tuple, both families): after a rule swap a new probe that
+/// happens to reuse an old source port must meet the new rules, not an old
+/// connection's NAT binding.
+fn flush_conntrack(ns: &crate::topology::Namespace) -> Result<()> {
+    use crate::nfnetlink as nl;
+    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    let doing = format!("flushing conntrack in namespace {}", ns.name());
+    let acked = ns.run(|| -> std::io::Result<()> {
+        let sock = nl::Socket::open(false)?;
+        sock.set_receive_timeout(Duration::from_secs(5))?;
+        let msg =
+            nl::request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, nl::NLM_F_REQUEST | nl::NLM_F_ACK, 1, 0, 0, &[]);
+        sock.send(&msg)?;
+        let mut buf = vec![0u8; 8192];
+        let n = sock.recv(&mut buf)?;
+        for m in nl::messages(&buf[..n]).into_iter().flatten() {
+            match m.error {
+                // ENOENT: the table was empty already.
+                Some(0) | Some(libc::ENOENT) => return Ok(()),
+                Some(e) => return Err(std::io::Error::from_raw_os_error(e.abs())),
+                None => {}
+            }
+        }
+        Err(std::io::Error::other("no acknowledgement"))
+    })?;
+    acked.map_err(Error::io(doing))
 }
 
 /// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.
@@ -687,4 +763,19 @@ fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Famil
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_zeroed_and_the_trace_table_dropped() {
+        let text = "# Generated 12:00\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\ntable inet sidecheck_trace {\n\tchain a {\n\t}\n}\ntable ip nat {\n\tcounter packets 3 bytes 180 jump X\n}\n";
+        let got = strip_table(&normalize_counters(text), "sidecheck_trace");
+        assert_eq!(
+            got,
+            ":OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\ntable ip nat {\n\tcounter packets 0 bytes 0 jump X\n}\n"
+        );
+    }
 }

@@ -420,22 +420,7 @@ fn plan(
         (None, Some(file)) => {
             let policy = Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?;
             policy.check_groups(&file.display().to_string())?;
-            config.profile = policy.profile();
-            config.tproxy = policy.tproxy();
-            if !rules.given() {
-                config.rules = policy.reference_rules();
-            }
-            let families = policy.families();
-            config.topology.families.retain(|f| families.contains(f));
-            let plan = policy.run_plan(&config.topology, &config.profile);
-            config.topology.remote_extra = plan.remote_extra;
-            config.topology.local_extra = plan.local_extra;
-            config.topology.pod_links = policy.pod_links();
-            config.side_app_ports = plan.side_app_ports;
-            config.dns = plan.dns;
-            config.local_app_ports = plan.local_app_ports;
-            config.remote_app_ports = plan.remote_app_ports;
-            plan.scenarios
+            policy.configure(&mut config, !rules.given())
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
