@@ -5,7 +5,9 @@
 //! sidecheck-phases: namespaces=3.1 links=9.8 sysctls=1.2 stubs=6.0 rules=21.4 tracer=8.3 probes=40.2 teardown=12.9 total=103.0
 //! ```
 //!
-//! (milliseconds); with `SIDECHECK_PHASES=FILE` the line is appended to
+//! (milliseconds; the rules and the tracer are installed while the stubs
+//! start, so those phases overlap and the sum can exceed the total); with
+//! `SIDECHECK_PHASES=FILE` the line is appended to
 //! FILE instead, so a test's child runs can be summed afterwards. Off, it
 //! costs one environment lookup per session.
 

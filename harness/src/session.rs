@@ -191,6 +191,36 @@ impl Session {
             .map_err(Error::io("starting the async runtime"))?;
         let topology = phases.time("links", || rt.block_on(Topology::build(run.prefix(), config.topology.clone())))?;
 
+        // The rules (and the tracer over them) and the stubs need nothing of
+        // each other: no traffic flows before the probes. Installing the
+        // rules is mostly waiting on restore processes, so the stubs start
+        // meanwhile.
+        let (installed, started) = std::thread::scope(|scope| {
+            let installing = scope.spawn(|| {
+                let mut phases = Phases::silent();
+                let tracer = Self::install_rules(&config, &topology, &mut phases);
+                (phases, tracer)
+            });
+            let stubs_from = Instant::now();
+            let started = Self::start_stubs(&config, &topology, &run, &rt);
+            let stubs_took = stubs_from.elapsed();
+            let installed = installing
+                .join()
+                .unwrap_or_else(|_| (Phases::silent(), Err(Error::config("the thread installing the rules panicked"))));
+            ((installed, stubs_took), started)
+        });
+        let ((rule_phases, tracer), stubs_took) = installed;
+        phases.absorb(&rule_phases);
+        phases.add("stubs", stubs_took);
+        let tracer = tracer?;
+        let (stubs, apps, udp) = started?;
+        let phases = std::sync::Mutex::new(phases);
+        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run, phases })
+    }
+
+    /// The rules under test in the pod (with TPROXY's routing where the
+    /// rules do not bring their own) and, when tracing, the tracer over them.
+    fn install_rules(config: &SessionConfig, topology: &Topology, phases: &mut Phases) -> Result<Option<Tracer>> {
         let pod = topology.ns(Host::LocalPod);
         // A script or a generator sets up its own routing, as istio-iptables
         // does (`ip rule add fwmark ...`); rule files carry none.
@@ -214,7 +244,17 @@ impl Session {
             })
         })?;
 
-        let stubs_from = Instant::now();
+        Ok(tracer)
+    }
+
+    /// fake-envoy and fake-istiod, and the app (and DNS) servers.
+    fn start_stubs(
+        config: &SessionConfig,
+        topology: &Topology,
+        run: &RunGuard,
+        rt: &Runtime,
+    ) -> Result<(Vec<StubProcess>, Vec<AppServer>, Vec<probe::UdpServer>)> {
+        let pod = topology.ns(Host::LocalPod);
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(&run)?;
         let p = &config.profile.proxy;
@@ -341,9 +381,7 @@ impl Session {
             }
             (apps, udp)
         };
-        phases.add("stubs", stubs_from.elapsed());
-        let phases = std::sync::Mutex::new(phases);
-        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, run, phases })
+        Ok((stubs, apps, udp))
     }
 
     pub fn topology(&self) -> &Topology {

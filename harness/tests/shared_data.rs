@@ -381,13 +381,18 @@ fn run_policies(jobs: &[PolicyJob]) -> Vec<PolicyResults> {
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let reuse = std::env::var("SIDECHECK_TEST_REUSE").map_or(true, |v| v != "0");
+    // Policies whose goldens are expected to fail most first: a failing
+    // probe is the kind that waits out a timeout, so these are the longest
+    // and must not be the last to start.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].sets.iter().map(|s| s.want.len()).sum::<usize>()));
     let next = AtomicUsize::new(0);
     let done: Vec<std::sync::Mutex<Option<PolicyResults>>> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..width.min(jobs.len()) {
             scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = jobs.get(i) else { break };
+                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                let job = &jobs[i];
                 let results = run_policy(job, reuse);
                 *done[i].lock().unwrap() = Some(results);
             });
