@@ -256,7 +256,7 @@ impl Session {
     ) -> Result<(Vec<StubProcess>, Vec<AppServer>, Vec<probe::UdpServer>)> {
         let pod = topology.ns(Host::LocalPod);
         let mut stubs = Vec::new();
-        let envoy_exe = Stub::FakeEnvoy.install(&run)?;
+        let envoy_exe = Stub::FakeEnvoy.install(run)?;
         let p = &config.profile.proxy;
         let topo = &config.topology;
         let any = |f: Family| -> &'static str {
@@ -319,7 +319,7 @@ impl Session {
             }
         }
         stubs.push(StubProcess::start(
-            &run,
+            run,
             Stub::FakeEnvoy,
             &envoy_exe,
             pod,
@@ -328,7 +328,7 @@ impl Session {
             config.stub_ready_timeout,
         )?);
 
-        let istiod_exe = Stub::FakeIstiod.install(&run)?;
+        let istiod_exe = Stub::FakeIstiod.install(run)?;
         let mut args: Vec<String> = vec!["--name".into(), config.profile.control_plane.name.clone()];
         for f in config.topology.families.iter().copied() {
             for port in &config.profile.control_plane.ports {
@@ -339,7 +339,7 @@ impl Session {
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.control_plane_uid;
         stubs.push(StubProcess::start(
-            &run,
+            run,
             Stub::FakeIstiod,
             &istiod_exe,
             istiod_ns,

@@ -390,11 +390,12 @@ fn run_policies(jobs: &[PolicyJob]) -> Vec<PolicyResults> {
     let done: Vec<std::sync::Mutex<Option<PolicyResults>>> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..width.min(jobs.len()) {
-            scope.spawn(|| loop {
-                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                let job = &jobs[i];
-                let results = run_policy(job, reuse);
-                *done[i].lock().unwrap() = Some(results);
+            scope.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let job = &jobs[i];
+                    let results = run_policy(job, reuse);
+                    *done[i].lock().unwrap() = Some(results);
+                }
             });
         }
     });
