@@ -20,6 +20,7 @@ pub mod installed;
 pub mod nfnetlink;
 pub mod outcome;
 pub mod outputs;
+pub mod phases;
 pub mod policy;
 pub mod policy_from;
 pub mod probe;

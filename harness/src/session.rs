@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
+use crate::phases::Phases;
 use crate::probe::{self, AppServer, Observation, Timeouts};
 use crate::profile::{AppBind, Bind, InboundUpstream, Profile};
 use crate::registry::{self, RunGuard};
@@ -147,6 +148,14 @@ pub struct Session {
     /// Probes allowed in flight at once ([`crate::admission`]).
     in_flight: usize,
     run: RunGuard,
+    // Last: its drop ends the teardown phase and reports (SIDECHECK_PHASES).
+    phases: std::sync::Mutex<Phases>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.phases.get_mut().unwrap_or_else(|e| e.into_inner()).teardown_starts();
+    }
 }
 
 impl Session {
@@ -168,6 +177,7 @@ impl Session {
 
     pub fn start(mut config: SessionConfig) -> Result<Session> {
         crate::require_root("building the test topology")?;
+        let mut phases = Phases::new();
         // Test the families the rules are for: an IPv4 restore file alone
         // is an IPv4 test (the report says which families ran).
         let for_rules = config.rules.families();
@@ -186,37 +196,87 @@ impl Session {
             .enable_all()
             .build()
             .map_err(Error::io("starting the async runtime"))?;
-        let topology = rt.block_on(Topology::build(run.prefix(), config.topology.clone()))?;
+        let topology = phases.time("links", || rt.block_on(Topology::build(run.prefix(), config.topology.clone())))?;
 
+        // The rules (and the tracer over them) and the stubs need nothing of
+        // each other: no traffic flows before the probes. Installing the
+        // rules is mostly waiting on restore processes, so the stubs start
+        // meanwhile.
+        let (installed, started) = std::thread::scope(|scope| {
+            let installing = scope.spawn(|| {
+                let mut phases = Phases::silent();
+                let tracer = Self::install_rules(&config, &topology, &mut phases);
+                (phases, tracer)
+            });
+            let stubs_from = Instant::now();
+            let started = Self::start_stubs(&config, &topology, &run, &rt);
+            let stubs_took = stubs_from.elapsed();
+            let installed = installing
+                .join()
+                .unwrap_or_else(|_| (Phases::silent(), Err(Error::config("the thread installing the rules panicked"))));
+            ((installed, stubs_took), started)
+        });
+        let ((rule_phases, tracer), stubs_took) = installed;
+        phases.absorb(&rule_phases);
+        phases.add("stubs", stubs_took);
+        let tracer = tracer?;
+        let (stubs, apps, udp) = started?;
+        // The tracer's own table, as it stands once everything is up.
+        if let Some(trouble) = tracer.as_ref().and_then(|t| t.check(topology.ns(Host::LocalPod), config.rules_timeout))
+        {
+            return Err(Error::config(trouble));
+        }
+        let phases = std::sync::Mutex::new(phases);
+        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, in_flight, run, phases })
+    }
+
+    /// The rules under test in the pod (with TPROXY's routing where the
+    /// rules do not bring their own) and, when tracing, the tracer over them.
+    fn install_rules(config: &SessionConfig, topology: &Topology, phases: &mut Phases) -> Result<Option<Tracer>> {
         let pod = topology.ns(Host::LocalPod);
         // A script or a generator sets up its own routing, as istio-iptables
         // does (`ip rule add fwmark ...`); rule files carry none.
-        if let (Some(t), false) =
-            (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_)))
-        {
-            tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
-        }
-        let said = config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
-        crate::installed::verify(
-            pod,
-            &config.rules.describe(),
-            &config.topology.families,
-            config.allow_empty_rules,
-            &said,
-            config.rules_timeout,
-        )?;
-        let frontend = config.rules.frontend(config.backend);
-        let tracer = match config.trace {
-            true => {
-                let mut t = Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?;
-                t.set_proxy_name(&config.profile.proxy.name);
-                Some(t)
+        phases.time("rules", || -> Result<()> {
+            if let (Some(t), false) =
+                (config.tproxy, matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_)))
+            {
+                tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
             }
-            false => None,
-        };
+            let said = config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
+            crate::installed::verify(
+                pod,
+                &config.rules.describe(),
+                &config.topology.families,
+                config.allow_empty_rules,
+                &said,
+                config.rules_timeout,
+            )
+        })?;
+        let frontend = config.rules.frontend(config.backend);
+        let tracer = phases.time("tracer", || -> Result<Option<Tracer>> {
+            Ok(match config.trace {
+                true => {
+                    let mut t = Tracer::start(pod, frontend, config.rules_timeout, config.rule_texts)?;
+                    t.set_proxy_name(&config.profile.proxy.name);
+                    Some(t)
+                }
+                false => None,
+            })
+        })?;
 
+        Ok(tracer)
+    }
+
+    /// fake-envoy and fake-istiod, and the app (and DNS) servers.
+    fn start_stubs(
+        config: &SessionConfig,
+        topology: &Topology,
+        run: &RunGuard,
+        rt: &Runtime,
+    ) -> Result<(Vec<StubProcess>, Vec<AppServer>, Vec<probe::UdpServer>)> {
+        let pod = topology.ns(Host::LocalPod);
         let mut stubs = Vec::new();
-        let envoy_exe = Stub::FakeEnvoy.install(&run)?;
+        let envoy_exe = Stub::FakeEnvoy.install(run)?;
         let p = &config.profile.proxy;
         let topo = &config.topology;
         let any = |f: Family| -> &'static str {
@@ -279,7 +339,7 @@ impl Session {
             }
         }
         stubs.push(StubProcess::start(
-            &run,
+            run,
             Stub::FakeEnvoy,
             &envoy_exe,
             pod,
@@ -288,7 +348,7 @@ impl Session {
             config.stub_ready_timeout,
         )?);
 
-        let istiod_exe = Stub::FakeIstiod.install(&run)?;
+        let istiod_exe = Stub::FakeIstiod.install(run)?;
         let mut args: Vec<String> = vec!["--name".into(), config.profile.control_plane.name.clone()];
         for f in config.topology.families.iter().copied() {
             for port in &config.profile.control_plane.ports {
@@ -299,7 +359,7 @@ impl Session {
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.control_plane_uid;
         stubs.push(StubProcess::start(
-            &run,
+            run,
             Stub::FakeIstiod,
             &istiod_exe,
             istiod_ns,
@@ -341,14 +401,83 @@ impl Session {
             }
             (apps, udp)
         };
-        if let Some(trouble) = tracer.as_ref().and_then(|t| t.check(pod, config.rules_timeout)) {
-            return Err(Error::config(trouble));
-        }
-        Ok(Session { _apps: apps, _udp: udp, _stubs: stubs, rt, tracer, topology, config, in_flight, run })
+        Ok((stubs, apps, udp))
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Whether [`Session::swap_rules`] can put `rules` (with `backend`) in
+    /// place of this session's: both everything-in-nftables (iptables-nft
+    /// or native nft; `nft flush ruleset` removes all of it, x_tables
+    /// legacy tables it would not), neither a script or generator (they set
+    /// up routing of their own), and for exactly this session's families.
+    pub fn can_swap_to(&self, rules: &RuleSource, backend: Backend) -> bool {
+        let in_nft = |r: &RuleSource, b: Backend| {
+            !matches!(r, RuleSource::Script(_) | RuleSource::Generator(_))
+                && matches!(r.frontend(b), rules::Frontend::IptablesNft | rules::Frontend::Nft)
+        };
+        let mut families = rules.families();
+        families.retain(|f| self.config.topology.families.contains(f));
+        in_nft(&self.config.rules, self.config.backend)
+            && in_nft(rules, backend)
+            && families.len() == self.config.topology.families.len()
+    }
+
+    /// Test other rules in this topology: flush every rule in the pod
+    /// (nftables and conntrack: no connection of the old rules keeps its
+    /// NAT), install `rules`, and start the tracer afresh (trace table
+    /// reinstalled, rules indexed again). The stubs and app servers stay:
+    /// they depend on the profile and topology, not on the rules. Refused
+    /// (a configuration error) where [`Session::can_swap_to`] says no.
+    pub fn swap_rules(&mut self, rules: RuleSource, backend: Backend) -> Result<()> {
+        if !self.can_swap_to(&rules, backend) {
+            return Err(Error::config(format!(
+                "{} cannot replace {} in the same topology: start a new session",
+                rules.describe(),
+                self.config.rules.describe()
+            )));
+        }
+        let pod = self.topology.ns(Host::LocalPod);
+        let timeout = self.config.rules_timeout;
+        let mut phases = Phases::silent();
+        // Closes the old trace sockets before the table they follow goes.
+        self.tracer = None;
+        phases.time("rules", || -> Result<()> {
+            let nft = rules::find_tool("nft", "nftables")?;
+            let ran = rules::run_in(pod, &nft, &["flush", "ruleset"], "", timeout)?;
+            if !ran.status.success() {
+                return Err(Error::config(format!(
+                    "flushing the rules in namespace {} failed: {}",
+                    pod.name(),
+                    ran.output.trim()
+                )));
+            }
+            flush_conntrack(pod)?;
+            let said = rules.install(pod, backend, &self.config.topology.families, timeout)?;
+            crate::installed::verify(
+                pod,
+                &rules.describe(),
+                &self.config.topology.families,
+                self.config.allow_empty_rules,
+                &said,
+                timeout,
+            )
+        })?;
+        self.config.rules = rules;
+        self.config.backend = backend;
+        let frontend = self.config.rules.frontend(backend);
+        if self.config.trace {
+            let mut t = phases.time("tracer", || Tracer::start(pod, frontend, timeout, self.config.rule_texts))?;
+            t.set_proxy_name(&self.config.profile.proxy.name);
+            if let Some(trouble) = t.check(pod, timeout) {
+                return Err(Error::config(trouble));
+            }
+            self.tracer = Some(t);
+        }
+        self.phases.lock().unwrap_or_else(|e| e.into_inner()).absorb(&phases);
+        Ok(())
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -455,10 +584,18 @@ impl Session {
         self.probe_all(vec![ProbeRequest { from, uid, gid, target: Ok(target), protocol: Protocol::Tcp }]).0.remove(0)
     }
 
-    /// Run probes concurrently, at most `in_flight` at a time (each one's
-    /// socket is made once it is admitted); then collect each one's trace,
-    /// and what the run saw of its own health meanwhile.
+    /// Run probes concurrently, at most `in_flight` at a time; then collect
+    /// each one's trace, and what the run saw of its own health meanwhile.
     fn probe_all(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::outcome::Health) {
+        let started = Instant::now();
+        let done = self.probe_all_untimed(requests);
+        self.phases.lock().unwrap_or_else(|e| e.into_inner()).add("probes", started.elapsed());
+        done
+    }
+
+    /// [`Session::probe_all`] without the phase timing: each probe's socket
+    /// is made once it is admitted.
+    fn probe_all_untimed(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::outcome::Health) {
         let namespaces: Vec<&crate::topology::Namespace> =
             self.topology.config.hosts().into_iter().map(|h| self.topology.ns(h)).collect();
         let drops_before: Vec<Option<u64>> = namespaces.iter().map(|ns| crate::outcome::listen_drops(ns)).collect();
@@ -657,6 +794,36 @@ fn strip_table(text: &str, name: &str) -> String {
         }
     }
     out
+}
+
+/// Delete every conntrack entry in `ns` (ctnetlink IPCTNL_MSG_CT_DELETE
+/// without a tuple, both families): after a rule swap a new probe that
+/// happens to reuse an old source port must meet the new rules, not an old
+/// connection's NAT binding.
+fn flush_conntrack(ns: &crate::topology::Namespace) -> Result<()> {
+    use crate::nfnetlink as nl;
+    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    let doing = format!("flushing conntrack in namespace {}", ns.name());
+    let acked = ns.run(|| -> std::io::Result<()> {
+        let sock = nl::Socket::open(false)?;
+        sock.set_receive_timeout(Duration::from_secs(5))?;
+        let msg =
+            nl::request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, nl::NLM_F_REQUEST | nl::NLM_F_ACK, 1, 0, 0, &[]);
+        sock.send(&msg)?;
+        let mut buf = vec![0u8; 8192];
+        let n = sock.recv(&mut buf)?;
+        for m in nl::messages(&buf[..n]).into_iter().flatten() {
+            match m.error {
+                // ENOENT: the table was empty already.
+                Some(0) | Some(libc::ENOENT) => return Ok(()),
+                Some(e) => return Err(std::io::Error::from_raw_os_error(e.abs())),
+                None => {}
+            }
+        }
+        Err(std::io::Error::other("no acknowledgement"))
+    })?;
+    acked.map_err(Error::io(doing))
 }
 
 /// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.

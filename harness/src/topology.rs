@@ -429,8 +429,10 @@ impl Namespace {
     /// namespace of the thread that opens it).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.run(|| std::fs::write(&path, value))?
-            .map_err(Error::io(format!("setting {key}={value} in namespace {}", self.name)))
+        let started = std::time::Instant::now();
+        let written = self.run(|| std::fs::write(&path, value));
+        crate::phases::record("sysctls", started.elapsed());
+        written?.map_err(Error::io(format!("setting {key}={value} in namespace {}", self.name)))
     }
 }
 
@@ -467,9 +469,11 @@ impl Topology {
     pub async fn build(prefix: &str, config: TopologyConfig) -> Result<Topology> {
         config.validate()?;
         let mut namespaces = BTreeMap::new();
+        let started = std::time::Instant::now();
         for host in config.hosts() {
             namespaces.insert(host, Namespace::create(&format!("{prefix}-{}", host.name()))?);
         }
+        crate::phases::record("namespaces", started.elapsed());
         let topo = Topology { config, namespaces };
         topo.wire().await?;
         if !topo.config.remote_extra.is_empty() {

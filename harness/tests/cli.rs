@@ -805,3 +805,52 @@ fn reports_show_the_rules_as_installed_and_a_one_screen_summary() {
         "{text}"
     );
 }
+
+/// `run --each` (ci/mutate's): rule sets swapped into one topology give
+/// each the result a run of its own gives, and a rule set that cannot be
+/// read is refused without stopping the others.
+#[test]
+fn each_rule_set_in_one_topology_is_judged_as_its_own_run() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("each");
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policies/cni-basic.yaml");
+    let policy = policy.to_str().unwrap();
+    let reference = sidecheck(&["rules", "--policy", policy, "--form", "restore"]);
+    assert_eq!(code(&reference), 0, "{}", stderr(&reference));
+    let good = String::from_utf8(reference.stdout).unwrap();
+    let broken = good.replace("-A ISTIO_OUTPUT -o lo -j RETURN\n", "");
+    assert_ne!(broken, good, "the reference rules return lo traffic");
+    let (good, broken) = (dir.write("good.rules", &good), dir.write("broken.rules", &broken));
+    let missing = dir.0.join("missing.rules");
+    let failing = |rules: &Path| -> Vec<String> {
+        let (out, _) =
+            run_checked(&["run", "--policy", policy, "--rules", rules.to_str().unwrap(), "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["outcome"] != "pass")
+            .map(|t| t["name"].to_string())
+            .collect()
+    };
+    let broken_alone = failing(&broken);
+    assert!(!broken_alone.is_empty(), "without the lo RETURN some probe fails");
+    let list: String = [&good, &broken, &missing, &good].iter().map(|p| format!("rules {}\n", p.display())).collect();
+    let list = dir.write("each.txt", &list);
+    let (out, _) = run_checked(&["run", "--policy", policy, "--each", list.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exits: Vec<i64> = lines.iter().map(|l| l["exit"].as_i64().unwrap()).collect();
+    assert_eq!(exits, [0, 1, 2, 0], "{}", String::from_utf8_lossy(&out.stdout));
+    let failed: Vec<String> = lines[1]["failed"].as_array().unwrap().iter().map(|t| t.to_string()).collect();
+    assert_eq!(failed, broken_alone, "the broken rules swapped in fail as they do alone");
+    assert!(lines[2]["error"].as_str().unwrap().contains("missing.rules"), "{}", lines[2]);
+    // Bad input: a line that is not `rules PATH` / `rules6 PATH`.
+    let bad = dir.write("bad.txt", &format!("rules {}\nnft {}\n", good.display(), good.display()));
+    let (out, _) = run_checked(&["run", "--policy", policy, "--each", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.txt:2: `nft`: write `rules PATH` or `rules6 PATH`"), "{}", stderr(&out));
+}

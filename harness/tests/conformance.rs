@@ -369,6 +369,7 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
 fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
     let for_gid = scenarios.to_vec();
     let for_snapshot = scenarios.to_vec();
+    let for_swap = scenarios.to_vec();
     vec![
         // Without the uid RETURN, the gid RETURN (rule 6 after the removal)
         // lets the proxy's traffic through: every port is right, the path is not.
@@ -453,6 +454,87 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
                 if before != after {
                     return Err(format!("{backend:?}: the rules under test differ once traced:\n--- untraced\n{before}\n--- traced, after probes\n{after}").into());
                 }
+            }
+            Ok(())
+        }),
+        // One topology, rule sets swapped in turn: each judged as if it had
+        // its own session, and nothing of the previous one left behind.
+        Trial::test("paths::rules-swapped-in-one-topology", move || {
+            let text = |label: &str, v4: String| RuleSource::Text {
+                label: label.into(),
+                what: format!("{label} rules"),
+                v4: Some(v4),
+                v6: None,
+            };
+            let good = IstioCapture::default_for(Shape::Current).to_restore();
+            let broken = &BREAKAGES[0];
+            let config = SessionConfig { rules: text("good", good.clone()), ..SessionConfig::default() };
+            let mut session = Session::start(config)?;
+            let fails = |results: &[harness::verdict::TrialResult]| -> BTreeSet<String> {
+                results.iter().filter(|r| r.outcome != Outcome::Pass).map(|r| short(&r.name)).collect()
+            };
+            let first = session.ruleset_snapshot()?;
+            if !fails(&session.run(&for_swap)).is_empty() {
+                return Err("the built-in rules fail before any swap".into());
+            }
+            session.swap_rules(text("broken", break_rules(broken)), Backend::Nft)?;
+            let want: BTreeSet<String> = broken.fails.iter().map(|s| s.to_string()).collect();
+            let got = fails(&session.run(&for_swap));
+            if got != want {
+                return Err(
+                    format!("swapped to {}: expected exactly {want:?} to fail, got {got:?}", broken.name).into()
+                );
+            }
+            session.swap_rules(text("good", good), Backend::Nft)?;
+            let results = session.run(&for_swap);
+            // The tracer was started again for the new rules.
+            if let Some(r) = results.iter().find(|r| r.observed.path.is_none()) {
+                return Err(format!("swapped back, {} has no rule path", r.name).into());
+            }
+            let got = fails(&results);
+            if !got.is_empty() {
+                return Err(format!("swapped back to the built-in rules, {got:?} fail: the broken rules stayed").into());
+            }
+            let again = session.ruleset_snapshot()?;
+            if again != first {
+                return Err(format!("swapped back, the rules differ from the first install:\n--- first\n{first}\n--- after two swaps\n{again}").into());
+            }
+            // Native nftables in place of iptables-nft: the iptables-nft
+            // tables gone, not left beside it (restore flushes only the
+            // tables it writes). Dual-stack rules in an IPv4 session are
+            // tested in IPv4, as `--family ipv4` would.
+            session.swap_rules(RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), Backend::NftNative)?;
+            let listing = session.ruleset_snapshot()?;
+            if listing.contains("-A ISTIO_OUTPUT")
+                || listing.contains("table ip nat")
+                || !listing.contains("istio-proxy-nat")
+            {
+                return Err(format!("swapped to native nftables, the kernel holds:\n{listing}").into());
+            }
+            let results = session.run(&for_swap);
+            if let Some(r) =
+                results.iter().find(|r| r.outcome != Outcome::Pass || !r.name.ends_with("::nft-native::ipv4"))
+            {
+                return Err(format!(
+                    "native rules swapped into an IPv4 session: {} {:?}: {}",
+                    r.name, r.outcome, r.message
+                )
+                .into());
+            }
+            // x_tables (legacy) rules are not flushed by `nft flush ruleset`.
+            let legacy = IstioCapture::default_for(Shape::Current).to_restore();
+            if session.can_swap_to(&text("legacy", legacy.clone()), Backend::Legacy)
+                || session.swap_rules(text("legacy", legacy), Backend::Legacy).is_ok()
+            {
+                return Err("a legacy rule set was swapped into an nftables session".into());
+            }
+            // IPv4 rules alone would leave a dual-stack topology's IPv6 side
+            // without rules: `sidecheck run` would test IPv4 only.
+            drop(session);
+            let dual = Session::start(SessionConfig::default())?;
+            if dual.can_swap_to(&text("v4-only", IstioCapture::default_for(Shape::Current).to_restore()), Backend::Nft)
+            {
+                return Err("IPv4-only rules were accepted by a dual-stack session".into());
             }
             Ok(())
         }),

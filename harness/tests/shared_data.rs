@@ -8,11 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use common::{code, data_trials, need_root, run_checked, stderr, stdout, DataTest, TempDir};
 use harness::golden::{self, Parsed};
+use harness::policy::Policy;
+use harness::rules::RuleSource;
 use harness::topology::Family;
+use harness::verdict::{Outcome, TrialResult};
+use harness::{Session, SessionConfig};
 use libtest_mimic::Arguments;
 
 const CNI_GOLDENS: &str = "third-party/istio/raw/cni/pkg/plugin/testdata";
@@ -263,6 +266,9 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
     let mut files: Vec<String> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
+    // Every policy's runs first, policies in parallel (see `run_policies`);
+    // then each policy's results judged in file order, exactly as before.
+    let mut jobs: Vec<PolicyJob> = Vec::new();
     for file in files {
         let name = file.trim_end_matches(".yaml");
         let policy = dir.join(&file);
@@ -298,80 +304,138 @@ fn istio_goldens_meet_their_policies_but_for_the_documented_difference(shared: &
         }
         if name.starts_with("sidecheck-") {
             // The project's own policies: no golden, the reference rules only.
-            let out = run_checked(&["run", "--policy", policy]);
-            assert_eq!(code(&out), 0, "{name}:\n{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+            jobs.push(PolicyJob { name: name.into(), policy: policy.into(), sets: Vec::new() });
             continue;
         }
         let want =
             &known.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: no expectation in this test")).1;
         // The restore golden, and for istio-iptables variants the native
         // nftables golden of the same variant (istio-nftables' testdata).
-        let mut sets: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let mut sets: Vec<GoldenSet> = Vec::new();
         let golden = golden_of(name);
         if golden.exists() {
-            sets.push((vec!["--rules".to_string(), golden.display().to_string()], want.clone()));
+            sets.push(GoldenSet { nft: false, file: golden, want: want.clone() });
         }
         let nft = name.strip_prefix("iptables-").map(|v| nft_goldens.join(format!("{v}.golden")));
         if let Some(nft) = nft.filter(|f| f.exists()) {
-            sets.push((
-                vec!["--nft".into(), nft.display().to_string()],
-                want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect(),
-            ));
+            let want = want.iter().map(|t| t.replace("::nft::", "::nft-native::")).collect();
+            sets.push(GoldenSet { nft: true, file: nft, want });
         }
         assert!(!sets.is_empty(), "{name}: no golden found for this policy");
-        // The reference rules and each golden at once: separate runs, and
-        // mostly waiting on probes.
-        let runs: Vec<Output> = std::thread::scope(|scope| {
-            let reference = scope.spawn(|| run_checked(&["run", "--policy", policy, "--format", "json"]));
-            let goldens: Vec<_> = sets
-                .iter()
-                .map(|(rules, _)| {
-                    scope.spawn(move || {
-                        let mut args = vec!["run", "--policy", policy, "--format", "json"];
-                        args.extend(rules.iter().map(String::as_str));
-                        run_checked(&args)
-                    })
-                })
-                .collect();
-            std::iter::once(reference).chain(goldens).map(|h| h.join().expect("a run thread panicked")).collect()
-        });
-        let mut runs = runs.into_iter();
-        let out = runs.next().expect("the reference run");
-        if code(&out) != 0 {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let failed: Vec<String> = v["trials"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|t| t["outcome"] == "fail")
-                .map(|t| format!("{}: {}", t["name"], t["message"]))
-                .collect();
-            panic!(
-                "{name}: the reference rules disagree with the oracle (exit {}):\n{}\n{}",
-                code(&out),
-                failed.join("\n"),
-                stderr(&out)
-            );
-        }
-        for ((rules, want), out) in sets.into_iter().zip(runs) {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| panic!("{name} {rules:?}: {e}: {}", stderr(&out)));
-            let mut failed: Vec<String> = v["trials"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["outcome"] == "fail")
-                .map(|t| t["name"].as_str().unwrap().to_string())
-                .collect();
-            let mut want = want;
+        jobs.push(PolicyJob { name: name.into(), policy: policy.into(), sets });
+    }
+    let outcomes = run_policies(&jobs);
+    for (job, (reference, goldens)) in jobs.iter().zip(outcomes) {
+        let name = &job.name;
+        let failed: Vec<String> = reference
+            .iter()
+            .filter(|t| t.outcome == Outcome::Fail)
+            .map(|t| format!("{}: {}", t.name, t.message))
+            .collect();
+        assert!(failed.is_empty(), "{name}: the reference rules disagree with the oracle:\n{}", failed.join("\n"));
+        for (set, trials) in job.sets.iter().zip(goldens) {
+            let mut failed: Vec<String> =
+                trials.iter().filter(|t| t.outcome == Outcome::Fail).map(|t| t.name.clone()).collect();
+            let mut want = set.want.clone();
             failed.sort();
             want.sort();
-            assert_eq!(failed, want, "{name} {rules:?}: the golden's failures differ from the documented ones");
-            assert_eq!(code(&out), if want.is_empty() { 0 } else { 1 }, "{name} {rules:?}");
+            let file = set.file.display();
+            assert_eq!(failed, want, "{name} {file}: the golden's failures differ from the documented ones");
+            // What `sidecheck run` exits 1 for: some trial did not pass.
+            assert_eq!(trials.iter().any(|t| t.outcome != Outcome::Pass), !want.is_empty(), "{name} {file}");
             checked += 1;
         }
     }
     assert!(checked >= 64, "only {checked} goldens ran");
+}
+
+/// One policy of the golden test: its reference rules, then each golden.
+struct PolicyJob {
+    name: String,
+    policy: PathBuf,
+    sets: Vec<GoldenSet>,
+}
+
+struct GoldenSet {
+    /// `--nft` (istio-nftables' golden) rather than `--rules`.
+    nft: bool,
+    file: PathBuf,
+    /// The trials that must fail, by name.
+    want: Vec<String>,
+}
+
+type PolicyResults = (Vec<TrialResult>, Vec<Vec<TrialResult>>);
+
+/// Each job's trial results (the reference's, then each golden's), as
+/// many policies at once as the machine has cores (SIDECHECK_TEST_JOBS=N
+/// overrides): much of a session is waiting on the kernel and on probes.
+/// Within a policy one topology serves every rule set that can be swapped
+/// in cleanly (`Session::swap_rules`: rules and conntrack flushed, the
+/// tracer started again); SIDECHECK_TEST_REUSE=0 builds a fresh one for
+/// each, as `sidecheck run` does.
+fn run_policies(jobs: &[PolicyJob]) -> Vec<PolicyResults> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let width = std::env::var("SIDECHECK_TEST_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let reuse = std::env::var("SIDECHECK_TEST_REUSE").map_or(true, |v| v != "0");
+    // Policies whose goldens are expected to fail most first: a failing
+    // probe is the kind that waits out a timeout, so these are the longest
+    // and must not be the last to start.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].sets.iter().map(|s| s.want.len()).sum::<usize>()));
+    let next = AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<PolicyResults>>> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..width.min(jobs.len()) {
+            scope.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let job = &jobs[i];
+                    let results = run_policy(job, reuse);
+                    *done[i].lock().unwrap() = Some(results);
+                }
+            });
+        }
+    });
+    done.into_iter().map(|m| m.into_inner().unwrap().expect("every policy ran")).collect()
+}
+
+fn run_policy(job: &PolicyJob, reuse: bool) -> PolicyResults {
+    let name = &job.name;
+    let policy = Policy::load(&job.policy).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut config = SessionConfig::default();
+    let scenarios = policy.configure(&mut config, true, &harness::profile::Profile::istio());
+    let start = |config: SessionConfig| {
+        Session::preflight(&config, &scenarios).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Session::start(config).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut sessions = vec![start(config.clone())];
+    let reference = sessions[0].run(&scenarios);
+    let mut goldens = Vec::new();
+    for set in &job.sets {
+        let rules = match set.nft {
+            true => RuleSource::NftFile(set.file.clone()),
+            false => {
+                RuleSource::from_rule_files(Some(set.file.clone()), None).unwrap_or_else(|e| panic!("{name}: {e}"))
+            }
+        };
+        let last = sessions.last_mut().expect("a session");
+        if reuse && last.can_swap_to(&rules, config.backend) {
+            last.swap_rules(rules, config.backend).unwrap_or_else(|e| panic!("{name} {}: {e}", set.file.display()));
+        } else {
+            sessions.push(start(SessionConfig { rules, ..config.clone() }));
+        }
+        goldens.push(sessions.last().expect("a session").run(&scenarios));
+    }
+    for session in sessions {
+        let prefix = session.prefix().to_string();
+        drop(session);
+        let left = harness::registry::namespaces_of(&prefix);
+        assert!(left.is_empty(), "{name}: the session left namespaces behind: {left:?}");
+    }
+    (reference, goldens)
 }
 
 /// The two DNS regressions Istio had, replayed on its own golden: a RETURN

@@ -278,6 +278,13 @@ struct RunArgs {
     /// load, and a hunt for flakes.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
     repeat: u32,
+    /// Test many rule sets in one topology (for ci/mutate): FILE lists one
+    /// per line, `rules PATH` (IPv4 restore) or `rules6 PATH` (IPv6), all
+    /// of one family; each is swapped in for the last (flushed, conntrack
+    /// cleared, tracer restarted). Prints one JSON line per rule set:
+    /// {"rules", "exit" (0 passed, 1 failed, 2 refused), "failed", "error"}.
+    #[arg(long, value_name = "FILE", requires = "policy", conflicts_with_all = ["rules", "rules6", "nft", "script", "generator", "keep", "output"])]
+    each: Option<PathBuf>,
     #[command(flatten)]
     select: SelectArgs,
     /// Colour the verdicts: auto (on a terminal, unless NO_COLOR is set or
@@ -413,25 +420,6 @@ fn policy_for_run(
     Ok((policy, base, label))
 }
 
-/// Point `config` at `policy`'s run plan (its profile, TPROXY routing,
-/// families, extra addresses and servers) and return its probes: one path
-/// for `run`, `list` and `diff`.
-fn apply_policy(config: &mut SessionConfig, policy: &Policy, base: &Profile) -> Vec<scenario::Scenario> {
-    config.profile = policy.profile_on(base);
-    config.tproxy = policy.tproxy();
-    let families = policy.families();
-    config.topology.families.retain(|f| families.contains(f));
-    let plan = policy.run_plan(&config.topology, &config.profile);
-    config.topology.remote_extra = plan.remote_extra;
-    config.topology.local_extra = plan.local_extra;
-    config.topology.pod_links = policy.pod_links();
-    config.side_app_ports = plan.side_app_ports;
-    config.dns = plan.dns;
-    config.local_app_ports = plan.local_app_ports;
-    config.remote_app_ports = plan.remote_app_ports;
-    plan.scenarios
-}
-
 /// `sidecheck policy --from -- CMD`: print the policy, once it loads.
 fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
     debug_assert!(args.from);
@@ -523,10 +511,7 @@ fn plan(
             let (policy, base, label) =
                 policy_for_run(file, rules.generator.as_deref(), rules.profile.is_some(), &config.profile)?;
             policy.check_groups(&label)?;
-            if !rules.given() {
-                config.rules = policy.reference_rules();
-            }
-            apply_policy(&mut config, &policy, &base)
+            policy.configure(&mut config, !rules.given(), &base)
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
@@ -623,6 +608,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             config.topology.families
         );
     }
+    if let Some(list) = &args.each {
+        return run_each(config, &cases, list);
+    }
     let session = Session::start(config.clone()).context("setting up the test topology")?;
     let mut trials = session.run_cases(&cases, config.assert_paths);
     if let Some(reference) = reference {
@@ -677,6 +665,70 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(report.all_passed())
+}
+
+/// `run --each LIST`: the rule sets LIST names, one after another in one
+/// topology (started with the policy's reference rules, restricted to the
+/// list's family), one JSON line each.
+fn run_each(
+    mut config: SessionConfig,
+    cases: &[(scenario::Scenario, Family)],
+    list: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(list).with_context(|| format!("reading --each {}", list.display()))?;
+    let mut sets = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let where_ = format!("{}:{}", list.display(), n + 1);
+        let (flag, path) =
+            line.split_once(' ').with_context(|| format!("{where_}: `{line}` is not `rules PATH` or `rules6 PATH`"))?;
+        let family = match flag {
+            "rules" => Family::Ipv4,
+            "rules6" => Family::Ipv6,
+            _ => anyhow::bail!("{where_}: `{flag}`: write `rules PATH` or `rules6 PATH`"),
+        };
+        sets.push((family, PathBuf::from(path)));
+    }
+    let Some(&(family, _)) = sets.first() else { anyhow::bail!("--each {}: lists no rule set", list.display()) };
+    if let Some((_, p)) = sets.iter().find(|(f, _)| *f != family) {
+        anyhow::bail!(
+            "--each {}: {} is for another family than the first: one family per list",
+            list.display(),
+            p.display()
+        );
+    }
+    anyhow::ensure!(
+        config.topology.families.contains(&family),
+        "--each {}: the policy does not test {}",
+        list.display(),
+        family.name()
+    );
+    config.topology.families = vec![family];
+    let cases: Vec<_> = cases.iter().filter(|(_, f)| *f == family).cloned().collect();
+    let mut session = Session::start(config.clone()).context("setting up the test topology")?;
+    let mut out = String::new();
+    for (_, path) in sets {
+        let (v4, v6) = match family {
+            Family::Ipv4 => (Some(path.clone()), None),
+            Family::Ipv6 => (None, Some(path.clone())),
+        };
+        let swapped = RuleSource::from_rule_files(v4, v6).and_then(|r| session.swap_rules(r, config.backend));
+        let line = match swapped {
+            Err(e) => serde_json::json!({"rules": path, "exit": 2, "failed": [], "error": format!("{e:#}")}),
+            Ok(()) => {
+                let trials = session.run_cases(&cases, config.assert_paths);
+                let failed: Vec<&str> = trials
+                    .iter()
+                    .filter(|t| t.outcome != harness::verdict::Outcome::Pass)
+                    .map(|t| t.name.as_str())
+                    .collect();
+                let exit = if failed.is_empty() { 0 } else { 1 };
+                serde_json::json!({"rules": path, "exit": exit, "failed": failed, "error": null})
+            }
+        };
+        out.push_str(&format!("{line}\n"));
+    }
+    emit(&out)?;
+    Ok(true)
 }
 
 /// `--color` against the terminal and NO_COLOR / CLICOLOR_FORCE.
@@ -1057,7 +1109,7 @@ fn diff(args: DiffArgs) -> anyhow::Result<bool> {
             let given = args.profile.is_some() || pa.is_some() || pb.is_some();
             let (policy, profile, label) = policy_for_run(file, None, given, &base.profile)?;
             policy.check_groups(&label)?;
-            apply_policy(&mut base, &policy, &profile)
+            policy.configure(&mut base, false, &profile)
         }
         (None, None) => scenario::builtin().context("loading the built-in scenarios")?,
     };
