@@ -47,7 +47,14 @@ pub fn host_state() -> HostState {
     let mut parts = Vec::new();
     for (what, cmd) in PARTS {
         let Ok(tool) = crate::rules::find_tool(cmd[0], "") else { continue };
-        let text = match Command::new(tool).args(&cmd[1..]).output() {
+        // Forks under the creation lock: the stubs may be written meanwhile
+        // (they start while the rules install), and a child forked while a
+        // stub file is open for writing makes its exec fail with ETXTBSY.
+        let ran = {
+            let _creating = crate::registry::creating();
+            Command::new(tool).args(&cmd[1..]).output()
+        };
+        let text = match ran {
             Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
             Err(e) => format!("(could not run: {e})"),
         };
