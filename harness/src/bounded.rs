@@ -161,12 +161,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let started = std::time::Instant::now();
+        // (A FIFO with no writer would block a plain open forever: this
+        // returning at all is the check.)
         let e = read_text(&fifo, RULES_MAX).unwrap_err().to_string();
         assert!(e.contains("is a FIFO, not a regular file"), "{e}");
         let e = read_text(Path::new("/dev/zero"), RULES_MAX).unwrap_err().to_string();
         assert!(e.contains("a character device"), "{e}");
-        assert!(started.elapsed() < std::time::Duration::from_millis(500));
         let big = dir.join("big");
         std::fs::write(&big, vec![b'x'; 2048]).unwrap();
         assert!(read_text(&big, 1024).unwrap_err().to_string().contains("larger than 1 KiB"));
@@ -175,14 +175,12 @@ mod tests {
     }
 
     #[test]
-    fn deep_yaml_is_refused_in_no_time_and_shallow_yaml_passes() {
-        let started = std::time::Instant::now();
+    fn deep_yaml_is_refused_before_parsing_and_shallow_yaml_passes() {
         let deep = "[".repeat(100_000);
         let e = yaml_budget("x.yaml", &deep).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml:1: nested deeper than 64"), "{e}");
         let block: String = (0..100).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
         assert!(yaml_budget("b.yaml", &block).unwrap_err().to_string().starts_with("b.yaml:65:"));
-        assert!(started.elapsed() < std::time::Duration::from_millis(200));
         let ok = "flow: 2 # [[[[ not nesting\nsource: { host: local-pod, uid: 1000 }\nexpect:\n  ports: [15001, 9090]\n  server: \"x[{\"\n";
         yaml_budget("ok.yaml", ok).unwrap();
     }

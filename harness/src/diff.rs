@@ -27,6 +27,15 @@ pub struct SideRun {
 }
 
 impl SideRun {
+    /// The first trial the harness could not test, if any: a side with an
+    /// ERROR is no basis for a comparison (exit 2, not a difference).
+    pub fn harness_error(&self) -> Option<String> {
+        self.trials
+            .iter()
+            .find(|t| t.outcome == crate::verdict::Outcome::Error)
+            .map(|t| format!("{} (ERROR): {}", t.name, t.message.lines().next().unwrap_or_default()))
+    }
+
     fn find(&self, scenario: &str, family: &str) -> Option<(&TrialResult, &Decisions)> {
         let k = self.trials.iter().position(|t| t.scenario == scenario && t.family == family)?;
         Some((&self.trials[k], &self.decisions[k]))

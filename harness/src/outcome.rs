@@ -1,9 +1,10 @@
 //! The third outcome: a trial the harness could not test. A FAIL must
 //! always mean the rules sent the connection somewhere else; when the
 //! evidence says the harness itself was in trouble (out of descriptors or
-//! threads, a stub that dropped the connection, listeners whose accept queues
-//! overflowed, trace events the kernel dropped) the trial is an ERROR and the
-//! run exits 2. docs/verdicts.md explains each signal.
+//! threads, a stub that dropped the connection, trace events the kernel
+//! dropped, the tracer's table changed) the trial is an ERROR and the run
+//! exits 2. Full accept queues are not among them: a redirect loop in the
+//! rules floods them. docs/verdicts.md explains each signal.
 
 use sidecheck_wire::End;
 

@@ -345,6 +345,10 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
                     Session::start(SessionConfig { rules, profile: profile(b.profile), ..SessionConfig::default() })
                 };
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
+                // An ERROR is no verdict: it must not count as failing, nor pass unseen.
+                if let Some(e) = results.iter().find(|r| r.outcome == Outcome::Error) {
+                    return Err(format!("{} could not be tested (ERROR): {}", e.name, e.message).into());
+                }
                 let failed: BTreeSet<String> =
                     results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
                 let want: BTreeSet<String> = b.fails.iter().map(|s| s.to_string()).collect();

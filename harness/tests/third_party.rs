@@ -528,6 +528,10 @@ fn run(case: &Case, scenarios: &[Scenario], expect: &BTreeMap<String, Fails>, ha
     if ran != want_families {
         return Err(format!("{}: ran in {ran:?}, the case is for {want_families:?}", case.file.display()).into());
     }
+    // An ERROR is no verdict: it must not count as failing, nor pass unseen.
+    if let Some(e) = results.iter().find(|r| r.outcome == Outcome::Error) {
+        return Err(format!("{}: {} could not be tested (ERROR): {}", case.file.display(), e.name, e.message).into());
+    }
     let failed: BTreeSet<String> = results
         .iter()
         .filter(|r| r.outcome == Outcome::Fail)

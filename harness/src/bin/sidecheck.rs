@@ -315,8 +315,9 @@ struct ListArgs {
     /// A directory of scenario YAML files, replacing the built-in set.
     #[arg(long, value_name = "DIR")]
     scenarios: Option<PathBuf>,
-    /// List the probes of this capture policy instead.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios", "profile"])]
+    /// List the probes of this capture policy instead (under --profile's
+    /// mesh, as `run` would probe it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["scenarios"])]
     policy: Option<PathBuf>,
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
     repeat: u32,
@@ -675,7 +676,8 @@ fn run_each(
     cases: &[(scenario::Scenario, Family)],
     list: &std::path::Path,
 ) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(list).with_context(|| format!("reading --each {}", list.display()))?;
+    let text = harness::bounded::read_text(list, harness::bounded::RULES_MAX)
+        .with_context(|| format!("reading --each {}", list.display()))?;
     let mut sets = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let where_ = format!("{}:{}", list.display(), n + 1);
@@ -715,14 +717,25 @@ fn run_each(
         let line = match swapped {
             Err(e) => serde_json::json!({"rules": path, "exit": 2, "failed": [], "error": format!("{e:#}")}),
             Ok(()) => {
+                use harness::verdict::Outcome;
                 let trials = session.run_cases(&cases, config.assert_paths);
-                let failed: Vec<&str> = trials
-                    .iter()
-                    .filter(|t| t.outcome != harness::verdict::Outcome::Pass)
-                    .map(|t| t.name.as_str())
-                    .collect();
-                let exit = if failed.is_empty() { 0 } else { 1 };
-                serde_json::json!({"rules": path, "exit": exit, "failed": failed, "error": null})
+                let named = |o: Outcome| -> Vec<&str> {
+                    trials.iter().filter(|t| t.outcome == o).map(|t| t.name.as_str()).collect()
+                };
+                let (failed, errors) = (named(Outcome::Fail), named(Outcome::Error));
+                // As `run` exits: an ERROR is no verdict on the rules (2), even beside failures.
+                let exit = if !errors.is_empty() {
+                    2
+                } else if failed.is_empty() {
+                    0
+                } else {
+                    1
+                };
+                let error = (!errors.is_empty()).then(|| {
+                    let first = trials.iter().find(|t| t.outcome == Outcome::Error).map(|t| t.message.as_str());
+                    format!("{} trial(s) could not be tested (ERROR): {}", errors.len(), first.unwrap_or_default())
+                });
+                serde_json::json!({"rules": path, "exit": exit, "failed": failed, "errors": errors, "error": error})
             }
         };
         out.push_str(&format!("{line}\n"));
@@ -922,9 +935,13 @@ fn paths_reference(
         }
         return Ok(None);
     }
+    // The policy read as `plan` read it (its mesh, --profile, from-command).
     let policy_rules = match &args.policy {
         Some(file) => {
-            Some(Policy::load(file).with_context(|| format!("loading --policy {}", file.display()))?.reference_rules())
+            let given = args.rules.config()?.profile;
+            let (policy, _, _) =
+                policy_for_run(file, args.rules.generator.as_deref(), args.rules.profile.is_some(), &given)?;
+            Some(policy.reference_rules())
         }
         None => None,
     };
@@ -949,6 +966,9 @@ fn judge_paths_by_reference(
         .join()
         .map_err(|_| anyhow::anyhow!("the reference run for --assert paths panicked"))?
         .context("running the reference rules for --assert paths")?;
+    if let Some(e) = reference.harness_error() {
+        anyhow::bail!("the reference rules ({}) could not be tested for --assert paths: {e}", reference.describe);
+    }
     let mut config = session.config().clone();
     config.topology.families = session.families().to_vec();
     let probes = harness::diff::probes(scenarios, &config);
@@ -1137,6 +1157,11 @@ fn diff(args: DiffArgs) -> anyhow::Result<bool> {
     let (sa, sb) = harness::diff::run_pair(a, b, &scenarios);
     let sa = sa.with_context(|| format!("setting up A `{}`", args.a))?;
     let sb = sb.with_context(|| format!("setting up B `{}`", args.b))?;
+    for (side, run) in [("A", &sa), ("B", &sb)] {
+        if let Some(e) = run.harness_error() {
+            anyhow::bail!("side {side} ({}) could not be tested, so there is nothing to compare: {e}", run.describe);
+        }
+    }
     let report = harness::diff::compare(&sa, &sb, &probes, args.assert == Assert::Paths);
     let render = |f: Format| match f {
         Format::Json => report.to_json() + "\n",
