@@ -601,12 +601,6 @@ impl Policy {
         Policy::parse(&path.display().to_string(), &text)
     }
 
-    /// Load a policy to be run under `profile` ([`Policy::parse_for`]).
-    pub fn load_for(path: &Path, profile: &crate::profile::Profile) -> Result<Policy> {
-        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
-        Policy::parse_for(&path.display().to_string(), &text, profile)
-    }
-
     /// The inbound listener for `family`.
     pub fn inbound_for(&self, family: Family) -> u16 {
         match family {
