@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::decision::{self, Decision, Decisions, Divergence};
-use crate::rules::{Backend, IstioCapture, RuleSource, Shape};
-use crate::scenario::{Protocol, Scenario};
-use crate::topology::{Family, Host};
+use crate::model::scenario::{Protocol, Scenario};
+use crate::netfilter::{Backend, IstioCapture, RuleSource, Shape};
+use crate::sandbox::topology::{Family, Host};
+use crate::verdict::decision::{self, Decision, Decisions, Divergence};
 use crate::verdict::{Outcome, TrialResult};
 use crate::{Error, Result, Session, SessionConfig};
 
@@ -513,7 +513,7 @@ fn mermaid(f: &Fate, first: Option<&Divergence>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::HookDecisions;
+    use crate::verdict::decision::HookDecisions;
 
     fn dec(leg: usize, text: &str) -> Decision {
         Decision {

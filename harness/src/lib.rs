@@ -1,40 +1,22 @@
 //! sidecheck: proves with real packets in Linux network namespaces what a
 //! service mesh's traffic-capture rules do to every kind of connection.
 //!
-//! The pieces, in the order a run uses them: [`registry`] owns the run (lock,
-//! stale sweep, signal cleanup); [`topology`] builds the namespaces;
-//! [`rules`] generates and installs the rules under test; [`stubs`] starts
-//! fake-envoy and fake-istiod; [`probe`] runs app servers and probe clients;
-//! [`scenario`] reads what to expect; [`verdict`] compares; [`report`] prints.
-//! [`session`] ties them together.
+//! The layers, in the order data flows through a run (docs/architecture.md
+//! has the map; a module imports only from layers listed before its own):
+//! [`base`], [`model`], [`rules`], [`policy`], [`sandbox`], [`netfilter`],
+//! [`probe`], [`verdict`], [`report`], [`session`], [`diff`].
 
-pub mod admission;
-pub mod annotate;
-pub mod bounded;
-pub mod contain;
-pub mod decision;
+pub mod base;
 pub mod diff;
 pub mod error;
-pub mod golden;
-pub mod installed;
-pub mod nfnetlink;
-pub mod outcome;
-pub mod outputs;
-pub mod phases;
+pub mod model;
+pub mod netfilter;
 pub mod policy;
-pub mod policy_from;
 pub mod probe;
-pub mod profile;
-pub mod registry;
 pub mod report;
 pub mod rules;
-pub mod scenario;
+pub mod sandbox;
 pub mod session;
-pub mod settings;
-pub mod stubs;
-pub mod topology;
-pub mod trace;
-pub mod validate;
 pub mod verdict;
 
 pub use error::{Error, Result};

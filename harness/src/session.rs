@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::phases::Phases;
+use crate::base::phases::Phases;
+use crate::model::profile::{AppBind, Bind, InboundUpstream, Profile};
+use crate::model::scenario::Protocol;
+use crate::model::scenario::Scenario;
+use crate::netfilter::trace::Tracer;
+use crate::netfilter::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::probe::{self, AppServer, Observation, Timeouts};
-use crate::profile::{AppBind, Bind, InboundUpstream, Profile};
-use crate::registry::{self, RunGuard};
-use crate::rules::{self, Backend, IstioCapture, RuleSource, Shape};
-use crate::scenario::Protocol;
-use crate::scenario::Scenario;
-use crate::stubs::{Stub, StubProcess};
-use crate::topology::{Family, Host, Topology, TopologyConfig};
-use crate::trace::Tracer;
+use crate::sandbox::registry::{self, RunGuard};
+use crate::sandbox::stubs::{Stub, StubProcess};
+use crate::sandbox::topology::{Family, Host, Topology, TopologyConfig};
 use crate::verdict::{self, PathCheck, TrialResult};
 use crate::{Error, Result};
 
@@ -57,10 +57,10 @@ impl SessionConfig {
     /// `nft-native`, `script`, `generator`): known before anything runs.
     pub fn backend_name(&self) -> String {
         match self.rules.frontend(self.backend) {
-            rules::Frontend::IptablesNft => "nft".into(),
-            rules::Frontend::IptablesLegacy => "legacy".into(),
-            rules::Frontend::Nft => "nft-native".into(),
-            rules::Frontend::Any => match self.rules {
+            netfilter::Frontend::IptablesNft => "nft".into(),
+            netfilter::Frontend::IptablesLegacy => "legacy".into(),
+            netfilter::Frontend::Nft => "nft-native".into(),
+            netfilter::Frontend::Any => match self.rules {
                 RuleSource::Script(_) => "script".into(),
                 _ => "generator".into(),
             },
@@ -123,7 +123,7 @@ struct ProbeRequest {
 /// One finished probe.
 pub struct ProbeDone {
     pub observation: Observation,
-    pub path: Option<crate::trace::ObservedPath>,
+    pub path: Option<crate::netfilter::trace::ObservedPath>,
     pub ms: u64,
 }
 
@@ -145,7 +145,7 @@ pub struct Session {
     tracer: Option<Tracer>,
     topology: Topology,
     config: SessionConfig,
-    /// Probes allowed in flight at once ([`crate::admission`]).
+    /// Probes allowed in flight at once ([`crate::sandbox::admission`]).
     in_flight: usize,
     run: RunGuard,
     // Last: its drop ends the teardown phase and reports (SIDECHECK_PHASES).
@@ -170,7 +170,7 @@ impl Session {
         }
         config.rules.check(config.backend)?;
         if config.trace {
-            rules::find_tool("nft", "nftables")?;
+            netfilter::find_tool("nft", "nftables")?;
         }
         Ok(())
     }
@@ -187,8 +187,8 @@ impl Session {
         }
         Self::preflight(&config, &[])?;
         crate::raise_fd_limit();
-        let limits = crate::admission::Limits::read(config.profile.proxy.uid, config.control_plane_uid);
-        let in_flight = crate::admission::budget(&limits, config.profile.proxy.uid, config.control_plane_uid)?;
+        let limits = crate::sandbox::admission::Limits::read(config.profile.proxy.uid, config.control_plane_uid);
+        let in_flight = crate::sandbox::admission::budget(&limits, config.profile.proxy.uid, config.control_plane_uid)?;
         registry::sweep_stale();
         let run = RunGuard::acquire()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -243,7 +243,7 @@ impl Session {
                 tproxy_routing(pod, t, &config.topology.families, config.rules_timeout)?;
             }
             let said = config.rules.install(pod, config.backend, &config.topology.families, config.rules_timeout)?;
-            crate::installed::verify(
+            crate::netfilter::installed::verify(
                 pod,
                 &config.rules.describe(),
                 &config.topology.families,
@@ -293,7 +293,7 @@ impl Session {
         };
         let mut args: Vec<String> = Vec::new();
         for f in topo.families.iter().copied() {
-            let inbound = config.profile.port(crate::profile::Role::Inbound, f);
+            let inbound = config.profile.port(crate::model::profile::Role::Inbound, f);
             args.extend([
                 "--outbound".into(),
                 format!("{}:{}", any(f), p.outbound),
@@ -416,7 +416,7 @@ impl Session {
     pub fn can_swap_to(&self, rules: &RuleSource, backend: Backend) -> bool {
         let in_nft = |r: &RuleSource, b: Backend| {
             !matches!(r, RuleSource::Script(_) | RuleSource::Generator(_))
-                && matches!(r.frontend(b), rules::Frontend::IptablesNft | rules::Frontend::Nft)
+                && matches!(r.frontend(b), netfilter::Frontend::IptablesNft | netfilter::Frontend::Nft)
         };
         let mut families = rules.families();
         families.retain(|f| self.config.topology.families.contains(f));
@@ -445,8 +445,8 @@ impl Session {
         // Closes the old trace sockets before the table they follow goes.
         self.tracer = None;
         phases.time("rules", || -> Result<()> {
-            let nft = rules::find_tool("nft", "nftables")?;
-            let ran = rules::run_in(pod, &nft, &["flush", "ruleset"], "", timeout)?;
+            let nft = netfilter::find_tool("nft", "nftables")?;
+            let ran = netfilter::run_in(pod, &nft, &["flush", "ruleset"], "", timeout)?;
             if !ran.status.success() {
                 return Err(Error::config(format!(
                     "flushing the rules in namespace {} failed: {}",
@@ -456,7 +456,7 @@ impl Session {
             }
             flush_conntrack(pod)?;
             let said = rules.install(pod, backend, &self.config.topology.families, timeout)?;
-            crate::installed::verify(
+            crate::netfilter::installed::verify(
                 pod,
                 &rules.describe(),
                 &self.config.topology.families,
@@ -570,8 +570,8 @@ impl Session {
                 let check = PathCheck { label: &label, assert: assert_paths };
                 let complete = done.path.as_ref().is_none_or(|p| p.complete);
                 let mut r = verdict::judge(s, expected, &done.observation, done.ms, done.path, &check);
-                crate::outcome::settle(&mut r, &done.observation, complete, &health);
-                r.name = crate::scenario::case_name(&s.name, &backend, *f);
+                crate::verdict::outcome::settle(&mut r, &done.observation, complete, &health);
+                r.name = crate::model::scenario::case_name(&s.name, &backend, *f);
                 r.backend = backend.clone();
                 r.family = f.name().into();
                 r
@@ -586,7 +586,7 @@ impl Session {
 
     /// Run probes concurrently, at most `in_flight` at a time; then collect
     /// each one's trace, and what the run saw of its own health meanwhile.
-    fn probe_all(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::outcome::Health) {
+    fn probe_all(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::verdict::outcome::Health) {
         let started = Instant::now();
         let done = self.probe_all_untimed(requests);
         self.phases.lock().unwrap_or_else(|e| e.into_inner()).add("probes", started.elapsed());
@@ -595,10 +595,11 @@ impl Session {
 
     /// [`Session::probe_all`] without the phase timing: each probe's socket
     /// is made once it is admitted.
-    fn probe_all_untimed(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::outcome::Health) {
-        let namespaces: Vec<&crate::topology::Namespace> =
+    fn probe_all_untimed(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::verdict::outcome::Health) {
+        let namespaces: Vec<&crate::sandbox::topology::Namespace> =
             self.topology.config.hosts().into_iter().map(|h| self.topology.ns(h)).collect();
-        let drops_before: Vec<Option<u64>> = namespaces.iter().map(|ns| crate::outcome::listen_drops(ns)).collect();
+        let drops_before: Vec<Option<u64>> =
+            namespaces.iter().map(|ns| crate::verdict::outcome::listen_drops(ns)).collect();
         let t = self.config.probe_timeouts;
         let admit = std::sync::Arc::new(tokio::sync::Semaphore::new(self.in_flight));
         let probes = self.rt.block_on(async {
@@ -647,9 +648,9 @@ impl Session {
             }
             out
         });
-        let mut health = crate::outcome::Health::default();
+        let mut health = crate::verdict::outcome::Health::default();
         for (ns, before) in namespaces.iter().zip(drops_before) {
-            if let (Some(b), Some(a)) = (before, crate::outcome::listen_drops(ns)) {
+            if let (Some(b), Some(a)) = (before, crate::verdict::outcome::listen_drops(ns)) {
                 if a > b {
                     health.listen_drops.push((ns.name().to_string(), a - b));
                 }
@@ -718,7 +719,7 @@ impl Session {
     fn listing(&self, every_nft_table: bool) -> Result<String> {
         let ns = self.topology.ns(Host::LocalPod);
         let frontend = self.config.rules.frontend(self.config.backend);
-        let snap = rules::snapshot(ns, frontend, self.config.rules_timeout)?;
+        let snap = netfilter::snapshot(ns, frontend, self.config.rules_timeout)?;
         let mut out = String::new();
         let saves = [
             ("iptables-nft-save", &snap.iptables_nft),
@@ -734,11 +735,11 @@ impl Session {
                 ));
             }
         }
-        let native = !matches!(frontend, rules::Frontend::IptablesNft | rules::Frontend::IptablesLegacy);
+        let native = !matches!(frontend, netfilter::Frontend::IptablesNft | netfilter::Frontend::IptablesLegacy);
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String =
                 nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
-            let listing = strip_table(&listing, crate::trace::trace_table());
+            let listing = strip_table(&listing, crate::netfilter::trace::trace_table());
             if !listing.trim().is_empty() {
                 out.push_str(&format!("# nft list ruleset\n{listing}"));
             }
@@ -800,8 +801,8 @@ fn strip_table(text: &str, name: &str) -> String {
 /// without a tuple, both families): after a rule swap a new probe that
 /// happens to reuse an old source port must meet the new rules, not an old
 /// connection's NAT binding.
-fn flush_conntrack(ns: &crate::topology::Namespace) -> Result<()> {
-    use crate::nfnetlink as nl;
+fn flush_conntrack(ns: &crate::sandbox::topology::Namespace) -> Result<()> {
+    use crate::netfilter::netlink as nl;
     const NFNL_SUBSYS_CTNETLINK: u16 = 1;
     const IPCTNL_MSG_CT_DELETE: u16 = 2;
     let doing = format!("flushing conntrack in namespace {}", ns.name());
@@ -827,8 +828,13 @@ fn flush_conntrack(ns: &crate::topology::Namespace) -> Result<()> {
 }
 
 /// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.
-fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Family], timeout: Duration) -> Result<()> {
-    let ip = rules::find_tool("ip", "iproute2")?;
+fn tproxy_routing(
+    pod: &crate::sandbox::topology::Namespace,
+    t: Tproxy,
+    families: &[Family],
+    timeout: Duration,
+) -> Result<()> {
+    let ip = netfilter::find_tool("ip", "iproute2")?;
     let (mark, table) = (t.mark.to_string(), t.table.to_string());
     for f in families {
         let (flag, default) = match f {
@@ -839,7 +845,7 @@ fn tproxy_routing(pod: &crate::topology::Namespace, t: Tproxy, families: &[Famil
             vec![flag, "rule", "add", "fwmark", &mark, "lookup", &table],
             vec![flag, "route", "add", "local", default, "dev", "lo", "table", &table],
         ] {
-            let ran = rules::run_in(pod, &ip, &args, "", timeout)?;
+            let ran = netfilter::run_in(pod, &ip, &args, "", timeout)?;
             if !ran.status.success() {
                 return Err(Error::config(format!(
                     "setting up TPROXY routing in namespace {}: ip {} failed: {}",

@@ -32,7 +32,7 @@ fn sidecheck_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let left = harness::registry::namespaces_of(&format!("sidecheck-{pid}"));
+    let left = harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"));
     assert!(left.is_empty(), "sidecheck {args:?} left namespaces behind: {left:?}");
     out
 }

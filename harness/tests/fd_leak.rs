@@ -3,8 +3,8 @@
 //! holds what it held before. A test binary of its own, so no other test's
 //! descriptors come and go meanwhile. Needs root.
 
-use harness::rules::Backend;
-use harness::{scenario, Session, SessionConfig};
+use harness::netfilter::Backend;
+use harness::{model::scenario, Session, SessionConfig};
 
 /// The tests here count the process's own descriptors: one at a time.
 static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -10,10 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{code, data_trials, need_root, run_checked, stderr, stdout, DataTest, TempDir};
-use harness::golden::{self, Parsed};
+use harness::netfilter::RuleSource;
 use harness::policy::Policy;
-use harness::rules::RuleSource;
-use harness::topology::Family;
+use harness::rules::golden::{self, Parsed};
+use harness::sandbox::topology::Family;
 use harness::verdict::{Outcome, TrialResult};
 use harness::{Session, SessionConfig};
 use libtest_mimic::Arguments;
@@ -414,7 +414,7 @@ fn run_policy(job: &PolicyJob, reuse: bool) -> PolicyResults {
     let name = &job.name;
     let policy = Policy::load(&job.policy).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut config = SessionConfig::default();
-    let scenarios = policy.configure(&mut config, true, &harness::profile::Profile::istio());
+    let scenarios = policy.configure(&mut config, true, &harness::model::profile::Profile::istio());
     let start = |config: SessionConfig| {
         Session::preflight(&config, &scenarios).unwrap_or_else(|e| panic!("{name}: {e}"));
         Session::start(config).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -440,7 +440,7 @@ fn run_policy(job: &PolicyJob, reuse: bool) -> PolicyResults {
     for session in sessions {
         let prefix = session.prefix().to_string();
         drop(session);
-        let left = harness::registry::namespaces_of(&prefix);
+        let left = harness::sandbox::registry::namespaces_of(&prefix);
         assert!(left.is_empty(), "{name}: the session left namespaces behind: {left:?}");
     }
     (reference, goldens)

@@ -27,12 +27,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::profile::Profile;
-use harness::rules::{Backend, RuleSource};
-use harness::scenario::{self, Scenario};
-use harness::topology::{Family, TopologyConfig};
+use harness::model::profile::Profile;
+use harness::model::scenario::{self, Scenario};
+use harness::netfilter::{Backend, RuleSource};
+use harness::sandbox::topology::{Family, TopologyConfig};
 use harness::verdict::Outcome;
-use harness::{registry, Session, SessionConfig};
+use harness::{sandbox::registry, Session, SessionConfig};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::Deserialize;
 
@@ -276,7 +276,7 @@ impl Case {
         let at = self.file.display();
         let text = match (&self.command, self.policy_file()) {
             (Some(cmd), _) => {
-                harness::policy_from::from_command(cmd).map_err(|e| format!("{at}: command `{cmd}`: {e:#}"))?.yaml
+                harness::policy::from::from_command(cmd).map_err(|e| format!("{at}: command `{cmd}`: {e:#}"))?.yaml
             }
             (None, Some(file)) => {
                 std::fs::read_to_string(&file).map_err(|e| format!("{at}: policy {}: {e}", file.display()))?

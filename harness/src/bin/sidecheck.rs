@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use harness::model::profile::Profile;
+use harness::netfilter::{Backend, IstioCapture, RuleSource, Shape};
 use harness::policy::Policy;
-use harness::profile::Profile;
-use harness::rules::{Backend, IstioCapture, RuleSource, Shape};
-use harness::topology::{Family, Host, TopologyConfig};
-use harness::{registry, report::Report, scenario, Session, SessionConfig};
+use harness::sandbox::topology::{Family, Host, TopologyConfig};
+use harness::{model::scenario, report::Report, sandbox::registry, Session, SessionConfig};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Parser)]
@@ -214,7 +214,7 @@ impl RulesArgs {
         };
         if let Some(file) = &self.topology {
             let name = file.display().to_string();
-            harness::settings::Settings::load(file)?
+            harness::model::settings::Settings::load(file)?
                 .apply(&name, &mut config)
                 .with_context(|| format!("applying {name}"))?;
         }
@@ -401,11 +401,11 @@ fn policy_for_run(
         let Some(cmd) = generator else {
             anyhow::bail!("--policy from-command derives the policy from the generator's command line: give it with --generator 'CMD'");
         };
-        let derived = harness::policy_from::from_command(cmd)
+        let derived = harness::policy::from::from_command(cmd)
             .with_context(|| format!("deriving the policy from --generator '{cmd}'"))?;
         (derived.yaml, format!("the policy of --generator '{cmd}'"))
     } else {
-        let text = harness::bounded::read_text(file, harness::bounded::YAML_MAX)
+        let text = harness::base::bounded::read_text(file, harness::base::bounded::YAML_MAX)
             .with_context(|| format!("loading --policy {}", file.display()))?;
         (text, file.display().to_string())
     };
@@ -427,8 +427,8 @@ fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
     // One quoted word is a whole command line; several are its words.
     let derived = match args.command.as_slice() {
         [] => anyhow::bail!("policy --from: give the generator command line after `--`, e.g. sidecheck policy --from -- istio-iptables -p 15001 -b '*'"),
-        [one] => harness::policy_from::from_command(one)?,
-        words => harness::policy_from::from_args(words)?,
+        [one] => harness::policy::from::from_command(one)?,
+        words => harness::policy::from::from_args(words)?,
     };
     let profile = Profile::builtin(derived.mesh.name())?;
     derived
@@ -440,7 +440,7 @@ fn print_policy_from(args: &PolicyArgs) -> anyhow::Result<bool> {
 
 fn print_policy_rules(args: &RulesPrintArgs) -> anyhow::Result<bool> {
     let file = args.policy.as_deref().expect("guarded by the caller");
-    let text = harness::bounded::read_text(file, harness::bounded::YAML_MAX)
+    let text = harness::base::bounded::read_text(file, harness::base::bounded::YAML_MAX)
         .with_context(|| format!("loading --policy {}", file.display()))?;
     let profile = Profile::builtin(Policy::mesh_of(&text).unwrap_or_default().name())?;
     let policy = Policy::parse_for(&file.display().to_string(), &text, &profile)
@@ -591,7 +591,8 @@ fn list(args: ListArgs) -> anyhow::Result<bool> {
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Where the reports go is checked before anything is built.
     for (format, file) in &args.output {
-        harness::outputs::check_writable(file).with_context(|| format!("--output {format:?}={}", file.display()))?;
+        harness::report::outputs::check_writable(file)
+            .with_context(|| format!("--output {format:?}={}", file.display()))?;
     }
     let (config, scenarios) = plan(&args.rules, args.scenarios.as_deref(), args.policy.as_deref(), args.repeat)?;
     let mut config = SessionConfig { trace: !args.no_trace, assert_paths: args.assert == Assert::Paths, ..config };
@@ -676,7 +677,7 @@ fn run_each(
     cases: &[(scenario::Scenario, Family)],
     list: &std::path::Path,
 ) -> anyhow::Result<bool> {
-    let text = harness::bounded::read_text(list, harness::bounded::RULES_MAX)
+    let text = harness::base::bounded::read_text(list, harness::base::bounded::RULES_MAX)
         .with_context(|| format!("reading --each {}", list.display()))?;
     let mut sets = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -766,7 +767,7 @@ fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) -> anyh
     if format != Format::Github && !in_actions {
         return Ok(());
     }
-    use harness::annotate::{annotations, FileKind, Locator};
+    use harness::report::annotate::{annotations, FileKind, Locator};
     let mut locator = Locator::default();
     let workspace = std::env::var_os("GITHUB_WORKSPACE").map(PathBuf::from);
     let files = [
@@ -778,7 +779,7 @@ fn print_annotations(report: &Report, rules: &RulesArgs, format: Format) -> anyh
     for (path, kind) in files {
         let Some(path) = path else { continue };
         // Unreadable now (it was read to install it): annotate without lines.
-        let Ok(text) = harness::bounded::read_text(path, harness::bounded::RULES_MAX) else { continue };
+        let Ok(text) = harness::base::bounded::read_text(path, harness::base::bounded::RULES_MAX) else { continue };
         // GitHub wants the path from the repository root.
         let shown = workspace.as_deref().and_then(|w| path.strip_prefix(w).ok()).unwrap_or(path);
         locator.add(shown.display().to_string(), kind, &text);
@@ -814,7 +815,7 @@ fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
     let (host, uid) = match from.split_once(':') {
         Some((h, u)) => {
             let n: u64 = u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?;
-            (h, harness::validate::uid(n).map_err(|e| anyhow::anyhow!("--from {from}: {e}"))?)
+            (h, harness::model::validate::uid(n).map_err(|e| anyhow::anyhow!("--from {from}: {e}"))?)
         }
         None => (from, 1000),
     };
@@ -828,9 +829,9 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
     let (target, port) = to
         .rsplit_once(':')
         .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090"))?;
-    let port = harness::validate::target_port(to, target, port).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    let port = harness::model::validate::target_port(to, target, port).map_err(|e| anyhow::anyhow!("--to {e}"))?;
     if let Ok(addr) = to.parse::<SocketAddr>() {
-        harness::validate::destination(addr.ip()).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        harness::model::validate::destination(addr.ip()).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
         return Ok(addr);
     }
     let family = *topo.families.first().unwrap_or(&Family::Ipv4);
@@ -845,7 +846,7 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
             format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an address",
                 topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
         })?;
-        harness::validate::destination(ip).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+        harness::model::validate::destination(ip).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
         ip
     };
     Ok(SocketAddr::new(ip, port))
@@ -961,7 +962,7 @@ fn judge_paths_by_reference(
     rules: &RulesArgs,
 ) -> anyhow::Result<()> {
     let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
-    let mine: Vec<_> = trials.iter().map(|t| harness::decision::decisions(&t.observed.legs, &index)).collect();
+    let mine: Vec<_> = trials.iter().map(|t| harness::verdict::decision::decisions(&t.observed.legs, &index)).collect();
     let reference = reference
         .join()
         .map_err(|_| anyhow::anyhow!("the reference run for --assert paths panicked"))?
@@ -1118,7 +1119,9 @@ fn diff(args: DiffArgs) -> anyhow::Result<bool> {
     };
     if let Some(file) = &args.topology {
         let name = file.display().to_string();
-        harness::settings::Settings::load(file)?.apply(&name, &mut base).with_context(|| format!("applying {name}"))?;
+        harness::model::settings::Settings::load(file)?
+            .apply(&name, &mut base)
+            .with_context(|| format!("applying {name}"))?;
     }
     let scenarios = match (&args.scenarios, &args.policy) {
         (Some(dir), _) => {

@@ -188,7 +188,7 @@ pub fn run_checked(args: &[&str]) -> Output {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let what = format!("sidecheck {args:?}");
-    let left = harness::registry::namespaces_of(&format!("sidecheck-{pid}"));
+    let left = harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"));
     assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
     assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
     assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");

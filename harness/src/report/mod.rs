@@ -1,5 +1,8 @@
 //! Printing results: a table for people, one JSON object for programs.
 
+pub mod annotate;
+pub mod outputs;
+
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -180,10 +183,10 @@ pub fn trace_text(
     to: std::net::SocketAddr,
     rules: &str,
     observed: &crate::verdict::Observed,
-    path: Option<&crate::trace::ObservedPath>,
-    index: &crate::trace::RuleIndex,
+    path: Option<&crate::netfilter::trace::ObservedPath>,
+    index: &crate::netfilter::trace::RuleIndex,
 ) -> String {
-    use crate::trace::Step;
+    use crate::netfilter::trace::Step;
     let mut out = String::new();
     let _ = writeln!(out, "{from} (uid {uid}) -> {to}   rules: {rules}");
     let ports: Vec<String> = observed.ports.iter().map(u16::to_string).collect();

@@ -19,8 +19,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::sandbox::topology::{Family, Host, Service};
 use crate::session::SessionConfig;
-use crate::topology::{Family, Host, Service};
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +62,7 @@ fn cidr<A: std::str::FromStr>(file: &str, key: &str, text: &str, max: u8) -> Res
 
 impl Settings {
     pub fn load(path: &Path) -> Result<Settings> {
-        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
+        let text = crate::base::bounded::read_text(path, crate::base::bounded::YAML_MAX)?;
         Self::parse(&path.display().to_string(), &text)
     }
 
@@ -70,7 +70,7 @@ impl Settings {
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        crate::bounded::yaml_budget(file, text)?;
+        crate::base::bounded::yaml_budget(file, text)?;
         let s: Settings = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
@@ -82,7 +82,7 @@ impl Settings {
         })?;
         for (key, ports) in [("local_app_ports", &s.local_app_ports), ("remote_app_ports", &s.remote_app_ports)] {
             if let Some(p) = ports {
-                crate::validate::app_ports(p).map_err(|m| crate::validate::at(file, text, key, m))?;
+                crate::model::validate::app_ports(p).map_err(|m| crate::model::validate::at(file, text, key, m))?;
             }
         }
         Ok(s)

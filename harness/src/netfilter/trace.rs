@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::nfnetlink::{self as nl, Socket};
-use crate::rules::{self, Frontend};
-use crate::topology::Namespace;
+use crate::netfilter::netlink::{self as nl, Socket};
+use crate::netfilter::{self, Frontend};
+use crate::sandbox::topology::Namespace;
 use crate::{Error, Result};
 
 /// The harness's own table (family inet); events from it are not part of
@@ -118,7 +118,7 @@ pub struct RuleIndex {
     /// (nfproto, table, chain) -> rule texts in order
     pub texts: BTreeMap<(u8, String, String), Vec<String>>,
     /// What the kernel held after installation.
-    pub snapshot: rules::Snapshot,
+    pub snapshot: netfilter::Snapshot,
 }
 
 impl RuleIndex {
@@ -360,7 +360,7 @@ impl Tracer {
     /// each rule beside its number). x_tables rule counts come from that
     /// text too, so under iptables-legacy it is read regardless.
     pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
-        let nft_tool = rules::find_tool("nft", "nftables")?;
+        let nft_tool = netfilter::find_tool("nft", "nftables")?;
         let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
         let doing = format!("opening trace sockets in namespace {}", ns.name());
         let (nft, nflog) = ns
@@ -377,7 +377,7 @@ impl Tracer {
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
             ns.sysctl("net.netfilter.nf_log.10", "nfnetlink_log")?;
         }
-        let ran = rules::run_in(ns, &nft_tool, &["-f", "-"], &trace_ruleset(), timeout)?;
+        let ran = netfilter::run_in(ns, &nft_tool, &["-f", "-"], &trace_ruleset(), timeout)?;
         if !ran.status.success() {
             return Err(Error::config(format!(
                 "installing the trace table in namespace {} failed: {}",
@@ -386,9 +386,9 @@ impl Tracer {
             )));
         }
         let snapshot = if rule_texts || matches!(frontend, Frontend::IptablesLegacy | Frontend::Any) {
-            rules::snapshot(ns, frontend, timeout)?
+            netfilter::snapshot(ns, frontend, timeout)?
         } else {
-            rules::Snapshot::default()
+            netfilter::Snapshot::default()
         };
         let (positions, hooks) = match frontend {
             Frontend::IptablesLegacy => (HashMap::new(), HashMap::new()),
@@ -442,7 +442,7 @@ impl Tracer {
                 "the harness's trace table inet {table} in namespace {} was changed after it was installed (by the rules under test or a process they left running), so the rule paths cannot be trusted; as installed:\n{}\nnow:\n{}",
                 ns.name(),
                 self.listed.trim_end(),
-                crate::installed::shown(&now)
+                crate::netfilter::installed::shown(&now)
             )),
             Ok(Some(_)) => None,
         }
@@ -611,8 +611,8 @@ impl TraceStore {
 
 /// `nft list table inet <trace table>`, or None when it does not exist.
 fn list_trace_table(ns: &Namespace, timeout: Duration) -> Result<Option<String>> {
-    let nft = rules::find_tool("nft", "nftables")?;
-    let ran = rules::run_in(ns, &nft, &["list", "table", "inet", trace_table()], "", timeout)?;
+    let nft = netfilter::find_tool("nft", "nftables")?;
+    let ran = netfilter::run_in(ns, &nft, &["list", "table", "inet", trace_table()], "", timeout)?;
     Ok(ran.status.success().then_some(ran.output))
 }
 
@@ -1036,7 +1036,7 @@ mod captured {
     fn nf_tables_trace_events() {
         let mut ids = HashMap::new();
         let mut events = Vec::new();
-        for d in datagrams(include_str!("../testdata/nft-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../testdata/nft-trace-leg1.hex")) {
             for msg in nl::messages(&d) {
                 let msg = msg.unwrap();
                 assert_eq!(msg.ty, (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_TRACE);
@@ -1064,7 +1064,7 @@ mod captured {
         assert!(leg.len() >= 4, "{events:?}");
         assert!(leg.iter().all(|e| e.src.ip() == "10.244.0.10".parse::<std::net::IpAddr>().unwrap()));
         // Truncating any datagram never panics.
-        for d in datagrams(include_str!("../testdata/nft-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../testdata/nft-trace-leg1.hex")) {
             for cut in 0..d.len() {
                 for msg in nl::messages(&d[..cut]).into_iter().flatten() {
                     let _ = parse_nft_trace(&msg, &mut HashMap::new(), |_, _, _| None);
@@ -1076,7 +1076,7 @@ mod captured {
     #[test]
     fn legacy_nflog_trace_lines() {
         let mut p = Pending::default();
-        for d in datagrams(include_str!("../testdata/nflog-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../testdata/nflog-trace-leg1.hex")) {
             parse_nflog(&d, &mut p);
         }
         let got: Vec<(String, Step)> = p.events.iter().map(|e| (e.chain.clone(), e.step.clone())).collect();
@@ -1090,7 +1090,7 @@ mod captured {
             ]
         );
         assert!(p.events.iter().all(|e| e.table == "nat" && e.dst.port() == 9090 || e.dst.port() == 15001));
-        for d in datagrams(include_str!("../testdata/nflog-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../testdata/nflog-trace-leg1.hex")) {
             for cut in 0..d.len() {
                 parse_nflog(&d[..cut], &mut Pending::default());
             }

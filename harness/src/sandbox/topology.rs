@@ -16,7 +16,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::remove_netns;
+use crate::sandbox::registry::remove_netns;
 use crate::{Error, Result};
 
 /// The hosts of the topology.
@@ -366,7 +366,7 @@ impl Namespace {
     pub fn create(name: &str) -> Result<Namespace> {
         // Under the creation lock: a signal's cleanup never lists the
         // namespaces while one is being made.
-        let _creating = crate::registry::creating();
+        let _creating = crate::sandbox::registry::creating();
         let ns = NetNs::new(name).map_err(|e| Error::Netlink {
             doing: "creating the namespace".into(),
             namespace: name.into(),
@@ -417,7 +417,7 @@ impl Namespace {
         // SAFETY: sigprocmask and setns are async-signal-safe; nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
-                crate::registry::unblock_signals_in_child();
+                crate::sandbox::registry::unblock_signals_in_child();
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
             });
@@ -431,7 +431,7 @@ impl Namespace {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let started = std::time::Instant::now();
         let written = self.run(|| std::fs::write(&path, value));
-        crate::phases::record("sysctls", started.elapsed());
+        crate::base::phases::record("sysctls", started.elapsed());
         written?.map_err(Error::io(format!("setting {key}={value} in namespace {}", self.name)))
     }
 }
@@ -473,7 +473,7 @@ impl Topology {
         for host in config.hosts() {
             namespaces.insert(host, Namespace::create(&format!("{prefix}-{}", host.name()))?);
         }
-        crate::phases::record("namespaces", started.elapsed());
+        crate::base::phases::record("namespaces", started.elapsed());
         let topo = Topology { config, namespaces };
         topo.wire().await?;
         if !topo.config.remote_extra.is_empty() {

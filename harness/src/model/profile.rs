@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::rules::RuleSource;
-use crate::topology::Family;
+use crate::netfilter::RuleSource;
+use crate::sandbox::topology::Family;
 use crate::{Error, Result};
 
 mod builtin {
@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for UidRef {
                 f.write_str("a uid number or `proxy`")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<UidRef, E> {
-                crate::validate::uid(v).map(UidRef::Number).map_err(E::custom)
+                crate::model::validate::uid(v).map(UidRef::Number).map_err(E::custom)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<UidRef, E> {
                 self.visit_u64(u64::try_from(v).map_err(|_| E::custom(format!("uid {v} is negative")))?)
@@ -264,7 +264,7 @@ pub struct Profile {
 impl Profile {
     /// Parse a profile; `read` fetches a rule file named in it.
     fn parse(file: String, text: &str, read: impl Fn(&str) -> Result<String>) -> Result<Profile> {
-        crate::bounded::yaml_budget(&file, text)?;
+        crate::base::bounded::yaml_budget(&file, text)?;
         let mut p: Profile = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.clone(),
@@ -349,11 +349,11 @@ impl Profile {
         if !spec.ends_with(".yaml") && !spec.ends_with(".yml") && !path.is_file() {
             return Profile::builtin(spec);
         }
-        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
+        let text = crate::base::bounded::read_text(path, crate::base::bounded::YAML_MAX)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Profile::parse(path.display().to_string(), &text, |rel| {
             let p: PathBuf = dir.join(rel);
-            crate::bounded::read_text(&p, crate::bounded::YAML_MAX)
+            crate::base::bounded::read_text(&p, crate::base::bounded::YAML_MAX)
         })
     }
 

@@ -23,7 +23,7 @@ pub struct Derived {
 
 impl Derived {
     /// The policy itself, as `--policy` would load it under `profile`.
-    pub fn policy(&self, profile: &crate::profile::Profile) -> Result<Policy> {
+    pub fn policy(&self, profile: &crate::model::profile::Profile) -> Result<Policy> {
         Policy::parse_for(&format!("(the policy of the {} command line)", self.generator), &self.yaml, profile)
     }
 }

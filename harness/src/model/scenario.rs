@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::profile::{PortRef, Profile, UidRef};
-use crate::topology::{Family, Host, TopologyConfig};
+use crate::model::profile::{PortRef, Profile, UidRef};
+use crate::sandbox::topology::{Family, Host, TopologyConfig};
 use crate::verdict::Expected;
 use crate::{Error, Result};
 
@@ -147,7 +147,7 @@ impl Scenario {
                 message: "the file is empty: a scenario needs flow, description, source, destination and expect".into(),
             });
         }
-        crate::bounded::yaml_budget(&file, text)?;
+        crate::base::bounded::yaml_budget(&file, text)?;
         let spec: Spec = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.clone(),
@@ -180,7 +180,8 @@ impl Scenario {
             }
         }
         if let Some(ip) = d.address {
-            crate::validate::destination(ip).map_err(|m| crate::validate::at(&file, text, "address", m))?;
+            crate::model::validate::destination(ip)
+                .map_err(|m| crate::model::validate::at(&file, text, "address", m))?;
         }
         if spec.source.host == Host::Node {
             return Err(invalid("source.host: the node only bridges pods; connect from a pod".into()));
@@ -309,7 +310,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         .unwrap_or_else(|| "scenarios".into());
     let mut list = Vec::new();
     for path in files {
-        let text = crate::bounded::read_text(&path, crate::bounded::YAML_MAX)?;
+        let text = crate::base::bounded::read_text(&path, crate::base::bounded::YAML_MAX)?;
         let rel = path.strip_prefix(dir).unwrap_or(&path);
         list.push(Scenario::parse(trial_name(&root_name, rel), path.display().to_string(), &text)?);
     }

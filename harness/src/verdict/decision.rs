@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::trace::{LegPath, RuleIndex, Step, TraceEvent};
+use crate::netfilter::trace::{LegPath, RuleIndex, Step, TraceEvent};
 
 /// What a rule does once its matches hold.
 #[derive(Clone, Debug, PartialEq, Eq)]

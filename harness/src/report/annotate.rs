@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::netfilter::trace::Step;
 use crate::report::Report;
-use crate::trace::Step;
 use crate::verdict::{Outcome, TrialResult};
 
 /// NFPROTO numbers, as trace events carry them.
@@ -347,7 +347,7 @@ pub fn annotations(report: &Report, locator: &Locator) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{LegPath, TraceEvent};
+    use crate::netfilter::trace::{LegPath, TraceEvent};
     use crate::verdict::{Expected, Observed};
 
     #[test]

@@ -1,14 +1,18 @@
 //! The rules under test: the built-in Istio reference generator, and
 //! installing a rule set inside the pod namespace (and nowhere else).
 
+pub mod installed;
+pub mod netlink;
+pub mod trace;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::golden;
-use crate::topology::{Family, Namespace};
+use crate::rules::golden;
+use crate::sandbox::topology::{Family, Namespace};
 use crate::{Error, Result};
 
 /// Which iptables front end installs a restore file.
@@ -254,7 +258,7 @@ pub enum RuleSource {
     RestoreFiles { v4: Option<PathBuf>, v6: Option<PathBuf> },
     /// Restore input cut out of files as they were read: Istio's dry-run /
     /// golden format holds both families' blocks in one file
-    /// ([`crate::golden`]). Built by [`RuleSource::from_rule_files`].
+    /// ([`crate::rules::golden`]). Built by [`RuleSource::from_rule_files`].
     Split { v4: Option<Part>, v6: Option<Part> },
     /// A native nftables ruleset, installed with `nft -f`.
     NftFile(PathBuf),
@@ -298,7 +302,7 @@ impl RuleSource {
     /// family here (IPv4 blocks first, then IPv6).
     pub fn from_rule_files(v4: Option<PathBuf>, v6: Option<PathBuf>) -> Result<RuleSource> {
         // Bounded: regular files only (a FIFO or /dev/zero is refused at once).
-        let read = |p: &PathBuf| crate::bounded::read_text(p, crate::bounded::RULES_MAX);
+        let read = |p: &PathBuf| crate::base::bounded::read_text(p, crate::base::bounded::RULES_MAX);
         let dry_run = |p: &PathBuf| -> Result<Option<Vec<golden::Restore>>> {
             match golden::parse(&read(p)?, &p.display().to_string())? {
                 golden::Parsed::DryRun(r) => Ok(Some(r)),
@@ -351,7 +355,7 @@ impl RuleSource {
     /// input (iptables-restore's, or Istio's dry-run format), which no shell
     /// can run and which is then installed as `--rules` would install it.
     pub fn from_script_file(path: PathBuf) -> Result<RuleSource> {
-        let text = crate::bounded::read_text(&path, crate::bounded::RULES_MAX)?;
+        let text = crate::base::bounded::read_text(&path, crate::base::bounded::RULES_MAX)?;
         match golden::parse(&text, &path.display().to_string())? {
             golden::Parsed::Other => Ok(RuleSource::Script(path)),
             golden::Parsed::Plain => Ok(RuleSource::RestoreFiles { v4: Some(path), v6: None }),
@@ -492,9 +496,9 @@ impl RuleSource {
     fn texts(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for p in self.files() {
-            let text = crate::bounded::read_text(p, crate::bounded::RULES_MAX)?;
+            let text = crate::base::bounded::read_text(p, crate::base::bounded::RULES_MAX)?;
             if let RuleSource::NftFile(_) = self {
-                crate::bounded::nft_includes_outside(p, &text)?;
+                crate::base::bounded::nft_includes_outside(p, &text)?;
             }
             out.push((p.display().to_string(), text));
         }
@@ -508,7 +512,7 @@ impl RuleSource {
     /// output; on success that output is returned (bounded), for errors
     /// found later (a source that installed nothing).
     pub fn install(&self, ns: &Namespace, backend: Backend, families: &[Family], timeout: Duration) -> Result<String> {
-        let read = |p: &PathBuf| crate::bounded::read_text(p, crate::bounded::RULES_MAX);
+        let read = |p: &PathBuf| crate::base::bounded::read_text(p, crate::base::bounded::RULES_MAX);
         // (what it is called in messages, tool, program, args, stdin)
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
         match self {
@@ -598,9 +602,10 @@ impl RuleSource {
         // Scripts and generators run arbitrary commands: contained, and
         // the host checked around them.
         let contained = matches!(self, RuleSource::Script(_) | RuleSource::Generator(_));
-        let host_before = contained.then(crate::contain::host_state);
+        let host_before = contained.then(crate::sandbox::contain::host_state);
         for (origin, tool, program, args, stdin) in steps {
-            let (program, args) = if contained { crate::contain::wrap(program, args)? } else { (program, args) };
+            let (program, args) =
+                if contained { crate::sandbox::contain::wrap(program, args)? } else { (program, args) };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ran = run_in(ns, &program, &args, &stdin, timeout).map_err(|e| match e {
                 Error::Timeout { doing, seconds } => Error::RulesDidNotApply {
@@ -615,16 +620,16 @@ impl RuleSource {
                 e => e,
             });
             if let Some(before) = &host_before {
-                let changed = crate::contain::changes(before, &crate::contain::host_state());
+                let changed = crate::sandbox::contain::changes(before, &crate::sandbox::contain::host_state());
                 if !changed.is_empty() {
-                    return Err(crate::contain::changed_host(&origin, &changed));
+                    return Err(crate::sandbox::contain::changed_host(&origin, &changed));
                 }
             }
             let ran = ran?;
             if !ran.status.success() {
                 let output = match self {
-                    RuleSource::Script(p) => crate::installed::script_failure(p, &ran.output),
-                    _ => crate::installed::shown(&ran.output),
+                    RuleSource::Script(p) => crate::netfilter::installed::script_failure(p, &ran.output),
+                    _ => crate::netfilter::installed::shown(&ran.output),
                 };
                 return Err(Error::RulesDidNotApply {
                     origin,
@@ -753,7 +758,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     let mut cmd = ns.command(program);
     cmd.args(args)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("PS4", crate::installed::XTRACE)
+        .env("PS4", crate::netfilter::installed::XTRACE)
         .process_group(0);
     // Dies with sidecheck, even by SIGKILL: a contained source's `unshare`
     // then takes its whole PID namespace along (--kill-child).
@@ -766,10 +771,10 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     }
     let doing = format!("running {} in namespace {}", program.display(), ns.name());
     let spawned = {
-        let _guard = crate::registry::creating();
+        let _guard = crate::sandbox::registry::creating();
         let spawned = cmd.spawn();
         if let Ok(c) = &spawned {
-            crate::registry::track_group(c.id() as i32);
+            crate::sandbox::registry::track_group(c.id() as i32);
         }
         spawned
     };
@@ -778,7 +783,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     struct Untrack(i32);
     impl Drop for Untrack {
         fn drop(&mut self) {
-            crate::registry::untrack_group(self.0);
+            crate::sandbox::registry::untrack_group(self.0);
         }
     }
     let _untrack = Untrack(pgid);
@@ -839,7 +844,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
             let said = if said.trim().is_empty() {
                 "it printed nothing".to_string()
             } else {
-                format!("its output before it was killed:\n{}", crate::installed::shown(&said))
+                format!("its output before it was killed:\n{}", crate::netfilter::installed::shown(&said))
             };
             return Err(Error::Timeout { doing: format!("{doing} ({said})"), seconds: timeout.as_secs_f32() });
         }

@@ -4,12 +4,14 @@
 //! hops of any connection ([`oracle`], the specification), and a matrix of
 //! probes on every boundary the policy draws ([`Policy::matrix`]).
 
+pub mod from;
+
 use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::topology::{Family, Host};
+use crate::sandbox::topology::{Family, Host};
 use crate::{Error, Result};
 
 /// `*` (everything) or a list.
@@ -472,7 +474,7 @@ impl Default for Policy {
 impl Policy {
     /// Parse a policy for Istio's profile.
     pub fn parse(file: &str, text: &str) -> Result<Policy> {
-        Policy::parse_for(file, text, &crate::profile::Profile::istio())
+        Policy::parse_for(file, text, &crate::model::profile::Profile::istio())
     }
 
     /// The `mesh:` a policy names, if it names one (to choose its profile).
@@ -486,7 +488,7 @@ impl Policy {
     /// numbers (ports, the proxy uid; the proxy gid and the tunnel port only
     /// under Istio, whose generator alone matches them by default), so a
     /// policy says only what differs from the mesh's defaults.
-    pub fn parse_for(file: &str, text: &str, profile: &crate::profile::Profile) -> Result<Policy> {
+    pub fn parse_for(file: &str, text: &str, profile: &crate::model::profile::Profile) -> Result<Policy> {
         let mut p = Policy::parse_text(file, text)?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
         let named = Policy::mesh_of(text);
@@ -547,7 +549,7 @@ impl Policy {
     /// Whether the stand-in proxy can run this policy under `profile`: it
     /// serves the profile's admin, stats and health ports beside the
     /// policy's capture listeners, and one port cannot be both.
-    pub fn check_profile(&self, file: &str, profile: &crate::profile::Profile) -> Result<()> {
+    pub fn check_profile(&self, file: &str, profile: &crate::model::profile::Profile) -> Result<()> {
         let x = &profile.proxy;
         for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
             for (field, port) in [
@@ -570,7 +572,7 @@ impl Policy {
     }
 
     fn parse_text(file: &str, text: &str) -> Result<Policy> {
-        crate::bounded::yaml_budget(file, text)?;
+        crate::base::bounded::yaml_budget(file, text)?;
         let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
             Some(loc) => Error::ScenarioSyntax {
                 file: file.into(),
@@ -592,12 +594,12 @@ impl Policy {
         if p.outbound_port == p.inbound_port || Some(p.outbound_port) == p.inbound_port_ipv6 {
             return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
         }
-        crate::validate::policy(&p, file, text)?;
+        crate::model::validate::policy(&p, file, text)?;
         Ok(p)
     }
 
     pub fn load(path: &Path) -> Result<Policy> {
-        let text = crate::bounded::read_text(path, crate::bounded::YAML_MAX)?;
+        let text = crate::base::bounded::read_text(path, crate::base::bounded::YAML_MAX)?;
         Policy::parse(&path.display().to_string(), &text)
     }
 
@@ -726,7 +728,7 @@ impl Policy {
             Family::Ipv6 => ("::6/128", "::1/128".to_string()),
         };
         let capture_out = self.captures_outbound(family);
-        let mut r = crate::rules::istio_nat_preamble();
+        let mut r = crate::netfilter::istio_nat_preamble();
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_for(family));
         // What arrives on a KubeVirt interface is the VM's outbound traffic:
         // to the outbound listener where the ranges capture it.
@@ -1222,7 +1224,7 @@ pub struct MatrixProbe {
     pub family: Family,
     pub dest: Dest,
     pub port: u16,
-    pub protocol: crate::scenario::Protocol,
+    pub protocol: crate::model::scenario::Protocol,
     /// The pod interface it crosses (see [`Query::link`]).
     pub link: u8,
     pub expected: Vec<u16>,
@@ -1266,13 +1268,14 @@ impl Policy {
                 // The client's address: the remote pod's, or the host's behind an extra interface.
                 let source = match from {
                     Host::LocalPod => None,
-                    Host::Side(k) => Some(crate::topology::TopologyConfig::link_addresses(k, family).1),
+                    Host::Side(k) => Some(crate::sandbox::topology::TopologyConfig::link_addresses(k, family).1),
                     _ => Some(remote),
                 };
                 let q =
                     Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link, source };
                 let expected = oracle(self, q);
-                let protocol = if udp { crate::scenario::Protocol::Udp } else { crate::scenario::Protocol::Tcp };
+                let protocol =
+                    if udp { crate::model::scenario::Protocol::Udp } else { crate::model::scenario::Protocol::Tcp };
                 out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
             };
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
@@ -1621,7 +1624,7 @@ impl Policy {
             // through the pod to the remote pod; from the app out by it.
             for (i, name) in self.pod_links().iter().enumerate() {
                 let k = (i + 1) as u8;
-                let (at_pod, at_side) = crate::topology::TopologyConfig::link_addresses(k, family);
+                let (at_pod, at_side) = crate::sandbox::topology::TopologyConfig::link_addresses(k, family);
                 push(
                     format!("iface-{name}-inbound-8080"),
                     Host::Side(k),
@@ -1722,7 +1725,7 @@ impl Policy {
                     family,
                     dest: Dest::Remote(pod),
                     port: 8080,
-                    protocol: crate::scenario::Protocol::TcpInvalid,
+                    protocol: crate::model::scenario::Protocol::TcpInvalid,
                     link: 0,
                     expected: oracle(self, q),
                 });
@@ -1735,7 +1738,7 @@ impl Policy {
 /// A policy's matrix as scenarios, with what the topology and the app
 /// servers need for them.
 pub struct PolicyRun {
-    pub scenarios: Vec<crate::scenario::Scenario>,
+    pub scenarios: Vec<crate::model::scenario::Scenario>,
     pub local_app_ports: Vec<u16>,
     pub remote_app_ports: Vec<u16>,
     pub remote_extra: Vec<IpAddr>,
@@ -1749,13 +1752,13 @@ pub struct PolicyRun {
 
 impl Policy {
     /// The profile the stubs run under: Istio's, with this policy's ports and identity.
-    pub fn profile(&self) -> crate::profile::Profile {
-        self.profile_on(&crate::profile::Profile::istio())
+    pub fn profile(&self) -> crate::model::profile::Profile {
+        self.profile_on(&crate::model::profile::Profile::istio())
     }
 
     /// The profile the stubs run under: `base` (the mesh's), with this
     /// policy's ports and proxy identity.
-    pub fn profile_on(&self, base: &crate::profile::Profile) -> crate::profile::Profile {
+    pub fn profile_on(&self, base: &crate::model::profile::Profile) -> crate::model::profile::Profile {
         let mut p = base.clone();
         p.proxy.outbound = self.outbound_port;
         p.proxy.inbound = self.inbound_port;
@@ -1779,8 +1782,8 @@ impl Policy {
     }
 
     /// The reference rules as a rule source.
-    pub fn reference_rules(&self) -> crate::rules::RuleSource {
-        crate::rules::RuleSource::Text {
+    pub fn reference_rules(&self) -> crate::netfilter::RuleSource {
+        crate::netfilter::RuleSource::Text {
             label: "reference".into(),
             what: "the reference rules for the policy".into(),
             v4: Some(self.to_restore_for(Family::Ipv4)),
@@ -1796,8 +1799,8 @@ impl Policy {
         &self,
         config: &mut crate::session::SessionConfig,
         reference: bool,
-        base: &crate::profile::Profile,
-    ) -> Vec<crate::scenario::Scenario> {
+        base: &crate::model::profile::Profile,
+    ) -> Vec<crate::model::scenario::Scenario> {
         config.profile = self.profile_on(base);
         config.tproxy = self.tproxy();
         if reference {
@@ -1818,9 +1821,13 @@ impl Policy {
 
     /// Build the matrix for `topo` (app uid 1000) as scenarios named
     /// `policy::<label>`.
-    pub fn run_plan(&self, topo: &crate::topology::TopologyConfig, profile: &crate::profile::Profile) -> PolicyRun {
-        use crate::profile::{PortRef, UidRef};
-        use crate::scenario::{Destination, Expect, Scenario, Source, Spec};
+    pub fn run_plan(
+        &self,
+        topo: &crate::sandbox::topology::TopologyConfig,
+        profile: &crate::model::profile::Profile,
+    ) -> PolicyRun {
+        use crate::model::profile::{PortRef, UidRef};
+        use crate::model::scenario::{Destination, Expect, Scenario, Source, Spec};
         let (c4, c6) = (topo.pod_cidr, topo.pod_cidr6);
         let mt = MatrixTopology {
             hosts: Family::BOTH
@@ -1833,10 +1840,13 @@ impl Policy {
                         && !a.is_unspecified()
                         && !a.is_multicast()
                         && !a.is_broadcast()
-                        && !crate::topology::in_cidr(a, c4)
+                        && !crate::sandbox::topology::in_cidr(a, c4)
                 }
                 IpAddr::V6(a) => {
-                    !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !crate::topology::in_cidr6(a, c6)
+                    !a.is_loopback()
+                        && !a.is_unspecified()
+                        && !a.is_multicast()
+                        && !crate::sandbox::topology::in_cidr6(a, c6)
                 }
             }),
         };
@@ -1895,7 +1905,7 @@ impl Policy {
                 }
             }
             let server = match served.iter().find(|(_, p)| local && *p == pr.port) {
-                _ if pr.protocol == crate::scenario::Protocol::TcpInvalid => invalid_fate(self).to_string(),
+                _ if pr.protocol == crate::model::scenario::Protocol::TcpInvalid => invalid_fate(self).to_string(),
                 _ if self.dns_capture && pr.port == 53 => DNS_SERVER_NAME.to_string(),
                 _ if to_side => SIDE_APP_NAME.to_string(),
                 _ if matches!(pr.dest, Dest::Through(_)) => "remote-app".to_string(),
@@ -2378,7 +2388,7 @@ mod tests {
     }
 
     fn under(mesh: &str, yaml: &str) -> Policy {
-        Policy::parse_for("p.yaml", yaml, &crate::profile::Profile::builtin(mesh).unwrap()).unwrap()
+        Policy::parse_for("p.yaml", yaml, &crate::model::profile::Profile::builtin(mesh).unwrap()).unwrap()
     }
 
     #[test]
@@ -2395,19 +2405,19 @@ mod tests {
         assert_eq!((i.proxy_gids, i.tunnel_port), (vec![1337], Some(15008)));
         let named = under("kuma", "mesh: kuma\noutbound_port: 12345");
         assert_eq!((named.outbound_port, named.inbound_port), (12345, 15006));
-        let e = Policy::parse_for("p.yaml", "mesh: kuma", &crate::profile::Profile::builtin("linkerd").unwrap())
+        let e = Policy::parse_for("p.yaml", "mesh: kuma", &crate::model::profile::Profile::builtin("linkerd").unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains("mesh: kuma but the profile is linkerd"), "{e}");
         let e = Policy::parse_for(
             "p.yaml",
             "mesh: consul\nmode: TPROXY",
-            &crate::profile::Profile::builtin("consul").unwrap(),
+            &crate::model::profile::Profile::builtin("consul").unwrap(),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("only Istio's generators write TPROXY"), "{e}");
-        let consul = crate::profile::Profile::builtin("consul").unwrap();
+        let consul = crate::model::profile::Profile::builtin("consul").unwrap();
         let clash = under("consul", "outbound_port: 21000");
         let e = clash.check_profile("p.yaml", &consul).unwrap_err().to_string();
         assert!(e.contains("outbound_port 21000 is also the consul profile's health port"), "{e}");

@@ -86,8 +86,8 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
 #[cfg(test)]
 mod tests {
     use super::super::from_command;
+    use crate::model::profile::Profile;
     use crate::policy::{Cidr, PortRange};
-    use crate::profile::Profile;
 
     fn consul(cmd: &str) -> crate::policy::Policy {
         from_command(cmd).unwrap().policy(&Profile::builtin("consul").unwrap()).unwrap()

@@ -2,12 +2,15 @@
 //! same proxy ports in the same order, and the same server at the end. Extra
 //! hops, missing hops, loops and errors all fail.
 
+pub mod decision;
+pub mod outcome;
+
 use serde::Serialize;
 use sidecheck_wire::End;
 
+use crate::model::scenario::Scenario;
+use crate::netfilter::trace::{LegPath, ObservedPath};
 use crate::probe::Observation;
-use crate::scenario::Scenario;
-use crate::trace::{LegPath, ObservedPath};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -15,7 +18,7 @@ pub enum Outcome {
     Pass,
     /// The rules sent the connection somewhere else.
     Fail,
-    /// The harness could not test it (see [`crate::outcome`]).
+    /// The harness could not test it (see [`crate::verdict::outcome`]).
     Error,
 }
 
@@ -284,9 +287,10 @@ mod tests {
         traced: Option<ObservedPath>,
         check: &PathCheck<'_>,
     ) -> TrialResult {
-        let topo = crate::topology::TopologyConfig::default();
-        let case =
-            s.case(&crate::profile::Profile::istio(), &topo, crate::topology::Family::Ipv4, check.label).unwrap();
+        let topo = crate::sandbox::topology::TopologyConfig::default();
+        let case = s
+            .case(&crate::model::profile::Profile::istio(), &topo, crate::sandbox::topology::Family::Ipv4, check.label)
+            .unwrap();
         super::judge(s, case.expected, obs, ms, traced, check)
     }
 

@@ -9,7 +9,7 @@
 use sidecheck_wire::End;
 
 use crate::probe::Observation;
-use crate::topology::Namespace;
+use crate::sandbox::topology::Namespace;
 use crate::verdict::{Outcome, TrialResult};
 
 /// What the run saw of its own health while the probes ran.

@@ -85,8 +85,8 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
 #[cfg(test)]
 mod tests {
     use super::super::from_command;
+    use crate::model::profile::Profile;
     use crate::policy::{Cidr, Mesh, PortRange, Select};
-    use crate::profile::Profile;
 
     fn linkerd() -> Profile {
         Profile::builtin("linkerd").unwrap()

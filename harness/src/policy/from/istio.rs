@@ -128,8 +128,8 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
 #[cfg(test)]
 mod tests {
     use super::super::{from_args, from_command, tests::words};
+    use crate::model::profile::Profile;
     use crate::policy::{Cidr, Mode, PortRange, Select};
-    use crate::profile::Profile;
 
     #[test]
     fn the_injectors_command_line_is_the_cni_basic_policy() {

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::topology::Namespace;
+use crate::sandbox::topology::Namespace;
 use crate::{Error, Result};
 
 /// Deadlines for one probe connection.
@@ -280,13 +280,13 @@ impl AppServer {
     pub fn start(
         ns: &Namespace,
         name: &str,
-        family: crate::topology::Family,
+        family: crate::sandbox::topology::Family,
         port: u16,
         io_timeout: Duration,
     ) -> Result<AppServer> {
         let addr = match family {
-            crate::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
-            crate::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            crate::sandbox::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
+            crate::sandbox::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
         };
         AppServer::start_at(ns, name, addr, io_timeout)
     }

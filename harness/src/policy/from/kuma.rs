@@ -166,8 +166,8 @@ pub(super) fn derive(args: &[String]) -> Result<Derived> {
 #[cfg(test)]
 mod tests {
     use super::super::from_command;
+    use crate::model::profile::Profile;
     use crate::policy::{Cidr, PortRange, Select};
-    use crate::profile::Profile;
 
     fn kuma(cmd: &str) -> crate::policy::Policy {
         from_command(cmd).unwrap().policy(&Profile::builtin("kuma").unwrap()).unwrap()

@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::registry::RunGuard;
-use crate::topology::Namespace;
+use crate::sandbox::registry::RunGuard;
+use crate::sandbox::topology::Namespace;
 use crate::{Error, Result};
 
 const FAKE_ENVOY: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-envoy"));
@@ -45,7 +45,7 @@ impl Stub {
     /// must be able to execute it).
     pub fn install(self, run: &RunGuard) -> Result<PathBuf> {
         let path = run.dir().join(self.name());
-        let _exclusive = crate::registry::exclusive();
+        let _exclusive = crate::sandbox::registry::exclusive();
         std::fs::write(&path, self.bytes()).map_err(Error::io(format!("writing {}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(Error::io(format!("making {} executable", path.display())))?;
@@ -97,7 +97,7 @@ impl StubProcess {
         let failed =
             |detail: String| Error::StubFailed { stub: stub.name().into(), namespace: ns.name().into(), detail };
         let spawned = {
-            let _guard = crate::registry::creating();
+            let _guard = crate::sandbox::registry::creating();
             let spawned = cmd.spawn();
             if let Ok(c) = &spawned {
                 run.register_pid(c.id() as i32);
@@ -169,6 +169,6 @@ impl Drop for StubProcess {
         if let Some(drain) = self.drain.take() {
             let _ = drain.join();
         }
-        crate::registry::forget_pid(&self.run_prefix, self.pid);
+        crate::sandbox::registry::forget_pid(&self.run_prefix, self.pid);
     }
 }

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::rules;
-use crate::topology::{Family, Namespace};
+use crate::netfilter;
+use crate::sandbox::topology::{Family, Namespace};
 use crate::{Error, Result};
 
 /// At most this many lines of a rule source's output are shown in an error
@@ -52,7 +52,7 @@ pub fn script_failure(script: &std::path::Path, output: &str) -> String {
     if let Some(last) = traced.last() {
         // The k-th run of this command is its k-th occurrence in the script.
         let k = traced.iter().filter(|c| words(c) == words(last)).count();
-        let text = crate::bounded::read_text(script, crate::bounded::RULES_MAX).unwrap_or_default();
+        let text = crate::base::bounded::read_text(script, crate::base::bounded::RULES_MAX).unwrap_or_default();
         let line = text.lines().enumerate().filter(|(_, l)| words(l) == words(last)).nth(k - 1).map(|(i, _)| i + 1);
         let at = match line {
             Some(n) => format!(" ({}:{n})", script.display()),
@@ -83,7 +83,7 @@ fn label(f: Family) -> &'static str {
 
 /// Which families have rules (or a base chain policy other than accept) in
 /// a snapshot; tables named `skip` (the tracer's) do not count.
-pub fn families_with_rules(snap: &rules::Snapshot, skip: &str) -> Vec<Family> {
+pub fn families_with_rules(snap: &netfilter::Snapshot, skip: &str) -> Vec<Family> {
     let mut v4 = false;
     let mut v6 = false;
     for (text, is_v6) in [
@@ -153,13 +153,13 @@ fn nft_families(listing: &str, skip: &str) -> (bool, bool) {
 
 /// Every listing a rule could be in, from the tools this machine has (a
 /// run without tracing needs no nft, so its absence is no error here).
-fn read_back(pod: &Namespace, timeout: Duration) -> Result<rules::Snapshot> {
+fn read_back(pod: &Namespace, timeout: Duration) -> Result<netfilter::Snapshot> {
     let list = |tool: &str, args: &[&str]| -> Result<Option<String>> {
-        let Ok(path) = rules::find_tool(tool, "") else { return Ok(None) };
-        let ran = rules::run_in(pod, &path, args, "", timeout)?;
+        let Ok(path) = netfilter::find_tool(tool, "") else { return Ok(None) };
+        let ran = netfilter::run_in(pod, &path, args, "", timeout)?;
         Ok(ran.status.success().then_some(ran.output))
     };
-    Ok(rules::Snapshot {
+    Ok(netfilter::Snapshot {
         iptables_nft: list("iptables-nft-save", &[])?,
         ip6tables_nft: list("ip6tables-nft-save", &[])?,
         iptables_legacy: list("iptables-legacy-save", &[])?,
@@ -182,7 +182,7 @@ pub fn verify(
         return Ok(());
     }
     let snap = read_back(pod, timeout)?;
-    let have = families_with_rules(&snap, crate::trace::trace_table());
+    let have = families_with_rules(&snap, crate::netfilter::trace::trace_table());
     let missing: Vec<&str> = families.iter().filter(|f| !have.contains(f)).map(|f| label(*f)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -203,8 +203,8 @@ pub fn verify(
 mod tests {
     use super::*;
 
-    fn snap(v4: &str, v6: &str, nft: &str) -> rules::Snapshot {
-        rules::Snapshot {
+    fn snap(v4: &str, v6: &str, nft: &str) -> netfilter::Snapshot {
+        netfilter::Snapshot {
             iptables_nft: Some(v4.into()),
             ip6tables_nft: Some(v6.into()),
             iptables_legacy: Some(String::new()),

@@ -1,0 +1,4 @@
+//! Foundations every layer may use: bounded reads, timings.
+
+pub mod bounded;
+pub mod phases;

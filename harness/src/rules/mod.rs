@@ -1,0 +1,3 @@
+//! Rule text: formats the harness reads (Istio's dry-run/golden files).
+
+pub mod golden;

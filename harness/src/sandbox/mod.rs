@@ -1,0 +1,7 @@
+//! The sandbox a run owns: the run registry, namespaces and links, the stubs, containment of rule sources, admission control.
+
+pub mod admission;
+pub mod contain;
+pub mod registry;
+pub mod stubs;
+pub mod topology;
