@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::base::net::Family;
 use crate::model::scenario::{Protocol, Scenario};
-use crate::netfilter::{Backend, IstioCapture, RuleSource, Shape};
-use crate::sandbox::topology::{Family, Host};
+use crate::model::topology::Host;
+use crate::rules::istio::{IstioCapture, Shape};
+use crate::rules::source::{Backend, RuleSource};
 use crate::verdict::decision::{self, Decision, Decisions, Divergence};
 use crate::verdict::{Outcome, TrialResult};
 use crate::{Error, Result, Session, SessionConfig};

@@ -3,7 +3,7 @@
 //!
 //! The layers, in the order data flows through a run (docs/architecture.md
 //! has the map; a module imports only from layers listed before its own):
-//! [`base`], [`model`], [`rules`], [`policy`], [`sandbox`], [`netfilter`],
+//! [`base`], [`rules`], [`model`], [`policy`], [`sandbox`], [`netfilter`],
 //! [`probe`], [`verdict`], [`report`], [`session`], [`diff`].
 
 pub mod base;

@@ -6,16 +6,20 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
+use crate::base::net::Family;
 use crate::base::phases::Phases;
 use crate::model::profile::{AppBind, Bind, InboundUpstream, Profile};
 use crate::model::scenario::Protocol;
 use crate::model::scenario::Scenario;
+use crate::model::topology::{Dns, Host, TopologyConfig, Tproxy};
+use crate::netfilter;
 use crate::netfilter::trace::Tracer;
-use crate::netfilter::{self, Backend, IstioCapture, RuleSource, Shape};
 use crate::probe::{self, AppServer, Observation, Timeouts};
+use crate::rules::istio::{IstioCapture, Shape};
+use crate::rules::source::{self, Backend, RuleSource};
 use crate::sandbox::registry::{self, RunGuard};
 use crate::sandbox::stubs::{Stub, StubProcess};
-use crate::sandbox::topology::{Family, Host, Topology, TopologyConfig};
+use crate::sandbox::topology::Topology;
 use crate::verdict::{self, PathCheck, TrialResult};
 use crate::{Error, Result};
 
@@ -57,35 +61,15 @@ impl SessionConfig {
     /// `nft-native`, `script`, `generator`): known before anything runs.
     pub fn backend_name(&self) -> String {
         match self.rules.frontend(self.backend) {
-            netfilter::Frontend::IptablesNft => "nft".into(),
-            netfilter::Frontend::IptablesLegacy => "legacy".into(),
-            netfilter::Frontend::Nft => "nft-native".into(),
-            netfilter::Frontend::Any => match self.rules {
+            source::Frontend::IptablesNft => "nft".into(),
+            source::Frontend::IptablesLegacy => "legacy".into(),
+            source::Frontend::Nft => "nft-native".into(),
+            source::Frontend::Any => match self.rules {
                 RuleSource::Script(_) => "script".into(),
                 _ => "generator".into(),
             },
         }
     }
-}
-
-/// DNS capture: pilot-agent's DNS proxy (in fake-envoy, on 127.0.0.1 and
-/// ::1) and the nameservers it forwards to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dns {
-    pub agent_port: u16,
-    /// The nameserver the agent asks, per family.
-    pub upstreams: Vec<(Family, std::net::IpAddr)>,
-    /// Nameserver stubs (UDP and TCP port 53) and the host each runs on.
-    pub servers: Vec<(std::net::IpAddr, Host)>,
-}
-
-/// TPROXY's policy routing: packets with `mark` are delivered locally
-/// through route table `table` (`ip rule add fwmark MARK lookup TABLE`,
-/// `ip route add local default dev lo table TABLE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tproxy {
-    pub mark: u32,
-    pub table: u32,
 }
 
 impl Default for SessionConfig {
@@ -170,7 +154,7 @@ impl Session {
         }
         config.rules.check(config.backend)?;
         if config.trace {
-            netfilter::find_tool("nft", "nftables")?;
+            crate::base::tool::find_tool("nft", "nftables")?;
         }
         Ok(())
     }
@@ -416,7 +400,7 @@ impl Session {
     pub fn can_swap_to(&self, rules: &RuleSource, backend: Backend) -> bool {
         let in_nft = |r: &RuleSource, b: Backend| {
             !matches!(r, RuleSource::Script(_) | RuleSource::Generator(_))
-                && matches!(r.frontend(b), netfilter::Frontend::IptablesNft | netfilter::Frontend::Nft)
+                && matches!(r.frontend(b), source::Frontend::IptablesNft | source::Frontend::Nft)
         };
         let mut families = rules.families();
         families.retain(|f| self.config.topology.families.contains(f));
@@ -445,7 +429,7 @@ impl Session {
         // Closes the old trace sockets before the table they follow goes.
         self.tracer = None;
         phases.time("rules", || -> Result<()> {
-            let nft = netfilter::find_tool("nft", "nftables")?;
+            let nft = crate::base::tool::find_tool("nft", "nftables")?;
             let ran = netfilter::run_in(pod, &nft, &["flush", "ruleset"], "", timeout)?;
             if !ran.status.success() {
                 return Err(Error::config(format!(
@@ -551,7 +535,7 @@ impl Session {
                 // Checked in preflight; a failure here fails the trial with its reason.
                 Err(e) => {
                     requests.push(ProbeRequest { from, uid: 0, gid: 0, target: Err(e), protocol: Protocol::Tcp });
-                    expected.push(verdict::Expected {
+                    expected.push(crate::model::scenario::Expected {
                         ports: Vec::new(),
                         server: String::new(),
                         path: None,
@@ -596,7 +580,7 @@ impl Session {
     /// [`Session::probe_all`] without the phase timing: each probe's socket
     /// is made once it is admitted.
     fn probe_all_untimed(&self, requests: Vec<ProbeRequest>) -> (Vec<ProbeDone>, crate::verdict::outcome::Health) {
-        let namespaces: Vec<&crate::sandbox::topology::Namespace> =
+        let namespaces: Vec<&crate::sandbox::ns::Namespace> =
             self.topology.config.hosts().into_iter().map(|h| self.topology.ns(h)).collect();
         let drops_before: Vec<Option<u64>> =
             namespaces.iter().map(|ns| crate::verdict::outcome::listen_drops(ns)).collect();
@@ -735,7 +719,7 @@ impl Session {
                 ));
             }
         }
-        let native = !matches!(frontend, netfilter::Frontend::IptablesNft | netfilter::Frontend::IptablesLegacy);
+        let native = !matches!(frontend, source::Frontend::IptablesNft | source::Frontend::IptablesLegacy);
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String =
                 nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();
@@ -801,7 +785,7 @@ fn strip_table(text: &str, name: &str) -> String {
 /// without a tuple, both families): after a rule swap a new probe that
 /// happens to reuse an old source port must meet the new rules, not an old
 /// connection's NAT binding.
-fn flush_conntrack(ns: &crate::sandbox::topology::Namespace) -> Result<()> {
+fn flush_conntrack(ns: &crate::sandbox::ns::Namespace) -> Result<()> {
     use crate::netfilter::netlink as nl;
     const NFNL_SUBSYS_CTNETLINK: u16 = 1;
     const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -829,12 +813,12 @@ fn flush_conntrack(ns: &crate::sandbox::topology::Namespace) -> Result<()> {
 
 /// The routing TPROXY needs in the pod, per family, as istio-iptables adds it.
 fn tproxy_routing(
-    pod: &crate::sandbox::topology::Namespace,
+    pod: &crate::sandbox::ns::Namespace,
     t: Tproxy,
     families: &[Family],
     timeout: Duration,
 ) -> Result<()> {
-    let ip = netfilter::find_tool("ip", "iproute2")?;
+    let ip = crate::base::tool::find_tool("ip", "iproute2")?;
     let (mark, table) = (t.mark.to_string(), t.table.to_string());
     for f in families {
         let (flag, default) = match f {

@@ -9,8 +9,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, first to last. `error` and the crate root are below all.
-const LAYERS: &[&str] =
-    &["error", "base", "model", "rules", "policy", "plan", "sandbox", "netfilter", "probe", "verdict", "report", "session", "diff"];
+const LAYERS: &[&str] = &[
+    "error",
+    "base",
+    "rules",
+    "model",
+    "policy",
+    "plan",
+    "sandbox",
+    "netfilter",
+    "probe",
+    "verdict",
+    "report",
+    "session",
+    "diff",
+];
 
 /// Longest a source file may be (code and its unit tests together).
 const MAX_LINES: usize = 600;
@@ -80,7 +93,10 @@ fn imports(text: &str, known: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<String>> {
     out
 }
 
-fn graph() -> (BTreeMap<Vec<String>, BTreeSet<Vec<String>>>, BTreeMap<Vec<String>, usize>) {
+type Module = Vec<String>;
+type Edges = BTreeMap<Module, BTreeSet<Module>>;
+
+fn graph() -> (Edges, BTreeMap<Module, usize>) {
     let mut all = Vec::new();
     files(&src(), &mut all);
     let known: BTreeSet<Vec<String>> = all.iter().map(|f| module_of(f)).collect();
@@ -109,7 +125,10 @@ fn name(m: &[String]) -> String {
 fn every_module_is_in_a_named_layer() {
     let (edges, _) = graph();
     let stray: Vec<String> = edges.keys().filter(|m| layer(m).is_none()).map(|m| name(m)).collect();
-    assert!(stray.is_empty(), "modules outside the layers of docs/architecture.md (add the folder to LAYERS and the map): {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "modules outside the layers of docs/architecture.md (add the folder to LAYERS and the map): {stray:?}"
+    );
 }
 
 #[test]
@@ -138,7 +157,7 @@ fn the_module_graph_has_no_cycle() {
     // Depth-first search with colours; a grey node met again closes a cycle.
     fn visit(
         n: &Vec<String>,
-        edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        edges: &Edges,
         colour: &mut BTreeMap<Vec<String>, u8>,
         stack: &mut Vec<Vec<String>>,
         cycles: &mut Vec<String>,

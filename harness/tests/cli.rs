@@ -252,7 +252,7 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("broken");
-    let good = harness::netfilter::IstioCapture::default_for(harness::netfilter::Shape::Current).to_restore();
+    let good = harness::rules::istio::IstioCapture::default_for(harness::rules::istio::Shape::Current).to_restore();
     // No uid/gid 1337 RETURN: the proxy's own upstream connections loop.
     let broken: String = good
         .lines()
@@ -404,10 +404,10 @@ fn clean_sweeps_dead_runs_and_spares_live_ones() {
     let dead = "sidecheck-4000000001-0";
     std::fs::create_dir_all("/run/sidecheck").unwrap();
     std::fs::write(format!("/run/sidecheck/{dead}.lock"), "").unwrap();
-    std::mem::forget(harness::sandbox::topology::Namespace::create(&format!("{dead}-node")).unwrap());
+    std::mem::forget(harness::sandbox::ns::Namespace::create(&format!("{dead}-node")).unwrap());
     // A live run: this process holds its lock.
     let live = harness::sandbox::registry::RunGuard::acquire().unwrap();
-    let live_ns = harness::sandbox::topology::Namespace::create(&format!("{}-node", live.prefix())).unwrap();
+    let live_ns = harness::sandbox::ns::Namespace::create(&format!("{}-node", live.prefix())).unwrap();
 
     let out = sidecheck(&["clean"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -663,7 +663,7 @@ fn keep_leaves_a_failing_run_to_inspect_until_clean() {
     need_root();
     let _runs = exclusive_runs();
     let dir = TempDir::new("keep");
-    let good = harness::netfilter::IstioCapture::default_for(harness::netfilter::Shape::Current).to_restore();
+    let good = harness::rules::istio::IstioCapture::default_for(harness::rules::istio::Shape::Current).to_restore();
     let broken = dir.write("broken.rules", &good.replace("--to-ports 15001", "--to-ports 15002"));
     let child = Command::new(BIN)
         .args(["run", "--keep", "--rules", broken.to_str().unwrap()])
@@ -698,7 +698,7 @@ fn reports_in_every_format_from_one_failing_run() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("reports");
-    let good = harness::netfilter::IstioCapture::default_for(harness::netfilter::Shape::Current).to_restore();
+    let good = harness::rules::istio::IstioCapture::default_for(harness::rules::istio::Shape::Current).to_restore();
     let broken =
         dir.write("broken.rules", &good.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN\n", ""));
     let (junit, md) = (dir.0.join("r.xml"), dir.0.join("r.md"));

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use harness::model::profile::Profile;
 use harness::model::scenario::{self, Scenario};
-use harness::netfilter::{Backend, IstioCapture, RuleSource, Shape};
+use harness::rules::istio::{IstioCapture, Shape};
+use harness::rules::source::{Backend, RuleSource};
 use harness::verdict::Outcome;
 use harness::{sandbox::registry, Session, SessionConfig};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -652,7 +653,7 @@ fn family_trials(scenarios: &[Scenario]) -> Vec<Trial> {
     vec![Trial::test("broken::ipv6-only-no-proxy-return", move || {
         let c = IstioCapture::default_for(Shape::Current);
         let v6: String = c
-            .to_restore_for(harness::sandbox::topology::Family::Ipv6)
+            .to_restore_for(harness::base::net::Family::Ipv6)
             .lines()
             .filter(|l| {
                 !l.ends_with("-m owner --uid-owner 1337 -j RETURN")
@@ -694,7 +695,7 @@ fn family_trials(scenarios: &[Scenario]) -> Vec<Trial> {
 fn host_snapshot() -> Result<String, Failed> {
     let mut snap = String::new();
     for (tool, args) in [("iptables-nft-save", &[][..]), ("iptables-legacy-save", &[]), ("nft", &["list", "ruleset"])] {
-        let path = harness::netfilter::find_tool(tool, "iptables")?;
+        let path = harness::base::tool::find_tool(tool, "iptables")?;
         let out = std::process::Command::new(path).args(args).output().map_err(|e| format!("{tool}: {e}"))?;
         // Comment lines carry timestamps.
         let text: String = String::from_utf8_lossy(&out.stdout)
@@ -771,7 +772,7 @@ fn main() {
             let p = profile(name);
             let rules = p.rules().unwrap_or_else(|| panic!("profile {name} has no rule set"));
             // Trials in the families the rule set is for (OSM's is IPv4 only).
-            let mut topology = harness::sandbox::topology::TopologyConfig::default();
+            let mut topology = harness::model::topology::TopologyConfig::default();
             topology.families.retain(|f| rules.families().contains(f));
             let config = SessionConfig { rules, profile: p, topology, assert_paths: true, ..SessionConfig::default() };
             (name, Shared::new(config))

@@ -3,7 +3,7 @@
 //! holds what it held before. A test binary of its own, so no other test's
 //! descriptors come and go meanwhile. Needs root.
 
-use harness::netfilter::Backend;
+use harness::rules::source::Backend;
 use harness::{model::scenario, Session, SessionConfig};
 
 /// The tests here count the process's own descriptors: one at a time.

@@ -10,10 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{code, data_trials, need_root, run_checked, stderr, stdout, DataTest, TempDir};
-use harness::netfilter::RuleSource;
+use harness::base::net::Family;
 use harness::policy::Policy;
 use harness::rules::golden::{self, Parsed};
-use harness::sandbox::topology::Family;
+use harness::rules::source::RuleSource;
 use harness::verdict::{Outcome, TrialResult};
 use harness::{Session, SessionConfig};
 use libtest_mimic::Arguments;

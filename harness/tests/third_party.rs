@@ -27,10 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use harness::base::net::Family;
 use harness::model::profile::Profile;
 use harness::model::scenario::{self, Scenario};
-use harness::netfilter::{Backend, RuleSource};
-use harness::sandbox::topology::{Family, TopologyConfig};
+use harness::model::topology::TopologyConfig;
+use harness::rules::source::{Backend, RuleSource};
 use harness::verdict::Outcome;
 use harness::{sandbox::registry, Session, SessionConfig};
 use libtest_mimic::{Arguments, Failed, Trial};

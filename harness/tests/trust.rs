@@ -138,16 +138,15 @@ fn ten_thousand_trials_pass_under_256_open_files() {
 /// A namespace of its own, removed on drop. Named `sidecheck-trust-*`: runs
 /// sweep only by their numeric prefixes, and the host check of contained
 /// rule sources ignores `sidecheck-*` entries of /run/netns.
-fn namespace(tag: &str) -> harness::sandbox::topology::Namespace {
-    let ns = harness::sandbox::topology::Namespace::create(&format!("sidecheck-trust-{tag}-{}", std::process::id()))
-        .unwrap();
+fn namespace(tag: &str) -> harness::sandbox::ns::Namespace {
+    let ns = harness::sandbox::ns::Namespace::create(&format!("sidecheck-trust-{tag}-{}", std::process::id())).unwrap();
     let ran = Command::new("ip").args(["netns", "exec", ns.name(), "ip", "link", "set", "lo", "up"]).status().unwrap();
     assert!(ran.success());
     ns
 }
 
 /// fake-envoy in `ns` as a uid of its own with RLIMIT_NPROC `nproc`.
-fn fake_envoy(ns: &harness::sandbox::topology::Namespace, nproc: u64) -> std::process::Child {
+fn fake_envoy(ns: &harness::sandbox::ns::Namespace, nproc: u64) -> std::process::Child {
     let exe = Path::new(env!("SIDECHECK_STUB_DIR")).join("fake-envoy");
     let uid = 40000 + std::process::id() % 20000;
     let mut cmd = ns.command(&exe);
@@ -250,8 +249,8 @@ fn user_tables_named_like_the_tracers_work_and_are_shown() {
 fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
     need_root();
     let session = harness::Session::start(harness::SessionConfig {
-        topology: harness::sandbox::topology::TopologyConfig {
-            families: vec![harness::sandbox::topology::Family::Ipv4],
+        topology: harness::model::topology::TopologyConfig {
+            families: vec![harness::base::net::Family::Ipv4],
             ..Default::default()
         },
         ..Default::default()
@@ -261,7 +260,7 @@ fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
     let before = session.run(&scenarios);
     assert!(before.iter().all(|t| t.outcome == harness::verdict::Outcome::Pass), "{:?}", before[0].message);
     // What a daemon left by a generator, or `flush ruleset`, does to it.
-    let pod = session.topology().ns(harness::sandbox::topology::Host::LocalPod).name().to_string();
+    let pod = session.topology().ns(harness::model::topology::Host::LocalPod).name().to_string();
     let table = harness::netfilter::trace::trace_table();
     let ran =
         Command::new("ip").args(["netns", "exec", &pod, "nft", "delete", "table", "inet", table]).output().unwrap();
@@ -428,7 +427,8 @@ fn control_characters_are_escaped_in_every_report_format() {
 /// JSON `"outcome": "error"`, ERROR in the table, Markdown and summary.
 #[test]
 fn an_error_trial_is_reported_as_an_error_in_every_format() {
-    use harness::verdict::{Expected, Observed, Outcome, TrialResult};
+    use harness::model::scenario::Expected;
+    use harness::verdict::{Observed, Outcome, TrialResult};
     let trial = |name: &str, outcome: Outcome, message: &str| TrialResult {
         name: name.into(),
         scenario: name.into(),

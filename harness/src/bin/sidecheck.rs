@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use harness::base::net::Family;
 use harness::model::profile::Profile;
-use harness::netfilter::{Backend, IstioCapture, RuleSource, Shape};
+use harness::model::topology::{Host, TopologyConfig};
 use harness::policy::Policy;
-use harness::sandbox::topology::{Family, Host, TopologyConfig};
+use harness::rules::istio::{IstioCapture, Shape};
+use harness::rules::source::{Backend, RuleSource};
 use harness::{model::scenario, report::Report, sandbox::registry, Session, SessionConfig};
 use std::net::{IpAddr, SocketAddr};
 
@@ -489,7 +491,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("sidecheck: {}", harness::report::escape_controls(&format!("{e:#}")));
+            eprintln!("sidecheck: {}", harness::base::text::escape_controls(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

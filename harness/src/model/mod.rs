@@ -3,4 +3,5 @@
 pub mod profile;
 pub mod scenario;
 pub mod settings;
+pub mod topology;
 pub mod validate;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::netfilter::RuleSource;
-use crate::sandbox::topology::Family;
+use crate::base::net::Family;
+use crate::rules::source::RuleSource;
 use crate::{Error, Result};
 
 mod builtin {

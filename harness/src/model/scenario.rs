@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::base::net::Family;
 use crate::model::profile::{PortRef, Profile, UidRef};
-use crate::sandbox::topology::{Family, Host, TopologyConfig};
-use crate::verdict::Expected;
+use crate::model::topology::{Host, TopologyConfig};
 use crate::{Error, Result};
 
 mod builtin {
@@ -592,3 +592,20 @@ expect:
         assert!(e.starts_with("--skip `[` is not a regular expression"), "{e}");
     }
 }
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Expected {
+    pub ports: Vec<u16>,
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Why the run's mesh profile expects something other than the
+    /// scenario's default (`expect.profiles.<name>.why`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Outcome names of an INVALID-segment probe (`Protocol::TcpInvalid`).
+pub const RESET: &str = "reset";
+
+pub const DROPPED: &str = "dropped";

@@ -19,7 +19,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::sandbox::topology::{Family, Host, Service};
+use crate::base::net::Family;
+use crate::model::topology::{Host, Service};
 use crate::session::SessionConfig;
 use crate::{Error, Result};
 

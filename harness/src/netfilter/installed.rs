@@ -7,36 +7,11 @@
 
 use std::time::Duration;
 
+use crate::base::net::Family;
+use crate::base::text::shown;
 use crate::netfilter;
-use crate::sandbox::topology::{Family, Namespace};
+use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
-
-/// At most this many lines of a rule source's output are shown in an error
-/// (the last ones: where it stopped).
-pub const SHOWN_LINES: usize = 40;
-/// And at most this many characters of each.
-pub const SHOWN_LINE_CHARS: usize = 1000;
-
-/// `text` cut to its last [`SHOWN_LINES`] lines, control characters escaped
-/// (a tool's output reaches terminals and CI logs).
-pub fn shown(text: &str) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    let skip = lines.len().saturating_sub(SHOWN_LINES);
-    let mut out = String::new();
-    if skip > 0 {
-        out.push_str(&format!("[... {skip} earlier lines not shown]\n"));
-    }
-    for l in &lines[skip..] {
-        let long = l.chars().count().saturating_sub(SHOWN_LINE_CHARS);
-        let l: String = l.chars().take(SHOWN_LINE_CHARS).collect();
-        out.push_str(&crate::report::escape_controls(&l));
-        if long > 0 {
-            out.push_str(&format!(" [... {long} more characters]"));
-        }
-        out.push('\n');
-    }
-    out.trim_end().to_string()
-}
 
 /// What `sh -x` puts before each command it runs (PS4): a mark no
 /// command's own output starts with.
@@ -61,7 +36,7 @@ pub fn script_failure(script: &std::path::Path, output: &str) -> String {
         out.push_str(&format!(
             "the command that failed{at}: {}
 ",
-            crate::report::escape_controls(last)
+            crate::base::text::escape_controls(last)
         ));
     }
     out.push_str(&shown(&rest.join("\n")));
@@ -155,7 +130,7 @@ fn nft_families(listing: &str, skip: &str) -> (bool, bool) {
 /// run without tracing needs no nft, so its absence is no error here).
 fn read_back(pod: &Namespace, timeout: Duration) -> Result<netfilter::Snapshot> {
     let list = |tool: &str, args: &[&str]| -> Result<Option<String>> {
-        let Ok(path) = netfilter::find_tool(tool, "") else { return Ok(None) };
+        let Ok(path) = crate::base::tool::find_tool(tool, "") else { return Ok(None) };
         let ran = netfilter::run_in(pod, &path, args, "", timeout)?;
         Ok(ran.status.success().then_some(ran.output))
     };

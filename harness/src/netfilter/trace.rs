@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::netfilter;
 use crate::netfilter::netlink::{self as nl, Socket};
-use crate::netfilter::{self, Frontend};
-use crate::sandbox::topology::Namespace;
+use crate::rules::source::Frontend;
+use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
 /// The harness's own table (family inet); events from it are not part of
@@ -360,7 +361,7 @@ impl Tracer {
     /// each rule beside its number). x_tables rule counts come from that
     /// text too, so under iptables-legacy it is read regardless.
     pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
-        let nft_tool = netfilter::find_tool("nft", "nftables")?;
+        let nft_tool = crate::base::tool::find_tool("nft", "nftables")?;
         let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
         let doing = format!("opening trace sockets in namespace {}", ns.name());
         let (nft, nflog) = ns
@@ -442,7 +443,7 @@ impl Tracer {
                 "the harness's trace table inet {table} in namespace {} was changed after it was installed (by the rules under test or a process they left running), so the rule paths cannot be trusted; as installed:\n{}\nnow:\n{}",
                 ns.name(),
                 self.listed.trim_end(),
-                crate::netfilter::installed::shown(&now)
+                crate::base::text::shown(&now)
             )),
             Ok(Some(_)) => None,
         }
@@ -611,7 +612,7 @@ impl TraceStore {
 
 /// `nft list table inet <trace table>`, or None when it does not exist.
 fn list_trace_table(ns: &Namespace, timeout: Duration) -> Result<Option<String>> {
-    let nft = netfilter::find_tool("nft", "nftables")?;
+    let nft = crate::base::tool::find_tool("nft", "nftables")?;
     let ran = netfilter::run_in(ns, &nft, &["list", "table", "inet", trace_table()], "", timeout)?;
     Ok(ran.status.success().then_some(ran.output))
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::sandbox::topology::{Family, Host};
+use crate::base::net::Family;
+use crate::model::topology::Host;
 use crate::{Error, Result};
 
 /// `*` (everything) or a list.
@@ -728,7 +729,7 @@ impl Policy {
             Family::Ipv6 => ("::6/128", "::1/128".to_string()),
         };
         let capture_out = self.captures_outbound(family);
-        let mut r = crate::netfilter::istio_nat_preamble();
+        let mut r = crate::rules::istio::istio_nat_preamble();
         let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_for(family));
         // What arrives on a KubeVirt interface is the VM's outbound traffic:
         // to the outbound listener where the ranges capture it.
@@ -1207,9 +1208,9 @@ fn through_outbound(p: &Policy, q: Query) -> Vec<u16> {
 /// dropped by the `drop_invalid` rule.
 pub fn invalid_fate(p: &Policy) -> &'static str {
     if p.drop_invalid {
-        crate::probe::DROPPED
+        crate::model::scenario::DROPPED
     } else {
-        crate::probe::RESET
+        crate::model::scenario::RESET
     }
 }
 
@@ -1268,7 +1269,7 @@ impl Policy {
                 // The client's address: the remote pod's, or the host's behind an extra interface.
                 let source = match from {
                     Host::LocalPod => None,
-                    Host::Side(k) => Some(crate::sandbox::topology::TopologyConfig::link_addresses(k, family).1),
+                    Host::Side(k) => Some(crate::model::topology::TopologyConfig::link_addresses(k, family).1),
                     _ => Some(remote),
                 };
                 let q =
@@ -1624,7 +1625,7 @@ impl Policy {
             // through the pod to the remote pod; from the app out by it.
             for (i, name) in self.pod_links().iter().enumerate() {
                 let k = (i + 1) as u8;
-                let (at_pod, at_side) = crate::sandbox::topology::TopologyConfig::link_addresses(k, family);
+                let (at_pod, at_side) = crate::model::topology::TopologyConfig::link_addresses(k, family);
                 push(
                     format!("iface-{name}-inbound-8080"),
                     Host::Side(k),
@@ -1745,7 +1746,7 @@ pub struct PolicyRun {
     /// Addresses for the local pod's lo (a local nameserver's IPv6 form).
     pub local_extra: Vec<IpAddr>,
     /// The DNS agent and nameservers, when the policy captures DNS.
-    pub dns: Option<crate::session::Dns>,
+    pub dns: Option<crate::model::topology::Dns>,
     /// Ports the hosts behind the pod's extra interfaces serve (as `side-app`).
     pub side_app_ports: Vec<u16>,
 }
@@ -1776,14 +1777,14 @@ impl Policy {
     }
 
     /// The routing a TPROXY policy needs beside its rules.
-    pub fn tproxy(&self) -> Option<crate::session::Tproxy> {
+    pub fn tproxy(&self) -> Option<crate::model::topology::Tproxy> {
         (self.mode == Mode::Tproxy)
-            .then_some(crate::session::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
+            .then_some(crate::model::topology::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
     }
 
     /// The reference rules as a rule source.
-    pub fn reference_rules(&self) -> crate::netfilter::RuleSource {
-        crate::netfilter::RuleSource::Text {
+    pub fn reference_rules(&self) -> crate::rules::source::RuleSource {
+        crate::rules::source::RuleSource::Text {
             label: "reference".into(),
             what: "the reference rules for the policy".into(),
             v4: Some(self.to_restore_for(Family::Ipv4)),
@@ -1823,7 +1824,7 @@ impl Policy {
     /// `policy::<label>`.
     pub fn run_plan(
         &self,
-        topo: &crate::sandbox::topology::TopologyConfig,
+        topo: &crate::model::topology::TopologyConfig,
         profile: &crate::model::profile::Profile,
     ) -> PolicyRun {
         use crate::model::profile::{PortRef, UidRef};
@@ -1840,13 +1841,13 @@ impl Policy {
                         && !a.is_unspecified()
                         && !a.is_multicast()
                         && !a.is_broadcast()
-                        && !crate::sandbox::topology::in_cidr(a, c4)
+                        && !crate::model::topology::in_cidr(a, c4)
                 }
                 IpAddr::V6(a) => {
                     !a.is_loopback()
                         && !a.is_unspecified()
                         && !a.is_multicast()
-                        && !crate::sandbox::topology::in_cidr6(a, c6)
+                        && !crate::model::topology::in_cidr6(a, c6)
                 }
             }),
         };
@@ -1863,7 +1864,7 @@ impl Policy {
         };
         if self.dns_capture {
             let mut dns =
-                crate::session::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
+                crate::model::topology::Dns { agent_port: DNS_AGENT_PORT, upstreams: Vec::new(), servers: Vec::new() };
             for f in topo.families.iter().copied().filter(|f| self.families().contains(f)) {
                 dns.upstreams.push((f, self.dns_upstream(f)));
                 let listed = self.dns_servers.iter().copied().filter(|ip| Family::of(*ip) == f);
@@ -2284,7 +2285,7 @@ mod tests {
             pos("-A ISTIO_OUTPUT -m mark --mark 7 -j RETURN") < pos("--gid-owner 1337 -j ISTIO_IN_REDIRECT"),
             "the transparent upstream is not redirected back"
         );
-        assert_eq!(p.tproxy(), Some(crate::session::Tproxy { mark: 7, table: 70 }));
+        assert_eq!(p.tproxy(), Some(crate::model::topology::Tproxy { mark: 7, table: 70 }));
         assert_eq!((p.profile().proxy.uid, p.profile().proxy.gid), (0, 1337), "the injector's TPROXY identity");
         let e = Policy::parse("p.yaml", "mode: TPROXY\nproxy_gids: []").unwrap_err().to_string();
         assert!(e.contains("only a gid tells its traffic apart"), "{e}");
@@ -2347,8 +2348,8 @@ mod tests {
     #[test]
     fn invalid_segments_are_reset_unless_dropped() {
         let drop = policy("drop_invalid: true");
-        assert_eq!(invalid_fate(&drop), crate::probe::DROPPED);
-        assert_eq!(invalid_fate(&Policy::default()), crate::probe::RESET);
+        assert_eq!(invalid_fate(&drop), crate::model::scenario::DROPPED);
+        assert_eq!(invalid_fate(&Policy::default()), crate::model::scenario::RESET);
         assert_eq!(
             oracle(&drop, Query { invalid: true, ..inbound(8080) }),
             [8080],

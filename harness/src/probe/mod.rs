@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::sandbox::topology::Namespace;
+use crate::model::scenario::{DROPPED, RESET};
+use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
 /// Deadlines for one probe connection.
@@ -94,10 +95,6 @@ pub async fn run(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> (Observat
     };
     (finish(connected, to, id, t).await, local)
 }
-
-/// Outcome names of an INVALID-segment probe (`Protocol::TcpInvalid`).
-pub const RESET: &str = "reset";
-pub const DROPPED: &str = "dropped";
 
 /// Send one TCP segment with SYN, FIN and ACK set (conntrack marks it
 /// INVALID, so NAT never touches it) from `src` to `to` over a raw socket
@@ -280,13 +277,13 @@ impl AppServer {
     pub fn start(
         ns: &Namespace,
         name: &str,
-        family: crate::sandbox::topology::Family,
+        family: crate::base::net::Family,
         port: u16,
         io_timeout: Duration,
     ) -> Result<AppServer> {
         let addr = match family {
-            crate::sandbox::topology::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
-            crate::sandbox::topology::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            crate::base::net::Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], port)),
+            crate::base::net::Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
         };
         AppServer::start_at(ns, name, addr, io_timeout)
     }

@@ -347,8 +347,9 @@ pub fn annotations(report: &Report, locator: &Locator) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::scenario::Expected;
     use crate::netfilter::trace::{LegPath, TraceEvent};
-    use crate::verdict::{Expected, Observed};
+    use crate::verdict::Observed;
 
     #[test]
     fn escaping_follows_githubs_workflow_command_rules() {

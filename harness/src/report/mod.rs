@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::base::text::escape_controls;
 use crate::verdict::{Outcome, TrialResult};
 
 /// Everything a run reports.
@@ -221,26 +222,6 @@ pub fn trace_text(
         }
     }
     escape_controls(&out)
-}
-
-/// Control characters as `\xNN` (newlines and tabs kept): descriptions,
-/// file names and tools' output reach terminals and CI logs, where an
-/// escape sequence could rewrite what the report says.
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
-            let n = c as u32;
-            if n <= 0xff {
-                out.push_str(&format!("\\x{n:02x}"));
-            } else {
-                out.push_str(&format!("\\u{{{n:x}}}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn xml_escape(s: &str) -> String {
@@ -489,7 +470,8 @@ fn markdown_escaped(text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Expected, Observed};
+    use crate::model::scenario::Expected;
+    use crate::verdict::Observed;
 
     fn trial(name: &str, pass: bool, message: &str) -> TrialResult {
         TrialResult {

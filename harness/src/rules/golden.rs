@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::sandbox::topology::Family;
+use crate::base::net::Family;
 use crate::{Error, Result};
 
 /// The restore input of one family, cut out of the file.

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// `program args` wrapped to run as PID 1 of a new PID namespace (and a
 /// private mount namespace holding that namespace's /proc).
 pub fn wrap(program: PathBuf, args: Vec<String>) -> Result<(PathBuf, Vec<String>)> {
-    let unshare = crate::netfilter::find_tool("unshare", "util-linux")?;
+    let unshare = crate::base::tool::find_tool("unshare", "util-linux")?;
     let mut all: Vec<String> =
         ["--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", "--"].iter().map(|s| s.to_string()).collect();
     all.push(program.display().to_string());
@@ -46,7 +46,7 @@ const PARTS: &[(&str, &[&str])] = &[
 pub fn host_state() -> HostState {
     let mut parts = Vec::new();
     for (what, cmd) in PARTS {
-        let Ok(tool) = crate::netfilter::find_tool(cmd[0], "") else { continue };
+        let Ok(tool) = crate::base::tool::find_tool(cmd[0], "") else { continue };
         // Forks under the creation lock: the stubs may be written meanwhile
         // (they start while the rules install), and a child forked while a
         // stub file is open for writing makes its exec fail with ETXTBSY.
@@ -129,7 +129,7 @@ pub fn changes(before: &HostState, after: &HostState) -> Vec<String> {
         if !removed.is_empty() {
             s.push_str(&format!("; removed: {}", removed.join(" | ")));
         }
-        out.push(crate::report::escape_controls(&s));
+        out.push(crate::base::text::escape_controls(&s));
     }
     out
 }

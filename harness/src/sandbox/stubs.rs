@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::sandbox::ns::Namespace;
 use crate::sandbox::registry::RunGuard;
-use crate::sandbox::topology::Namespace;
 use crate::{Error, Result};
 
 const FAKE_ENVOY: &[u8] = include_bytes!(concat!(env!("SIDECHECK_STUB_DIR"), "/fake-envoy"));

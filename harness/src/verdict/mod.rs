@@ -8,7 +8,7 @@ pub mod outcome;
 use serde::Serialize;
 use sidecheck_wire::End;
 
-use crate::model::scenario::Scenario;
+use crate::model::scenario::{Expected, Scenario};
 use crate::netfilter::trace::{LegPath, ObservedPath};
 use crate::probe::Observation;
 
@@ -20,18 +20,6 @@ pub enum Outcome {
     Fail,
     /// The harness could not test it (see [`crate::verdict::outcome`]).
     Error,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Expected {
-    pub ports: Vec<u16>,
-    pub server: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Why the run's mesh profile expects something other than the
-    /// scenario's default (`expect.profiles.<name>.why`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 /// One proxy hop as fake-envoy recorded it.
@@ -287,9 +275,9 @@ mod tests {
         traced: Option<ObservedPath>,
         check: &PathCheck<'_>,
     ) -> TrialResult {
-        let topo = crate::sandbox::topology::TopologyConfig::default();
+        let topo = crate::model::topology::TopologyConfig::default();
         let case = s
-            .case(&crate::model::profile::Profile::istio(), &topo, crate::sandbox::topology::Family::Ipv4, check.label)
+            .case(&crate::model::profile::Profile::istio(), &topo, crate::base::net::Family::Ipv4, check.label)
             .unwrap();
         super::judge(s, case.expected, obs, ms, traced, check)
     }

@@ -9,7 +9,7 @@
 use sidecheck_wire::End;
 
 use crate::probe::Observation;
-use crate::sandbox::topology::Namespace;
+use crate::sandbox::ns::Namespace;
 use crate::verdict::{Outcome, TrialResult};
 
 /// What the run saw of its own health while the probes ran.
@@ -205,7 +205,7 @@ mod tests {
             flow: 1,
             description: String::new(),
             outcome: Outcome::Fail,
-            expected: crate::verdict::Expected {
+            expected: crate::model::scenario::Expected {
                 ports: vec![15006, 8080],
                 server: "local-app".into(),
                 path: None,
