@@ -4,13 +4,14 @@ use serde::Serialize;
 
 use crate::diff::{ProbeInfo, Probes, SideRun};
 use crate::verdict::decision::{self, Decisions, Divergence};
+use crate::verdict::ending::Ending;
 use crate::verdict::TrialResult;
 
 /// A connection's fate on one side.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Fate {
     pub ports: Vec<u16>,
-    pub end: String,
+    pub end: Ending,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     pub decisions: Decisions,
@@ -32,13 +33,14 @@ impl Fate {
     /// `15001 > remote-app:9090`, `15001 > loop at 15001`.
     pub fn route(&self) -> String {
         let mut parts: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-        let end = if self.end.starts_with("loop") {
-            format!("loop at {}", self.ports.last().copied().unwrap_or(0))
-        } else {
-            self.end.clone()
+        let end = match &self.end {
+            Ending::Loop { port, .. } => format!("loop at {port}"),
+            other => other.to_string(),
         };
         match parts.last_mut() {
-            Some(last) if !self.end.contains("could not forward") => *last = end,
+            // A listener that could not forward is a hop of its own: the
+            // port it was reached on stays.
+            Some(last) if !matches!(self.end, Ending::NotForwarded { .. }) => *last = end,
             _ => parts.push(end),
         }
         parts.join(" > ")

@@ -187,7 +187,7 @@ fn mermaid(f: &Fate, first: Option<&Divergence>) -> String {
         node(&mut out, reached, false, &mut prev);
     }
     if legs == 0 {
-        node(&mut out, f.end.clone(), false, &mut prev);
+        node(&mut out, f.end.to_string(), false, &mut prev);
     }
     out
 }
@@ -213,7 +213,7 @@ mod tests {
     fn fate(text: &str) -> Fate {
         Fate {
             ports: vec![15000],
-            end: "envoy-admin:15000".into(),
+            end: crate::verdict::ending::Ending::Reached { server: "envoy-admin".into(), port: 15000 },
             path: None,
             decisions: Decisions {
                 legs: vec![vec![HookDecisions { leg: 1, hook: "OUTPUT".into(), decisions: vec![dec(1, text)] }]],

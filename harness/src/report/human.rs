@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::base::text::escape_controls;
 use crate::report::Report;
+use crate::verdict::ending::Ending;
 use crate::verdict::Outcome;
 
 impl Report {
@@ -28,15 +29,14 @@ impl Report {
                     &t.expected.ports,
                     &format!("{}:{}", t.expected.server, t.expected.ports.last().copied().unwrap_or(0)),
                 );
-                let got_end = match &t.observed.server {
-                    Some(s) => format!("{s}:{}", t.observed.ports.last().copied().unwrap_or(0)),
-                    None if !t.observed.ports.is_empty() && t.observed.end.starts_with("loop") => {
-                        format!("LOOP@{}", t.observed.ports.last().unwrap())
-                    }
-                    None => String::new(),
+                let looped = matches!(t.observed.end, Ending::Loop { .. });
+                let got_end = match (&t.observed.server, &t.observed.end) {
+                    (Some(s), _) => format!("{s}:{}", t.observed.ports.last().copied().unwrap_or(0)),
+                    (None, Ending::Loop { port, .. }) if !t.observed.ports.is_empty() => format!("LOOP@{port}"),
+                    (None, _) => String::new(),
                 };
                 let mut got = route(&t.observed.ports, &got_end);
-                if t.observed.server.is_none() && !t.observed.end.starts_with("loop") {
+                if t.observed.server.is_none() && !looped {
                     got = if t.observed.ports.is_empty() { "ERROR".into() } else { format!("{got} > ERROR") };
                 }
                 let verdict = match t.outcome {

@@ -2,6 +2,7 @@
 //! result presets): each format is checked on the same few shapes.
 
 use crate::model::scenario::Expected;
+use crate::verdict::ending::Ending;
 use crate::verdict::{Observed, Outcome, TrialResult};
 
 pub fn trial(name: &str, pass: bool, message: &str) -> TrialResult {
@@ -21,7 +22,7 @@ pub fn trial(name: &str, pass: bool, message: &str) -> TrialResult {
         },
         observed: Observed {
             ports: vec![15001, 9090],
-            end: "remote-app:9090".into(),
+            end: Ending::Reached { server: "remote-app".into(), port: 9090 },
             server: Some("remote-app".into()),
             peer: None,
             hops: vec![],
