@@ -2,20 +2,19 @@
 //! reference it is judged against, and the verdicts that comparison gives.
 
 use crate::diff::{trace_command, Probes, SideRun};
-use crate::rules::istio::{IstioCapture, Shape};
+use crate::rules::istio::Shape;
 use crate::rules::source::{Backend, RuleSource};
 use crate::verdict::decision::{self, Decision, Decisions};
 use crate::verdict::{Outcome, TrialResult};
 use crate::{Error, Result, SessionConfig};
 
 /// The rules a user's rule set is compared with under `--assert paths`:
-/// the policy's reference rules, else the profile's own rule set (the
-/// built-in Istio rules for `istio`). Same topology and probes.
+/// the policy's reference rules, else the profile's own rule set
+/// ([`crate::model::profile::Profile::own_rules`]). Same topology and probes.
 pub fn reference_config(config: &SessionConfig, policy_rules: Option<RuleSource>) -> Result<SessionConfig> {
     let rules = match policy_rules {
         Some(r) => r,
-        None if config.profile.name == "istio" => RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
-        None => config.profile.rules().ok_or_else(|| {
+        None => config.profile.own_rules(Shape::Current).ok_or_else(|| {
             Error::config(format!(
                 "--assert paths compares each connection's deciding rules with the profile's own rule set, but profile {} ({}) has none: give the profile its rule set (`rules: {{ ipv4: FILE, ipv6: FILE }}`) or use --assert ports",
                 config.profile.name, config.profile.file
@@ -96,5 +95,34 @@ pub fn judge_against(
         } else {
             t.message = format!("{}\n  {text}", t.message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::profile::Profile;
+
+    /// Every profile's own rules come the same way: its files, or for the
+    /// built-in profile the generator writes for, the generated rules; a
+    /// profile file has only the rules it names, whatever its name.
+    #[test]
+    fn the_reference_is_the_profiles_own_rule_set_whatever_the_mesh() {
+        let with = |profile: Profile| SessionConfig { profile, ..SessionConfig::default() };
+        let builtin = RuleSource::Builtin(crate::rules::istio::IstioCapture::default_for(Shape::Current));
+        let reference = |p: Profile| reference_config(&with(p), None).map(|c| c.rules.describe());
+        assert_eq!(reference(Profile::istio()).unwrap(), builtin.describe());
+        let linkerd = Profile::builtin("linkerd").unwrap();
+        assert_eq!(reference(linkerd.clone()).unwrap(), linkerd.rules().unwrap().describe());
+        // A copy of the Istio profile as a file, its name kept: no rule set of its own.
+        let dir = std::env::temp_dir().join(format!("sidecheck-against-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("istio.yaml");
+        std::fs::write(&file, include_str!("../../../scenarios/profiles/istio.yaml")).unwrap();
+        let copy = Profile::load(file.to_str().unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(copy.name, "istio");
+        let e = reference(copy).unwrap_err().to_string();
+        assert!(e.contains("has none: give the profile its rule set"), "{e}");
     }
 }

@@ -13,6 +13,7 @@ mod summary;
 
 use serde::Serialize;
 
+use crate::model::profile::Profile;
 use crate::verdict::{Outcome, TrialResult};
 
 pub use human::{trace_text, ColorChoice};
@@ -35,6 +36,9 @@ pub struct Report {
     pub failed: usize,
     /// Trials the harness could not test (exit 2).
     pub errors: usize,
+    /// The mesh's display name (`OSM`), once [`Report::set_profile`] named it.
+    #[serde(skip)]
+    pub mesh: Option<String>,
 }
 
 impl Report {
@@ -52,7 +56,15 @@ impl Report {
             passed,
             failed,
             errors,
+            mesh: None,
         }
+    }
+
+    /// The profile the expectations came from: its name, and the mesh's
+    /// display name for the summary.
+    pub fn set_profile(&mut self, profile: &Profile) {
+        self.profile = profile.name.clone();
+        self.mesh = Some(profile.display_name());
     }
 
     pub fn all_passed(&self) -> bool {

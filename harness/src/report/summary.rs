@@ -43,7 +43,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\n{verdict} the {} sidecar capture contract: {ok}/{} flows, {families}, {}",
-            capitalized(&self.profile),
+            self.mesh.clone().unwrap_or_else(|| capitalized(&self.profile)),
             scenarios.len(),
             self.backend
         );
@@ -78,5 +78,19 @@ mod tests {
             s.trim_end().ends_with("does not conform to the Istio sidecar capture contract: 1/2 flows, IPv4+IPv6, nft"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn the_summary_names_the_mesh_as_its_profile_writes_it() {
+        let mut r = Report::new("gen".into(), "nft".into(), vec![trial("osm::a::nft::ipv4", true, "ok")]);
+        for (profile, mesh) in [("osm", "OSM"), ("osm-podip", "OSM (PodIP mode)"), ("linkerd", "Linkerd")] {
+            r.set_profile(&crate::model::profile::Profile::builtin(profile).unwrap());
+            let s = r.to_summary();
+            assert!(s.contains(&format!("profile {profile}, backend nft")), "{s}");
+            assert!(
+                s.trim_end().ends_with(&format!("conforms to the {mesh} sidecar capture contract: 1/1 flows, -, nft")),
+                "{s}"
+            );
+        }
     }
 }
