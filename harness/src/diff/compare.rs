@@ -126,3 +126,21 @@ impl DiffReport {
         !self.differences.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::presets::{failed_with, looped, not_forwarded, refused};
+
+    #[test]
+    fn a_route_ends_the_way_its_probe_did() {
+        let route = |obs| Fate::of(&failed_with("istio::a::nft::ipv4", &obs), &Decisions::default()).route();
+        assert_eq!(route(looped()), "15001 > loop at 15001");
+        // The listener that could not forward stays on the route.
+        assert_eq!(
+            route(not_forwarded()),
+            "15001 > the outbound listener 15001 could not forward it: 10.244.0.20:9090 Connection refused (os error 111)"
+        );
+        assert_eq!(route(refused()), "connect failed: 10.244.0.20:9090: Connection refused (os error 111)");
+    }
+}

@@ -178,7 +178,7 @@ pub fn trace_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::presets::trial;
+    use crate::report::presets::{failed_with, looped, not_forwarded, refused, trial};
 
     #[test]
     fn human_output_aligns_the_paths_of_a_failing_trial() {
@@ -234,5 +234,26 @@ mod tests {
         let plain = c.replace("\x1b[32m", "").replace("\x1b[1;31m", "").replace("\x1b[0m", "");
         assert_eq!(plain, r.to_human());
         assert_eq!(c.matches("\x1b[0m").count(), 3, "{c}");
+    }
+
+    #[test]
+    fn the_observed_column_says_how_each_probe_ended() {
+        let r = Report::new(
+            "r".into(),
+            "nft".into(),
+            vec![
+                failed_with("istio::loop::nft::ipv4", &looped()),
+                failed_with("istio::unforwarded::nft::ipv4", &not_forwarded()),
+                failed_with("istio::refused::nft::ipv4", &refused()),
+            ],
+        );
+        let h = r.to_human();
+        let observed = |name: &str| {
+            let row = h.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{h}"));
+            row.split("  ").filter(|c| !c.is_empty()).map(str::trim).nth(3).unwrap_or_default().to_string()
+        };
+        assert_eq!(observed("istio::loop::"), "15001 > LOOP@15001", "{h}");
+        assert_eq!(observed("istio::unforwarded::"), "15001 > ERROR", "{h}");
+        assert_eq!(observed("istio::refused::"), "ERROR", "{h}");
     }
 }

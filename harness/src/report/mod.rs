@@ -8,7 +8,7 @@ mod junit;
 mod markdown;
 pub mod outputs;
 #[cfg(test)]
-mod presets;
+pub(crate) mod presets;
 mod summary;
 
 use serde::Serialize;
