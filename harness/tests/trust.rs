@@ -440,7 +440,7 @@ fn an_error_trial_is_reported_as_an_error_in_every_format() {
         expected: Expected { ports: vec![15001, 9090], server: "remote-app".into(), path: None, note: None },
         observed: Observed {
             ports: vec![],
-            end: "setup failed".into(),
+            end: harness::verdict::ending::Ending::client_failed("setup", "no socket"),
             server: None,
             peer: None,
             hops: vec![],

@@ -184,10 +184,8 @@ impl RulesArgs {
             source
         } else if let Some(c) = &self.generator {
             RuleSource::Generator(c.clone())
-        } else if profile.name == "istio" {
-            RuleSource::Builtin(IstioCapture::default_for(self.shape))
         } else {
-            match profile.rules() {
+            match profile.own_rules(self.shape) {
                 Some(r) => r,
                 None => anyhow::bail!(
                     "profile {} ({}) has no rule set of its own: give the rules to test with --rules, --nft, --script or --generator",
@@ -644,7 +642,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     drop(session);
     let mut report = Report::new(config.rules.describe(), backend, trials);
     report.families = families.iter().map(|f| f.name().to_string()).collect();
-    report.profile = config.profile.name.clone();
+    report.set_profile(&config.profile);
     if args.show_rules {
         if let Some(r) = &ruleset {
             emit(&format!("rules as installed:\n{r}\n"))?;
@@ -1072,10 +1070,9 @@ fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
         ),
         Some(("profile", name)) => {
             let p = Profile::load(name).with_context(|| format!("loading the profile of `{spec}`"))?;
-            let rules = match p.name.as_str() {
-                "istio" => RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
-                _ => p.rules().with_context(|| format!("`{spec}`: profile {} has no rule set of its own", p.name))?,
-            };
+            let rules = p
+                .own_rules(Shape::Current)
+                .with_context(|| format!("`{spec}`: profile {} has no rule set of its own", p.name))?;
             (rules, Some(p))
         }
         _ if spec == "builtin" => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),

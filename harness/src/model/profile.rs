@@ -14,8 +14,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::base::net::Family;
+use crate::rules::istio::{IstioCapture, Shape};
 use crate::rules::source::RuleSource;
 use crate::{Error, Result};
+
+/// Built-in profiles whose rule set the harness generates instead of
+/// reading files: the built-in generator writes Istio's (`sidecheck rules`).
+/// Only the built-in list says so: a profile file has the rules it names.
+const GENERATED_RULES: &[&str] = &["istio"];
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_profiles.rs"));
@@ -244,6 +250,10 @@ pub struct Fact {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
+    /// The mesh's name as reports write it (`OSM`, `Linkerd`); default: the
+    /// name, capitalized.
+    #[serde(default)]
+    pub display: Option<String>,
     pub description: String,
     pub proxy: Proxy,
     pub control_plane: ControlPlane,
@@ -259,6 +269,9 @@ pub struct Profile {
     /// The rule set's text, read when the profile was loaded.
     #[serde(skip)]
     pub rule_texts: (Option<String>, Option<String>),
+    /// Its rule set is the built-in generator's (see [`GENERATED_RULES`]).
+    #[serde(skip)]
+    pub generated_rules: bool,
 }
 
 impl Profile {
@@ -321,13 +334,15 @@ impl Profile {
                 Profile::builtin_names().join(", ")
             )));
         };
-        Profile::parse(format!("scenarios/profiles/{file}"), text, |rel| {
+        let mut p = Profile::parse(format!("scenarios/profiles/{file}"), text, |rel| {
             builtin::FILES.iter().find(|(n, _)| *n == rel).map(|(_, t)| t.to_string()).ok_or_else(|| {
                 Error::config(format!(
                     "built-in profile {name} names rules file {rel}, which is not in scenarios/profiles/"
                 ))
             })
-        })
+        })?;
+        p.generated_rules = p.rules.is_none() && GENERATED_RULES.contains(&name);
+        Ok(p)
     }
 
     pub fn builtin_names() -> Vec<&'static str> {
@@ -421,7 +436,26 @@ impl Profile {
         }
     }
 
-    /// The profile's own rule set, when it has one.
+    /// The mesh's name for reports.
+    pub fn display_name(&self) -> String {
+        self.display.clone().unwrap_or_else(|| {
+            let mut c = self.name.chars();
+            c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+        })
+    }
+
+    /// The profile's own rule set, the same way for every mesh: the rule
+    /// files it names, or the generated rules of a built-in profile (in
+    /// `shape`, which only the built-in generator has).
+    pub fn own_rules(&self, shape: Shape) -> Option<RuleSource> {
+        match self.rules() {
+            Some(r) => Some(r),
+            None if self.generated_rules => Some(RuleSource::Builtin(IstioCapture::default_for(shape))),
+            None => None,
+        }
+    }
+
+    /// The rule set the profile's files hold, when it names any.
     pub fn rules(&self) -> Option<RuleSource> {
         let (v4, v6) = self.rule_texts.clone();
         (v4.is_some() || v6.is_some()).then(|| RuleSource::Text {

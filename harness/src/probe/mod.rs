@@ -38,6 +38,20 @@ impl Default for Timeouts {
     }
 }
 
+/// The stages of [`Observation::Failed`]: where the client's side stopped.
+pub mod stage {
+    /// No socket could be made for it: nothing was sent.
+    pub const SETUP: &str = "setup";
+    /// The probe's task died: its result is lost.
+    pub const PROBE: &str = "probe";
+    pub const CONNECT: &str = "connect";
+    pub const SEND: &str = "send";
+    pub const ANSWER: &str = "answer";
+    /// The answer on this probe's connection was another probe's: the
+    /// harness mixed up its own connections (an ERROR, never the rules' FAIL).
+    pub const IDENTIFY: &str = "identify";
+}
+
 /// How a probe connection went, from the client's side.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
@@ -108,7 +122,7 @@ pub fn run_invalid(
     window: Duration,
 ) -> Observation {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
-    let failed = |detail: String| Observation::Failed { stage: "setup".into(), detail };
+    let failed = |detail: String| Observation::Failed { stage: stage::SETUP.into(), detail };
     let fd = match ns.run(|| socket(AddressFamily::Inet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Tcp)) {
         Ok(Ok(fd)) => fd,
         Ok(Err(e)) => return failed(format!("a raw TCP socket in namespace {}: {e}", ns.name())),
@@ -133,7 +147,7 @@ pub fn run_invalid(
     use nix::sys::socket::{recv, sendto, setsockopt, sockopt, MsgFlags, SockaddrIn};
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     if let Err(e) = sendto(raw, &seg, &SockaddrIn::from(std::net::SocketAddrV4::new(*to.ip(), 0)), MsgFlags::empty()) {
-        return Observation::Failed { stage: "send".into(), detail: format!("{to}: {e}") };
+        return Observation::Failed { stage: stage::SEND.into(), detail: format!("{to}: {e}") };
     }
     let end = Instant::now() + window;
     let mut buf = [0u8; 128];
@@ -178,23 +192,22 @@ pub async fn run_udp(fd: OwnedFd, to: SocketAddr, id: u64, t: Timeouts) -> Obser
     let failed = |stage: &str, detail: String| Observation::Failed { stage: stage.into(), detail };
     let sock = match tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
         Ok(s) => s,
-        Err(e) => return failed("setup", format!("registering a UDP socket: {e}")),
+        Err(e) => return failed(stage::SETUP, format!("registering a UDP socket: {e}")),
     };
     if let Err(e) = sock.connect(to).await {
-        return failed("connect", format!("{to}: {e}"));
+        return failed(stage::CONNECT, format!("{to}: {e}"));
     }
     if let Err(e) = sock.send(Probe::new(id).to_line().as_bytes()).await {
-        return failed("send", format!("{to}: {e}"));
+        return failed(stage::SEND, format!("{to}: {e}"));
     }
     let mut buf = vec![0u8; sidecheck_wire::MAX_LINE];
     let budget = t.connect + t.answer;
     match timeout(budget, sock.recv(&mut buf)).await {
-        Err(_) => failed("answer", format!("no answer datagram from {to} within {} ms: a rule dropped it, it went where nothing listens, or the answer came back from another address", budget.as_millis())),
-        Ok(Err(e)) => failed("answer", format!("{to}: {e}")),
+        Err(_) => failed(stage::ANSWER, format!("no answer datagram from {to} within {} ms: a rule dropped it, it went where nothing listens, or the answer came back from another address", budget.as_millis())),
+        Ok(Err(e)) => failed(stage::ANSWER, format!("{to}: {e}")),
         Ok(Ok(n)) => match Answer::parse(&String::from_utf8_lossy(&buf[..n])) {
-            Ok(a) if a.probe.id == id => Observation::Answered(a),
-            Ok(a) => failed("answer", format!("{to}: answer is for probe {} instead of {id}", a.probe.id)),
-            Err(e) => failed("answer", format!("{to}: unreadable answer: {e}")),
+            Ok(a) => own_answer(a, id, to),
+            Err(e) => failed(stage::ANSWER, format!("{to}: unreadable answer: {e}")),
         },
     }
 }
@@ -210,34 +223,44 @@ async fn finish(
     let stream = match connected {
         Err(_) => {
             return failed(
-                "connect",
+                stage::CONNECT,
                 format!(
                 "no answer to the SYN for {to} within {} ms: a rule dropped it, or it was sent where nothing replies",
                 t.connect.as_millis()
             ),
             )
         }
-        Ok(Err(e)) => return failed("connect", format!("{to}: {e}")),
+        Ok(Err(e)) => return failed(stage::CONNECT, format!("{to}: {e}")),
         Ok(Ok(s)) => s,
     };
     match timeout(t.answer, exchange(stream, id)).await {
         Err(_) => failed(
-            "answer",
+            stage::ANSWER,
             format!(
                 "connected to {to} after {} ms, then no answer within {} ms: whatever accepted it is not a sidecheck stub",
                 started.elapsed().as_millis(),
                 t.answer.as_millis()
             ),
         ),
-        Ok(Err(detail)) => failed("answer", format!("{to}: {detail}")),
+        Ok(Err(detail)) => failed(stage::ANSWER, format!("{to}: {detail}")),
         // A stub that had no thread for the connection answers before reading it.
         Ok(Ok(answer)) if matches!(&answer.end, End::Error { role, .. } if role == sidecheck_wire::stub::OVERLOADED) => {
             Observation::Answered(answer)
         }
-        Ok(Ok(answer)) if answer.probe.id != id => {
-            failed("answer", format!("{to}: answer is for probe {} instead of {id}", answer.probe.id))
+        Ok(Ok(answer)) => own_answer(answer, id, to),
+    }
+}
+
+/// `answer` as probe `id`'s observation: an answer carrying another id came
+/// over this probe's connection, which is the harness's own mix-up.
+pub fn own_answer(answer: Answer, id: u64, to: SocketAddr) -> Observation {
+    if answer.probe.id == id {
+        Observation::Answered(answer)
+    } else {
+        Observation::Failed {
+            stage: stage::IDENTIFY.into(),
+            detail: format!("{to}: answer is for probe {} instead of {id}", answer.probe.id),
         }
-        Ok(Ok(answer)) => Observation::Answered(answer),
     }
 }
 

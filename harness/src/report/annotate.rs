@@ -470,7 +470,7 @@ delete table ip gone
             },
             observed: Observed {
                 ports: vec![9090],
-                end: "remote-app:9090".into(),
+                end: crate::verdict::ending::Ending::Reached { server: "remote-app".into(), port: 9090 },
                 server: Some("remote-app".into()),
                 peer: None,
                 hops: vec![],

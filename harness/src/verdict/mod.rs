@@ -3,6 +3,7 @@
 //! hops, missing hops, loops and errors all fail.
 
 pub mod decision;
+pub mod ending;
 pub mod outcome;
 
 use serde::Serialize;
@@ -11,6 +12,7 @@ use sidecheck_wire::End;
 use crate::model::scenario::{Expected, Scenario};
 use crate::netfilter::trace::{LegPath, ObservedPath};
 use crate::probe::Observation;
+use crate::verdict::ending::Ending;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,8 +37,9 @@ pub struct Observed {
     /// Proxy ports passed, then the port the probe ended at (the server's,
     /// or the listener it looped back to).
     pub ports: Vec<u16>,
-    /// How it ended, in words: `remote-app:9090`, `loop at 15001`, ...
-    pub end: String,
+    /// How it ended: in JSON and reports its words (`remote-app:9090`,
+    /// `loop: the probe came back to the outbound listener 15001`, ...).
+    pub end: Ending,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     /// Source address the server saw (127.0.0.6 after Envoy's inbound passthrough).
@@ -92,34 +95,23 @@ pub fn observe(obs: &Observation) -> Observed {
                 .map(|h| HopView { listener: h.role.clone(), port: h.port, original_dst: h.original_dst.to_string() })
                 .collect();
             let mut ports: Vec<u16> = hops.iter().map(|h| h.port).collect();
-            let (end, server, peer) = match &a.end {
+            let end = Ending::of(obs);
+            let (server, peer) = match &a.end {
                 End::Server { name, port, peer } => {
                     ports.push(*port);
-                    (format!("{name}:{port}"), Some(name.clone()), Some(peer.to_string()))
+                    (Some(name.clone()), Some(peer.to_string()))
                 }
-                End::Loop { role, port } => {
+                End::Loop { port, .. } => {
                     ports.push(*port);
-                    (format!("loop: the probe came back to the {role} listener {port}"), None, None)
+                    (None, None)
                 }
-                End::Error { role, port, message } if role == sidecheck_wire::stub::OVERLOADED => (
-                    format!(
-                        "the stub on port {port} ran out of resources and dropped it: {}",
-                        message.replace('_', " ")
-                    ),
-                    None,
-                    None,
-                ),
-                End::Error { role, port, message } => (
-                    format!("the {role} listener {port} could not forward it: {}", message.replace('_', " ")),
-                    None,
-                    None,
-                ),
+                End::Error { .. } => (None, None),
             };
             Observed { ports, end, server, peer, hops, path: None, legs: Vec::new() }
         }
-        Observation::Failed { stage, detail } => Observed {
+        Observation::Failed { .. } => Observed {
             ports: Vec::new(),
-            end: format!("{stage} failed: {detail}"),
+            end: Ending::of(obs),
             server: None,
             peer: None,
             hops: Vec::new(),
@@ -201,11 +193,11 @@ pub fn judge(
         format!("ports as expected ({want}), but the rule path differs:\n{}", path_problem.unwrap_or_default())
     } else {
         let got = match observed.server {
-            Some(_) => describe(&observed.ports, &observed.end),
+            Some(_) => describe(&observed.ports, &observed.end.to_string()),
             None => {
                 let hops: Vec<String> = observed.hops.iter().map(|h| h.port.to_string()).collect();
                 if hops.is_empty() {
-                    observed.end.clone()
+                    observed.end.to_string()
                 } else {
                     format!("{} -> {}", hops.join(" -> "), observed.end)
                 }

@@ -6,10 +6,9 @@
 //! exits 2. Full accept queues are not among them: a redirect loop in the
 //! rules floods them. docs/verdicts.md explains each signal.
 
-use sidecheck_wire::End;
-
 use crate::probe::Observation;
 use crate::sandbox::ns::Namespace;
+use crate::verdict::ending::{Cause, Ending};
 use crate::verdict::{Outcome, TrialResult};
 
 /// What the run saw of its own health while the probes ran.
@@ -24,55 +23,30 @@ pub struct Health {
     pub run_trouble: Option<String>,
 }
 
-/// errno values that mean the machine, not the rules, refused: as the
-/// kernel's text and as Rust's `(os error N)` suffix.
-const RESOURCE_ERRORS: &[(&str, &str)] = &[
-    ("Too many open files", "(os error 24)"),
-    ("Too many open files in system", "(os error 23)"),
-    ("Resource temporarily unavailable", "(os error 11)"),
-    ("Cannot allocate memory", "(os error 12)"),
-    ("No buffer space available", "(os error 105)"),
-    ("Cannot assign requested address", "(os error 99)"),
-];
-
-/// The resource error named in `text`, if any (stub answers carry their
-/// message with `_` for spaces).
-pub fn resource_error(text: &str) -> Option<&'static str> {
-    let text = text.replace('_', " ");
-    RESOURCE_ERRORS.iter().find(|(name, code)| text.contains(name) || text.contains(code)).map(|(name, _)| *name)
-}
-
-/// Failures that are only a clock running out: the rules' doing (a DROP,
-/// or a loop that floods a listener).
-fn is_timeout(text: &str) -> bool {
-    ["no answer to the SYN", "no answer within", "connect timed out", "closed without an answer", "no answer datagram"]
-        .iter()
-        .any(|t| text.contains(t))
-}
-
 /// Why the harness, not the rules, is to blame for this observation.
 pub fn harness_cause(obs: &Observation, trace_complete: bool, health: &Health) -> Option<String> {
-    let text = match obs {
+    let ending = Ending::of(obs);
+    let text = match &ending {
         // No socket, or the probe task died: nothing was sent.
-        Observation::Failed { stage, detail } if stage == "setup" || stage == "probe" => {
+        Ending::ClientFailed { cause: Cause::NotSent, detail, .. } => {
             return Some(format!("the probe could not be sent: {detail}"))
         }
-        Observation::Failed { detail, .. } => detail.clone(),
-        Observation::Answered(a) => match &a.end {
-            End::Error { role, port, message } if role == sidecheck_wire::stub::OVERLOADED => {
-                return Some(format!(
-                    "the stub on port {port} had no thread for the connection ({}){}",
-                    message.replace('_', " "),
-                    stub_log(health)
-                ))
+        Ending::ClientFailed { cause: Cause::MixedUp, detail, .. } => {
+            return Some(format!(
+                "the harness mixed up its own connections (the answer on this probe's connection is another probe's): {detail}"
+            ))
+        }
+        Ending::Overloaded { port, message } => {
+            return Some(format!("the stub on port {port} had no thread for the connection ({message}){}", stub_log(health)))
+        }
+        Ending::Reached { .. } | Ending::Loop { .. } => return None,
+        Ending::NotForwarded { message: text, cause, .. } | Ending::ClientFailed { detail: text, cause, .. } => {
+            if let Cause::Resources(name) = cause {
+                return Some(format!("out of resources ({name}): {text}"));
             }
-            End::Error { message, .. } => message.replace('_', " "),
-            _ => return None,
-        },
+            text
+        }
     };
-    if let Some(name) = resource_error(&text) {
-        return Some(format!("out of resources ({name}): {text}"));
-    }
     if !trace_complete {
         return Some(format!(
             "{text}; the trace is incomplete (the kernel dropped trace events, or two connections of the run shared this leg's addresses and ports), so where the SYN went cannot be told"
@@ -125,14 +99,11 @@ pub fn settle(r: &mut TrialResult, obs: &Observation, trace_complete: bool, heal
 
 /// The failure text of an observation that ended in a timeout.
 fn timeout_text(obs: &Observation) -> Option<String> {
-    let text = match obs {
-        Observation::Failed { detail, .. } => detail.clone(),
-        Observation::Answered(a) => match &a.end {
-            End::Error { message, .. } => message.replace('_', " "),
-            _ => return None,
-        },
-    };
-    is_timeout(&text).then_some(text)
+    let ending = Ending::of(obs);
+    match ending.cause() {
+        Some(Cause::TimedOut) => ending.error_text().map(str::to_string),
+        _ => None,
+    }
 }
 
 /// TcpExt ListenDrops of `ns` (SYNs or handshakes dropped at a listener).
@@ -161,8 +132,30 @@ mod tests {
     fn error_end(role: &str, message: &str) -> Observation {
         Observation::Answered(Answer {
             probe: Probe::new(1),
-            end: End::Error { role: role.into(), port: 15001, message: message.into() },
+            end: sidecheck_wire::End::Error { role: role.into(), port: 15001, message: message.into() },
         })
+    }
+
+    /// A trial the rules failed on `obs` (what [`super::settle`] starts from).
+    fn failing(obs: &Observation) -> TrialResult {
+        TrialResult {
+            name: "t".into(),
+            scenario: "t".into(),
+            backend: "nft".into(),
+            family: "ipv4".into(),
+            flow: 1,
+            description: String::new(),
+            outcome: Outcome::Fail,
+            expected: crate::model::scenario::Expected {
+                ports: vec![15006, 8080],
+                server: "local-app".into(),
+                path: None,
+                note: None,
+            },
+            observed: crate::verdict::observe(obs),
+            message: "expected 15006 -> local-app:8080".into(),
+            duration_ms: 0,
+        }
     }
 
     #[test]
@@ -197,36 +190,46 @@ mod tests {
         let h = Health { listen_drops: vec![("sidecheck-1-0-local-pod".into(), 12)], ..Health::default() };
         let t = failed("connect", "no answer to the SYN for 10.244.0.20:9090 within 2000 ms");
         assert_eq!(harness_cause(&t, true, &h), None);
-        let mut r = TrialResult {
-            name: "t".into(),
-            scenario: "t".into(),
-            backend: "nft".into(),
-            family: "ipv4".into(),
-            flow: 1,
-            description: String::new(),
-            outcome: Outcome::Fail,
-            expected: crate::model::scenario::Expected {
-                ports: vec![15006, 8080],
-                server: "local-app".into(),
-                path: None,
-                note: None,
-            },
-            observed: crate::verdict::Observed {
-                ports: vec![],
-                end: "no answer".into(),
-                server: None,
-                peer: None,
-                hops: vec![],
-                path: None,
-                legs: vec![],
-            },
-            message: "expected 15006 -> local-app:8080".into(),
-            duration_ms: 0,
-        };
+        let mut r = failing(&t);
         settle(&mut r, &t, true, &h);
         assert_eq!(r.outcome, Outcome::Fail);
         assert!(
             r.message.contains("12 in sidecheck-1-0-local-pod") && r.message.contains("redirect loop"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn an_etimedout_while_listeners_overflowed_is_the_same_evidence() {
+        // ETIMEDOUT's text, as the client and as fake-envoy (its upstream) report it.
+        let h = Health { listen_drops: vec![("sidecheck-1-0-local-pod".into(), 12)], ..Health::default() };
+        for t in [
+            failed("connect", "10.244.0.20:9090: Connection timed out (os error 110)"),
+            error_end("outbound", "10.244.0.20:9090_Connection_timed_out_(os_error_110)"),
+        ] {
+            assert_eq!(harness_cause(&t, true, &h), None, "{t:?}");
+            let mut r = failing(&t);
+            settle(&mut r, &t, true, &h);
+            assert_eq!(r.outcome, Outcome::Fail);
+            assert!(r.message.contains("Connection timed out") && r.message.contains("redirect loop"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn an_answer_for_another_probe_is_the_harness_error() {
+        let to: std::net::SocketAddr = "10.244.0.20:9090".parse().unwrap();
+        let answer = |id| Answer {
+            probe: Probe::new(id),
+            end: sidecheck_wire::End::Server { name: "remote-app".into(), port: 9090, peer: to },
+        };
+        assert!(matches!(crate::probe::own_answer(answer(5), 5, to), Observation::Answered(_)));
+        let crossed = crate::probe::own_answer(answer(7), 5, to);
+        let mut r = failing(&crossed);
+        settle(&mut r, &crossed, true, &Health::default());
+        assert_eq!(r.outcome, Outcome::Error, "{}", r.message);
+        assert!(
+            r.message.contains("mixed up its own connections") && r.message.contains("probe 7 instead of 5"),
             "{}",
             r.message
         );
