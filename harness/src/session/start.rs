@@ -8,7 +8,7 @@ use tokio::runtime::Runtime;
 use super::{Session, SessionConfig};
 use crate::base::net::Family;
 use crate::base::phases::Phases;
-use crate::model::profile::{AppBind, Bind, InboundUpstream};
+use crate::model::profile::AppBind;
 use crate::model::scenario::Scenario;
 use crate::model::topology::{Host, Tproxy};
 use crate::netfilter;
@@ -16,7 +16,7 @@ use crate::netfilter::trace::Tracer;
 use crate::probe::{self, AppServer};
 use crate::rules::source::RuleSource;
 use crate::sandbox::registry::{self, RunGuard};
-use crate::sandbox::stubs::{Stub, StubProcess};
+use crate::sandbox::stubs::{EnvoyArgs, IstiodArgs, Stub, StubProcess};
 use crate::sandbox::topology::Topology;
 use crate::{Error, Result};
 
@@ -140,66 +140,14 @@ impl Session {
         let mut stubs = Vec::new();
         let envoy_exe = Stub::FakeEnvoy.install(run)?;
         let p = &config.profile.proxy;
-        let topo = &config.topology;
-        let any = |f: Family| -> &'static str {
-            match f {
-                Family::Ipv4 => "0.0.0.0",
-                Family::Ipv6 => "[::]",
-            }
-        };
-        let loopback = |f: Family| -> &'static str {
-            match f {
-                Family::Ipv4 => "127.0.0.1",
-                Family::Ipv6 => "[::1]",
-            }
-        };
-        let mut args: Vec<String> = Vec::new();
-        for f in topo.families.iter().copied() {
-            let inbound = config.profile.port(crate::model::profile::Role::Inbound, f);
-            args.extend([
-                "--outbound".into(),
-                format!("{}:{}", any(f), p.outbound),
-                "--inbound".into(),
-                format!("{}:{inbound}", any(f)),
-            ]);
-            for (name, port, bind) in config.profile.served() {
-                let addr = match bind {
-                    Bind::Loopback => loopback(f),
-                    Bind::Any => any(f),
-                };
-                args.extend(["--serve".into(), format!("{name}={addr}:{port}")]);
-            }
-            for s in &topo.services {
-                args.push("--route".into());
-                args.push(format!(
-                    "{}={}",
-                    std::net::SocketAddr::new(s.vip_of(f), s.port),
-                    std::net::SocketAddr::new(topo.address_of(s.endpoint, f), s.target_port)
-                ));
-            }
-        }
-        match &p.passthrough {
-            Some(pt) => args.extend([
-                "--passthrough4".into(),
-                pt.ipv4.to_string(),
-                "--passthrough6".into(),
-                pt.ipv6.to_string(),
-            ]),
-            None => args.push("--no-passthrough".into()),
-        }
-        if p.inbound_upstream == InboundUpstream::Loopback {
-            args.extend(["--inbound-upstream".into(), "loopback".into()]);
-        }
-        args.extend(["--timeout-ms".into(), config.probe_timeouts.connect.as_millis().to_string()]);
-        if let Some(t) = config.tproxy {
-            args.extend(["--tproxy-mark".into(), t.mark.to_string()]);
-        }
-        if let Some(dns) = &config.dns {
-            for (f, up) in dns.upstreams.iter().filter(|(f, _)| topo.families.contains(f)) {
-                let listen = std::net::SocketAddr::new(f.localhost(), dns.agent_port);
-                args.extend(["--dns".into(), format!("{listen}={}", std::net::SocketAddr::new(*up, 53))]);
-            }
-        }
+        let args = EnvoyArgs::new(
+            &config.profile,
+            &config.topology,
+            config.probe_timeouts.connect,
+            config.tproxy,
+            config.dns.as_ref(),
+        )
+        .argv();
         stubs.push(StubProcess::start(
             run,
             Stub::FakeEnvoy,
@@ -211,13 +159,7 @@ impl Session {
         )?);
 
         let istiod_exe = Stub::FakeIstiod.install(run)?;
-        let mut args: Vec<String> = vec!["--name".into(), config.profile.control_plane.name.clone()];
-        for f in config.topology.families.iter().copied() {
-            for port in &config.profile.control_plane.ports {
-                args.push("--listen".into());
-                args.push(format!("{}:{port}", any(f)));
-            }
-        }
+        let args = IstiodArgs::new(&config.profile, &config.topology.families).argv();
         let istiod_ns = topology.ns(Host::Istiod);
         let uid = config.control_plane_uid;
         stubs.push(StubProcess::start(
