@@ -111,7 +111,8 @@ pub struct Session {
     tracer: Option<Tracer>,
     topology: Topology,
     config: SessionConfig,
-    /// Probes allowed in flight at once ([`crate::sandbox::admission`]).
+    /// This session's budget: at most this many probes of the whole process
+    /// in flight at once ([`crate::sandbox::admission`]).
     in_flight: usize,
     run: RunGuard,
     // Last: its drop ends the teardown phase and reports (SIDECHECK_PHASES).

@@ -126,7 +126,6 @@ impl Session {
         let drops_before: Vec<Option<u64>> =
             namespaces.iter().map(|ns| crate::verdict::outcome::listen_drops(ns)).collect();
         let t = self.config.probe_timeouts;
-        let admit = std::sync::Arc::new(tokio::sync::Semaphore::new(self.in_flight));
         let probes = self.rt.block_on(async {
             // (None: an INVALID segment, sent afterwards from a raw socket.)
             let mut tasks = Vec::new();
@@ -137,7 +136,7 @@ impl Session {
                 }
                 // Admitted first, then the socket is made: descriptors are
                 // held only by probes in flight.
-                let permit = admit.clone().acquire_owned().await;
+                let permit = crate::sandbox::admission::admit(self.in_flight).await;
                 let udp = r.protocol == Protocol::Udp;
                 let made = r.target.as_ref().map_err(|e| e.to_string()).and_then(|to| {
                     probe::client_socket(self.topology.ns(r.from), r.uid, r.gid, to.is_ipv6(), udp)
