@@ -329,7 +329,7 @@ impl RuleSource {
         // Scripts and generators run arbitrary commands: contained, and
         // the host checked around them.
         let contained = matches!(self, RuleSource::Script(_) | RuleSource::Generator(_));
-        let host_before = contained.then(crate::sandbox::contain::host_state);
+        let host_before = contained.then(crate::sandbox::contain::host_state).transpose()?;
         for (origin, tool, program, args, stdin) in steps {
             let (program, args) =
                 if contained { crate::sandbox::contain::wrap(program, args)? } else { (program, args) };
@@ -347,7 +347,7 @@ impl RuleSource {
                 e => e,
             });
             if let Some(before) = &host_before {
-                let changed = crate::sandbox::contain::changes(before, &crate::sandbox::contain::host_state());
+                let changed = crate::sandbox::contain::changes(before, &crate::sandbox::contain::host_state()?);
                 if !changed.is_empty() {
                     return Err(crate::sandbox::contain::changed_host(&origin, &changed));
                 }

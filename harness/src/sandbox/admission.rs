@@ -6,8 +6,17 @@
 //! against RLIMIT_NPROC of their uid, which every process of that uid on the
 //! machine shares (other runs' stubs too), so the tasks that uid already has
 //! are subtracted.
+//!
+//! The count is the process's: `diff`, the `--assert paths` reference and
+//! parallel tests run several sessions in one process, and the harness's
+//! descriptors and the proxy uid's threads are shared by all of them, so
+//! every session draws from one count ([`admit`]) with its own budget as
+//! the ceiling.
+
+use std::sync::{Mutex, OnceLock};
 
 use nix::sys::resource::{getrlimit, Resource};
+use tokio::sync::Notify;
 
 use crate::{Error, Result};
 
@@ -79,6 +88,51 @@ pub fn budget(l: &Limits, proxy_uid: u32, control_plane_uid: u32) -> Result<usiz
     Ok((n as usize).clamp(1, MAX_IN_FLIGHT))
 }
 
+/// Probes in flight in this process, every session's.
+static IN_FLIGHT: Mutex<usize> = Mutex::new(0);
+
+/// Woken whenever a probe finishes.
+fn released() -> &'static Notify {
+    static RELEASED: OnceLock<Notify> = OnceLock::new();
+    RELEASED.get_or_init(Notify::new)
+}
+
+/// One probe's place in the process's count, given back on drop.
+#[must_use = "the probe is admitted only while its permit is held"]
+pub struct Permit(());
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        released().notify_waiters();
+    }
+}
+
+/// Wait until fewer than `budget` probes of this process (any session's)
+/// are in flight, then count one more. Runtime-independent: sessions each
+/// have their own runtime.
+pub async fn admit(budget: usize) -> Permit {
+    loop {
+        // Registered before the count is read, so a release in between is not missed.
+        let notified = released().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut n = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+            if *n < budget.max(1) {
+                *n += 1;
+                return Permit(());
+            }
+        }
+        notified.await;
+    }
+}
+
+/// Probes of this process in flight now.
+pub fn in_flight() -> usize {
+    *IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Threads of every process whose real uid is `uid` (what RLIMIT_NPROC counts).
 fn tasks_of(uid: u32) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
@@ -125,6 +179,34 @@ mod tests {
         assert!(e.contains("RLIMIT_NOFILE") && e.contains("is 32"), "{e}");
         let e = budget(&limits(65536, Some(8), 0), 1337, 65534).unwrap_err().to_string();
         assert!(e.contains("RLIMIT_NPROC") && e.contains("uid 1337"), "{e}");
+    }
+
+    #[test]
+    fn every_session_of_the_process_draws_from_one_count() {
+        use std::time::Duration;
+        // Two sessions, each with its own runtime, as diff and parallel tests run them.
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let (a, b) = (runtime(), runtime());
+        let mut held: Vec<Permit> = a.block_on(async { vec![admit(3).await, admit(3).await] });
+        held.push(b.block_on(admit(3)));
+        assert_eq!(in_flight(), 3);
+        let waits = |budget| {
+            b.block_on(async { tokio::time::timeout(Duration::from_millis(100), admit(budget)).await }).is_err()
+        };
+        assert!(waits(3), "a fourth probe admitted with a budget of 3 and 3 in flight across two sessions");
+        // A tighter budget (a session whose limits are lower) waits longer.
+        held.pop();
+        assert!(waits(2), "a budget of 2 admitted a probe with 2 in flight");
+        // One finishing in session a lets one of session b in.
+        let waiting = std::thread::spawn(move || {
+            b.block_on(async { tokio::time::timeout(Duration::from_secs(10), admit(2)).await })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        held.pop();
+        let admitted = waiting.join().unwrap().expect("admitted once a probe finished");
+        assert_eq!(in_flight(), 2);
+        drop((admitted, held));
+        assert_eq!(in_flight(), 0);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! the root namespace's network state is compared before and after it ran:
 //! a source that changed the host stops the run with exit 2 naming what.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -42,45 +44,72 @@ const PARTS: &[(&str, &[&str])] = &[
     ("nftables ruleset (nft list ruleset)", &["nft", "list", "ruleset"]),
 ];
 
-/// Read the host's state (this process's own network namespace, the root one).
-pub fn host_state() -> HostState {
+/// Longest one host-state tool may take: they answer in milliseconds, and a
+/// hung one (a held lock, a stuck netlink dump) must stop the run, not hang it.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most of a tool's output kept: host listings are far smaller.
+const TOOL_OUTPUT_MAX: u64 = 64 << 20;
+
+/// Read the host's state (this process's own network namespace, the root
+/// one). A tool that does not answer in time is an error naming it.
+pub fn host_state() -> Result<HostState> {
     let mut parts = Vec::new();
     for (what, cmd) in PARTS {
         let Ok(tool) = crate::base::tool::find_tool(cmd[0], "") else { continue };
-        // Forks under the creation lock: the stubs may be written meanwhile
-        // (they start while the rules install), and a child forked while a
-        // stub file is open for writing makes its exec fail with ETXTBSY.
-        let ran = {
-            let _creating = crate::sandbox::registry::creating();
-            Command::new(tool).args(&cmd[1..]).output()
-        };
-        let text = match ran {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) => format!("(could not run: {e})"),
-        };
-        parts.push((what.to_string(), normalize(&text)));
+        let text = read_tool(&tool, &cmd[1..], TOOL_TIMEOUT)?;
+        // Counters and comment lines vary on their own: not a change.
+        parts.push((what.to_string(), crate::sandbox::listing::normalize_counters(&text)));
     }
     parts.push(("network namespaces (/run/netns)".into(), netns_names()));
-    parts.push(("files in /etc (names, sizes, modification times)".into(), etc_files()));
-    HostState(parts)
+    parts.push(("files in /etc (names, sizes, modification times)".into(), tree(Path::new("/etc"), ETC_MAX_ENTRIES)));
+    Ok(HostState(parts))
 }
 
-/// Counters and comment lines vary on their own: not a change.
-fn normalize(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let l = if l.starts_with(':') { l.split(" [").next().unwrap_or(l) } else { l };
-            // nft's counters (`packets 3 bytes 180`) count host traffic.
-            let mut words: Vec<&str> = l.split(' ').collect();
-            for i in 1..words.len() {
-                if matches!(words[i - 1], "packets" | "bytes") && words[i].bytes().all(|b| b.is_ascii_digit()) {
-                    words[i] = "0";
-                }
+/// `tool args`' standard output, or why it could not run (that the state
+/// cannot be read is itself compared); an error if it is still running
+/// after `timeout` (it is killed).
+fn read_tool(tool: &Path, args: &[&str], timeout: Duration) -> Result<String> {
+    let started = Instant::now();
+    let mut cmd = Command::new(tool);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    // Forks under the creation lock: the stubs may be written meanwhile
+    // (they start while the rules install), and a child forked while a
+    // stub file is open for writing makes its exec fail with ETXTBSY.
+    let spawned = {
+        let _creating = crate::sandbox::registry::creating();
+        cmd.spawn()
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Ok(format!("(could not run: {e})")),
+    };
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The output ends when the tool (and anything it left holding the pipe) exits.
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.by_ref().take(TOOL_OUTPUT_MAX).read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(timeout.saturating_sub(started.elapsed()));
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) if out.is_ok() => break,
+            Ok(None) if out.is_ok() && started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(2)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let shown: Vec<String> =
+                    std::iter::once(tool.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
+                return Err(Error::config(format!(
+                    "reading the host's network state around a rule source: `{}` did not finish within {} s and was killed; the host's own tool hangs (a held lock?): run it by hand to see, then run sidecheck again",
+                    shown.join(" "),
+                    timeout.as_secs_f32()
+                )));
             }
-            format!("{}\n", words.join(" "))
-        })
-        .collect()
+        }
+    }
+    Ok(String::from_utf8_lossy(&out.unwrap_or_default()).into_owned())
 }
 
 /// /run/netns, without the namespaces sidecheck runs make (`sidecheck-*`,
@@ -94,20 +123,35 @@ fn netns_names() -> String {
     names.iter().map(|n| format!("{n}\n")).collect()
 }
 
-/// The entries directly in /etc with size and mtime: a source writing
-/// there changes the host for every later run.
-fn etc_files() -> String {
+/// Most entries of /etc compared (a Debian host has a few thousand), and
+/// how deep: bounded whatever a source leaves there.
+const ETC_MAX_ENTRIES: usize = 100_000;
+const ETC_MAX_DEPTH: usize = 32;
+
+/// Every entry below `root` (not following links, reading no file's
+/// contents: /etc holds secrets), one line each: path, size, modification
+/// time to the nanosecond. A source writing there changes the host for
+/// every later run. At most `max_entries`; a line says when there were more.
+fn tree(root: &Path, max_entries: usize) -> String {
     use std::os::unix::fs::MetadataExt;
-    let mut lines: Vec<String> = std::fs::read_dir("/etc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let m = e.path().symlink_metadata().ok()?;
-                    Some(format!("{} {} {}", e.file_name().to_string_lossy(), m.len(), m.mtime()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut lines = Vec::new();
+    let mut stack = vec![(PathBuf::new(), 0usize)];
+    while let Some((rel, depth)) = stack.pop() {
+        let Ok(dir) = std::fs::read_dir(root.join(&rel)) else { continue };
+        for e in dir.flatten() {
+            if lines.len() >= max_entries {
+                lines.sort();
+                lines.push(format!("(more than {max_entries} entries: the rest not compared)"));
+                return lines.iter().map(|l| format!("{l}\n")).collect();
+            }
+            let path = rel.join(e.file_name());
+            let Ok(m) = e.path().symlink_metadata() else { continue };
+            lines.push(format!("{} {} {}.{:09}", path.display(), m.len(), m.mtime(), m.mtime_nsec()));
+            if m.is_dir() && depth < ETC_MAX_DEPTH {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
     lines.sort();
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
@@ -155,7 +199,55 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_host_tool_is_an_error_naming_it() {
+        let sleep = crate::base::tool::find_tool("sleep", "coreutils").unwrap();
+        let started = Instant::now();
+        let e = read_tool(&sleep, &["30"], Duration::from_millis(300)).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+        assert!(e.contains("sleep 30` did not finish within 0.3 s"), "{e}");
+        // One that answers is read whole.
+        let echo = crate::base::tool::find_tool("echo", "coreutils").unwrap();
+        assert_eq!(read_tool(&echo, &["a", "b"], Duration::from_secs(10)).unwrap(), "a b\n");
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sidecheck-contain-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("x")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_write_deep_in_the_tree_is_a_change() {
+        let dir = scratch("deep");
+        std::fs::write(dir.join("x/y"), "a").unwrap();
+        let state = |d: &Path| HostState(vec![("files".into(), tree(d, 1000))]);
+        let before = state(&dir);
+        assert_eq!(changes(&before, &state(&dir)), Vec::<String>::new());
+        // Rewriting x/y leaves x itself as it was: only a recursive walk sees it.
+        std::fs::write(dir.join("x/y"), "abc").unwrap();
+        let changed = changes(&before, &state(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(changed[0].contains("added: x/y 3 ") && changed[0].contains("removed: x/y 1 "), "{changed:?}");
+    }
+
+    #[test]
+    fn the_walk_is_bounded() {
+        let dir = scratch("bounded");
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("x/{i}")), "").unwrap();
+        }
+        let listed = tree(&dir, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(listed.lines().count(), 4, "{listed}");
+        assert!(listed.ends_with("(more than 3 entries: the rest not compared)\n"), "{listed}");
+    }
+
+    #[test]
     fn counters_and_comments_are_not_changes() {
-        assert_eq!(normalize("# Generated by x on Tue\n:INPUT ACCEPT [12:345]\n"), ":INPUT ACCEPT\n");
+        let normalize = crate::sandbox::listing::normalize_counters;
+        assert_eq!(normalize("# Generated by x on Tue\n:INPUT ACCEPT [12:345]\n"), ":INPUT ACCEPT [0:0]\n");
+        assert_eq!(normalize("counter packets 3 bytes 180 accept\n"), normalize("counter packets 0 bytes 0 accept\n"));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod contain;
+pub mod listing;
 pub mod ns;
 pub mod registry;
 pub mod stubs;

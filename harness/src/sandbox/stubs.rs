@@ -5,6 +5,7 @@
 //! beside it.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::base::net::Family;
+use crate::model::profile::{Bind, InboundUpstream, Profile, Role};
+use crate::model::topology::{Dns, TopologyConfig, Tproxy};
 use crate::sandbox::ns::Namespace;
 use crate::sandbox::registry::RunGuard;
 use crate::{Error, Result};
@@ -50,6 +54,156 @@ impl Stub {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(Error::io(format!("making {} executable", path.display())))?;
         Ok(path)
+    }
+}
+
+/// fake-envoy's listeners in one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyListeners {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    /// Terminal listeners: (server name, address).
+    pub serve: Vec<(String, SocketAddr)>,
+    /// Service address -> endpoint, as the outbound listener resolves them.
+    pub routes: Vec<(SocketAddr, SocketAddr)>,
+}
+
+/// fake-envoy's command line as a value: what it listens on and how it
+/// forwards. [`EnvoyArgs::argv`] is the one place it becomes arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyArgs {
+    /// One set per family the run tests, in the run's order.
+    pub families: Vec<EnvoyListeners>,
+    /// The source of inbound upstream connections; None: not chosen.
+    pub passthrough: Option<(Ipv4Addr, Ipv6Addr)>,
+    /// Inbound connections go on to loopback, not the original destination.
+    pub inbound_upstream_loopback: bool,
+    pub connect_timeout: Duration,
+    /// Inbound capture by TPROXY: the mark its transparent sockets carry.
+    pub tproxy_mark: Option<u32>,
+    /// The DNS agent: listener -> upstream nameserver.
+    pub dns: Vec<(SocketAddr, SocketAddr)>,
+}
+
+fn unspecified(f: Family) -> IpAddr {
+    match f {
+        Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+impl EnvoyArgs {
+    /// What the mesh's proxy does in this topology, for the families it tests.
+    pub fn new(
+        profile: &Profile,
+        topo: &TopologyConfig,
+        connect_timeout: Duration,
+        tproxy: Option<Tproxy>,
+        dns: Option<&Dns>,
+    ) -> EnvoyArgs {
+        let p = &profile.proxy;
+        let families = topo
+            .families
+            .iter()
+            .map(|&f| EnvoyListeners {
+                outbound: SocketAddr::new(unspecified(f), p.outbound),
+                inbound: SocketAddr::new(unspecified(f), profile.port(Role::Inbound, f)),
+                serve: profile
+                    .served()
+                    .into_iter()
+                    .map(|(name, port, bind)| {
+                        let ip = match bind {
+                            Bind::Loopback => f.localhost(),
+                            Bind::Any => unspecified(f),
+                        };
+                        (name, SocketAddr::new(ip, port))
+                    })
+                    .collect(),
+                routes: topo
+                    .services
+                    .iter()
+                    .map(|s| {
+                        (
+                            SocketAddr::new(s.vip_of(f), s.port),
+                            SocketAddr::new(topo.address_of(s.endpoint, f), s.target_port),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let dns = dns
+            .iter()
+            .flat_map(|d| d.upstreams.iter().map(move |up| (d.agent_port, up)))
+            .filter(|(_, (f, _))| topo.families.contains(f))
+            .map(|(port, (f, up))| (SocketAddr::new(f.localhost(), port), SocketAddr::new(*up, 53)))
+            .collect();
+        EnvoyArgs {
+            families,
+            passthrough: p.passthrough.as_ref().map(|pt| (pt.ipv4, pt.ipv6)),
+            inbound_upstream_loopback: p.inbound_upstream == InboundUpstream::Loopback,
+            connect_timeout,
+            tproxy_mark: tproxy.map(|t| t.mark),
+            dns,
+        }
+    }
+
+    /// The arguments fake-envoy parses (fake-envoy/src/main.rs).
+    pub fn argv(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        for l in &self.families {
+            args.extend(["--outbound".into(), l.outbound.to_string(), "--inbound".into(), l.inbound.to_string()]);
+            for (name, at) in &l.serve {
+                args.extend(["--serve".into(), format!("{name}={at}")]);
+            }
+            for (from, to) in &l.routes {
+                args.extend(["--route".into(), format!("{from}={to}")]);
+            }
+        }
+        match self.passthrough {
+            Some((v4, v6)) => {
+                args.extend(["--passthrough4".into(), v4.to_string(), "--passthrough6".into(), v6.to_string()])
+            }
+            None => args.push("--no-passthrough".into()),
+        }
+        if self.inbound_upstream_loopback {
+            args.extend(["--inbound-upstream".into(), "loopback".into()]);
+        }
+        args.extend(["--timeout-ms".into(), self.connect_timeout.as_millis().to_string()]);
+        if let Some(mark) = self.tproxy_mark {
+            args.extend(["--tproxy-mark".into(), mark.to_string()]);
+        }
+        for (listen, up) in &self.dns {
+            args.extend(["--dns".into(), format!("{listen}={up}")]);
+        }
+        args
+    }
+}
+
+/// fake-istiod's command line as a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IstiodArgs {
+    /// The server name probes that reach it report.
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+}
+
+impl IstiodArgs {
+    /// Every control-plane port, in each family the run tests.
+    pub fn new(profile: &Profile, families: &[Family]) -> IstiodArgs {
+        let cp = &profile.control_plane;
+        let listen = families
+            .iter()
+            .flat_map(|&f| cp.ports.iter().map(move |&port| SocketAddr::new(unspecified(f), port)))
+            .collect();
+        IstiodArgs { name: cp.name.clone(), listen }
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        let mut args = vec!["--name".into(), self.name.clone()];
+        for at in &self.listen {
+            args.extend(["--listen".into(), at.to_string()]);
+        }
+        args
     }
 }
 
@@ -170,5 +324,105 @@ impl Drop for StubProcess {
             let _ = drain.join();
         }
         crate::sandbox::registry::forget_pid(&self.run_prefix, self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::topology::Host;
+
+    fn strings(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn envoy_args_render_every_listener_route_and_option() {
+        let (profile, topo) = (Profile::istio(), TopologyConfig::default());
+        let dns = Dns {
+            agent_port: 15053,
+            upstreams: vec![
+                (Family::Ipv4, "10.244.0.20".parse().unwrap()),
+                (Family::Ipv6, "fd00:10:244::20".parse().unwrap()),
+            ],
+            servers: vec![("10.244.0.20".parse().unwrap(), Host::RemotePod)],
+        };
+        let t = Tproxy { mark: 1337, table: 133 };
+        let args = EnvoyArgs::new(&profile, &topo, Duration::from_millis(1500), Some(t), Some(&dns));
+        // Istio's profile: admin on loopback, stats and health on any
+        // address; the default service local-app 10.96.0.10:8080 -> the local pod.
+        assert_eq!(
+            args.argv(),
+            strings(&[
+                "--outbound",
+                "0.0.0.0:15001",
+                "--inbound",
+                "0.0.0.0:15006",
+                "--serve",
+                "envoy-admin=127.0.0.1:15000",
+                "--serve",
+                "envoy-stats=0.0.0.0:15090",
+                "--serve",
+                "envoy-health=0.0.0.0:15021",
+                "--route",
+                "10.96.0.10:8080=10.244.0.10:8080",
+                "--outbound",
+                "[::]:15001",
+                "--inbound",
+                "[::]:15006",
+                "--serve",
+                "envoy-admin=[::1]:15000",
+                "--serve",
+                "envoy-stats=[::]:15090",
+                "--serve",
+                "envoy-health=[::]:15021",
+                "--route",
+                "[fd00:10:96::10]:8080=[fd00:10:244::10]:8080",
+                "--passthrough4",
+                "127.0.0.6",
+                "--passthrough6",
+                "::6",
+                "--timeout-ms",
+                "1500",
+                "--tproxy-mark",
+                "1337",
+                "--dns",
+                "127.0.0.1:15053=10.244.0.20:53",
+                "--dns",
+                "[::1]:15053=[fd00:10:244::20]:53",
+            ])
+        );
+    }
+
+    #[test]
+    fn envoy_args_follow_the_profile_and_the_families() {
+        let mut profile = Profile::istio();
+        profile.proxy.passthrough = None;
+        profile.proxy.inbound_upstream = InboundUpstream::Loopback;
+        profile.proxy.inbound_ipv6 = Some(15007);
+        let topo = TopologyConfig { families: vec![Family::Ipv6], ..TopologyConfig::default() };
+        let dns =
+            Dns { agent_port: 15053, upstreams: vec![(Family::Ipv4, "10.244.0.20".parse().unwrap())], servers: vec![] };
+        let argv = EnvoyArgs::new(&profile, &topo, Duration::from_millis(200), None, Some(&dns)).argv();
+        // IPv6 only: its own inbound port, no IPv4 listener and no IPv4 DNS upstream.
+        assert_eq!(&argv[..4], strings(&["--outbound", "[::]:15001", "--inbound", "[::]:15007"]));
+        assert!(!argv.iter().any(|a| a.contains("0.0.0.0") || a.starts_with("127.0.0.1")), "{argv:?}");
+        assert!(!argv.contains(&"--dns".to_string()), "{argv:?}");
+        assert_eq!(
+            &argv[argv.len() - 5..],
+            strings(&["--no-passthrough", "--inbound-upstream", "loopback", "--timeout-ms", "200"])
+        );
+    }
+
+    #[test]
+    fn istiod_args_listen_on_every_port_of_each_family() {
+        let argv = IstiodArgs::new(&Profile::istio(), &[Family::Ipv4, Family::Ipv6]).argv();
+        let mut want = strings(&["--name", "istiod"]);
+        for at in ["0.0.0.0", "[::]"] {
+            for port in [15010, 15012, 15014, 15017] {
+                want.extend(["--listen".to_string(), format!("{at}:{port}")]);
+            }
+        }
+        assert_eq!(argv, want);
     }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::base::net::Family;
@@ -31,6 +32,81 @@ fn address_add(h: &rtnetlink::Handle, index: u32, ip: IpAddr, len: u8) -> rtnetl
         m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     req
+}
+
+/// Add `ip/len` to interface `index`, any family.
+async fn add_address(
+    h: &rtnetlink::Handle,
+    ns: &Namespace,
+    index: u32,
+    ip: IpAddr,
+    len: u8,
+    doing: impl Into<String>,
+) -> Result<()> {
+    address_add(h, index, ip, len).execute().await.map_err(netlink_err(doing, ns))
+}
+
+/// Set link `index` up.
+async fn set_up(h: &rtnetlink::Handle, ns: &Namespace, index: u32, doing: &str) -> Result<()> {
+    h.link().change(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(netlink_err(doing, ns))
+}
+
+/// Add a route to `to` (None: the default route) via `gateway`, in the
+/// gateway's family.
+async fn add_route(
+    h: &rtnetlink::Handle,
+    ns: &Namespace,
+    to: Option<(IpAddr, u8)>,
+    gateway: IpAddr,
+    doing: impl Into<String>,
+) -> Result<()> {
+    let doing = doing.into();
+    // (rtnetlink does not export the builder's error type: only its text is kept.)
+    let invalid = |e: &dyn std::fmt::Display| Error::Netlink {
+        doing: doing.clone(),
+        namespace: ns.name().to_string(),
+        detail: e.to_string(),
+    };
+    let mut route = RouteMessageBuilder::<IpAddr>::new();
+    route = match to {
+        Some((net, len)) => route.destination_prefix(net, len).map_err(|e| invalid(&e))?,
+        // A default route names no destination: the family is the gateway's.
+        None => {
+            route.get_mut().header.address_family = match Family::of(gateway) {
+                Family::Ipv4 => AddressFamily::Inet,
+                Family::Ipv6 => AddressFamily::Inet6,
+            };
+            route
+        }
+    };
+    let route = route.gateway(gateway).map_err(|e| invalid(&e))?.build();
+    h.route().add(route).execute().await.map_err(netlink_err(doing, ns))
+}
+
+/// A host route's prefix length: 32 or 128.
+fn host_bits(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// `ip` with all but its first `len` bits cleared.
+fn network(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => Ipv4Addr::from(u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).into(),
+        IpAddr::V6(a) => {
+            Ipv6Addr::from(u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).into()
+        }
+    }
+}
+
+/// "IPv6 " in messages about IPv6 (IPv4's say nothing).
+fn v6(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "",
+        Family::Ipv6 => "IPv6 ",
+    }
 }
 
 /// The built topology. Dropping it removes every namespace.
@@ -71,11 +147,7 @@ impl Topology {
         if !topo.config.local_extra.is_empty() {
             let (pod, pod_ns) = (topo.netlink(Host::LocalPod).await?, topo.ns(Host::LocalPod));
             for ip in topo.config.local_extra.iter().filter(|ip| topo.config.families.contains(&Family::of(**ip))) {
-                let len = if ip.is_ipv4() { 32 } else { 128 };
-                address_add(&pod, LO_INDEX, *ip, len)
-                    .execute()
-                    .await
-                    .map_err(netlink_err(format!("adding {ip} to lo"), pod_ns))?;
+                add_address(&pod, pod_ns, LO_INDEX, *ip, host_bits(*ip), format!("adding {ip} to lo")).await?;
             }
         }
         Ok(topo)
@@ -107,10 +179,22 @@ impl Topology {
         Ok(handle)
     }
 
+    /// The pod subnet's prefix length in `f`.
+    fn pod_prefix(&self, f: Family) -> u8 {
+        match f {
+            Family::Ipv4 => self.config.pod_cidr.1,
+            Family::Ipv6 => self.config.pod_cidr6.1,
+        }
+    }
+
+    /// The families this topology builds, IPv4 first: the order addresses
+    /// and routes are added in, whatever the order the run names them.
+    fn built_families(&self) -> Vec<Family> {
+        Family::BOTH.into_iter().filter(|f| self.config.has(*f)).collect()
+    }
+
     async fn wire(&self) -> Result<()> {
-        let v4 = self.config.has(Family::Ipv4);
-        let v6 = self.config.has(Family::Ipv6);
-        if v6 {
+        if self.config.has(Family::Ipv6) {
             // Addresses usable at once: no duplicate address detection in a
             // sandbox whose addresses are all ours. Set before any link exists.
             for host in self.config.hosts() {
@@ -121,12 +205,7 @@ impl Topology {
         }
         let node_ns = self.ns(Host::Node);
         let node = self.netlink(Host::Node).await?;
-        let (_, plen) = self.config.pod_cidr;
-        node.link()
-            .change(LinkUnspec::new_with_index(LO_INDEX).up().build())
-            .execute()
-            .await
-            .map_err(netlink_err("setting lo up", node_ns))?;
+        set_up(&node, node_ns, LO_INDEX, "setting lo up").await?;
         node.link()
             // No MLD snooping: IPv6 neighbour discovery is multicast, and a
             // bridge that has not yet learned a group must not hold it back.
@@ -135,17 +214,10 @@ impl Topology {
             .await
             .map_err(netlink_err("creating bridge br0", node_ns))?;
         let br0 = link_index(&node, "br0").await.map_err(netlink_err("looking up br0", node_ns))?;
-        if v4 {
-            address_add(&node, br0, self.config.address(Host::Node).into(), plen)
-                .execute()
-                .await
-                .map_err(netlink_err("adding the node address to br0", node_ns))?;
-        }
-        if v6 {
-            address_add(&node, br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.1)
-                .execute()
-                .await
-                .map_err(netlink_err("adding the node IPv6 address to br0", node_ns))?;
+        for f in self.built_families() {
+            let at = self.config.address_of(Host::Node, f);
+            let doing = format!("adding the node {}address to br0", v6(f));
+            add_address(&node, node_ns, br0, at, self.pod_prefix(f), doing).await?;
         }
 
         for pod in Host::PODS {
@@ -162,47 +234,22 @@ impl Topology {
             ))?;
 
             let h = self.netlink(pod).await?;
-            h.link()
-                .change(LinkUnspec::new_with_index(LO_INDEX).up().build())
-                .execute()
-                .await
-                .map_err(netlink_err("setting lo up", pod_ns))?;
+            set_up(&h, pod_ns, LO_INDEX, "setting lo up").await?;
             // Not at creation: the kernel refuses IFF_UP on a peer born in
             // another namespace (ENOTCONN).
-            h.link()
-                .change(LinkUnspec::new_with_index(POD_ETH0_INDEX).up().build())
-                .execute()
-                .await
-                .map_err(netlink_err("setting eth0 up", pod_ns))?;
-            if v4 {
-                address_add(&h, POD_ETH0_INDEX, self.config.address(pod).into(), plen)
-                    .execute()
-                    .await
-                    .map_err(netlink_err("adding the pod address to eth0", pod_ns))?;
-                let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(self.config.address(Host::Node)).build();
-                h.route()
-                    .add(route)
-                    .execute()
-                    .await
-                    .map_err(netlink_err("adding the default route via the node", pod_ns))?;
+            set_up(&h, pod_ns, POD_ETH0_INDEX, "setting eth0 up").await?;
+            for f in self.built_families() {
+                let at = self.config.address_of(pod, f);
+                let doing = format!("adding the pod {}address to eth0", v6(f));
+                add_address(&h, pod_ns, POD_ETH0_INDEX, at, self.pod_prefix(f), doing).await?;
+                let via = self.config.address_of(Host::Node, f);
+                let doing = format!("adding the {}default route via the node", v6(f));
+                add_route(&h, pod_ns, None, via, doing).await?;
             }
-            if v6 {
-                address_add(&h, POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.1)
-                    .execute()
-                    .await
-                    .map_err(netlink_err("adding the pod IPv6 address to eth0", pod_ns))?;
-                let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(self.config.addresses6[&Host::Node]).build();
-                h.route()
-                    .add(route)
-                    .execute()
-                    .await
-                    .map_err(netlink_err("adding the IPv6 default route via the node", pod_ns))?;
-                if pod == Host::LocalPod {
-                    address_add(&h, LO_INDEX, self.config.passthrough6.into(), 128)
-                        .execute()
-                        .await
-                        .map_err(netlink_err("adding the IPv6 inbound passthrough address to lo", pod_ns))?;
-                }
+            if pod == Host::LocalPod && self.config.has(Family::Ipv6) {
+                let at = self.config.passthrough6.into();
+                let doing = "adding the IPv6 inbound passthrough address to lo";
+                add_address(&h, pod_ns, LO_INDEX, at, 128, doing).await?;
             }
         }
         Ok(())
@@ -233,60 +280,20 @@ impl Topology {
             let index = link_index(&pod, name).await.map_err(netlink_err(format!("looking up {name}"), pod_ns))?;
             let h = self.netlink(side).await?;
             for idx in [LO_INDEX, POD_ETH0_INDEX] {
-                h.link()
-                    .change(LinkUnspec::new_with_index(idx).up().build())
-                    .execute()
-                    .await
-                    .map_err(netlink_err("setting links up", side_ns))?;
+                set_up(&h, side_ns, idx, "setting links up").await?;
             }
             for f in self.config.families.iter().copied() {
                 let (at_pod, at_side) = TopologyConfig::link_addresses(k, f);
-                let len = if f == Family::Ipv4 { 24 } else { 64 };
-                address_add(&pod, index, at_pod, len)
-                    .execute()
-                    .await
-                    .map_err(netlink_err(format!("adding {at_pod} to {name}"), pod_ns))?;
-                address_add(&h, POD_ETH0_INDEX, at_side, len)
-                    .execute()
-                    .await
-                    .map_err(netlink_err(format!("adding {at_side} to eth0"), side_ns))?;
+                let len = match f {
+                    Family::Ipv4 => 24,
+                    Family::Ipv6 => 64,
+                };
+                add_address(&pod, pod_ns, index, at_pod, len, format!("adding {at_pod} to {name}")).await?;
+                add_address(&h, side_ns, POD_ETH0_INDEX, at_side, len, format!("adding {at_side} to eth0")).await?;
                 let doing = format!("routing {side}'s traffic through the pod");
+                add_route(&h, side_ns, None, at_pod, doing.clone()).await?;
                 let via_pod = self.config.address_of(Host::LocalPod, f);
-                match (at_pod, at_side) {
-                    (IpAddr::V4(gw), IpAddr::V4(a)) => {
-                        h.route()
-                            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build())
-                            .execute()
-                            .await
-                            .map_err(netlink_err(doing.clone(), side_ns))?;
-                        let IpAddr::V4(via) = via_pod else { unreachable!() };
-                        let net = Ipv4Addr::from(u32::from(a) & 0xffff_ff00);
-                        node.route()
-                            .add(
-                                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net, 24).gateway(via).build(),
-                            )
-                            .execute()
-                            .await
-                            .map_err(netlink_err(doing, node_ns))?;
-                    }
-                    (IpAddr::V6(gw), IpAddr::V6(a)) => {
-                        h.route()
-                            .add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build())
-                            .execute()
-                            .await
-                            .map_err(netlink_err(doing.clone(), side_ns))?;
-                        let IpAddr::V6(via) = via_pod else { unreachable!() };
-                        let net = Ipv6Addr::from(u128::from(a) & !0xffff_ffff_ffff_ffffu128);
-                        node.route()
-                            .add(
-                                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(net, 64).gateway(via).build(),
-                            )
-                            .execute()
-                            .await
-                            .map_err(netlink_err(doing, node_ns))?;
-                    }
-                    _ => unreachable!("both addresses of one family"),
-                }
+                add_route(&node, node_ns, Some((network(at_side, len), len)), via_pod, doing).await?;
             }
         }
         Ok(())
@@ -300,39 +307,10 @@ impl Topology {
         node_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // (An address of a family this run does not test has nowhere to go.)
         for ip in self.config.remote_extra.iter().filter(|ip| self.config.families.contains(&Family::of(**ip))) {
-            let doing = format!("adding {ip} to lo");
-            match ip {
-                IpAddr::V4(a) => {
-                    address_add(&remote, LO_INDEX, (*a).into(), 32)
-                        .execute()
-                        .await
-                        .map_err(netlink_err(doing, remote_ns))?;
-                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(*a, 32)
-                        .gateway(self.config.address(Host::RemotePod))
-                        .build();
-                    node.route()
-                        .add(r)
-                        .execute()
-                        .await
-                        .map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
-                }
-                IpAddr::V6(a) => {
-                    address_add(&remote, LO_INDEX, (*a).into(), 128)
-                        .execute()
-                        .await
-                        .map_err(netlink_err(doing, remote_ns))?;
-                    let r = RouteMessageBuilder::<Ipv6Addr>::new()
-                        .destination_prefix(*a, 128)
-                        .gateway(self.config.addresses6[&Host::RemotePod])
-                        .build();
-                    node.route()
-                        .add(r)
-                        .execute()
-                        .await
-                        .map_err(netlink_err(format!("routing {ip} to the remote pod"), node_ns))?;
-                }
-            }
+            let (f, len) = (Family::of(*ip), host_bits(*ip));
+            add_address(&remote, remote_ns, LO_INDEX, *ip, len, format!("adding {ip} to lo")).await?;
+            let via = self.config.address_of(Host::RemotePod, f);
+            add_route(&node, node_ns, Some((*ip, len)), via, format!("routing {ip} to the remote pod")).await?;
         }
         Ok(())
     }
@@ -364,5 +342,19 @@ async fn link_index(handle: &rtnetlink::Handle, name: &str) -> std::result::Resu
     match links.try_next().await? {
         Some(msg) => Ok(msg.header.index),
         None => Err(rtnetlink::Error::RequestFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_host_routes_of_both_families() {
+        assert_eq!(network("172.31.2.2".parse().unwrap(), 24), "172.31.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(network("fd00:31:2::2".parse().unwrap(), 64), "fd00:31:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(network("10.1.2.3".parse().unwrap(), 0), "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(network("10.1.2.3".parse().unwrap(), 32), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!((host_bits("10.9.9.9".parse().unwrap()), host_bits("fd00:9::9".parse().unwrap())), (32, 128));
     }
 }
