@@ -1037,7 +1037,7 @@ mod captured {
     fn nf_tables_trace_events() {
         let mut ids = HashMap::new();
         let mut events = Vec::new();
-        for d in datagrams(include_str!("../../testdata/nft-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../../testdata/nft-trace-leg1.hex")) {
             for msg in nl::messages(&d) {
                 let msg = msg.unwrap();
                 assert_eq!(msg.ty, (nl::NFNL_SUBSYS_NFTABLES << 8) | nl::NFT_MSG_TRACE);
@@ -1065,7 +1065,7 @@ mod captured {
         assert!(leg.len() >= 4, "{events:?}");
         assert!(leg.iter().all(|e| e.src.ip() == "10.244.0.10".parse::<std::net::IpAddr>().unwrap()));
         // Truncating any datagram never panics.
-        for d in datagrams(include_str!("../../testdata/nft-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../../testdata/nft-trace-leg1.hex")) {
             for cut in 0..d.len() {
                 for msg in nl::messages(&d[..cut]).into_iter().flatten() {
                     let _ = parse_nft_trace(&msg, &mut HashMap::new(), |_, _, _| None);
@@ -1077,7 +1077,7 @@ mod captured {
     #[test]
     fn legacy_nflog_trace_lines() {
         let mut p = Pending::default();
-        for d in datagrams(include_str!("../../testdata/nflog-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../../testdata/nflog-trace-leg1.hex")) {
             parse_nflog(&d, &mut p);
         }
         let got: Vec<(String, Step)> = p.events.iter().map(|e| (e.chain.clone(), e.step.clone())).collect();
@@ -1091,7 +1091,7 @@ mod captured {
             ]
         );
         assert!(p.events.iter().all(|e| e.table == "nat" && e.dst.port() == 9090 || e.dst.port() == 15001));
-        for d in datagrams(include_str!("../../testdata/nflog-trace-leg1.hex")) {
+        for d in datagrams(include_str!("../../../testdata/nflog-trace-leg1.hex")) {
             for cut in 0..d.len() {
                 parse_nflog(&d[..cut], &mut Pending::default());
             }
