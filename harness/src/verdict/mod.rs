@@ -3,6 +3,7 @@
 //! hops, missing hops, loops and errors all fail.
 
 pub mod decision;
+pub mod legs;
 pub mod outcome;
 
 use serde::Serialize;
