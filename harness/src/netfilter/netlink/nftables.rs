@@ -213,8 +213,9 @@ mod tests {
     #[test]
     fn a_dumped_rule_is_read_by_its_attribute_names() {
         let handle = 42u64.to_be_bytes();
-        let attrs: [(u16, &[u8]); 3] =
-            [(NFTA_RULE_TABLE, b"nat\0"), (NFTA_RULE_CHAIN, b"ISTIO_OUTPUT\0"), (NFTA_RULE_HANDLE, &handle)];
+        // Attribute numbers as the kernel sends them (nf_tables.h), not
+        // through the constants under test.
+        let attrs: [(u16, &[u8]); 3] = [(1, b"nat\0"), (2, b"ISTIO_OUTPUT\0"), (3, &handle)];
         let req = request(NFTABLES, NFT_MSG_NEWRULE, 0, 1, NFPROTO_IPV4, 0, &attrs);
         let want = Rule { family: NFPROTO_IPV4, table: "nat".into(), chain: "ISTIO_OUTPUT".into(), handle: 42 };
         assert_eq!(rule(&one(&req)), Ok(Some(want)));
@@ -230,15 +231,15 @@ mod tests {
 
     #[test]
     fn a_base_chain_is_named_for_its_hook() {
-        let hook = request(0, 0, 0, 0, 0, 0, &[(NFTA_HOOK_HOOKNUM, &NF_INET_LOCAL_OUT.to_be_bytes())]);
-        // The nested attributes: what `request` put after its two headers.
+        let hook = request(0, 0, 0, 0, 0, 0, &[(1, &3u32.to_be_bytes())]); // NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT
+                                                                           // The nested attributes: what `request` put after its two headers.
         let nested = &hook[20..];
-        let attrs: [(u16, &[u8]); 3] =
-            [(NFTA_CHAIN_TABLE, b"t\0"), (NFTA_CHAIN_NAME, b"out\0"), (NFTA_CHAIN_HOOK, nested)];
+        // (1 NFTA_CHAIN_TABLE, 3 NFTA_CHAIN_NAME, 4 NFTA_CHAIN_HOOK; 2 is the handle.)
+        let attrs: [(u16, &[u8]); 4] = [(1, b"t\0"), (2, &[0; 8]), (3, b"out\0"), (4, nested)];
         let req = request(NFTABLES, NFT_MSG_NEWCHAIN, 0, 1, NFPROTO_INET, 0, &attrs);
         let want = BaseChain { family: NFPROTO_INET, table: "t".into(), chain: "out".into(), hook: "OUTPUT" };
         assert_eq!(base_chain(&one(&req)), Ok(Some(want)));
-        let user = request(NFTABLES, NFT_MSG_NEWCHAIN, 0, 1, NFPROTO_INET, 0, &attrs[..2]);
+        let user = request(NFTABLES, NFT_MSG_NEWCHAIN, 0, 1, NFPROTO_INET, 0, &attrs[..3]);
         assert_eq!(base_chain(&one(&user)), Ok(None));
         assert_eq!(
             (0..=5).map(hook_name).collect::<Vec<_>>(),
@@ -250,8 +251,9 @@ mod tests {
     fn verdicts_in_nft_words() {
         let nested = |code: i32, chain: Option<&[u8]>| {
             let code = code.to_be_bytes();
-            let mut attrs: Vec<(u16, &[u8])> = vec![(NFTA_VERDICT_CODE, &code)];
-            attrs.extend(chain.map(|c| (NFTA_VERDICT_CHAIN, c)));
+            // 1 NFTA_VERDICT_CODE, 2 NFTA_VERDICT_CHAIN.
+            let mut attrs: Vec<(u16, &[u8])> = vec![(1, &code)];
+            attrs.extend(chain.map(|c| (2, c)));
             request(0, 0, 0, 0, 0, 0, &attrs)[20..].to_vec()
         };
         assert_eq!(verdict(&nested(NFT_JUMP, Some(b"ISTIO_OUTPUT\0"))).as_deref(), Some("jump ISTIO_OUTPUT"));
