@@ -12,7 +12,14 @@
 //!
 //! Each event carries the packet's addresses, so it is attributed to exactly
 //! one connection leg (the client's connection, then each upstream
-//! connection fake-envoy opened), also when probes run in parallel.
+//! connection fake-envoy opened), also when probes run in parallel. Which
+//! legs a probe made is the caller's to say ([`Leg`]): the tracer knows
+//! addresses, not probes.
+//!
+//! Files: `event` (messages -> events), `index` (the rules under test),
+//! `reader` (the reader thread, claiming a leg's events), `path`
+//! (rendering), `table` (the harness's own table); the netlink wire format
+//! is `netfilter::netlink`'s.
 
 mod event;
 mod index;
