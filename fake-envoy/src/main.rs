@@ -406,6 +406,7 @@ fn set_transparent(fd: std::os::fd::BorrowedFd<'_>, v4: bool) -> io::Result<()> 
     let one: libc::c_int = 1;
     let (level, name) =
         if v4 { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from `one`, which lives across the call.
     let rc = unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -433,6 +434,7 @@ fn connect_from(source: SocketAddr, to: SocketAddr, timeout: Duration, mark: Opt
     // where bind(port 0) readily hands out a port just freed. A reused
     // 4-tuple would make two legs' trace events indistinguishable.
     let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from `one`, which lives across the call.
     unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&fd),

@@ -2,7 +2,7 @@
 //! rule dumps. Malformed input is skipped or an error, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use harness::{nfnetlink as nl, trace};
+use harness::netfilter::{netlink as nl, trace};
 
 fuzz_target!(|data: &[u8]| {
     let mut ids = std::collections::HashMap::new();

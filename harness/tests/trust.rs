@@ -151,6 +151,7 @@ fn fake_envoy(ns: &harness::sandbox::ns::Namespace, nproc: u64) -> std::process:
     let uid = 40000 + std::process::id() % 20000;
     let mut cmd = ns.command(&exe);
     cmd.args(["--outbound", "127.0.0.1:15001", "--inbound", "127.0.0.1:15006", "--timeout-ms", "3000"]);
+    // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid, setuid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             let lim = libc::rlimit { rlim_cur: nproc, rlim_max: nproc };

@@ -67,6 +67,7 @@ pub fn client_socket(ns: &Namespace, uid: u32, gid: u32, ipv6: bool, udp: bool) 
     ns.run(move || -> std::io::Result<OwnedFd> {
         // Raw syscalls: these act on this thread only, and the thread ends
         // right after, so no other code ever runs with these ids.
+        // SAFETY: plain syscalls on integers and `groups`, which lives across the call.
         unsafe {
             let groups = [gid];
             if libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) != 0 {

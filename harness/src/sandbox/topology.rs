@@ -168,6 +168,7 @@ impl Topology {
                 if fd < 0 {
                     Err(std::io::Error::last_os_error())
                 } else {
+                    // SAFETY: socket(2) just returned this fd; nothing else owns it.
                     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
                 }
             })?

@@ -125,6 +125,7 @@ impl Session {
             self.topology.config.hosts().into_iter().map(|h| self.topology.ns(h)).collect();
         let drops_before: Vec<Option<u64>> =
             namespaces.iter().map(|ns| crate::verdict::outcome::listen_drops(ns)).collect();
+        let trace_losses = self.tracer.as_ref().map_or(0, |t| t.losses());
         let t = self.config.probe_timeouts;
         let probes = self.rt.block_on(async {
             // (None: an INVALID segment, sent afterwards from a raw socket.)
@@ -195,7 +196,8 @@ impl Session {
                 // The tracer follows TCP SYNs; a datagram's hops are its answer.
                 let path = match (&self.tracer, &r.target) {
                     (Some(tracer), Ok(target)) if r.protocol == Protocol::Tcp => {
-                        Some(tracer.path(client, r.from == Host::LocalPod, *target, &observation))
+                        let legs = crate::verdict::legs::legs(tracer.proxy(), client, *target, &observation);
+                        Some(tracer.path(legs, r.from == Host::LocalPod, trace_losses))
                     }
                     _ => None,
                 };

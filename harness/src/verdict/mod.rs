@@ -4,6 +4,7 @@
 
 pub mod decision;
 pub mod ending;
+pub mod legs;
 pub mod outcome;
 
 use serde::Serialize;

@@ -3,28 +3,47 @@
 //! position), and NFLOG packets (iptables-legacy's `TRACE:` lines). Parsing is
 //! pure and bounded: a malformed message is an error, never a panic.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-pub const NETLINK_NETFILTER: i32 = 12;
+pub mod nflog;
+pub mod nftables;
+mod socket;
+
+pub use socket::Socket;
+
+// Values from the kernel's uapi headers: linux/netlink.h,
+// linux/netfilter/nfnetlink.h, linux/netfilter.h.
+
+/// Multicast group of nf_tables trace events (enum nfnetlink_groups).
 pub const NFNLGRP_NFTRACE: u32 = 9;
 
 const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
+/// Types below this are netlink's own control messages (NLMSG_MIN_TYPE).
+const NLMSG_MIN_TYPE: u16 = 16;
 pub const NLM_F_REQUEST: u16 = 1;
 pub const NLM_F_ACK: u16 = 4;
+/// NLM_F_ROOT | NLM_F_MATCH.
 pub const NLM_F_DUMP: u16 = 0x300;
 
+/// nfnetlink subsystems: the high byte of a message type.
 pub const NFNL_SUBSYS_ULOG: u16 = 4;
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
-pub const NFT_MSG_NEWCHAIN: u16 = 3;
-pub const NFT_MSG_GETCHAIN: u16 = 4;
-pub const NFT_MSG_NEWRULE: u16 = 6;
-pub const NFT_MSG_GETRULE: u16 = 7;
-pub const NFT_MSG_TRACE: u16 = 17;
-pub const NFULNL_MSG_PACKET: u16 = 0;
-pub const NFULNL_MSG_CONFIG: u16 = 1;
+const NFNETLINK_V0: u8 = 0;
+
+/// Netfilter protocol families (nfgenmsg.nfgen_family).
+pub const NFPROTO_UNSPEC: u8 = 0;
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_ARP: u8 = 3;
+pub const NFPROTO_NETDEV: u8 = 5;
+pub const NFPROTO_BRIDGE: u8 = 7;
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Bytes of struct nlmsghdr, of struct nlattr's header, of struct nfgenmsg.
+const NLMSG_HDRLEN: usize = 16;
+const NLA_HDRLEN: usize = 4;
+const NFGENMSG_LEN: usize = 4;
 
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -68,16 +87,16 @@ fn align4(n: usize) -> usize {
 pub fn messages(buf: &[u8]) -> Vec<Result<Msg<'_>, Malformed>> {
     let mut out = Vec::new();
     let mut rest = buf;
-    while rest.len() >= 16 {
+    while rest.len() >= NLMSG_HDRLEN {
         let len = u32_ne(&rest[0..4]) as usize;
-        if len < 16 || len > rest.len() {
+        if len < NLMSG_HDRLEN || len > rest.len() {
             out.push(Err(Malformed(format!("length {len} with {} bytes left", rest.len()))));
             break;
         }
         let ty = u16_ne(&rest[4..6]);
         let flags = u16_ne(&rest[6..8]);
         let seq = u32_ne(&rest[8..12]);
-        let body = &rest[16..len];
+        let body = &rest[NLMSG_HDRLEN..len];
         let msg = if ty == NLMSG_ERROR {
             if body.len() < 4 {
                 Err(Malformed("short error message".into()))
@@ -87,13 +106,13 @@ pub fn messages(buf: &[u8]) -> Vec<Result<Msg<'_>, Malformed>> {
                 let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]).wrapping_neg();
                 Ok(Msg { ty, flags, seq, family: 0, res_id: 0, attrs: &[], error: Some(errno) })
             }
-        } else if ty == NLMSG_DONE || ty < 16 {
+        } else if ty == NLMSG_DONE || ty < NLMSG_MIN_TYPE {
             Ok(Msg { ty, flags, seq, family: 0, res_id: 0, attrs: &[], error: None })
-        } else if body.len() < 4 {
+        } else if body.len() < NFGENMSG_LEN {
             Err(Malformed(format!("message type {ty:#x} has no nfgenmsg header")))
         } else {
             let res_id = u16::from_be_bytes([body[2], body[3]]);
-            Ok(Msg { ty, flags, seq, family: body[0], res_id, attrs: &body[4..], error: None })
+            Ok(Msg { ty, flags, seq, family: body[0], res_id, attrs: &body[NFGENMSG_LEN..], error: None })
         };
         out.push(msg);
         rest = &rest[align4(len).min(rest.len())..];
@@ -106,12 +125,12 @@ pub fn messages(buf: &[u8]) -> Vec<Result<Msg<'_>, Malformed>> {
 pub fn attrs(buf: &[u8]) -> Result<Vec<(u16, &[u8])>, Malformed> {
     let mut out = Vec::new();
     let mut rest = buf;
-    while rest.len() >= 4 {
+    while rest.len() >= NLA_HDRLEN {
         let len = u16_ne(&rest[0..2]) as usize;
-        if len < 4 || len > rest.len() {
+        if len < NLA_HDRLEN || len > rest.len() {
             return Err(Malformed(format!("attribute length {len} with {} bytes left", rest.len())));
         }
-        out.push((u16_ne(&rest[2..4]) & NLA_TYPE_MASK, &rest[4..len]));
+        out.push((u16_ne(&rest[2..4]) & NLA_TYPE_MASK, &rest[NLA_HDRLEN..len]));
         rest = &rest[align4(len).min(rest.len())..];
     }
     Ok(out)
@@ -130,6 +149,16 @@ pub fn attr_be64(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
 }
 
+/// The nlmsghdr type of message `msg` of nfnetlink subsystem `subsys`.
+pub fn msg_type(subsys: u16, msg: u16) -> u16 {
+    (subsys << 8) | msg
+}
+
+/// The payload of the first attribute of type `ty`.
+pub fn find<'a>(attrs: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
+    attrs.iter().find(|(t, _)| *t == ty).map(|(_, p)| *p)
+}
+
 /// Build one request: nlmsghdr + nfgenmsg + attributes.
 pub fn request(
     subsys: u16,
@@ -140,18 +169,18 @@ pub fn request(
     res_id: u16,
     attributes: &[(u16, &[u8])],
 ) -> Vec<u8> {
-    let mut body = vec![family, 0 /* NFNETLINK_V0 */];
+    let mut body = vec![family, NFNETLINK_V0];
     body.extend_from_slice(&res_id.to_be_bytes());
     for (ty, payload) in attributes {
-        let len = 4 + payload.len();
+        let len = NLA_HDRLEN + payload.len();
         body.extend_from_slice(&(len as u16).to_ne_bytes());
         body.extend_from_slice(&ty.to_ne_bytes());
         body.extend_from_slice(payload);
         body.resize(align4(body.len()), 0);
     }
-    let mut out = Vec::with_capacity(16 + body.len());
-    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    out.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
+    let mut out = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    out.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&msg_type(subsys, msg).to_ne_bytes());
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes());
@@ -206,150 +235,26 @@ pub fn tcp_seq(network: &[u8], transport: Option<&[u8]>) -> Option<u32> {
     Some(u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?))
 }
 
-/// A NETLINK_NETFILTER socket.
-pub struct Socket {
-    fd: OwnedFd,
-}
-
-impl Socket {
-    /// Open in the calling thread's network namespace.
-    pub fn open(nonblocking: bool) -> io::Result<Socket> {
-        let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
-        if nonblocking {
-            ty |= libc::SOCK_NONBLOCK;
-        }
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, ty, NETLINK_NETFILTER) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = Socket { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let rc = unsafe {
-            libc::bind(
-                sock.fd.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(sock)
-    }
-
-    fn setsockopt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
-        let rc = unsafe {
-            libc::setsockopt(self.fd.as_raw_fd(), level, name, &value as *const i32 as *const libc::c_void, 4)
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.fd)
-    }
-
-    pub fn join_group(&self, group: u32) -> io::Result<()> {
-        self.setsockopt(libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group as i32)
-    }
-
-    /// A large receive buffer: events queue while probes run and are read
-    /// after they finish. As root, FORCE ignores rmem_max.
-    pub fn set_receive_buffer(&self, bytes: i32) -> io::Result<()> {
-        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
-            .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes))
-    }
-
-    pub fn set_receive_timeout(&self, t: std::time::Duration) -> io::Result<()> {
-        let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// One datagram into `buf`; `WouldBlock` when none is queued.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Send a request and collect every reply message body until DONE (for
-    /// dumps) or the ack. `f` sees each message.
-    pub fn transact(&self, req: &[u8], seq: u32, mut f: impl FnMut(&Msg<'_>)) -> io::Result<()> {
-        self.send(req)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = self.recv(&mut buf)?;
-            for msg in messages(&buf[..n]) {
-                let msg = msg.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.error {
-                    Some(0) => return Ok(()),
-                    Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
-                    None if msg.ty == NLMSG_DONE => return Ok(()),
-                    None => f(&msg),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn request_round_trips_through_the_parser() {
-        let req = request(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 7, 2, 0, &[(1, &[3u8][..])]);
+        let req =
+            request(NFNL_SUBSYS_ULOG, nflog::NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 7, 2, 0, &[(1, &[3u8][..])]);
         assert_eq!(req.len(), 16 + 4 + 8);
         let msgs = messages(&req);
         assert_eq!(msgs.len(), 1);
         let m = msgs[0].clone().unwrap();
-        assert_eq!(m.ty, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG);
+        assert_eq!(m.ty, (NFNL_SUBSYS_ULOG << 8) | nflog::NFULNL_MSG_CONFIG);
         assert_eq!((m.seq, m.family, m.res_id), (7, 2, 0));
         assert_eq!(attrs(m.attrs).unwrap(), vec![(1, &[3u8][..])]);
     }
 
     #[test]
     fn truncated_and_lying_lengths_are_errors_not_panics() {
-        let req = request(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NLM_F_REQUEST, 1, 0, 0, &[(1, b"nat\0")]);
+        let req = request(NFNL_SUBSYS_NFTABLES, nftables::NFT_MSG_GETRULE, NLM_F_REQUEST, 1, 0, 0, &[(1, b"nat\0")]);
         for cut in 0..req.len() {
             let _ = messages(&req[..cut]);
         }
