@@ -2,36 +2,33 @@
 //! which front end it lands in, what can be checked before, and the steps
 //! that install it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::base::net::Family;
 use crate::base::tool::find_tool;
 use crate::netfilter::run::run_in;
+use crate::netfilter::{self, RuleFormat};
 use crate::rules::source::{Backend, Frontend, RuleSource};
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
 impl RuleSource {
+    /// Which front end this source's rules land in under `backend`.
     pub fn frontend(&self, backend: Backend) -> Frontend {
-        match (self, backend) {
-            (RuleSource::Builtin(_), Backend::NftNative) => Frontend::Nft,
-            (
-                RuleSource::Builtin(_)
-                | RuleSource::RestoreFiles { .. }
-                | RuleSource::Split { .. }
-                | RuleSource::Text { .. },
-                Backend::Nft | Backend::NftNative,
-            ) => Frontend::IptablesNft,
-            (
-                RuleSource::Builtin(_)
-                | RuleSource::RestoreFiles { .. }
-                | RuleSource::Split { .. }
-                | RuleSource::Text { .. },
-                Backend::Legacy,
-            ) => Frontend::IptablesLegacy,
-            (RuleSource::NftFile(_), _) => Frontend::Nft,
-            (RuleSource::Script(_) | RuleSource::Generator(_), _) => Frontend::Any,
+        let chosen = netfilter::for_backend(backend);
+        let format = match self {
+            // The built-in rules come in every format.
+            RuleSource::Builtin(_) => chosen.format(),
+            RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. } => RuleFormat::Restore,
+            RuleSource::NftFile(_) => RuleFormat::Nft,
+            RuleSource::Script(_) | RuleSource::Generator(_) => return Frontend::Any,
+        };
+        // Another backend's input goes to the first front end that takes it
+        // (`check` refuses restore files under nft-native).
+        match netfilter::all().iter().find(|f| f.format() == format) {
+            Some(first) if chosen.format() != format => first.frontend(),
+            _ => chosen.frontend(),
         }
     }
 
@@ -57,21 +54,19 @@ impl RuleSource {
         if let RuleSource::RestoreFiles { v4: None, v6: None } = self {
             return Err(Error::config("no restore file given: pass --rules (IPv4) and/or --rules6 (IPv6)"));
         }
-        if let (
-            RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. },
-            Backend::NftNative,
-        ) = (self, backend)
+        if matches!(self, RuleSource::RestoreFiles { .. } | RuleSource::Split { .. } | RuleSource::Text { .. })
+            && netfilter::for_backend(backend).format() != RuleFormat::Restore
         {
             return Err(Error::config("restore files are installed with iptables: use --backend nft or legacy (or give a native ruleset with --nft)"));
         }
-        match self.frontend(backend) {
-            Frontend::IptablesNft | Frontend::IptablesLegacy => {
+        match netfilter::front_end(self.frontend(backend)) {
+            Some(front) => {
                 for f in self.families() {
-                    find_tool(backend.restore_tool_for(f), "iptables")?;
+                    let tool = front.installer(f, None);
+                    find_tool(tool.program, tool.package)?;
                 }
             }
-            Frontend::Nft => drop(find_tool("nft", "nftables")?),
-            Frontend::Any => drop(find_tool("sh", "dash")?),
+            None => drop(find_tool("sh", "dash")?),
         }
         Ok(())
     }
@@ -83,72 +78,49 @@ impl RuleSource {
         let read = |p: &PathBuf| crate::base::bounded::read_text(p, crate::base::bounded::RULES_MAX);
         // (what it is called in messages, tool, program, args, stdin)
         let mut steps: Vec<(String, String, PathBuf, Vec<String>, String)> = Vec::new();
+        let front = netfilter::front_end(self.frontend(backend));
+        // A step through the source's front end (every source but a script or generator has one).
+        let mut through = |origin: String, family: Family, file: Option<&Path>, stdin: String| -> Result<()> {
+            let Some(front) = front else { return Ok(()) };
+            let tool = front.installer(family, file);
+            steps.push((origin, tool.program.into(), find_tool(tool.program, tool.package)?, tool.args, stdin));
+            Ok(())
+        };
         match self {
-            RuleSource::Builtin(c) if backend == Backend::NftNative => {
-                steps.push((
-                    format!("{} (nftables)", self.describe()),
-                    "nft".into(),
-                    find_tool("nft", "nftables")?,
-                    vec!["-f".into(), "-".into()],
-                    c.to_nft(),
-                ));
-            }
-            RuleSource::Builtin(c) => {
-                for f in families {
-                    let t = backend.restore_tool_for(*f);
-                    steps.push((
-                        format!("{} ({})", self.describe(), f.name()),
-                        t.into(),
-                        find_tool(t, "iptables")?,
-                        vec![],
-                        c.to_restore_for(*f),
-                    ));
+            RuleSource::Builtin(c) => match front.map(|f| (f.format(), f.name())) {
+                // One ruleset for both families.
+                Some((RuleFormat::Nft, name)) => {
+                    through(format!("{} ({name})", self.describe()), Family::Ipv4, None, c.to_nft())?
                 }
-            }
+                _ => {
+                    for f in families {
+                        through(format!("{} ({})", self.describe(), f.name()), *f, None, c.to_restore_for(*f))?;
+                    }
+                }
+            },
             RuleSource::RestoreFiles { v4, v6 } => {
                 for (f, file) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
                     if let (Some(p), true) = (file, families.contains(&f)) {
-                        let t = backend.restore_tool_for(f);
-                        steps.push((p.display().to_string(), t.into(), find_tool(t, "iptables")?, vec![], read(p)?));
+                        through(p.display().to_string(), f, None, read(p)?)?;
                     }
                 }
             }
             RuleSource::Split { v4, v6 } => {
                 for (f, part) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
                     if let (Some(p), true) = (part, families.contains(&f)) {
-                        let tool = backend.restore_tool_for(f);
-                        steps.push((
-                            format!("{} ({})", p.file.display(), f.name()),
-                            tool.into(),
-                            find_tool(tool, "iptables")?,
-                            vec![],
-                            p.text.clone(),
-                        ));
+                        through(format!("{} ({})", p.file.display(), f.name()), f, None, p.text.clone())?;
                     }
                 }
             }
             RuleSource::Text { v4, v6, .. } => {
                 for (f, text) in [(Family::Ipv4, v4), (Family::Ipv6, v6)] {
                     if let (Some(t), true) = (text, families.contains(&f)) {
-                        let tool = backend.restore_tool_for(f);
-                        steps.push((
-                            format!("{} ({})", self.describe(), f.name()),
-                            tool.into(),
-                            find_tool(tool, "iptables")?,
-                            vec![],
-                            t.clone(),
-                        ));
+                        through(format!("{} ({})", self.describe(), f.name()), f, None, t.clone())?;
                     }
                 }
             }
             // nft reads the file itself so its errors name the user's file and line.
-            RuleSource::NftFile(p) => steps.push((
-                self.describe(),
-                "nft".into(),
-                find_tool("nft", "nftables")?,
-                vec!["-f".into(), p.display().to_string()],
-                String::new(),
-            )),
+            RuleSource::NftFile(p) => through(self.describe(), Family::Ipv4, Some(p), String::new())?,
             // -e: a failing command stops the script; -x (marked by PS4,
             // set in run_in): the error can name the command that failed.
             RuleSource::Script(p) => steps.push((
@@ -286,5 +258,27 @@ mod tests {
         assert_eq!(RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)).label(), "istio-classic");
         assert_eq!(RuleSource::NftFile("/x/istio.nft".into()).label(), "istio");
         assert_eq!(RuleSource::Generator("x".into()).frontend(Backend::Legacy), Frontend::Any);
+    }
+
+    #[test]
+    fn the_front_end_follows_the_backend_where_the_source_allows() {
+        use Frontend::*;
+        let text =
+            RuleSource::Text { label: "t".into(), what: "t".into(), v4: Some("*nat\nCOMMIT\n".into()), v6: None };
+        let builtin = RuleSource::Builtin(IstioCapture::default_for(Shape::Current));
+        let (nft, script) = (RuleSource::NftFile("/x.nft".into()), RuleSource::Script("/x.sh".into()));
+        // (source, under nft, legacy, nft-native)
+        for (source, want) in [
+            (&builtin, [IptablesNft, IptablesLegacy, Nft]),
+            (&text, [IptablesNft, IptablesLegacy, IptablesNft]),
+            (&RuleSource::restore("/x.rules"), [IptablesNft, IptablesLegacy, IptablesNft]),
+            (&nft, [Nft, Nft, Nft]),
+            (&script, [Any, Any, Any]),
+        ] {
+            let got = [Backend::Nft, Backend::Legacy, Backend::NftNative].map(|b| source.frontend(b));
+            assert_eq!(got, want, "{}", source.describe());
+        }
+        let e = text.check(Backend::NftNative).unwrap_err().to_string();
+        assert!(e.contains("restore files are installed with iptables"), "{e}");
     }
 }

@@ -362,7 +362,7 @@ impl Tracer {
     /// text too, so under iptables-legacy it is read regardless.
     pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
         let nft_tool = crate::base::tool::find_tool("nft", "nftables")?;
-        let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
+        let legacy = netfilter::traced_by(frontend, netfilter::TraceSource::Nflog);
         let doing = format!("opening trace sockets in namespace {}", ns.name());
         let (nft, nflog) = ns
             .run(|| -> std::io::Result<(Socket, Option<Socket>)> {
@@ -386,14 +386,15 @@ impl Tracer {
                 ran.output.trim()
             )));
         }
-        let snapshot = if rule_texts || matches!(frontend, Frontend::IptablesLegacy | Frontend::Any) {
+        let snapshot = if rule_texts || legacy {
             netfilter::snapshot(ns, frontend, timeout)?
         } else {
             netfilter::Snapshot::default()
         };
-        let (positions, hooks) = match frontend {
-            Frontend::IptablesLegacy => (HashMap::new(), HashMap::new()),
-            _ => dump_nft(ns)?,
+        let (positions, hooks) = if netfilter::traced_by(frontend, netfilter::TraceSource::NfTrace) {
+            dump_nft(ns)?
+        } else {
+            (HashMap::new(), HashMap::new())
         };
         let mut counts = HashMap::new();
         for (family, table, chain, _) in positions.keys() {
@@ -521,7 +522,7 @@ impl TraceStore {
             // Our own table's events are kept: they see every traced SYN
             // before any NAT, which is how a leg finds its sequence number.
             // Under iptables-legacy nothing else in nf_tables is under test.
-            if ev.table == trace_table() || self.frontend != Frontend::IptablesLegacy {
+            if ev.table == trace_table() || netfilter::traced_by(self.frontend, netfilter::TraceSource::NfTrace) {
                 p.events.push(ev);
             }
         }

@@ -22,21 +22,6 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn restore_tool(self) -> &'static str {
-        match self {
-            Backend::Nft | Backend::NftNative => "iptables-nft-restore",
-            Backend::Legacy => "iptables-legacy-restore",
-        }
-    }
-
-    pub fn restore_tool_for(self, family: Family) -> &'static str {
-        match (self, family) {
-            (_, Family::Ipv4) => self.restore_tool(),
-            (Backend::Nft | Backend::NftNative, Family::Ipv6) => "ip6tables-nft-restore",
-            (Backend::Legacy, Family::Ipv6) => "ip6tables-legacy-restore",
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Backend::Nft => "nft",
