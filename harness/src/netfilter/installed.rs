@@ -13,9 +13,7 @@ use crate::netfilter;
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
-/// What `sh -x` puts before each command it runs (PS4): a mark no
-/// command's own output starts with.
-pub const XTRACE: &str = "+sidecheck: ";
+use crate::netfilter::run::XTRACE;
 
 /// A failed script's output, explained: the command that stopped it (the
 /// last one `sh -x` traced) with its line in the script when it can be

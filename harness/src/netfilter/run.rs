@@ -9,21 +9,40 @@ use std::time::Duration;
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
+/// What `sh -x` puts before each command it runs (PS4): a mark no
+/// command's own output starts with.
+pub const XTRACE: &str = "+sidecheck: ";
+
+/// A tool's output kept for messages.
 const OUTPUT_CAP: usize = 64 * 1024;
 
 /// Output of a command run inside a namespace.
 pub struct Ran {
     pub status: std::process::ExitStatus,
     pub output: String,
+    /// Bytes of output past the cap, not kept.
+    pub dropped: u64,
 }
 
 /// Run `program args` inside `ns` with `stdin` fed to it, bounded by `timeout`
 /// (killed after it), output (stdout+stderr) capped at 64 KiB.
 pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Result<Ran> {
+    run_capped(ns, program, args, stdin, timeout, OUTPUT_CAP)
+}
+
+/// As [`run_in`], keeping up to `cap` bytes of stdout and of stderr each.
+pub fn run_capped(
+    ns: &Namespace,
+    program: &Path,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Ran> {
     let mut cmd = ns.command(program);
     cmd.args(args)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("PS4", crate::netfilter::installed::XTRACE)
+        .env("PS4", XTRACE)
         .process_group(0);
     // Dies with sidecheck, even by SIGKILL: a contained source's `unshare`
     // then takes its whole PID namespace along (--kill-child).
@@ -57,7 +76,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(stdin.as_bytes());
     });
-    // Keep the first 64 KiB of output and drain the rest: a child that
+    // Keep the first `cap` bytes of output and drain the rest: a child that
     // prints megabytes must never block on a full pipe.
     // Kept in shared buffers: a killed child's output is shown too, without
     // waiting for pipes a leftover grandchild may hold open.
@@ -74,7 +93,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
                         break;
                     }
                     let mut kept = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = (OUTPUT_CAP - kept.len()).min(n);
+                    let room = cap.saturating_sub(kept.len()).min(n);
                     kept.extend_from_slice(&chunk[..room]);
                     dropped += (n - room) as u64;
                 }
@@ -83,6 +102,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
                 let mut kept = shared.lock().unwrap_or_else(|e| e.into_inner());
                 kept.extend_from_slice(format!("\n[... {dropped} more bytes of output not shown]\n").as_bytes());
             }
+            dropped
         });
         (buf, handle)
     };
@@ -115,8 +135,7 @@ pub fn run_in(ns: &Namespace, program: &Path, args: &[&str], stdin: &str, timeou
         }
     };
     let _ = writer.join();
-    let _ = out.1.join();
-    let _ = err.1.join();
+    let dropped = out.1.join().unwrap_or(0) + err.1.join().unwrap_or(0);
     let output = so_far(&out.0) + &so_far(&err.0);
-    Ok(Ran { status, output })
+    Ok(Ran { status, output, dropped })
 }
