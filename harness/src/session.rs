@@ -20,7 +20,7 @@ use crate::netfilter;
 use crate::netfilter::trace::Tracer;
 use crate::probe::{self, AppServer, Timeouts};
 use crate::rules::istio::{IstioCapture, Shape};
-use crate::rules::source::{self, Backend, RuleSource};
+use crate::rules::source::{Backend, RuleSource};
 use crate::sandbox::listing::normalize_counters;
 use crate::sandbox::registry::RunGuard;
 use crate::sandbox::stubs::StubProcess;
@@ -64,11 +64,9 @@ impl SessionConfig {
     /// How trial names and reports call the backend (`nft`, `legacy`,
     /// `nft-native`, `script`, `generator`): known before anything runs.
     pub fn backend_name(&self) -> String {
-        match self.rules.frontend(self.backend) {
-            source::Frontend::IptablesNft => "nft".into(),
-            source::Frontend::IptablesLegacy => "legacy".into(),
-            source::Frontend::Nft => "nft-native".into(),
-            source::Frontend::Any => match self.rules {
+        match netfilter::front_end(self.rules.frontend(self.backend)) {
+            Some(front) => front.backend().name().into(),
+            None => match self.rules {
                 RuleSource::Script(_) => "script".into(),
                 _ => "generator".into(),
             },
@@ -132,7 +130,7 @@ impl Session {
     pub fn can_swap_to(&self, rules: &RuleSource, backend: Backend) -> bool {
         let in_nft = |r: &RuleSource, b: Backend| {
             !matches!(r, RuleSource::Script(_) | RuleSource::Generator(_))
-                && matches!(r.frontend(b), source::Frontend::IptablesNft | source::Frontend::Nft)
+                && netfilter::front_end(r.frontend(b)).is_some_and(|f| f.in_nf_tables())
         };
         let mut families = rules.families();
         families.retain(|f| self.config.topology.families.contains(f));
@@ -199,7 +197,7 @@ impl Session {
                 ));
             }
         }
-        let native = !matches!(frontend, source::Frontend::IptablesNft | source::Frontend::IptablesLegacy);
+        let native = netfilter::front_ends(frontend).iter().any(|f| f.format() == netfilter::RuleFormat::Nft);
         if let Some(nft) = snap.nft.as_ref().filter(|_| every_nft_table || native) {
             let listing: String =
                 nft.lines().map(|l| format!("{}\n", l.split(" # handle ").next().unwrap_or(l))).collect();

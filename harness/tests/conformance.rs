@@ -446,7 +446,7 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
         }),
         // Tracing must not add rules to, or renumber, the tables under test.
         Trial::test("paths::tracing-leaves-the-rules-untouched", move || {
-            for backend in [Backend::Nft, Backend::Legacy] {
+            for backend in harness::netfilter::all().iter().map(|f| f.backend()) {
                 let plain = Session::start(SessionConfig { trace: false, backend, ..SessionConfig::default() })?;
                 let before = plain.ruleset_snapshot()?;
                 drop(plain);

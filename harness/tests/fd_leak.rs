@@ -1,5 +1,5 @@
 //! Sessions give back every descriptor, thread and child they take: start
-//! and drop several (with probes, tracing, both backends) and the process
+//! and drop several (with probes, tracing, every backend) and the process
 //! holds what it held before. A test binary of its own, so no other test's
 //! descriptors come and go meanwhile. Needs root.
 
@@ -29,7 +29,7 @@ fn sessions_leak_no_descriptors_threads_or_children() {
     // The first session loads what stays loaded (kernel modules, lazy statics).
     cycle(Backend::Nft);
     let (fds, tasks) = (open_fds(), threads());
-    for backend in [Backend::Nft, Backend::Legacy, Backend::Nft, Backend::Legacy, Backend::Nft] {
+    for backend in harness::netfilter::all().iter().cycle().take(5).map(|f| f.backend()) {
         cycle(backend);
     }
     assert_eq!(open_fds(), fds, "descriptors leaked across 5 sessions");

@@ -11,6 +11,11 @@ use crate::{Error, Result};
 
 /// Rule files (restore, nft, scripts): Istio's largest golden is ~10 KiB.
 pub const RULES_MAX: u64 = 4 << 20;
+/// One listing of the rules as installed (iptables-save, `nft -a list
+/// ruleset`): a listing is longer than its rule file (`-m tcp`, `/32`,
+/// handles; `--syn` becomes `--tcp-flags FIN,SYN,RST,ACK SYN`), at most
+/// 4.7 times as measured (docs/verdicts.md), so a maximal rule file's fits.
+pub const LISTING_MAX: u64 = 8 * RULES_MAX;
 /// YAML files (scenarios, policies, profiles, topology settings).
 pub const YAML_MAX: u64 = 1 << 20;
 /// Deepest YAML nesting accepted (flow `[`/`{` or block indentation levels).

@@ -13,9 +13,7 @@ use crate::netfilter;
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
-/// What `sh -x` puts before each command it runs (PS4): a mark no
-/// command's own output starts with.
-pub const XTRACE: &str = "+sidecheck: ";
+use crate::netfilter::run::XTRACE;
 
 /// A failed script's output, explained: the command that stopped it (the
 /// last one `sh -x` traced) with its line in the script when it can be
@@ -126,23 +124,6 @@ fn nft_families(listing: &str, skip: &str) -> (bool, bool) {
     (v4, v6)
 }
 
-/// Every listing a rule could be in, from the tools this machine has (a
-/// run without tracing needs no nft, so its absence is no error here).
-fn read_back(pod: &Namespace, timeout: Duration) -> Result<netfilter::Snapshot> {
-    let list = |tool: &str, args: &[&str]| -> Result<Option<String>> {
-        let Ok(path) = crate::base::tool::find_tool(tool, "") else { return Ok(None) };
-        let ran = netfilter::run_in(pod, &path, args, "", timeout)?;
-        Ok(ran.status.success().then_some(ran.output))
-    };
-    Ok(netfilter::Snapshot {
-        iptables_nft: list("iptables-nft-save", &[])?,
-        ip6tables_nft: list("ip6tables-nft-save", &[])?,
-        iptables_legacy: list("iptables-legacy-save", &[])?,
-        ip6tables_legacy: list("ip6tables-legacy-save", &[])?,
-        nft: list("nft", &["list", "ruleset"])?,
-    })
-}
-
 /// After `source` ran in `pod`: every family under test must hold rules,
 /// unless `allow_empty`. `output` is what the source printed.
 pub fn verify(
@@ -156,7 +137,10 @@ pub fn verify(
     if allow_empty {
         return Ok(());
     }
-    let snap = read_back(pod, timeout)?;
+    // Every listing a rule could be in, from the tools this machine has (a
+    // run without tracing needs no nft, so its absence is no error here).
+    let snap =
+        netfilter::snapshot::read_back(pod, netfilter::all(), netfilter::snapshot::Unreadable::Skipped, timeout)?;
     let have = families_with_rules(&snap, crate::netfilter::trace::trace_table());
     let missing: Vec<&str> = families.iter().filter(|f| !have.contains(f)).map(|f| label(*f)).collect();
     if missing.is_empty() {

@@ -8,8 +8,9 @@ use super::Session;
 use crate::base::net::Family;
 use crate::model::scenario::{Protocol, Scenario};
 use crate::model::topology::Host;
+use crate::netfilter;
 use crate::probe::{self, Observation};
-use crate::rules::source::{Backend, RuleSource};
+use crate::rules::source::RuleSource;
 use crate::verdict::{self, PathCheck, TrialResult};
 use crate::Result;
 
@@ -53,8 +54,11 @@ impl Session {
     /// Run each (scenario, family) case once, all at once.
     pub fn run_cases(&self, cases: &[(Scenario, Family)], assert_paths: bool) -> Vec<TrialResult> {
         let mut label = self.config.rules.label();
-        if matches!(self.config.rules, RuleSource::Builtin(_)) && self.config.backend == Backend::NftNative {
-            label.push_str("-nft-native");
+        // The built-in rules as an nft ruleset are a rule set of their own.
+        if matches!(self.config.rules, RuleSource::Builtin(_))
+            && netfilter::for_backend(self.config.backend).format() == netfilter::RuleFormat::Nft
+        {
+            label.push_str(&format!("-{}", self.config.backend.name()));
         }
         let resolved: Vec<_> =
             cases.iter().map(|(s, f)| s.case(&self.config.profile, &self.topology.config, *f, &label)).collect();

@@ -127,13 +127,13 @@ impl RuleIndex {
     /// x_tables rule counts come from that text too, so under
     /// iptables-legacy it is read regardless.
     pub fn read(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<RuleIndex> {
-        let snapshot = if rule_texts || matches!(frontend, Frontend::IptablesLegacy | Frontend::Any) {
+        let snapshot = if rule_texts || netfilter::traced_by(frontend, netfilter::TraceSource::Nflog) {
             netfilter::snapshot(ns, frontend, timeout)?
         } else {
             netfilter::Snapshot::default()
         };
-        let (positions, hooks) = match frontend {
-            Frontend::IptablesLegacy => (HashMap::new(), HashMap::new()),
+        let (positions, hooks) = match netfilter::traced_by(frontend, netfilter::TraceSource::NfTrace) {
+            false => (HashMap::new(), HashMap::new()),
             _ => dump_nft(ns)?,
         };
         let mut counts = HashMap::new();

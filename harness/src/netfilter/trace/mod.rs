@@ -35,6 +35,7 @@ pub use path::{assemble, leg_elements, Leg, LegPath, ObservedPath};
 pub use reader::{Pending, TraceStore};
 pub use table::trace_table;
 
+use crate::netfilter;
 use crate::rules::source::Frontend;
 use crate::sandbox::ns::Namespace;
 use crate::Result;
@@ -66,7 +67,7 @@ impl Tracer {
     /// text too, so under iptables-legacy it is read regardless.
     pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
         let nft_tool = crate::base::tool::find_tool("nft", "nftables")?;
-        let legacy = matches!(frontend, Frontend::IptablesLegacy | Frontend::Any);
+        let legacy = netfilter::traced_by(frontend, netfilter::TraceSource::Nflog);
         let (nft, nflog) = reader::open_sockets(ns, legacy)?;
         if legacy {
             // x_tables' TRACE reaches userspace through the family's logger.

@@ -162,7 +162,9 @@ impl TraceStore {
             // Our own table's events are kept: they see every traced SYN
             // before any NAT, which is how a leg finds its sequence number.
             // Under iptables-legacy nothing else in nf_tables is under test.
-            if ev.table == trace_table() || self.frontend != Frontend::IptablesLegacy {
+            if ev.table == trace_table()
+                || crate::netfilter::traced_by(self.frontend, crate::netfilter::TraceSource::NfTrace)
+            {
                 p.events.push(ev);
             }
         }
