@@ -36,6 +36,70 @@ pub struct MatrixTopology {
     pub usable: Box<dyn Fn(IpAddr) -> bool>,
 }
 
+/// A probe before the oracle has judged it: who connects, from where, to what.
+struct Probe {
+    label: String,
+    from: Host,
+    uid: u32,
+    gid: u32,
+    dest: Dest,
+    port: u16,
+    udp: bool,
+    link: u8,
+}
+
+impl Probe {
+    /// A TCP connection from the local pod as `uid`/`gid`, leaving by eth0 (or lo).
+    fn local(label: impl Into<String>, uid: u32, gid: u32, dest: Dest, port: u16) -> Probe {
+        Probe { label: label.into(), from: Host::LocalPod, uid, gid, dest, port, udp: false, link: 0 }
+    }
+
+    /// A TCP connection from another host (as nobody), arriving on pod interface `link`.
+    fn from(label: impl Into<String>, from: Host, dest: Dest, port: u16, link: u8) -> Probe {
+        Probe { label: label.into(), from, uid: 65534, gid: 65534, dest, port, udp: false, link }
+    }
+
+    /// One UDP datagram instead of a TCP connection.
+    fn udp(self, udp: bool) -> Probe {
+        Probe { udp, ..self }
+    }
+
+    /// Leaving by pod interface `link` instead of eth0.
+    fn by(self, link: u8) -> Probe {
+        Probe { link, ..self }
+    }
+}
+
+/// The matrix of one family as it is built: each probe added is judged by
+/// the oracle, except one to a port the proxy itself listens on.
+struct Probes<'a> {
+    policy: &'a Policy,
+    family: Family,
+    /// The remote pod's address: the client of an inbound probe.
+    remote: IpAddr,
+    out: &'a mut Vec<MatrixProbe>,
+}
+
+impl Probes<'_> {
+    fn add(&mut self, p: Probe) {
+        let policy = self.policy;
+        if [Some(policy.outbound_port), Some(policy.inbound_port), policy.inbound_port_ipv6].contains(&Some(p.port)) {
+            return;
+        }
+        // The client's address: the remote pod's, or the host's behind an extra interface.
+        let source = match p.from {
+            Host::LocalPod => None,
+            Host::Side(k) => Some(crate::model::topology::TopologyConfig::link_addresses(k, self.family).1),
+            _ => Some(self.remote),
+        };
+        let Probe { label, from, uid, gid, dest, port, udp, link } = p;
+        let q = Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link, source };
+        let expected = oracle(policy, q);
+        let protocol = if udp { crate::model::scenario::Protocol::Udp } else { crate::model::scenario::Protocol::Tcp };
+        self.out.push(MatrixProbe { label, from, uid, gid, family: self.family, dest, port, protocol, link, expected });
+    }
+}
+
 impl Policy {
     /// The six flows' kinds of connection plus a probe on each side of every
     /// boundary the policy draws.
@@ -46,35 +110,10 @@ impl Policy {
         // The app runs in the first included owner group, if any, so its
         // traffic is the kind the policy captures.
         let app_gid = self.owner_groups_include.iter().find_map(GroupRef::gid).unwrap_or(app_uid);
-        let served = |port: u16| {
-            [Some(self.outbound_port), Some(self.inbound_port), self.inbound_port_ipv6].contains(&Some(port))
-        };
         for family in self.families() {
             let Some((_, pod, remote)) = topo.hosts.iter().find(|(f, _, _)| *f == family).copied() else { continue };
-            let mut push = |label: String,
-                            from: Host,
-                            uid: u32,
-                            gid: u32,
-                            dest: Dest,
-                            port: u16,
-                            udp: bool,
-                            link: u8| {
-                if served(port) {
-                    return;
-                }
-                // The client's address: the remote pod's, or the host's behind an extra interface.
-                let source = match from {
-                    Host::LocalPod => None,
-                    Host::Side(k) => Some(crate::model::topology::TopologyConfig::link_addresses(k, family).1),
-                    _ => Some(remote),
-                };
-                let q =
-                    Query { inbound: from != Host::LocalPod, udp, invalid: false, uid, gid, dest, port, link, source };
-                let expected = oracle(self, q);
-                let protocol =
-                    if udp { crate::model::scenario::Protocol::Udp } else { crate::model::scenario::Protocol::Tcp };
-                out.push(MatrixProbe { label, from, uid, gid, family, dest, port, protocol, link, expected });
-            };
+            let mut m = Probes { policy: self, family, remote, out: &mut out };
+            let app = |label: String, dest: Dest, port: u16| Probe::local(label, app_uid, app_gid, dest, port);
             // Inbound: a plain port, the tunnel port, each listed port and its neighbour.
             let mut inbound: Vec<(String, u16)> = vec![("inbound-8080".into(), 8080)];
             if let Some(t) = self.tunnel_port {
@@ -86,22 +125,13 @@ impl Policy {
             };
             inbound.extend(range_edges("inbound", &listed));
             for (label, port) in dedup(inbound) {
-                push(label, Host::RemotePod, 65534, 65534, Dest::Remote(pod), port, false, 0);
+                m.add(Probe::from(label, Host::RemotePod, Dest::Remote(pod), port, 0));
             }
             // The app calling its own pod on a captured inbound port: lo
             // traffic is not inbound traffic (under TPROXY, istio#31095).
             if let Select::Only(l) = &self.inbound_ports {
                 for p in l {
-                    push(
-                        format!("app-to-own-pod-inbound-{p}"),
-                        Host::LocalPod,
-                        app_uid,
-                        app_uid,
-                        Dest::OwnPod(pod),
-                        *p,
-                        false,
-                        0,
-                    );
+                    m.add(Probe::local(format!("app-to-own-pod-inbound-{p}"), app_uid, app_uid, Dest::OwnPod(pod), *p));
                 }
             }
             // Where an app connection is captured, if anywhere: the probes
@@ -121,7 +151,7 @@ impl Policy {
                     .filter(|ip| (topo.usable)(*ip))
                     .map(|ip| (ip, 9090)),
             );
-            let app = |ip: IpAddr, port: u16| Query {
+            let app_query = |ip: IpAddr, port: u16| Query {
                 inbound: false,
                 udp: false,
                 invalid: false,
@@ -135,53 +165,29 @@ impl Policy {
             let (target, target_port) = candidates
                 .iter()
                 .copied()
-                .find(|(ip, port)| oracle(self, app(*ip, *port)).len() > 1)
+                .find(|(ip, port)| oracle(self, app_query(*ip, *port)).len() > 1)
                 .unwrap_or((remote, 9090));
+            let out_as =
+                |label: String, uid: u32, gid: u32| Probe::local(label, uid, gid, Dest::Remote(target), target_port);
             // Outbound from the app, by port: excluded ports where the rest is
             // captured, included ports where the address is not.
-            push("outbound-9090".into(), Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), 9090, false, 0);
+            m.add(app("outbound-9090".into(), Dest::Remote(remote), 9090));
             for (label, port) in range_edges("outbound", &self.outbound_ports_exclude) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(target), port, false, 0);
+                m.add(app(label, Dest::Remote(target), port));
             }
             for p in &self.outbound_ports_exclude {
-                push(
-                    format!("proxy-to-own-pod-excluded-{}", p.first),
-                    Host::LocalPod,
-                    puid,
-                    app_gid,
-                    Dest::OwnPod(pod),
-                    p.first,
-                    false,
-                    0,
-                );
+                let label = format!("proxy-to-own-pod-excluded-{}", p.first);
+                m.add(Probe::local(label, puid, app_gid, Dest::OwnPod(pod), p.first));
             }
             // Uids excluded as if they were the proxy's, out where the app is captured.
             for u in &self.outbound_uids_exclude {
-                push(
-                    format!("excluded-uid-{u}-out"),
-                    Host::LocalPod,
-                    *u,
-                    app_gid,
-                    Dest::Remote(target),
-                    target_port,
-                    false,
-                    0,
-                );
+                m.add(out_as(format!("excluded-uid-{u}-out"), *u, app_gid));
             }
             for (label, port) in with_neighbours("outbound", &self.outbound_ports_include) {
-                push(label, Host::LocalPod, app_uid, app_gid, Dest::Remote(remote), port, false, 0);
+                m.add(app(label, Dest::Remote(remote), port));
             }
             for p in &self.outbound_ports_include {
-                push(
-                    format!("app-to-own-pod-included-{p}"),
-                    Host::LocalPod,
-                    app_uid,
-                    app_gid,
-                    Dest::OwnPod(pod),
-                    *p,
-                    false,
-                    0,
-                );
+                m.add(app(format!("app-to-own-pod-included-{p}"), Dest::OwnPod(pod), *p));
             }
             // Outbound by address: each range's edges, inside and out.
             let lo = |c: &Cidr| Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(c.addr));
@@ -195,16 +201,7 @@ impl Policy {
                     [Cidr::step(first, 1), Cidr::step(last, -1), None]
                 };
                 for ip in edges.into_iter().flatten().filter(|ip| ip.is_loopback()) {
-                    push(
-                        format!("lo-range-{c}-{ip}"),
-                        Host::LocalPod,
-                        app_uid,
-                        app_gid,
-                        Dest::LoopbackAlias(ip),
-                        9090,
-                        false,
-                        0,
-                    );
+                    m.add(app(format!("lo-range-{c}-{ip}"), Dest::LoopbackAlias(ip), 9090));
                 }
             }
             for c in &ranges {
@@ -217,16 +214,7 @@ impl Policy {
                 ];
                 for (edge, ip) in edges {
                     if let Some(ip) = ip.filter(|ip| (topo.usable)(*ip)) {
-                        push(
-                            format!("range-{c}-{edge}-{ip}"),
-                            Host::LocalPod,
-                            app_uid,
-                            app_gid,
-                            Dest::Remote(ip),
-                            9090,
-                            false,
-                            0,
-                        );
+                        m.add(app(format!("range-{c}-{edge}-{ip}"), Dest::Remote(ip), 9090));
                     }
                 }
             }
@@ -234,37 +222,11 @@ impl Policy {
             // uid), so a missing uid rule is not hidden by the gid rule after
             // it; out where the app would be captured, and to the pod itself.
             for u in &self.proxy_uids {
-                push(
-                    format!("proxy-uid-{u}-out"),
-                    Host::LocalPod,
-                    *u,
-                    app_gid,
-                    Dest::Remote(target),
-                    target_port,
-                    false,
-                    0,
-                );
-                push(
-                    format!("proxy-uid-{u}-to-own-pod"),
-                    Host::LocalPod,
-                    *u,
-                    app_gid,
-                    Dest::OwnPod(pod),
-                    8080,
-                    false,
-                    0,
-                );
+                m.add(out_as(format!("proxy-uid-{u}-out"), *u, app_gid));
+                m.add(Probe::local(format!("proxy-uid-{u}-to-own-pod"), *u, app_gid, Dest::OwnPod(pod), 8080));
                 if let Some(t) = self.tunnel_port {
-                    push(
-                        format!("proxy-uid-{u}-to-own-pod-tunnel-{t}"),
-                        Host::LocalPod,
-                        *u,
-                        app_gid,
-                        Dest::OwnPod(pod),
-                        t,
-                        false,
-                        0,
-                    );
+                    let label = format!("proxy-uid-{u}-to-own-pod-tunnel-{t}");
+                    m.add(Probe::local(label, *u, app_gid, Dest::OwnPod(pod), t));
                 }
             }
             // Where lo is judged by the ranges, the proxy's lo call that is
@@ -278,76 +240,25 @@ impl Policy {
             });
             if let (Some(ip), Some(tunnel)) = (lo_target.filter(|_| self.judges_lo(family)), self.tunnel_port) {
                 for u in &self.proxy_uids {
-                    push(
-                        format!("proxy-uid-{u}-to-lo-{ip}-tunnel"),
-                        Host::LocalPod,
-                        *u,
-                        app_gid,
-                        Dest::LoopbackAlias(ip),
-                        tunnel,
-                        false,
-                        0,
-                    );
+                    let label = format!("proxy-uid-{u}-to-lo-{ip}-tunnel");
+                    m.add(Probe::local(label, *u, app_gid, Dest::LoopbackAlias(ip), tunnel));
                 }
                 for g in &self.proxy_gids {
-                    push(
-                        format!("proxy-gid-{g}-to-lo-{ip}-tunnel"),
-                        Host::LocalPod,
-                        app_uid,
-                        *g,
-                        Dest::LoopbackAlias(ip),
-                        tunnel,
-                        false,
-                        0,
-                    );
+                    let label = format!("proxy-gid-{g}-to-lo-{ip}-tunnel");
+                    m.add(Probe::local(label, app_uid, *g, Dest::LoopbackAlias(ip), tunnel));
                 }
             }
             for g in &self.proxy_gids {
-                push(
-                    format!("proxy-gid-{g}-out"),
-                    Host::LocalPod,
-                    app_uid,
-                    *g,
-                    Dest::Remote(target),
-                    target_port,
-                    false,
-                    0,
-                );
-                push(
-                    format!("proxy-gid-{g}-to-own-pod"),
-                    Host::LocalPod,
-                    app_uid,
-                    *g,
-                    Dest::OwnPod(pod),
-                    8080,
-                    false,
-                    0,
-                );
+                m.add(out_as(format!("proxy-gid-{g}-out"), app_uid, *g));
+                m.add(Probe::local(format!("proxy-gid-{g}-to-own-pod"), app_uid, *g, Dest::OwnPod(pod), 8080));
                 if let Some(t) = self.tunnel_port {
-                    push(
-                        format!("proxy-gid-{g}-to-own-pod-tunnel-{t}"),
-                        Host::LocalPod,
-                        app_uid,
-                        *g,
-                        Dest::OwnPod(pod),
-                        t,
-                        false,
-                        0,
-                    );
+                    let label = format!("proxy-gid-{g}-to-own-pod-tunnel-{t}");
+                    m.add(Probe::local(label, app_uid, *g, Dest::OwnPod(pod), t));
                 }
             }
             // Owner groups: each listed group, and a group outside the list.
             for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude).filter_map(GroupRef::gid) {
-                push(
-                    format!("owner-group-{g}-out"),
-                    Host::LocalPod,
-                    app_uid,
-                    g,
-                    Dest::Remote(target),
-                    target_port,
-                    false,
-                    0,
-                );
+                m.add(out_as(format!("owner-group-{g}-out"), app_uid, g));
             }
             if !self.owner_groups_include.is_empty() || !self.owner_groups_exclude.is_empty() {
                 let outside = (app_uid..)
@@ -357,16 +268,7 @@ impl Policy {
                             && !self.proxy_gids.contains(g)
                     })
                     .unwrap_or(app_uid);
-                push(
-                    format!("owner-group-{outside}-unlisted-out"),
-                    Host::LocalPod,
-                    app_uid,
-                    outside,
-                    Dest::Remote(target),
-                    target_port,
-                    false,
-                    0,
-                );
+                m.add(out_as(format!("owner-group-{outside}-unlisted-out"), app_uid, outside));
             }
             // DNS: each server the app's queries are captured for, over UDP
             // and TCP, from the app and from each proxy identity; with a
@@ -376,45 +278,20 @@ impl Policy {
                     let dest =
                         if dns_server_is_local(server) { Dest::LoopbackAlias(server) } else { Dest::Remote(server) };
                     for (proto, udp) in [("udp", true), ("tcp", false)] {
-                        push(format!("dns-{server}-{proto}"), Host::LocalPod, app_uid, app_gid, dest, 53, udp, 0);
+                        m.add(app(format!("dns-{server}-{proto}"), dest, 53).udp(udp));
                         for u in &self.proxy_uids {
-                            push(
-                                format!("proxy-uid-{u}-dns-{server}-{proto}"),
-                                Host::LocalPod,
-                                *u,
-                                app_gid,
-                                dest,
-                                53,
-                                udp,
-                                0,
-                            );
+                            let label = format!("proxy-uid-{u}-dns-{server}-{proto}");
+                            m.add(Probe::local(label, *u, app_gid, dest, 53).udp(udp));
                         }
                         for g in &self.proxy_gids {
-                            push(
-                                format!("proxy-gid-{g}-dns-{server}-{proto}"),
-                                Host::LocalPod,
-                                app_uid,
-                                *g,
-                                dest,
-                                53,
-                                udp,
-                                0,
-                            );
+                            let label = format!("proxy-gid-{g}-dns-{server}-{proto}");
+                            m.add(Probe::local(label, app_uid, *g, dest, 53).udp(udp));
                         }
                     }
                 }
                 let unlisted = kube_dns(family);
                 if !self.dns_capture_all && !self.dns_servers.contains(&unlisted) {
-                    push(
-                        format!("dns-unlisted-{unlisted}-udp"),
-                        Host::LocalPod,
-                        app_uid,
-                        app_gid,
-                        Dest::Remote(unlisted),
-                        53,
-                        true,
-                        0,
-                    );
+                    m.add(app(format!("dns-unlisted-{unlisted}-udp"), Dest::Remote(unlisted), 53).udp(true));
                 }
             }
             // Each extra interface: from the host behind it to the pod, and
@@ -422,26 +299,9 @@ impl Policy {
             for (i, name) in self.pod_links().iter().enumerate() {
                 let k = (i + 1) as u8;
                 let (at_pod, at_side) = crate::model::topology::TopologyConfig::link_addresses(k, family);
-                push(
-                    format!("iface-{name}-inbound-8080"),
-                    Host::Side(k),
-                    65534,
-                    65534,
-                    Dest::Remote(at_pod),
-                    8080,
-                    false,
-                    k,
-                );
-                push(
-                    format!("iface-{name}-through-to-remote-9090"),
-                    Host::Side(k),
-                    65534,
-                    65534,
-                    Dest::Through(remote),
-                    9090,
-                    false,
-                    k,
-                );
+                m.add(Probe::from(format!("iface-{name}-inbound-8080"), Host::Side(k), Dest::Remote(at_pod), 8080, k));
+                let label = format!("iface-{name}-through-to-remote-9090");
+                m.add(Probe::from(label, Host::Side(k), Dest::Through(remote), 9090, k));
                 if self.kube_virt_interfaces.contains(name) {
                     for ip in self
                         .includes(family)
@@ -449,57 +309,22 @@ impl Policy {
                         .filter_map(|c| Cidr::step(c.bounds().0, 1))
                         .filter(|ip| (topo.usable)(*ip))
                     {
-                        push(
-                            format!("iface-{name}-through-to-{ip}-9090"),
-                            Host::Side(k),
-                            65534,
-                            65534,
-                            Dest::Through(ip),
-                            9090,
-                            false,
-                            k,
-                        );
+                        let label = format!("iface-{name}-through-to-{ip}-9090");
+                        m.add(Probe::from(label, Host::Side(k), Dest::Through(ip), 9090, k));
                     }
                 }
-                push(
-                    format!("iface-{name}-outbound-9090"),
-                    Host::LocalPod,
-                    app_uid,
-                    app_gid,
-                    Dest::Remote(at_side),
-                    9090,
-                    false,
-                    k,
-                );
+                m.add(app(format!("iface-{name}-outbound-9090"), Dest::Remote(at_side), 9090).by(k));
             }
-            push("app-to-own-pod".into(), Host::LocalPod, app_uid, app_gid, Dest::OwnPod(pod), 8080, false, 0);
-            push("app-to-localhost".into(), Host::LocalPod, app_uid, app_gid, Dest::Loopback, 8080, false, 0);
-            push("proxy-to-localhost".into(), Host::LocalPod, puid, pgid, Dest::Loopback, 8080, false, 0);
+            m.add(app("app-to-own-pod".into(), Dest::OwnPod(pod), 8080));
+            m.add(app("app-to-localhost".into(), Dest::Loopback, 8080));
+            m.add(Probe::local("proxy-to-localhost", puid, pgid, Dest::Loopback, 8080));
             // Another lo address, on the edge of the host loopback range.
             if family == Family::Ipv4 {
                 let alias = Cidr::step(self.host_loopback_cidr.bounds().1, 1)
                     .filter(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback()))
                     .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
-                push(
-                    format!("proxy-to-lo-{alias}"),
-                    Host::LocalPod,
-                    puid,
-                    app_gid,
-                    Dest::LoopbackAlias(alias),
-                    8080,
-                    false,
-                    0,
-                );
-                push(
-                    format!("app-to-lo-{alias}"),
-                    Host::LocalPod,
-                    app_uid,
-                    app_gid,
-                    Dest::LoopbackAlias(alias),
-                    8080,
-                    false,
-                    0,
-                );
+                m.add(Probe::local(format!("proxy-to-lo-{alias}"), puid, app_gid, Dest::LoopbackAlias(alias), 8080));
+                m.add(app(format!("app-to-lo-{alias}"), Dest::LoopbackAlias(alias), 8080));
             }
             // A TCP segment conntrack marks INVALID, to an app port.
             if family == Family::Ipv4 && self.drop_invalid {
@@ -514,7 +339,7 @@ impl Policy {
                     link: 0,
                     source: Some(remote),
                 };
-                out.push(MatrixProbe {
+                m.out.push(MatrixProbe {
                     label: "invalid-segment-to-8080".into(),
                     from: Host::RemotePod,
                     uid: 0,
