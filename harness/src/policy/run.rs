@@ -105,14 +105,9 @@ impl Policy {
                         && !a.is_unspecified()
                         && !a.is_multicast()
                         && !a.is_broadcast()
-                        && !crate::model::topology::in_cidr(a, c4)
+                        && !c4.contains(ip)
                 }
-                IpAddr::V6(a) => {
-                    !a.is_loopback()
-                        && !a.is_unspecified()
-                        && !a.is_multicast()
-                        && !crate::model::topology::in_cidr6(a, c6)
-                }
+                IpAddr::V6(a) => !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !c6.contains(ip),
             }),
         };
         let probes = self.matrix(&mt, 1000);

@@ -121,7 +121,7 @@ impl Topology {
         }
         let node_ns = self.ns(Host::Node);
         let node = self.netlink(Host::Node).await?;
-        let (_, plen) = self.config.pod_cidr;
+        let plen = self.config.pod_cidr.len;
         node.link()
             .change(LinkUnspec::new_with_index(LO_INDEX).up().build())
             .execute()
@@ -142,7 +142,7 @@ impl Topology {
                 .map_err(netlink_err("adding the node address to br0", node_ns))?;
         }
         if v6 {
-            address_add(&node, br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.1)
+            address_add(&node, br0, self.config.addresses6[&Host::Node].into(), self.config.pod_cidr6.len)
                 .execute()
                 .await
                 .map_err(netlink_err("adding the node IPv6 address to br0", node_ns))?;
@@ -187,7 +187,7 @@ impl Topology {
                     .map_err(netlink_err("adding the default route via the node", pod_ns))?;
             }
             if v6 {
-                address_add(&h, POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.1)
+                address_add(&h, POD_ETH0_INDEX, self.config.addresses6[&pod].into(), self.config.pod_cidr6.len)
                     .execute()
                     .await
                     .map_err(netlink_err("adding the pod IPv6 address to eth0", pod_ns))?;
