@@ -7,6 +7,7 @@ use crate::base::cidr::Cidr;
 use crate::base::net::Family;
 use crate::policy::schema::{Mode, Policy, PortRange, Select};
 use crate::policy::DNS_AGENT_PORT;
+use crate::rules::istio::{LoGuard, Owner, Restore};
 
 impl Policy {
     /// The reference rules for this policy (iptables-restore input), in
@@ -14,64 +15,61 @@ impl Policy {
     /// rule that cannot change a packet's fate (so a mutation run can tell
     /// whether the probes would catch any wrong rule).
     pub fn to_restore_for(&self, family: Family) -> String {
-        use std::fmt::Write as _;
         let (passthrough, loopback) = match family {
             Family::Ipv4 => ("127.0.0.6/32", self.host_loopback_cidr.to_string()),
             Family::Ipv6 => ("::6/128", "::1/128".to_string()),
         };
         let capture_out = self.captures_outbound(family);
-        let mut r = crate::rules::istio::istio_nat_preamble();
-        let _ = writeln!(r, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.inbound_for(family));
+        let mut r = Restore::nat();
+        r.in_redirect(self.inbound_for(family));
         // What arrives on a KubeVirt interface is the VM's outbound traffic:
         // to the outbound listener where the ranges capture it.
-        let mut virt = Vec::new();
+        let mut virt = Restore::default();
         for x in &self.kube_virt_interfaces {
             match &self.outbound_ranges_include {
-                Select::All => virt.push(format!("-A PREROUTING -i {x} -j ISTIO_REDIRECT")),
-                Select::Only(_) => virt.extend(
-                    self.includes(family).iter().map(|c| format!("-A PREROUTING -i {x} -d {c} -j ISTIO_REDIRECT")),
-                ),
+                Select::All => virt.interface_captured(x, None),
+                Select::Only(_) => {
+                    for c in self.includes(family) {
+                        virt.interface_captured(x, Some(&c));
+                    }
+                }
             }
         }
         if capture_out || !virt.is_empty() {
-            let _ = writeln!(r, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", self.outbound_port);
+            r.redirect(self.outbound_port);
         }
-        for line in &virt {
-            let _ = writeln!(r, "{line}");
-        }
+        r.extend(&virt);
         // Nothing arriving on an excluded or KubeVirt interface is inbound
         // traffic (under TPROXY, in mangle below).
-        let not_inbound: Vec<String> = self
-            .exclude_interfaces
-            .iter()
-            .chain(&self.kube_virt_interfaces)
-            .map(|x| format!("-A PREROUTING -i {x} -j RETURN\n"))
-            .collect();
+        let mut not_inbound = Restore::default();
+        for x in self.exclude_interfaces.iter().chain(&self.kube_virt_interfaces) {
+            not_inbound.interface_in_return(x);
+        }
         let capture_in = !self.inbound_ports.is_none() && self.inbound_reachable();
         if capture_in && self.mode == Mode::Redirect {
-            r.push_str(&not_inbound.concat());
+            r.extend(&not_inbound);
         }
         if capture_out {
             for x in &self.exclude_interfaces {
-                let _ = writeln!(r, "-A OUTPUT -o {x} -j RETURN");
+                r.interface_out_return(x);
             }
         }
         // The inbound capture: nat REDIRECT, or under TPROXY the mangle
         // table (written first, as the table order of a restore file).
-        let mut inbound = String::new();
+        let mut inbound = Restore::default();
         let jump = if self.mode == Mode::Tproxy { "ISTIO_TPROXY" } else { "ISTIO_IN_REDIRECT" };
         if capture_in {
-            inbound.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+            inbound.jump_inbound();
             if self.mode == Mode::Tproxy {
                 // lo traffic is never TPROXY'd: the proxy's own transparent
                 // upstream and the app calling its own pod (istio#31095)
                 // arrive there; the proxy calling its pod is nat-redirected.
-                inbound.push_str("-A ISTIO_INBOUND -p tcp -i lo -j RETURN\n");
+                inbound.inbound_lo_return();
                 // TPROXY drops a packet whose socket is not transparent: the
                 // replies to the pod's own outbound connections must pass
                 // (with a list of ports they never reach a TPROXY rule).
                 if self.inbound_ports == Select::All {
-                    inbound.push_str("-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n");
+                    inbound.inbound_established_return();
                 }
             }
             // Sources never captured (only where something would be).
@@ -79,66 +77,66 @@ impl Policy {
             match &self.inbound_ports {
                 Select::All => {
                     if let Some(t) = self.tunnel_port {
-                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {t} -j RETURN");
+                        inbound.inbound_port(t, "RETURN");
                     }
                     let tunnel = self.tunnel_port.map(PortRange::one);
                     for p in self.inbound_exclude.iter().filter(|p| Some(**p) != tunnel) {
-                        let _ =
-                            writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+                        inbound.inbound_port(p.to_iptables(), "RETURN");
                     }
                     for c in &sources {
-                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -s {c} -j RETURN");
+                        inbound.inbound_source_return(c);
                     }
-                    let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -j {jump}");
+                    inbound.inbound_rest(jump);
                 }
                 Select::Only(ports) => {
                     if !ports.is_empty() {
                         for c in &sources {
-                            let _ = writeln!(inbound, "-A ISTIO_INBOUND -s {c} -j RETURN");
+                            inbound.inbound_source_return(c);
                         }
                     }
                     for p in ports.iter().filter(|p| Some(**p) != self.tunnel_port) {
-                        let _ = writeln!(inbound, "-A ISTIO_INBOUND -p tcp -m tcp --dport {p} -j {jump}");
+                        inbound.inbound_port(p, jump);
                     }
                 }
             }
         }
         // A packet conntrack cannot place skips NAT and would reach the app
         // port directly (and be reset): dropped first, when asked.
-        let drop_invalid =
-            if self.drop_invalid { "-A PREROUTING -m conntrack --ctstate INVALID -j DROP\n" } else { "" }.to_string();
+        let mut drop_invalid = Restore::default();
+        if self.drop_invalid {
+            drop_invalid.drop_invalid();
+        }
+        // Tables before nat (mangle), as a restore file orders them.
+        let mut head = String::new();
         if self.mode == Mode::Tproxy && capture_in {
             let m = self.tproxy_mark;
-            let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_TPROXY - [0:0]\n");
-            mangle.push_str(&drop_invalid);
-            let _ = writeln!(
-                mangle,
-                "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff",
-                self.inbound_port
-            );
-            mangle.push_str(&not_inbound.concat());
-            mangle.push_str(&inbound);
+            let mut mangle = Restore::table("mangle", &["PREROUTING", "OUTPUT"], &["ISTIO_INBOUND", "ISTIO_TPROXY"]);
+            mangle.extend(&drop_invalid);
+            mangle.tproxy(self.inbound_port, m);
+            mangle.extend(&not_inbound);
+            mangle.extend(&inbound);
             // The proxy's transparent upstream to the app is marked; its
             // connection keeps the mark so the app's replies, addressed to
             // the client, are routed back to the proxy (table `tproxy_table`).
-            let _ = writeln!(mangle, "-A PREROUTING -p tcp -m mark --mark {m} -j CONNMARK --save-mark");
-            let _ = writeln!(mangle, "-A OUTPUT -p tcp -m connmark --mark {m} -j CONNMARK --restore-mark");
-            mangle.push_str("COMMIT\n");
-            r = mangle + &r;
+            mangle.save_mark(m);
+            mangle.restore_mark(m);
+            head = mangle.commit();
         } else {
-            r.push_str(&inbound);
+            r.extend(&inbound);
             if !drop_invalid.is_empty() {
-                r = format!("*mangle\n:PREROUTING ACCEPT [0:0]\n{drop_invalid}COMMIT\n") + &r;
+                let mut mangle = Restore::table("mangle", &["PREROUTING"], &[]);
+                mangle.extend(&drop_invalid);
+                head = mangle.commit();
             }
         }
-        r.push_str("-A OUTPUT -j ISTIO_OUTPUT\n");
+        r.jump_output(false);
         let dns_servers = if self.dns_capture { self.dns_servers_for(family) } else { Vec::new() };
         let dns = !dns_servers.is_empty();
-        let ports_exclude = |r: &mut String| {
+        let ports_exclude = |r: &mut Restore| {
             for p in &self.outbound_ports_exclude {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {} -j RETURN", p.to_iptables());
+                r.output_port_return("tcp", p.to_iptables());
                 if dns && p.contains(53) {
-                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p udp -m udp --dport {} -j RETURN", p.to_iptables());
+                    r.output_port_return("udp", p.to_iptables());
                 }
             }
         };
@@ -150,34 +148,30 @@ impl Policy {
         let lo_to_inbound = self.mesh.proxy_lo_to_inbound();
         if self.mesh.ranges_exclude_first() {
             for c in self.outbound_ranges_exclude.iter().filter(|c| c.family() == family) {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+                r.dest_return(c);
             }
         }
         match (lo_to_inbound, self.mode) {
             (false, _) => {}
             // The transparent upstream comes from the proxy gid over lo.
-            (true, Mode::Tproxy) => {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -m mark --mark {} -j RETURN", self.tproxy_mark);
-            }
-            (true, Mode::Redirect) => {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN");
-            }
+            (true, Mode::Tproxy) => r.mark_return(self.tproxy_mark),
+            (true, Mode::Redirect) => r.passthrough_return(passthrough),
         }
         // Every proxy identity's lo redirect before any lo RETURN, so a
         // second uid, or a gid alone, is treated as the proxy too.
         // (With DNS capture the proxy's own TCP queries over lo are not redirected.)
-        let lo_redirect = match (dns, self.tunnel_port) {
-            (true, Some(t)) => format!("! -d {loopback} -o lo -p tcp -m multiport ! --dports 53,{t}"),
-            (true, None) => format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport 53"),
-            (false, Some(t)) => format!("! -d {loopback} -o lo -p tcp -m tcp ! --dport {t}"),
-            (false, None) => format!("! -d {loopback} -o lo -p tcp"),
+        let guard = match (dns, self.tunnel_port) {
+            (true, Some(t)) => LoGuard::TcpExcept(vec![53, t]),
+            (true, None) => LoGuard::TcpExcept(vec![53]),
+            (false, Some(t)) => LoGuard::TcpExcept(vec![t]),
+            (false, None) => LoGuard::Tcp,
         };
         if lo_to_inbound {
             for u in &self.proxy_uids {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --uid-owner {u} -j ISTIO_IN_REDIRECT");
+                r.lo_to_inbound(&loopback, &guard, Owner::Uid, *u);
             }
             for g in &self.proxy_gids {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT {lo_redirect} -m owner --gid-owner {g} -j ISTIO_IN_REDIRECT");
+                r.lo_to_inbound(&loopback, &guard, Owner::Gid, *g);
             }
         }
         // OSM: after the proxy's lo redirect ([`Mesh::ports_exclude_first`]).
@@ -186,44 +180,39 @@ impl Policy {
         }
         if capture_out || dns {
             for u in &self.proxy_uids {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
+                r.owner_return(Owner::Uid, u);
             }
             for u in &self.outbound_uids_exclude {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN");
+                r.owner_return(Owner::Uid, u);
             }
             // A proxy gid outside the included owner groups is returned by
             // the group rule anyway (but its DNS would be captured first).
             for g in self.proxy_gids.iter().filter(|g| {
                 dns || self.owner_groups_include.is_empty() || Policy::in_groups(&self.owner_groups_include, **g)
             }) {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
+                r.owner_return(Owner::Gid, g);
             }
             // The app's queries to the nameservers go to the agent, over lo
             // (127.0.0.53) too: before lo is returned.
             for server in &dns_servers {
-                let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
+                let to = (!self.dns_capture_all).then_some(*server);
                 for proto in ["udp", "tcp"] {
-                    let _ = writeln!(
-                        r,
-                        "-A ISTIO_OUTPUT -p {proto} -m {proto} --dport 53{d} -j REDIRECT --to-ports {DNS_AGENT_PORT}"
-                    );
+                    r.dns_redirect(proto, to, DNS_AGENT_PORT);
                 }
-                if d.is_empty() {
+                if to.is_none() {
                     break;
                 }
             }
             if capture_out && !self.judges_lo(family) {
-                r.push_str("-A ISTIO_OUTPUT -o lo -j RETURN\n");
+                r.lo_return();
             }
         }
         if capture_out {
             if !self.owner_groups_include.is_empty() {
-                let not_in: Vec<String> =
-                    self.owner_groups_include.iter().map(|g| format!("-m owner ! --gid-owner {g}")).collect();
-                let _ = writeln!(r, "-A ISTIO_OUTPUT {} -j RETURN", not_in.join(" "));
+                r.groups_outside_return(&self.owner_groups_include);
             }
             for g in &self.owner_groups_exclude {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN");
+                r.owner_return(Owner::Gid, g);
             }
             // The host loopback range: reached only where lo is not returned
             // before, and needed only where something after would capture it.
@@ -235,7 +224,7 @@ impl Policy {
                     .iter()
                     .any(|c| c.contains(loopback_cidr.addr) || loopback_cidr.contains(c.addr));
             if self.judges_lo(family) && captures_loopback {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {loopback} -j RETURN");
+                r.dest_return(&loopback);
             }
             // An excluded range matters only where something would capture it.
             let includes = self.includes(family);
@@ -245,24 +234,24 @@ impl Policy {
             };
             let written = self.mesh.ranges_exclude_first();
             for c in self.outbound_ranges_exclude.iter().filter(|c| !written && c.family() == family && overlaps(c)) {
-                let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j RETURN");
+                r.dest_return(c);
             }
             if self.outbound_ranges_include == Select::All {
-                r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
+                r.rest_captured();
             } else {
                 for c in self.live_includes(family) {
-                    let _ = writeln!(r, "-A ISTIO_OUTPUT -d {c} -j ISTIO_REDIRECT");
+                    r.dest_captured(c);
                 }
                 for p in &self.outbound_ports_include {
-                    let _ = writeln!(r, "-A ISTIO_OUTPUT -p tcp -m tcp --dport {p} -j ISTIO_REDIRECT");
+                    r.port_captured(*p);
                 }
             }
         }
-        r.push_str("COMMIT\n");
+        let mut out = head + &r.commit();
         if dns {
-            r.push_str(&self.dns_zones(&dns_servers));
+            out.push_str(&self.dns_zones(&dns_servers));
         }
-        r
+        out
     }
 
     /// Conntrack zones for DNS, after istio-iptables: the agent's queries in
@@ -272,26 +261,24 @@ impl Policy {
     /// the nameservers' answers in zone 1 (raw PREROUTING); nothing NATs
     /// them, so no packet's fate depends on that, and it is left out.
     fn dns_zones(&self, servers: &[IpAddr]) -> String {
-        use std::fmt::Write as _;
-        let mut r = String::from("*raw\n:OUTPUT ACCEPT [0:0]\n");
+        let mut r = Restore::table("raw", &["OUTPUT"], &[]);
         // The agent's identity (the proxy's first gid, else its first uid:
         // under TPROXY it runs as root with the gid).
         let agent = match (self.proxy_gids.first(), self.proxy_uids.first()) {
-            (Some(g), _) => format!("--gid-owner {g}"),
-            (None, Some(u)) => format!("--uid-owner {u}"),
+            (Some(g), _) => (Owner::Gid, *g),
+            (None, Some(u)) => (Owner::Uid, *u),
             (None, None) => unreachable!("a policy has a proxy uid or gid"),
         };
-        let _ = writeln!(r, "-A OUTPUT -p udp -m udp --sport {DNS_AGENT_PORT} -m owner {agent} -j CT --zone 2");
-        let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53 -m owner {agent} -j CT --zone 1");
+        r.zone_agent_answers(DNS_AGENT_PORT, agent.0, agent.1);
+        r.zone_agent_queries(agent.0, agent.1);
         for server in servers {
-            let d = if self.dns_capture_all { String::new() } else { format!(" -d {server}") };
-            let _ = writeln!(r, "-A OUTPUT -p udp -m udp --dport 53{d} -j CT --zone 2");
-            if d.is_empty() {
+            let to = (!self.dns_capture_all).then_some(*server);
+            r.zone_app_queries(to);
+            if to.is_none() {
                 break;
             }
         }
-        r.push_str("COMMIT\n");
-        r
+        r.commit()
     }
 
     /// The reference rules as a rule source.
@@ -397,5 +384,25 @@ mod tests {
                 && some.contains("-A ISTIO_OUTPUT -o lo -j RETURN"),
             "{some}"
         );
+    }
+
+    /// One generator: the injector's policy and the built-in current shape
+    /// (the same istio-iptables flags) spell every rule they share alike.
+    /// The reference leaves out the rules no packet of that policy reaches
+    /// (the lo owner RETURNs, 127.0.0.1) and returns lo for the app instead.
+    #[test]
+    fn the_injector_policy_and_the_current_shape_write_the_same_rules() {
+        let p = policy("inbound_ports: '*'\ninbound_exclude: [15090, 15021, 15020]\noutbound_ranges_include: '*'");
+        let builtin = crate::rules::istio::IstioCapture::default_for(crate::rules::istio::Shape::Current);
+        for family in Family::BOTH {
+            let shape = builtin.to_restore_for(family);
+            let reference = p.to_restore_for(family);
+            let only: Vec<&str> = reference
+                .lines()
+                .filter(|l| !shape.lines().any(|s| s == *l) && !l.contains("-o lo -j RETURN"))
+                .collect();
+            assert!(only.is_empty(), "{family:?}: rules only the reference spells: {only:?}\n{reference}");
+            assert_eq!(reference.lines().filter(|l| l.starts_with("-A ")).count(), 16, "{reference}");
+        }
     }
 }
