@@ -1,7 +1,7 @@
 //! Capture policies: what a rule generator was asked to do, with fields that
 //! mirror `istio-iptables`' flags. From a policy the harness derives three
 //! things: the reference rules ([`Policy::to_restore_for`]), the expected
-//! hops of any connection ([`oracle`], the specification), and a matrix of
+//! hops of any connection ([`oracle()`], the specification), and a matrix of
 //! probes on every boundary the policy draws ([`Policy::matrix`]).
 
 pub mod from;

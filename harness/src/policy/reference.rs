@@ -11,7 +11,7 @@ use crate::rules::istio::{LoGuard, Owner, Restore};
 
 impl Policy {
     /// The reference rules for this policy (iptables-restore input), in
-    /// Istio's chains. They implement what [`oracle`] specifies and hold no
+    /// Istio's chains. They implement what [`oracle`](super::oracle()) specifies and hold no
     /// rule that cannot change a packet's fate (so a mutation run can tell
     /// whether the probes would catch any wrong rule).
     pub fn to_restore_for(&self, family: Family) -> String {
