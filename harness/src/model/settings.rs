@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::base::cidr::Cidr;
 use crate::base::net::Family;
 use crate::model::topology::{Host, Service};
 use crate::session::SessionConfig;
@@ -50,15 +51,13 @@ pub struct ServiceSetting {
     pub target_port: Option<u16>,
 }
 
-fn cidr<A: std::str::FromStr>(file: &str, key: &str, text: &str, max: u8) -> Result<(A, u8)> {
+/// `ADDRESS/PREFIX` of `family`, both parts given (a bare address is no
+/// subnet here, though a policy reads it as one host).
+fn cidr(file: &str, key: &str, text: &str, family: Family) -> Result<Cidr> {
     let bad =
         || Error::ScenarioInvalid { file: file.into(), message: format!("{key}: `{text}` is not ADDRESS/PREFIX") };
-    let (a, l) = text.split_once('/').ok_or_else(bad)?;
-    let len: u8 = l.parse().map_err(|_| bad())?;
-    if len > max {
-        return Err(bad());
-    }
-    Ok((a.parse().map_err(|_| bad())?, len))
+    let prefixed = text.split_once('/').is_some_and(|(_, len)| !len.is_empty());
+    Cidr::parse(text).filter(|c| prefixed && c.family() == family).ok_or_else(bad)
 }
 
 impl Settings {
@@ -96,16 +95,16 @@ impl Settings {
             t.families = f;
         }
         if let Some(c) = self.pod_cidr {
-            t.pod_cidr = cidr(file, "pod_cidr", &c, 32)?;
+            t.pod_cidr = cidr(file, "pod_cidr", &c, Family::Ipv4)?;
         }
         if let Some(c) = self.pod_cidr6 {
-            t.pod_cidr6 = cidr(file, "pod_cidr6", &c, 128)?;
+            t.pod_cidr6 = cidr(file, "pod_cidr6", &c, Family::Ipv6)?;
         }
         if let Some(c) = self.service_cidr {
-            t.service_cidr = cidr(file, "service_cidr", &c, 32)?;
+            t.service_cidr = cidr(file, "service_cidr", &c, Family::Ipv4)?;
         }
         if let Some(c) = self.service_cidr6 {
-            t.service_cidr6 = cidr(file, "service_cidr6", &c, 128)?;
+            t.service_cidr6 = cidr(file, "service_cidr6", &c, Family::Ipv6)?;
         }
         if let Some(a) = self.addresses {
             t.addresses.extend(a);
@@ -147,7 +146,7 @@ mod tests {
         let mut c = SessionConfig::default();
         s.apply("t.yaml", &mut c).unwrap();
         assert_eq!(c.topology.families, [Family::Ipv6]);
-        assert_eq!(c.topology.service_cidr, (Ipv4Addr::new(10, 100, 0, 0), 16));
+        assert_eq!(c.topology.service_cidr, Cidr { addr: Ipv4Addr::new(10, 100, 0, 0).into(), len: 16 });
         assert_eq!(c.topology.services[0].target_port, 9090);
         assert_eq!(c.local_app_ports, [8080, 8081]);
     }
@@ -159,5 +158,26 @@ mod tests {
         let s = Settings::parse("t.yaml", "pod_cidr: 10.0.0.0/99\n").unwrap();
         let e = s.apply("t.yaml", &mut SessionConfig::default()).unwrap_err().to_string();
         assert!(e.contains("pod_cidr: `10.0.0.0/99` is not ADDRESS/PREFIX"), "{e}");
+    }
+
+    /// The shared `Cidr` reads a bare address as one host; a topology's
+    /// subnets need the prefix, and each key its own family.
+    #[test]
+    fn subnets_need_a_prefix_and_their_family() {
+        for (key, text) in [
+            ("pod_cidr", "10.244.0.0"),
+            ("pod_cidr", "10.244.0.0/"),
+            ("pod_cidr", "fd00::/64"),
+            ("service_cidr6", "10.96.0.0/12"),
+            ("pod_cidr6", "fd00::/129"),
+        ] {
+            let s = Settings::parse("t.yaml", &format!("{key}: \"{text}\"\n")).unwrap();
+            let e = s.apply("t.yaml", &mut SessionConfig::default()).unwrap_err().to_string();
+            assert_eq!(e, format!("t.yaml: {key}: `{text}` is not ADDRESS/PREFIX"));
+        }
+        let s = Settings::parse("t.yaml", "pod_cidr6: fd00:1::/56\n").unwrap();
+        let mut c = SessionConfig::default();
+        s.apply("t.yaml", &mut c).unwrap();
+        assert_eq!(c.topology.pod_cidr6.to_string(), "fd00:1::/56");
     }
 }

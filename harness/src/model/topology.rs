@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::cidr::Cidr;
 use crate::base::net::Family;
 use crate::{Error, Result};
 
@@ -91,12 +92,12 @@ impl Service {
 pub struct TopologyConfig {
     /// Which families the pods get addresses in (dual-stack by default).
     pub families: Vec<Family>,
-    pub pod_cidr: (Ipv4Addr, u8),
+    pub pod_cidr: Cidr,
     pub addresses: BTreeMap<Host, Ipv4Addr>,
-    pub pod_cidr6: (Ipv6Addr, u8),
+    pub pod_cidr6: Cidr,
     pub addresses6: BTreeMap<Host, Ipv6Addr>,
-    pub service_cidr: (Ipv4Addr, u8),
-    pub service_cidr6: (Ipv6Addr, u8),
+    pub service_cidr: Cidr,
+    pub service_cidr6: Cidr,
     pub services: Vec<Service>,
     /// Added to the local pod's `lo`: Envoy's IPv6 inbound passthrough
     /// source (pilot-agent adds it in a real pod).
@@ -138,12 +139,12 @@ impl Default for TopologyConfig {
         .collect();
         TopologyConfig {
             families: Family::BOTH.to_vec(),
-            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 24),
+            pod_cidr: Cidr { addr: Ipv4Addr::new(10, 244, 0, 0).into(), len: 24 },
             addresses,
-            pod_cidr6: (v6(0), 64),
+            pod_cidr6: Cidr { addr: v6(0).into(), len: 64 },
             addresses6,
-            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
-            service_cidr6: (Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0), 112),
+            service_cidr: Cidr { addr: Ipv4Addr::new(10, 96, 0, 0).into(), len: 12 },
+            service_cidr6: Cidr { addr: Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0).into(), len: 112 },
             services: vec![Service {
                 name: "local-app".into(),
                 vip: Ipv4Addr::new(10, 96, 0, 10),
@@ -158,16 +159,6 @@ impl Default for TopologyConfig {
             pod_links: Vec::new(),
         }
     }
-}
-
-pub fn in_cidr(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-    u32::from(addr) & mask == u32::from(net) & mask
-}
-
-pub fn in_cidr6(addr: Ipv6Addr, (net, len): (Ipv6Addr, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
-    u128::from(addr) & mask == u128::from(net) & mask
 }
 
 impl TopologyConfig {
@@ -210,8 +201,7 @@ impl TopologyConfig {
     /// Catch settings that would build a topology where probes cannot mean
     /// what they claim.
     pub fn validate(&self) -> Result<()> {
-        let (_, plen) = self.pod_cidr;
-        let (_, slen) = self.service_cidr;
+        let (plen, slen) = (self.pod_cidr.len, self.service_cidr.len);
         if !(8..=30).contains(&plen) || !(8..=30).contains(&slen) {
             return Err(Error::config("pod and service CIDR prefix lengths must be between 8 and 30"));
         }
@@ -219,17 +209,17 @@ impl TopologyConfig {
         for host in Host::ALL {
             let addr =
                 *self.addresses.get(&host).ok_or_else(|| Error::config(format!("no address for host {host}")))?;
-            if !in_cidr(addr, self.pod_cidr) {
+            if !self.pod_cidr.contains(addr.into()) {
                 return Err(Error::config(format!(
-                    "address {addr} of {host} is outside the pod CIDR {}/{plen}",
-                    self.pod_cidr.0
+                    "address {addr} of {host} is outside the pod CIDR {}",
+                    self.pod_cidr
                 )));
             }
             if let Some(other) = seen.insert(addr, host) {
                 return Err(Error::config(format!("{other} and {host} both have address {addr}")));
             }
         }
-        if in_cidr(self.service_cidr.0, self.pod_cidr) || in_cidr(self.pod_cidr.0, self.service_cidr) {
+        if self.pod_cidr.contains(self.service_cidr.addr) || self.service_cidr.contains(self.pod_cidr.addr) {
             return Err(Error::config("the pod CIDR and the service CIDR overlap"));
         }
         if self.families.is_empty() {
@@ -260,10 +250,10 @@ impl TopologyConfig {
                     .addresses6
                     .get(&host)
                     .ok_or_else(|| Error::config(format!("no IPv6 address for host {host}")))?;
-                if !in_cidr6(addr, self.pod_cidr6) {
+                if !self.pod_cidr6.contains(addr.into()) {
                     return Err(Error::config(format!(
-                        "IPv6 address {addr} of {host} is outside the pod CIDR {}/{}",
-                        self.pod_cidr6.0, self.pod_cidr6.1
+                        "IPv6 address {addr} of {host} is outside the pod CIDR {}",
+                        self.pod_cidr6
                     )));
                 }
                 if let Some(other) = seen6.insert(addr, host) {
@@ -271,19 +261,19 @@ impl TopologyConfig {
                 }
             }
             for s in &self.services {
-                if !in_cidr6(s.vip6, self.service_cidr6) {
+                if !self.service_cidr6.contains(s.vip6.into()) {
                     return Err(Error::config(format!(
-                        "service {}: VIP {} is outside the service CIDR {}/{}: pick a VIP inside it, or widen the CIDR",
-                        s.name, s.vip6, self.service_cidr6.0, self.service_cidr6.1
+                        "service {}: VIP {} is outside the service CIDR {}: pick a VIP inside it, or widen the CIDR",
+                        s.name, s.vip6, self.service_cidr6
                     )));
                 }
             }
         }
         for s in &self.services {
-            if !in_cidr(s.vip, self.service_cidr) {
+            if !self.service_cidr.contains(s.vip.into()) {
                 return Err(Error::config(format!(
-                    "service {}: VIP {} is outside the service CIDR {}/{slen}: pick a VIP inside it, or widen the CIDR",
-                    s.name, s.vip, self.service_cidr.0
+                    "service {}: VIP {} is outside the service CIDR {}: pick a VIP inside it, or widen the CIDR",
+                    s.name, s.vip, self.service_cidr
                 )));
             }
             if s.endpoint == Host::Node {
@@ -312,6 +302,21 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_outside_their_cidrs_name_the_range() {
+        let mut c = TopologyConfig::default();
+        c.services[0].vip6 = "fd00:10:97::10".parse().unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("VIP fd00:10:97::10 is outside the service CIDR fd00:10:96::/112"), "{msg}");
+        let mut c = TopologyConfig::default();
+        c.addresses6.insert(Host::Istiod, "fd00:10:245::40".parse().unwrap());
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("IPv6 address fd00:10:245::40 of istiod is outside the pod CIDR fd00:10:244::/64"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn duplicate_and_stray_addresses_are_rejected() {
         let mut c = TopologyConfig::default();
         c.addresses.insert(Host::Istiod, Ipv4Addr::new(10, 244, 0, 10));
@@ -323,8 +328,9 @@ mod tests {
 
     #[test]
     fn cidr_membership() {
-        assert!(in_cidr(Ipv4Addr::new(10, 111, 2, 3), (Ipv4Addr::new(10, 96, 0, 0), 12)));
-        assert!(!in_cidr(Ipv4Addr::new(10, 112, 0, 0), (Ipv4Addr::new(10, 96, 0, 0), 12)));
+        let services = TopologyConfig::default().service_cidr;
+        assert!(services.contains(Ipv4Addr::new(10, 111, 2, 3).into()));
+        assert!(!services.contains(Ipv4Addr::new(10, 112, 0, 0).into()));
     }
 }
 

@@ -82,36 +82,6 @@ pub fn target_port(arg: &str, target: &str, port: &str) -> Result<u16, String> {
     }
 }
 
-/// Policy values the reference rules and the oracle cannot agree on, so
-/// that a run would FAIL its own reference: refused with the reason.
-pub fn policy(p: &crate::policy::Policy, file: &str, text: &str) -> crate::Result<()> {
-    for (key, port) in [
-        ("outbound_port", Some(p.outbound_port)),
-        ("inbound_port", Some(p.inbound_port)),
-        ("tunnel_port", p.tunnel_port),
-    ] {
-        if port == Some(0) {
-            return Err(at(
-                file,
-                text,
-                key,
-                "port 0: no listener can be there and no REDIRECT can send to it; give 1-65535",
-            ));
-        }
-    }
-    let listed: &[u16] = match &p.inbound_ports {
-        crate::policy::Select::Only(l) => l,
-        crate::policy::Select::All => &[],
-    };
-    // (Port ranges, `inbound_exclude` and `outbound_ports_exclude`, refuse 0 as they are parsed.)
-    for (key, ports) in [("inbound_ports", listed), ("outbound_ports_include", &p.outbound_ports_include[..])] {
-        if ports.contains(&0) {
-            return Err(at(file, text, key, "port 0 is not a port a connection can use (iptables takes `--dport 0` literally, nothing ever matches it); give 1-65535"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,23 +110,5 @@ mod tests {
         assert!(target_port("fd00::20:9090", "fd00::20", "9090").unwrap_err().contains("brackets"));
         assert!(target_port("remote-pod:0", "remote-pod", "0").unwrap_err().contains("port 0"));
         assert_eq!(target_port("remote-pod:9090", "remote-pod", "9090"), Ok(9090));
-    }
-
-    #[test]
-    fn policies_whose_reference_rules_fail_their_oracle_are_refused() {
-        for (text, says) in [
-            ("inbound_ports: [0, 8080]\n", "p.yaml:1: inbound_ports: port 0"),
-            ("outbound_port: 0\n", "p.yaml:1: outbound_port: port 0"),
-            ("outbound_ports_exclude: [0]\n", "p.yaml:1:26: outbound_ports_exclude[0]: port 0 is out of range"),
-            ("inbound_exclude: [0-10]\n", "p.yaml:1:19: inbound_exclude[0]: `0-10` is not a port"),
-        ] {
-            let e = crate::policy::Policy::parse("p.yaml", text).unwrap_err().to_string();
-            assert!(e.starts_with(says), "{text}: {e}");
-        }
-        crate::policy::Policy::parse("p.yaml", "exclude_interfaces: [eth1]\ninbound_ports: [8080]\n").unwrap();
-        // eth0 excluded (OSM's exclusions-inclusions configuration): the oracle
-        // sends the pod's calls to itself by lo, as the kernel does, so its
-        // reference rules agree with it (tests/trust.rs runs them).
-        crate::policy::Policy::parse("p.yaml", "exclude_interfaces: [eth0]\n").unwrap();
     }
 }

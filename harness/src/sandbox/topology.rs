@@ -183,8 +183,8 @@ impl Topology {
     /// The pod subnet's prefix length in `f`.
     fn pod_prefix(&self, f: Family) -> u8 {
         match f {
-            Family::Ipv4 => self.config.pod_cidr.1,
-            Family::Ipv6 => self.config.pod_cidr6.1,
+            Family::Ipv4 => self.config.pod_cidr.len,
+            Family::Ipv6 => self.config.pod_cidr6.len,
         }
     }
 

@@ -348,10 +348,10 @@ fn port_ranges(g: &Given, name: &str) -> Result<Vec<crate::policy::PortRange>> {
 }
 
 /// Address ranges; a plain address is its own /32 or /128.
-fn cidrs(g: &Given, name: &str) -> Result<Vec<crate::policy::Cidr>> {
+fn cidrs(g: &Given, name: &str) -> Result<Vec<crate::base::cidr::Cidr>> {
     g.list(name)
         .iter()
-        .map(|c| crate::policy::Cidr::parse(c).ok_or_else(|| g.bad(name, c, "addresses or CIDR ranges")))
+        .map(|c| crate::base::cidr::Cidr::parse(c).ok_or_else(|| g.bad(name, c, "addresses or CIDR ranges")))
         .collect()
 }
 

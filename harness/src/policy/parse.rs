@@ -1,0 +1,265 @@
+//! Reading a policy: YAML with located errors, the mesh profile's defaults
+//! for fields left out, and the values that parse but cannot be tested.
+
+use std::path::Path;
+
+use crate::model::validate::at;
+use crate::policy::schema::{Mesh, Mode, Policy, Select};
+use crate::{Error, Result};
+
+impl Policy {
+    /// Parse a policy for Istio's profile.
+    pub fn parse(file: &str, text: &str) -> Result<Policy> {
+        Policy::parse_for(file, text, &crate::model::profile::Profile::istio())
+    }
+
+    /// The `mesh:` a policy names, if it names one (to choose its profile).
+    pub fn mesh_of(text: &str) -> Option<Mesh> {
+        let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+        v.get("mesh").and_then(|m| m.as_str()).and_then(Mesh::parse)
+    }
+
+    /// Parse a policy to be run under `profile`. Its mesh is the policy's
+    /// `mesh:`, else the profile's name; fields left out take that profile's
+    /// numbers (ports, the proxy uid; the proxy gid and the tunnel port only
+    /// under Istio, whose generator alone matches them by default), so a
+    /// policy says only what differs from the mesh's defaults.
+    pub fn parse_for(file: &str, text: &str, profile: &crate::model::profile::Profile) -> Result<Policy> {
+        let mut p = Policy::parse_text(file, text)?;
+        let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
+        let named = Policy::mesh_of(text);
+        let mesh = match (named, Mesh::parse(&profile.name)) {
+            (Some(m), Some(of_profile)) if m != of_profile => {
+                return Err(invalid(format!(
+                    "mesh: {} but the profile is {} ({}): run it with --profile {} or a profile of that mesh",
+                    m.name(),
+                    profile.name,
+                    profile.file,
+                    m.name()
+                )))
+            }
+            (Some(m), _) | (None, Some(m)) => m,
+            (None, None) => {
+                return Err(invalid(format!(
+                    "profile {} is none of the meshes whose rules the oracle knows ({}): say which one's generator the policy configures with `mesh:`",
+                    profile.name,
+                    Mesh::ALL.map(Mesh::name).join(", ")
+                )))
+            }
+        };
+        let is_istio_default = profile.name == "istio" && mesh == Mesh::Istio;
+        if !is_istio_default {
+            let mut v: serde_norway::Value = serde_norway::from_str(text).unwrap_or(serde_norway::Value::Null);
+            if v.is_null() {
+                v = serde_norway::Value::Mapping(Default::default());
+            }
+            let map = v.as_mapping_mut().ok_or_else(|| invalid("a policy is a mapping of fields".into()))?;
+            let x = &profile.proxy;
+            let mut put = |key: &str, value: serde_norway::Value| {
+                if !map.contains_key(key) {
+                    map.insert(key.into(), value);
+                }
+            };
+            put("mesh", mesh.name().into());
+            put("outbound_port", x.outbound.into());
+            put("inbound_port", x.inbound.into());
+            if let Some(v6) = x.inbound_ipv6 {
+                put("inbound_port_ipv6", v6.into());
+            }
+            put("proxy_uids", vec![x.uid].into());
+            put("proxy_gids", if mesh == Mesh::Istio { vec![x.gid] } else { Vec::new() }.into());
+            if !mesh.has_tunnel() {
+                put("tunnel_port", serde_norway::Value::Null);
+            }
+            p = serde_norway::from_value(v).map_err(|e| invalid(e.to_string()))?;
+        }
+        if p.mode == Mode::Tproxy && p.mesh != Mesh::Istio {
+            return Err(invalid(format!(
+                "mode: TPROXY under mesh {}: only Istio's generators write TPROXY rules the oracle knows",
+                p.mesh.name()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Whether the stand-in proxy can run this policy under `profile`: it
+    /// serves the profile's admin, stats and health ports beside the
+    /// policy's capture listeners, and one port cannot be both.
+    pub fn check_profile(&self, file: &str, profile: &crate::model::profile::Profile) -> Result<()> {
+        let x = &profile.proxy;
+        for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
+            for (field, port) in [
+                ("outbound_port", Some(self.outbound_port)),
+                ("inbound_port", Some(self.inbound_port)),
+                ("inbound_port_ipv6", self.inbound_port_ipv6),
+            ] {
+                if port == Some(served) {
+                    return Err(Error::ScenarioInvalid {
+                        file: file.into(),
+                        message: format!(
+                            "{field} {served} is also the {} profile's {role} port ({}): the stand-in proxy cannot listen there for both; run it with a profile file (--profile FILE) that moves the {role} port",
+                            profile.name, profile.file
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_text(file: &str, text: &str) -> Result<Policy> {
+        crate::base::bounded::yaml_budget(file, text)?;
+        let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => Error::ScenarioSyntax {
+                file: file.into(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
+            None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
+        })?;
+        let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
+        if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
+            return Err(invalid(
+                "proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into(),
+            ));
+        }
+        if p.mode == Mode::Tproxy && p.proxy_gids.is_empty() {
+            return Err(invalid("mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart".into()));
+        }
+        if p.outbound_port == p.inbound_port || Some(p.outbound_port) == p.inbound_port_ipv6 {
+            return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
+        }
+        check_values(&p, file, text)?;
+        Ok(p)
+    }
+
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = crate::base::bounded::read_text(path, crate::base::bounded::YAML_MAX)?;
+        Policy::parse(&path.display().to_string(), &text)
+    }
+
+    /// Groups named in the policy that this machine lacks: rules naming
+    /// them cannot be installed, and the oracle could not place a probe.
+    pub fn check_groups(&self, file: &str) -> Result<()> {
+        for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude) {
+            if g.gid().is_none() {
+                return Err(Error::ScenarioInvalid {
+                    file: file.into(),
+                    message: format!("owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Policy values the reference rules and the oracle cannot agree on, so
+/// that a run would FAIL its own reference: refused with the reason.
+fn check_values(p: &Policy, file: &str, text: &str) -> Result<()> {
+    for (key, port) in [
+        ("outbound_port", Some(p.outbound_port)),
+        ("inbound_port", Some(p.inbound_port)),
+        ("tunnel_port", p.tunnel_port),
+    ] {
+        if port == Some(0) {
+            return Err(at(
+                file,
+                text,
+                key,
+                "port 0: no listener can be there and no REDIRECT can send to it; give 1-65535",
+            ));
+        }
+    }
+    let listed: &[u16] = match &p.inbound_ports {
+        Select::Only(l) => l,
+        Select::All => &[],
+    };
+    // (Port ranges, `inbound_exclude` and `outbound_ports_exclude`, refuse 0 as they are parsed.)
+    for (key, ports) in [("inbound_ports", listed), ("outbound_ports_include", &p.outbound_ports_include[..])] {
+        if ports.contains(&0) {
+            return Err(at(file, text, key, "port 0 is not a port a connection can use (iptables takes `--dport 0` literally, nothing ever matches it); give 1-65535"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn policy(yaml: &str) -> Policy {
+        Policy::parse("p.yaml", yaml).unwrap()
+    }
+
+    pub(crate) fn under(mesh: &str, yaml: &str) -> Policy {
+        Policy::parse_for("p.yaml", yaml, &crate::model::profile::Profile::builtin(mesh).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn bad_policies_say_where() {
+        let e = Policy::parse("p.yaml", "inbound_ports: '*'\ninbound_exclud: [1]").unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml:2:1") && e.contains("inbound_exclud"), "{e}");
+        let e = Policy::parse("p.yaml", "outbound_ranges_include: [10.0.0.0/99]").unwrap_err().to_string();
+        assert!(e.contains("not an address range"), "{e}");
+        let e = Policy::parse("p.yaml", "inbound_ports: all").unwrap_err().to_string();
+        assert!(e.contains("p.yaml:"), "{e}");
+        let e = Policy::parse("p.yaml", "proxy_uids: []\nproxy_gids: []").unwrap_err().to_string();
+        assert!(e.contains("captured again"), "{e}");
+        let e = Policy::parse("p.yaml", "owner_groups_include: [[1]]").unwrap_err().to_string();
+        assert!(e.contains("p.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn fields_left_out_take_the_meshs_profile() {
+        let l = under("linkerd", "inbound_ports: '*'");
+        assert_eq!(l.mesh, Mesh::Linkerd);
+        assert_eq!((l.outbound_port, l.inbound_port, l.tunnel_port), (4140, 4143, None));
+        assert_eq!(
+            (l.proxy_uids.clone(), l.proxy_gids.clone()),
+            (vec![2102], vec![]),
+            "a gid only where the mesh matches one"
+        );
+        let i = under("istio", "");
+        assert_eq!((i.proxy_gids, i.tunnel_port), (vec![1337], Some(15008)));
+        let named = under("kuma", "mesh: kuma\noutbound_port: 12345");
+        assert_eq!((named.outbound_port, named.inbound_port), (12345, 15006));
+        let e = Policy::parse_for("p.yaml", "mesh: kuma", &crate::model::profile::Profile::builtin("linkerd").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mesh: kuma but the profile is linkerd"), "{e}");
+        let e = Policy::parse_for(
+            "p.yaml",
+            "mesh: consul\nmode: TPROXY",
+            &crate::model::profile::Profile::builtin("consul").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only Istio's generators write TPROXY"), "{e}");
+        let consul = crate::model::profile::Profile::builtin("consul").unwrap();
+        let clash = under("consul", "outbound_port: 21000");
+        let e = clash.check_profile("p.yaml", &consul).unwrap_err().to_string();
+        assert!(e.contains("outbound_port 21000 is also the consul profile's health port"), "{e}");
+        assert!(under("consul", "").check_profile("p.yaml", &consul).is_ok());
+        let e = Policy::parse("p.yaml", "inbound_exclude: [ssh]").unwrap_err().to_string();
+        assert!(e.contains("`ssh` is not a port or a range"), "{e}");
+    }
+
+    #[test]
+    fn policies_whose_reference_rules_fail_their_oracle_are_refused() {
+        for (text, says) in [
+            ("inbound_ports: [0, 8080]\n", "p.yaml:1: inbound_ports: port 0"),
+            ("outbound_port: 0\n", "p.yaml:1: outbound_port: port 0"),
+            ("outbound_ports_exclude: [0]\n", "p.yaml:1:26: outbound_ports_exclude[0]: port 0 is out of range"),
+            ("inbound_exclude: [0-10]\n", "p.yaml:1:19: inbound_exclude[0]: `0-10` is not a port"),
+        ] {
+            let e = Policy::parse("p.yaml", text).unwrap_err().to_string();
+            assert!(e.starts_with(says), "{text}: {e}");
+        }
+        Policy::parse("p.yaml", "exclude_interfaces: [eth1]\ninbound_ports: [8080]\n").unwrap();
+        // eth0 excluded (OSM's exclusions-inclusions configuration): the oracle
+        // sends the pod's calls to itself by lo, as the kernel does, so its
+        // reference rules agree with it (tests/trust.rs runs them).
+        Policy::parse("p.yaml", "exclude_interfaces: [eth0]\n").unwrap();
+    }
+}
