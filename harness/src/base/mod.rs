@@ -1,7 +1,9 @@
-//! Foundations every layer may use: bounded reads, timings.
+//! Foundations every layer may use: bounded reads, YAML, the directory walk, timings.
 
 pub mod bounded;
 pub mod net;
 pub mod phases;
 pub mod text;
 pub mod tool;
+pub mod walk;
+pub mod yaml;

@@ -70,19 +70,26 @@ impl Settings {
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        crate::base::bounded::yaml_budget(file, text)?;
-        let s: Settings = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax {
-                file: file.into(),
-                line: loc.line(),
-                column: loc.column(),
-                message: e.to_string(),
-            },
-            None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
-        })?;
+        let s: Settings = crate::base::yaml::parse(file, text)?;
         for (key, ports) in [("local_app_ports", &s.local_app_ports), ("remote_app_ports", &s.remote_app_ports)] {
             if let Some(p) = ports {
                 crate::model::validate::app_ports(p).map_err(|m| crate::model::validate::at(file, text, key, m))?;
+            }
+        }
+        // A service is found by its name (scenarios' `destination.service`): two alike would be one.
+        for (k, svc) in s.services.iter().flatten().enumerate() {
+            if s.services.iter().flatten().take(k).any(|o| o.name == svc.name) {
+                let from = crate::base::yaml::line_of_key(text, "services").unwrap_or(1);
+                let first = crate::base::yaml::line_of_value(text, "name", &svc.name, from);
+                let again = first.and_then(|n| crate::base::yaml::line_of_value(text, "name", &svc.name, n + 1));
+                return Err(Error::ScenarioInvalid {
+                    file: crate::base::yaml::place(file, again),
+                    message: format!(
+                        "services: two services are named {}{}: give each its own name",
+                        svc.name,
+                        first.map(|n| format!(" (the first on line {n})")).unwrap_or_default()
+                    ),
+                });
             }
         }
         Ok(s)

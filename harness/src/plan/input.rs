@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::base::net::Family;
 use crate::model::profile::Profile;
+use crate::plan::settings::TopologyFile;
 use crate::plan::{Doing, SessionConfig};
 use crate::rules::istio::{IstioCapture, Shape};
 use crate::rules::source::{Backend, RuleSource};
@@ -98,8 +99,10 @@ impl RuleInput {
         })
     }
 
-    /// The session configuration these flags ask for (before any policy).
-    pub fn config(&self, note: &mut dyn FnMut(&str)) -> Result<SessionConfig> {
+    /// The session configuration these flags ask for (before any policy),
+    /// and the `--topology` file it read, for [`TopologyFile::check`] once
+    /// the run's families are known.
+    pub fn config(&self, note: &mut dyn FnMut(&str)) -> Result<(SessionConfig, Option<TopologyFile>)> {
         rules_timeout(self.rules_timeout)?;
         let spec = self.profile.as_deref().unwrap_or("istio");
         let profile = Profile::load(spec).doing(|| format!("loading --profile {spec}"))?;
@@ -111,9 +114,10 @@ impl RuleInput {
             allow_empty_rules: self.allow_empty_rules,
             ..SessionConfig::default()
         };
-        if let Some(file) = &self.topology {
-            apply_settings(file, &mut config)?;
-        }
+        let topology = match &self.topology {
+            Some(file) => Some(TopologyFile::apply(file, &mut config)?),
+            None => None,
+        };
         match self.family {
             Some(Families::Ipv4) => config.topology.families = vec![Family::Ipv4],
             Some(Families::Ipv6) => config.topology.families = vec![Family::Ipv6],
@@ -128,7 +132,7 @@ impl RuleInput {
                 missing.name()
             )));
         }
-        Ok(config)
+        Ok((config, topology))
     }
 }
 
@@ -139,10 +143,4 @@ pub fn rules_timeout(seconds: f64) -> Result<()> {
     } else {
         Err(Error::config(format!("--rules-timeout {seconds}: give seconds between 0 and 3600")))
     }
-}
-
-/// `--topology FILE` read and applied over `config`.
-pub fn apply_settings(file: &std::path::Path, config: &mut SessionConfig) -> Result<()> {
-    let name = file.display().to_string();
-    crate::model::settings::Settings::load(file)?.apply(&name, config).doing(|| format!("applying {name}"))
 }

@@ -108,7 +108,7 @@ impl Plan {
     /// told on the way (printed, not an error).
     pub fn build(input: &Input, note: &mut dyn FnMut(&str)) -> Result<Plan> {
         let rules = &input.rules;
-        let mut config = rules.config(note)?;
+        let (mut config, topology) = rules.config(note)?;
         let (mut scenarios, policy_rules) =
             input.probes.load(&mut config, rules.generator.as_deref(), rules.profile.is_some(), !rules.given())?;
         if input.repeat > 1 {
@@ -119,6 +119,10 @@ impl Plan {
         config.trace = input.trace;
         config.assert_paths = input.assert_paths;
         let cases = cases(&config, &scenarios, &input.test, &input.skip)?;
+        // The families are known now: a setting they cannot use, at its line.
+        if let Some(file) = &topology {
+            file.check(&config.topology)?;
+        }
         // Only the scenarios that run are checked and probed.
         scenarios.retain(|s| cases.iter().any(|(c, _)| c.name == s.name));
         let mut reference = None;

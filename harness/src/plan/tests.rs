@@ -227,3 +227,18 @@ fn each_lists_rule_sets_of_one_family() {
         "--each l.txt: the policy does not test ipv6"
     );
 }
+
+#[test]
+fn a_topology_setting_the_run_cannot_use_is_refused_at_its_line() {
+    let dir = scratch("located");
+    let file = write(
+        &dir,
+        "t.yaml",
+        "families: [ipv4]\nservices:\n  - { name: local-app, vip: 192.168.9.10, port: 8080, endpoint: local-pod }\n",
+    );
+    let mut input = Input::default();
+    input.rules.topology = Some(file.clone());
+    let e = build(&input).unwrap_err().to_string();
+    assert_eq!(e, format!("{}:3: service local-app: VIP 192.168.9.10 is outside the service CIDR 10.96.0.0/12: pick a VIP inside it, or widen the CIDR", file.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

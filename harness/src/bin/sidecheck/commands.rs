@@ -7,6 +7,7 @@ use anyhow::Context;
 use harness::base::net::Family;
 use harness::model::profile::Profile;
 use harness::model::topology::{Host, TopologyConfig};
+use harness::plan::settings::TopologyFile;
 use harness::plan::Plan;
 use harness::policy::Policy;
 use harness::rules::istio::{IstioCapture, Shape};
@@ -154,7 +155,8 @@ fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
 }
 
 pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let mut config = SessionConfig { rule_texts: true, ..args.rules.input().config(&mut crate::note)? };
+    let (config, topology_file) = args.rules.input().config(&mut crate::note)?;
+    let mut config = SessionConfig { rule_texts: true, ..config };
     let (from, uid, gid) = parse_from(&args.from)?;
     let to = parse_to(&args.to, &config.topology)?;
     // Host names resolve in the first family tested; an address picks its own.
@@ -168,6 +170,9 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
         );
     }
     config.topology.families.retain(|f| *f == family || config.rules.families().len() > 1);
+    if let Some(file) = &topology_file {
+        file.check(&config.topology)?;
+    }
     Session::preflight(&config, &[])?;
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
@@ -276,9 +281,10 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<bool> {
         rules_timeout: std::time::Duration::from_secs_f64(args.rules_timeout),
         ..SessionConfig::default()
     };
-    if let Some(file) = &args.topology {
-        harness::plan::input::apply_settings(file, &mut base)?;
-    }
+    let topology_file = match &args.topology {
+        Some(file) => Some(TopologyFile::apply(file, &mut base)?),
+        None => None,
+    };
     // A policy as `run` reads it: the policy's mesh, or --profile's.
     let given = args.profile.is_some() || pa.is_some() || pb.is_some();
     let (scenarios, _) = crate::args::probes(&args.scenarios, &args.policy).load(&mut base, None, given, false)?;
@@ -296,6 +302,9 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<bool> {
             ra.describe(),
             rb.describe()
         );
+    }
+    if let Some(file) = &topology_file {
+        file.check(&base.topology)?;
     }
     let a = SessionConfig { rules: ra, ..base.clone() };
     let b = SessionConfig { rules: rb, ..base.clone() };
