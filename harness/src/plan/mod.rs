@@ -4,10 +4,12 @@
 //! the command line only parses its arguments and prints.
 
 pub mod config;
+pub mod diff;
 pub mod each;
 pub mod input;
 pub mod policy;
 pub mod settings;
+pub mod trace;
 
 use std::path::PathBuf;
 

@@ -242,3 +242,85 @@ fn a_topology_setting_the_run_cannot_use_is_refused_at_its_line() {
     assert_eq!(e, format!("{}:3: service local-app: VIP 192.168.9.10 is outside the service CIDR 10.96.0.0/12: pick a VIP inside it, or widen the CIDR", file.display()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_trace_resolves_its_ends_in_the_topology() {
+    use crate::model::topology::Host;
+    use trace::TracePlan;
+    let plan = |from: &str, to: &str, rules: &RuleInput| TracePlan::build(rules, from, to, &mut |_| {});
+    let topo = TopologyConfig::default();
+    let t = plan("prometheus:65534:7", "remote-pod:9090", &RuleInput::default()).unwrap();
+    assert_eq!((t.from, t.uid, t.gid), (Host::Prometheus, 65534, 7));
+    assert_eq!(t.to, std::net::SocketAddr::new(topo.address_of(Host::RemotePod, Family::Ipv4), 9090));
+    assert!(t.config.rule_texts);
+    let svc = &topo.services[0];
+    let t = plan("local-pod", &format!("{}:80", svc.name), &RuleInput::default()).unwrap();
+    assert_eq!((t.uid, t.gid, t.to.ip()), (1000, 1000, svc.vip_of(Family::Ipv4)));
+    // The built-in rules cover both families, so both stay; a run of IPv4 alone cannot reach IPv6.
+    let t = plan("local-pod", "[fd00:10:244::20]:9090", &RuleInput::default()).unwrap();
+    assert_eq!(t.config.topology.families, Family::BOTH);
+    let dir = scratch("trace");
+    let v4 = RuleInput {
+        rules: Some(write(&dir, "r.rules", RESTORE4)),
+        family: Some(Families::Ipv4),
+        ..RuleInput::default()
+    };
+    let e = plan("local-pod", "[fd00:10:244::20]:9090", &v4).unwrap_err().to_string();
+    assert_eq!(e, "--to [fd00:10:244::20]:9090: an ipv6 address, but this run tests only [Ipv4]");
+    for (from, to, says) in [
+        ("local-pod:x", "remote-pod:9090", "--from local-pod:x: `x` is not a uid: invalid digit found in string"),
+        (
+            "node",
+            "remote-pod:9090",
+            "--from node: `node` is not a pod; use local-pod, remote-pod, prometheus or istiod",
+        ),
+        (
+            "local-pod",
+            "remote-pod",
+            "--to remote-pod: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090",
+        ),
+        ("local-pod", "nowhere:80", "--to nowhere:80: `nowhere` is not a host"),
+    ] {
+        let e = plan(from, to, &RuleInput::default()).unwrap_err().to_string();
+        assert!(e.starts_with(says), "{from} {to}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_diff_plans_two_sides_alike_but_for_their_rules() {
+    use crate::rules::istio::Shape;
+    use diff::{DiffInput, DiffPlan};
+    let input = |a: &str, b: &str| DiffInput {
+        a: a.into(),
+        b: b.into(),
+        probes: Probes::Builtin,
+        profile: None,
+        family: None,
+        topology: None,
+        backend: crate::rules::source::Backend::Nft,
+        rules_timeout: 30.0,
+    };
+    let p = DiffPlan::build(&input("builtin", "builtin:classic")).unwrap();
+    assert!(matches!(&p.a.rules, RuleSource::Builtin(c) if c.shape == Shape::Current));
+    assert!(matches!(&p.b.rules, RuleSource::Builtin(c) if c.shape == Shape::Classic));
+    assert_eq!(p.a.topology.families, p.b.topology.families);
+    assert_eq!(p.base.profile.name, "istio");
+    assert!(!p.scenarios.is_empty());
+    // A profile side names the contract; two different ones need --profile.
+    let p = DiffPlan::build(&input("profile:kuma", "builtin")).unwrap();
+    assert_eq!((p.a.profile.name.as_str(), p.b.profile.name.as_str()), ("kuma", "kuma"));
+    let e = DiffPlan::build(&input("profile:kuma", "profile:linkerd")).unwrap_err().to_string();
+    assert!(e.starts_with("A is profile kuma and B profile linkerd: their probes differ"), "{e}");
+    let e = DiffPlan::build(&input("builtin:newest", "builtin")).unwrap_err().to_string();
+    assert!(
+        e.starts_with("reading rule source A `builtin:newest`: `builtin:newest`: the built-in rules come as"),
+        "{e}"
+    );
+    // An IPv4 file and an IPv6 file share no family.
+    let dir = scratch("diff");
+    let (v4, v6) = (write(&dir, "a.rules", RESTORE4), write(&dir, "b.rules", RESTORE4));
+    let e = DiffPlan::build(&input(v4.to_str().unwrap(), &format!(",{}", v6.display()))).unwrap_err().to_string();
+    assert!(e.contains("have rules for no IP family in common"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

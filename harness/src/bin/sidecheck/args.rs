@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use harness::plan::diff::DiffInput;
 use harness::plan::{Families, Input, Probes, RuleInput};
 use harness::rules::istio::Shape;
 use harness::rules::source::Backend;
@@ -322,7 +323,7 @@ pub fn parse_output(arg: &str) -> Result<(Format, PathBuf), String> {
 }
 
 /// `--scenarios` / `--policy`, as a plan's probes.
-pub fn probes(scenarios: &Option<PathBuf>, policy: &Option<PathBuf>) -> Probes {
+fn probes(scenarios: &Option<PathBuf>, policy: &Option<PathBuf>) -> Probes {
     match (scenarios, policy) {
         (Some(dir), _) => Probes::Dir(dir.clone()),
         (None, Some(file)) => Probes::Policy(file.clone()),
@@ -396,4 +397,19 @@ pub struct DiffArgs {
     /// Also write the report to a file, as FORMAT=FILE; repeatable.
     #[arg(long, value_name = "FORMAT=FILE", value_parser = parse_output)]
     pub output: Vec<(Format, PathBuf)>,
+}
+
+impl DiffArgs {
+    pub fn input(&self) -> DiffInput {
+        DiffInput {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            probes: probes(&self.scenarios, &self.policy),
+            profile: self.profile.clone(),
+            family: self.family.map(FamilyArg::families),
+            topology: self.topology.clone(),
+            backend: self.backend,
+            rules_timeout: self.rules_timeout,
+        }
+    }
 }

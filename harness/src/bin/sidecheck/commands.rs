@@ -1,22 +1,16 @@
 //! The commands other than `run`: list, trace, clean, diff, policy, rules.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-
 use anyhow::Context;
 use harness::base::net::Family;
 use harness::model::profile::Profile;
-use harness::model::topology::{Host, TopologyConfig};
-use harness::plan::settings::TopologyFile;
+use harness::plan::diff::DiffPlan;
+use harness::plan::trace::TracePlan;
 use harness::plan::Plan;
 use harness::policy::Policy;
-use harness::rules::istio::{IstioCapture, Shape};
-use harness::rules::source::RuleSource;
-use harness::{sandbox::registry, Session, SessionConfig};
+use harness::{sandbox::registry, Session};
 
 use crate::args::{
-    Assert, DiffArgs, FamilyArg, Format, ListArgs, ListFormat, PolicyArgs, RulesForm, RulesPrintArgs, TraceArgs,
-    TraceFormat,
+    Assert, DiffArgs, Format, ListArgs, ListFormat, PolicyArgs, RulesForm, RulesPrintArgs, TraceArgs, TraceFormat,
 };
 use crate::emit;
 
@@ -106,73 +100,9 @@ pub fn list(args: ListArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn parse_from(from: &str) -> anyhow::Result<(Host, u32, u32)> {
-    let (from, gid) = match from.splitn(3, ':').nth(2) {
-        Some(g) => (
-            &from[..from.len() - g.len() - 1],
-            Some(g.parse::<u32>().with_context(|| format!("--from {from}: `{g}` is not a gid"))?),
-        ),
-        None => (from, None),
-    };
-    let (host, uid) = match from.split_once(':') {
-        Some((h, u)) => {
-            let n: u64 = u.parse().with_context(|| format!("--from {from}: `{u}` is not a uid"))?;
-            (h, harness::model::validate::uid(n).map_err(|e| anyhow::anyhow!("--from {from}: {e}"))?)
-        }
-        None => (from, 1000),
-    };
-    let host = Host::parse(host).filter(|h| *h != Host::Node).with_context(|| {
-        format!("--from {from}: `{host}` is not a pod; use local-pod, remote-pod, prometheus or istiod")
-    })?;
-    Ok((host, uid, gid.unwrap_or(uid)))
-}
-
-fn parse_to(to: &str, topo: &TopologyConfig) -> anyhow::Result<SocketAddr> {
-    let (target, port) = to
-        .rsplit_once(':')
-        .with_context(|| format!("--to {to}: give TARGET:PORT, e.g. remote-pod:9090 or [fd00:10:244::20]:9090"))?;
-    let port = harness::model::validate::target_port(to, target, port).map_err(|e| anyhow::anyhow!("--to {e}"))?;
-    if let Ok(addr) = to.parse::<SocketAddr>() {
-        harness::model::validate::destination(addr.ip()).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
-        return Ok(addr);
-    }
-    let family = *topo.families.first().unwrap_or(&Family::Ipv4);
-    let ip: IpAddr = if target == "localhost" {
-        family.localhost()
-    } else if let Some(h) = Host::parse(target) {
-        topo.address_of(h, family)
-    } else if let Some(s) = topo.service(target) {
-        s.vip_of(family)
-    } else {
-        let ip: IpAddr = target.parse().with_context(|| {
-            format!("--to {to}: `{target}` is not a host (local-pod, remote-pod, prometheus, istiod, node, localhost), a service ({}) or an address",
-                topo.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
-        })?;
-        harness::model::validate::destination(ip).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
-        ip
-    };
-    Ok(SocketAddr::new(ip, port))
-}
-
 pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let (config, topology_file) = args.rules.input().config(&mut crate::note)?;
-    let mut config = SessionConfig { rule_texts: true, ..config };
-    let (from, uid, gid) = parse_from(&args.from)?;
-    let to = parse_to(&args.to, &config.topology)?;
-    // Host names resolve in the first family tested; an address picks its own.
-    let family = if to.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
-    if !config.topology.families.contains(&family) {
-        anyhow::bail!(
-            "--to {}: an {} address, but this run tests only {:?}",
-            args.to,
-            family.name(),
-            config.topology.families
-        );
-    }
-    config.topology.families.retain(|f| *f == family || config.rules.families().len() > 1);
-    if let Some(file) = &topology_file {
-        file.check(&config.topology)?;
-    }
+    let TracePlan { config, from, uid, gid, to } =
+        TracePlan::build(&args.rules.input(), &args.from, &args.to, &mut crate::note)?;
     Session::preflight(&config, &[])?;
     harness::require_root("sidecheck trace")?;
     let session = Session::start(config.clone()).context("setting up the test topology")?;
@@ -219,95 +149,13 @@ pub fn clean() -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// One side of `sidecheck diff`: the rule source and the profile it names.
-fn diff_source(spec: &str) -> anyhow::Result<(RuleSource, Option<Profile>)> {
-    let file = |p: &str| -> anyhow::Result<PathBuf> {
-        anyhow::ensure!(!p.is_empty(), "`{spec}` names no file");
-        Ok(PathBuf::from(p))
-    };
-    Ok(match spec.split_once(':') {
-        Some(("nft", p)) => (RuleSource::NftFile(file(p)?), None),
-        Some(("script", p)) => {
-            (RuleSource::from_script_file(file(p)?).with_context(|| format!("reading `{spec}`"))?, None)
-        }
-        Some(("gen", c)) => (RuleSource::Generator(c.to_string()), None),
-        Some(("builtin", "classic")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Classic)), None),
-        Some(("builtin", "current")) => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
-        Some(("builtin", other)) => anyhow::bail!(
-            "`{spec}`: the built-in rules come as builtin, builtin:current or builtin:classic, not `{other}`"
-        ),
-        Some(("profile", name)) => {
-            let p = Profile::load(name).with_context(|| format!("loading the profile of `{spec}`"))?;
-            let rules = match p.name.as_str() {
-                "istio" => RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
-                _ => p.rules().with_context(|| format!("`{spec}`: profile {} has no rule set of its own", p.name))?,
-            };
-            (rules, Some(p))
-        }
-        _ if spec == "builtin" => (RuleSource::Builtin(IstioCapture::default_for(Shape::Current)), None),
-        // Restore input or Istio's dry-run output, read as --rules/--rules6 read it.
-        _ => {
-            let (v4, v6) = match spec.split_once(',') {
-                Some((v4, v6)) => ((!v4.is_empty()).then(|| file(v4)).transpose()?, Some(file(v6)?)),
-                None => (Some(file(spec)?), None),
-            };
-            (RuleSource::from_rule_files(v4, v6).with_context(|| format!("reading `{spec}`"))?, None)
-        }
-    })
-}
-
 pub fn diff(args: DiffArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(
         !args.output.iter().any(|(f, _)| matches!(f, Format::Summary | Format::Github))
             && !matches!(args.format, Format::Summary | Format::Github),
         "`summary` and `github` are formats of `run`; diff writes human, json, markdown or junit"
     );
-    harness::plan::input::rules_timeout(args.rules_timeout)?;
-    let (ra, pa) = diff_source(&args.a).with_context(|| format!("reading rule source A `{}`", args.a))?;
-    let (rb, pb) = diff_source(&args.b).with_context(|| format!("reading rule source B `{}`", args.b))?;
-    let profile = match (&args.profile, &pa, &pb) {
-        (Some(name), _, _) => Profile::load(name).with_context(|| format!("loading --profile {name}"))?,
-        (None, Some(a), Some(b)) if a.name != b.name => anyhow::bail!(
-            "A is profile {} and B profile {}: their probes differ; say which contract to probe with --profile",
-            a.name,
-            b.name
-        ),
-        (None, Some(p), _) | (None, None, Some(p)) => p.clone(),
-        (None, None, None) => Profile::istio(),
-    };
-    let mut base = SessionConfig {
-        profile,
-        backend: args.backend,
-        rules_timeout: std::time::Duration::from_secs_f64(args.rules_timeout),
-        ..SessionConfig::default()
-    };
-    let topology_file = match &args.topology {
-        Some(file) => Some(TopologyFile::apply(file, &mut base)?),
-        None => None,
-    };
-    // A policy as `run` reads it: the policy's mesh, or --profile's.
-    let given = args.profile.is_some() || pa.is_some() || pb.is_some();
-    let (scenarios, _) = crate::args::probes(&args.scenarios, &args.policy).load(&mut base, None, given, false)?;
-    match args.family {
-        Some(FamilyArg::Ipv4) => base.topology.families.retain(|f| *f == Family::Ipv4),
-        Some(FamilyArg::Ipv6) => base.topology.families.retain(|f| *f == Family::Ipv6),
-        Some(FamilyArg::Both) | None => {}
-    }
-    // Both sides run the families both have rules for.
-    let (fa, fb) = (ra.families(), rb.families());
-    base.topology.families.retain(|f| fa.contains(f) && fb.contains(f));
-    if base.topology.families.is_empty() {
-        anyhow::bail!(
-            "A ({}) and B ({}) have rules for no IP family in common (that this run tests): give both families (FILE4,FILE6) or --family",
-            ra.describe(),
-            rb.describe()
-        );
-    }
-    if let Some(file) = &topology_file {
-        file.check(&base.topology)?;
-    }
-    let a = SessionConfig { rules: ra, ..base.clone() };
-    let b = SessionConfig { rules: rb, ..base.clone() };
+    let DiffPlan { a, b, base, scenarios } = DiffPlan::build(&args.input())?;
     Session::preflight(&a, &scenarios).with_context(|| format!("checking A ({})", a.rules.describe()))?;
     Session::preflight(&b, &scenarios).with_context(|| format!("checking B ({})", b.rules.describe()))?;
     harness::require_root("sidecheck diff")?;
