@@ -103,6 +103,8 @@ pub struct Plan {
     /// `None` the profile's own rule set), each connection judged by
     /// whether it leaves by the same kind of rule (docs/decisions.md).
     pub reference: Option<Option<RuleSource>>,
+    /// The `--topology` file, for [`Plan::check_topology`].
+    pub topology_file: Option<settings::TopologyFile>,
 }
 
 impl Plan {
@@ -121,10 +123,6 @@ impl Plan {
         config.trace = input.trace;
         config.assert_paths = input.assert_paths;
         let cases = cases(&config, &scenarios, &input.test, &input.skip)?;
-        // The families are known now: a setting they cannot use, at its line.
-        if let Some(file) = &topology {
-            file.check(&config.topology)?;
-        }
         // Only the scenarios that run are checked and probed.
         scenarios.retain(|s| cases.iter().any(|(c, _)| c.name == s.name));
         let mut reference = None;
@@ -140,7 +138,17 @@ impl Plan {
                 config.assert_paths = false;
             }
         }
-        Ok(Plan { config, scenarios, cases, reference })
+        Ok(Plan { config, scenarios, cases, reference, topology_file: topology })
+    }
+
+    /// What can be said of the plan's topology before a session checks it
+    /// (which `run` does first, `list` never): a `--topology` setting the
+    /// run's families cannot use, at its line.
+    pub fn check_topology(&self) -> Result<()> {
+        match &self.topology_file {
+            Some(file) => file.check(&self.config.topology),
+            None => Ok(()),
+        }
     }
 
     /// Refuse a plan with nothing to run (after the session's preflight,

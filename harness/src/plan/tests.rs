@@ -238,7 +238,9 @@ fn a_topology_setting_the_run_cannot_use_is_refused_at_its_line() {
     );
     let mut input = Input::default();
     input.rules.topology = Some(file.clone());
-    let e = build(&input).unwrap_err().to_string();
+    // `list` does not check the topology (the session does, and runs this first).
+    let plan = build(&input).unwrap();
+    let e = plan.check_topology().unwrap_err().to_string();
     assert_eq!(e, format!("{}:3: service local-app: VIP 192.168.9.10 is outside the service CIDR 10.96.0.0/12: pick a VIP inside it, or widen the CIDR", file.display()));
     let _ = std::fs::remove_dir_all(&dir);
 }

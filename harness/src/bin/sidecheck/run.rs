@@ -32,6 +32,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     let plan = Plan::build(&args.input(), &mut crate::note)?;
     // Bad input is reported before anything is created.
+    plan.check_topology()?;
     Session::preflight(&plan.config, &plan.scenarios)?;
     harness::require_root("sidecheck run")?;
     let reference = paths_reference(&plan)?;
