@@ -14,6 +14,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The walk `--scenarios DIR` takes, so the built-in set is read as a directory is.
+#[path = "src/base/walk.rs"]
+mod walk;
+
 const STUBS: [&str; 2] = ["fake-envoy", "fake-istiod"];
 
 fn main() {
@@ -70,8 +74,12 @@ fn build_stubs(workspace: &Path, out_dir: &Path) {
 
 fn embed_scenarios(root: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", root.display());
-    let mut files = Vec::new();
-    collect_yaml(root, root, &mut files);
+    // (An unreadable scenarios/ embeds none, which the built-in set's tests catch.)
+    let files = walk::yaml_files(root)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| (path.strip_prefix(root).unwrap().to_string_lossy().into_owned(), path))
+        .collect();
     let doc = "(path relative to scenarios/, contents) of every built-in scenario.";
     write_embedded(&out_dir.join("builtin_scenarios.rs"), doc, "BUILTIN", files);
 }
@@ -106,21 +114,4 @@ fn write_embedded(out: &Path, doc: &str, name: &str, mut files: Vec<(String, Pat
     }
     code.push_str("];\n");
     fs::write(out, code).unwrap();
-}
-
-/// Scenario files below `dir`; a `profiles` directory holds mesh profiles, not scenarios.
-fn collect_yaml(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() && path.file_name().is_some_and(|n| n == "profiles") {
-            continue;
-        }
-        if path.is_dir() {
-            collect_yaml(root, &path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            out.push((rel, path));
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //!
 //! The layers, in the order data flows through a run (docs/architecture.md
 //! has the map; a module imports only from layers listed before its own):
-//! [`base`], [`rules`], [`model`], [`policy`], [`sandbox`], [`netfilter`],
+//! [`base`], [`rules`], [`model`], [`policy`], [`plan`], [`sandbox`], [`netfilter`],
 //! [`probe`], [`verdict`], [`report`], [`session`], [`diff`].
 
 pub mod base;
@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 pub mod model;
 pub mod netfilter;
+pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod report;
@@ -20,7 +21,8 @@ pub mod session;
 pub mod verdict;
 
 pub use error::{Error, Result};
-pub use session::{Session, SessionConfig};
+pub use plan::SessionConfig;
+pub use session::Session;
 
 /// Fails with the message every root-needing entry point gives.
 pub fn require_root(what: &str) -> Result<()> {

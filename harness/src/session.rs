@@ -8,18 +8,14 @@ mod teardown;
 
 pub use probes::ProbeDone;
 
-use std::time::Duration;
-
 use tokio::runtime::Runtime;
 
 use crate::base::net::Family;
 use crate::base::phases::Phases;
-use crate::model::profile::Profile;
-use crate::model::topology::{Dns, Host, TopologyConfig, Tproxy};
+use crate::model::topology::Host;
 use crate::netfilter;
 use crate::netfilter::trace::Tracer;
-use crate::probe::{self, AppServer, Timeouts};
-use crate::rules::istio::{IstioCapture, Shape};
+use crate::probe::{self, AppServer};
 use crate::rules::source::{Backend, RuleSource};
 use crate::sandbox::listing::normalize_counters;
 use crate::sandbox::registry::RunGuard;
@@ -27,76 +23,8 @@ use crate::sandbox::stubs::StubProcess;
 use crate::sandbox::topology::Topology;
 use crate::Result;
 
-/// Everything a session is built from.
-#[derive(Clone, Debug)]
-pub struct SessionConfig {
-    pub rules: RuleSource,
-    pub backend: Backend,
-    pub topology: TopologyConfig,
-    /// The mesh: proxy ports and uid, control plane; scenarios' roles resolve here.
-    pub profile: Profile,
-    /// Ports the app in the local pod serves (as `local-app`).
-    pub local_app_ports: Vec<u16>,
-    /// Ports the app in the remote pod serves (as `remote-app`).
-    pub remote_app_ports: Vec<u16>,
-    /// Ports each host behind the pod's extra interfaces serves (as `side-app`).
-    pub side_app_ports: Vec<u16>,
-    /// The uid the control-plane stub runs as (any unprivileged one).
-    pub control_plane_uid: u32,
-    pub probe_timeouts: Timeouts,
-    pub stub_ready_timeout: Duration,
-    pub rules_timeout: Duration,
-    /// Record each probe's rule path from the kernel.
-    pub trace: bool,
-    /// Fail a trial whose rule path differs from its scenario's.
-    pub assert_paths: bool,
-    /// Keep each rule's text for detailed views (`sidecheck trace`).
-    pub rule_texts: bool,
-    /// Inbound capture by TPROXY: the policy routing istio-iptables sets up
-    /// beside its rules, and a transparent fake-envoy.
-    pub tproxy: Option<Tproxy>,
-    pub dns: Option<Dns>,
-    /// Test the rules even when the source installed none (else an error).
-    pub allow_empty_rules: bool,
-}
-
-impl SessionConfig {
-    /// How trial names and reports call the backend (`nft`, `legacy`,
-    /// `nft-native`, `script`, `generator`): known before anything runs.
-    pub fn backend_name(&self) -> String {
-        match netfilter::front_end(self.rules.frontend(self.backend)) {
-            Some(front) => front.backend().name().into(),
-            None => match self.rules {
-                RuleSource::Script(_) => "script".into(),
-                _ => "generator".into(),
-            },
-        }
-    }
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            rules: RuleSource::Builtin(IstioCapture::default_for(Shape::Current)),
-            backend: Backend::Nft,
-            topology: TopologyConfig::default(),
-            profile: Profile::istio(),
-            local_app_ports: vec![8080],
-            remote_app_ports: vec![9090],
-            side_app_ports: Vec::new(),
-            control_plane_uid: 65534,
-            probe_timeouts: Timeouts::default(),
-            stub_ready_timeout: Duration::from_secs(5),
-            rules_timeout: Duration::from_secs(30),
-            trace: true,
-            assert_paths: false,
-            rule_texts: false,
-            tproxy: None,
-            dns: None,
-            allow_empty_rules: false,
-        }
-    }
-}
+// The configuration is the plan's (an earlier layer); named here too.
+pub use crate::plan::SessionConfig;
 
 pub struct Session {
     // Field order is drop order: servers and stubs, then the runtime (its

@@ -1,4 +1,4 @@
-//! Foundations every layer may use: bounded reads, timings.
+//! Foundations every layer may use: bounded reads, YAML, the directory walk, timings.
 
 pub mod bounded;
 pub mod cidr;
@@ -6,3 +6,5 @@ pub mod net;
 pub mod phases;
 pub mod text;
 pub mod tool;
+pub mod walk;
+pub mod yaml;

@@ -277,16 +277,7 @@ pub struct Profile {
 impl Profile {
     /// Parse a profile; `read` fetches a rule file named in it.
     fn parse(file: String, text: &str, read: impl Fn(&str) -> Result<String>) -> Result<Profile> {
-        crate::base::bounded::yaml_budget(&file, text)?;
-        let mut p: Profile = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax {
-                file: file.clone(),
-                line: loc.line(),
-                column: loc.column(),
-                message: e.to_string(),
-            },
-            None => Error::ScenarioInvalid { file: file.clone(), message: e.to_string() },
-        })?;
+        let mut p: Profile = crate::base::yaml::parse(&file, text)?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.clone(), message };
         if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(invalid(format!(

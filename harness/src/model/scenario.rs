@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,16 +147,7 @@ impl Scenario {
                 message: "the file is empty: a scenario needs flow, description, source, destination and expect".into(),
             });
         }
-        crate::base::bounded::yaml_budget(&file, text)?;
-        let spec: Spec = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax {
-                file: file.clone(),
-                line: loc.line(),
-                column: loc.column(),
-                message: e.to_string(),
-            },
-            None => Error::ScenarioInvalid { file: file.clone(), message: e.to_string() },
-        })?;
+        let spec: Spec = crate::base::yaml::parse(&file, text)?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.clone(), message };
         if spec.expect.ports.is_empty() {
             return Err(invalid("expect.ports is empty: list the proxy ports passed, then the server's port".into()));
@@ -294,15 +285,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
     if !meta.is_dir() {
         return Err(Error::config(format!("--scenarios {}: not a directory of scenario files", dir.display())));
     }
-    let mut files = Vec::new();
-    collect(dir, &mut files, &mut std::collections::HashSet::new())?;
+    let files = crate::base::walk::yaml_files(dir).map_err(|(path, err)| Error::Read { path, err })?;
     if files.is_empty() {
         return Err(Error::config(format!(
             "no scenario files (*.yaml) in {}: point --scenarios at a directory holding some",
             dir.display()
         )));
     }
-    files.sort();
     let root_name = dir
         .canonicalize()
         .ok()
@@ -386,30 +375,6 @@ pub fn select(
         )));
     }
     Ok(kept)
-}
-
-/// `seen`: every directory and file by its real path, so a symlink loop or
-/// a second link to a file loads nothing twice.
-fn collect(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) -> Result<()> {
-    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(dir).map_err(|err| Error::Read { path: dir.to_path_buf(), err })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // A `profiles` directory holds mesh profiles, not scenarios.
-        if path.is_dir() && path.file_name().is_some_and(|n| n == "profiles") {
-            continue;
-        }
-        if path.is_dir() {
-            collect(&path, out, seen)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-            && seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone()))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -21,8 +21,7 @@ use serde::Deserialize;
 
 use crate::base::cidr::Cidr;
 use crate::base::net::Family;
-use crate::model::topology::{Host, Service};
-use crate::session::SessionConfig;
+use crate::model::topology::Host;
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +52,7 @@ pub struct ServiceSetting {
 
 /// `ADDRESS/PREFIX` of `family`, both parts given (a bare address is no
 /// subnet here, though a policy reads it as one host).
-fn cidr(file: &str, key: &str, text: &str, family: Family) -> Result<Cidr> {
+pub(crate) fn cidr(file: &str, key: &str, text: &str, family: Family) -> Result<Cidr> {
     let bad =
         || Error::ScenarioInvalid { file: file.into(), message: format!("{key}: `{text}` is not ADDRESS/PREFIX") };
     let prefixed = text.split_once('/').is_some_and(|(_, len)| !len.is_empty());
@@ -70,114 +69,28 @@ impl Settings {
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        crate::base::bounded::yaml_budget(file, text)?;
-        let s: Settings = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax {
-                file: file.into(),
-                line: loc.line(),
-                column: loc.column(),
-                message: e.to_string(),
-            },
-            None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
-        })?;
+        let s: Settings = crate::base::yaml::parse(file, text)?;
         for (key, ports) in [("local_app_ports", &s.local_app_ports), ("remote_app_ports", &s.remote_app_ports)] {
             if let Some(p) = ports {
                 crate::model::validate::app_ports(p).map_err(|m| crate::model::validate::at(file, text, key, m))?;
             }
         }
+        // A service is found by its name (scenarios' `destination.service`): two alike would be one.
+        for (k, svc) in s.services.iter().flatten().enumerate() {
+            if s.services.iter().flatten().take(k).any(|o| o.name == svc.name) {
+                let from = crate::base::yaml::line_of_key(text, "services").unwrap_or(1);
+                let first = crate::base::yaml::line_of_value(text, "name", &svc.name, from);
+                let again = first.and_then(|n| crate::base::yaml::line_of_value(text, "name", &svc.name, n + 1));
+                return Err(Error::ScenarioInvalid {
+                    file: crate::base::yaml::place(file, again),
+                    message: format!(
+                        "services: two services are named {}{}: give each its own name",
+                        svc.name,
+                        first.map(|n| format!(" (the first on line {n})")).unwrap_or_default()
+                    ),
+                });
+            }
+        }
         Ok(s)
-    }
-
-    /// Apply over `config` (whose topology is then validated by the session).
-    pub fn apply(self, file: &str, config: &mut SessionConfig) -> Result<()> {
-        let t = &mut config.topology;
-        if let Some(f) = self.families {
-            t.families = f;
-        }
-        if let Some(c) = self.pod_cidr {
-            t.pod_cidr = cidr(file, "pod_cidr", &c, Family::Ipv4)?;
-        }
-        if let Some(c) = self.pod_cidr6 {
-            t.pod_cidr6 = cidr(file, "pod_cidr6", &c, Family::Ipv6)?;
-        }
-        if let Some(c) = self.service_cidr {
-            t.service_cidr = cidr(file, "service_cidr", &c, Family::Ipv4)?;
-        }
-        if let Some(c) = self.service_cidr6 {
-            t.service_cidr6 = cidr(file, "service_cidr6", &c, Family::Ipv6)?;
-        }
-        if let Some(a) = self.addresses {
-            t.addresses.extend(a);
-        }
-        if let Some(a) = self.addresses6 {
-            t.addresses6.extend(a);
-        }
-        if let Some(services) = self.services {
-            let default6 = t.services.first().map(|s| s.vip6);
-            t.services = services
-                .into_iter()
-                .map(|s| Service {
-                    vip6: s.vip6.or(default6).unwrap_or(Ipv6Addr::UNSPECIFIED),
-                    target_port: s.target_port.unwrap_or(s.port),
-                    name: s.name,
-                    vip: s.vip,
-                    port: s.port,
-                    endpoint: s.endpoint,
-                })
-                .collect();
-        }
-        if let Some(p) = self.local_app_ports {
-            config.local_app_ports = p;
-        }
-        if let Some(p) = self.remote_app_ports {
-            config.remote_app_ports = p;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_apply_over_the_defaults() {
-        let s = Settings::parse("t.yaml", "families: [ipv6]\nservice_cidr: 10.100.0.0/16\nservices:\n  - { name: api, vip: 10.100.0.5, port: 80, endpoint: remote-pod, target_port: 9090 }\nlocal_app_ports: [8080, 8081]\n").unwrap();
-        let mut c = SessionConfig::default();
-        s.apply("t.yaml", &mut c).unwrap();
-        assert_eq!(c.topology.families, [Family::Ipv6]);
-        assert_eq!(c.topology.service_cidr, Cidr { addr: Ipv4Addr::new(10, 100, 0, 0).into(), len: 16 });
-        assert_eq!(c.topology.services[0].target_port, 9090);
-        assert_eq!(c.local_app_ports, [8080, 8081]);
-    }
-
-    #[test]
-    fn bad_settings_name_the_file_and_place() {
-        let e = Settings::parse("t.yaml", "famlies: [ipv4]\n").unwrap_err().to_string();
-        assert!(e.starts_with("t.yaml:1:1:") && e.contains("unknown field"), "{e}");
-        let s = Settings::parse("t.yaml", "pod_cidr: 10.0.0.0/99\n").unwrap();
-        let e = s.apply("t.yaml", &mut SessionConfig::default()).unwrap_err().to_string();
-        assert!(e.contains("pod_cidr: `10.0.0.0/99` is not ADDRESS/PREFIX"), "{e}");
-    }
-
-    /// The shared `Cidr` reads a bare address as one host; a topology's
-    /// subnets need the prefix, and each key its own family.
-    #[test]
-    fn subnets_need_a_prefix_and_their_family() {
-        for (key, text) in [
-            ("pod_cidr", "10.244.0.0"),
-            ("pod_cidr", "10.244.0.0/"),
-            ("pod_cidr", "fd00::/64"),
-            ("service_cidr6", "10.96.0.0/12"),
-            ("pod_cidr6", "fd00::/129"),
-        ] {
-            let s = Settings::parse("t.yaml", &format!("{key}: \"{text}\"\n")).unwrap();
-            let e = s.apply("t.yaml", &mut SessionConfig::default()).unwrap_err().to_string();
-            assert_eq!(e, format!("t.yaml: {key}: `{text}` is not ADDRESS/PREFIX"));
-        }
-        let s = Settings::parse("t.yaml", "pod_cidr6: fd00:1::/56\n").unwrap();
-        let mut c = SessionConfig::default();
-        s.apply("t.yaml", &mut c).unwrap();
-        assert_eq!(c.topology.pod_cidr6.to_string(), "fd00:1::/56");
     }
 }

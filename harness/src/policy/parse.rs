@@ -108,16 +108,7 @@ impl Policy {
     }
 
     fn parse_text(file: &str, text: &str) -> Result<Policy> {
-        crate::base::bounded::yaml_budget(file, text)?;
-        let p: Policy = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => Error::ScenarioSyntax {
-                file: file.into(),
-                line: loc.line(),
-                column: loc.column(),
-                message: e.to_string(),
-            },
-            None => Error::ScenarioInvalid { file: file.into(), message: e.to_string() },
-        })?;
+        let p: Policy = crate::base::yaml::parse(file, text)?;
         let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
         if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
             return Err(invalid(

@@ -56,34 +56,6 @@ impl Policy {
             .then_some(crate::model::topology::Tproxy { mark: self.tproxy_mark, table: self.tproxy_table })
     }
 
-    /// Set `config` up to probe this policy under the mesh profile `base`
-    /// (profile, TPROXY routing, families, topology extras, app ports, DNS;
-    /// the reference rules when `reference` says so) and return its probes
-    /// as scenarios. The one path for `run`, `list`, `diff` and the tests.
-    pub fn configure(
-        &self,
-        config: &mut crate::session::SessionConfig,
-        reference: bool,
-        base: &crate::model::profile::Profile,
-    ) -> Vec<crate::model::scenario::Scenario> {
-        config.profile = self.profile_on(base);
-        config.tproxy = self.tproxy();
-        if reference {
-            config.rules = self.reference_rules();
-        }
-        let families = self.families();
-        config.topology.families.retain(|f| families.contains(f));
-        let plan = self.run_plan(&config.topology, &config.profile);
-        config.topology.remote_extra = plan.remote_extra;
-        config.topology.local_extra = plan.local_extra;
-        config.topology.pod_links = self.pod_links();
-        config.side_app_ports = plan.side_app_ports;
-        config.dns = plan.dns;
-        config.local_app_ports = plan.local_app_ports;
-        config.remote_app_ports = plan.remote_app_ports;
-        plan.scenarios
-    }
-
     /// Build the matrix for `topo` (app uid 1000) as scenarios named
     /// `policy::<label>`.
     pub fn run_plan(

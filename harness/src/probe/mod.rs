@@ -20,23 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::model::scenario::{DROPPED, RESET};
+// The deadlines are part of a session's configuration (plan), named here too.
+pub use crate::plan::Timeouts;
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
-
-/// Deadlines for one probe connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub answer: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        // fake-envoy gives up on an upstream within 2 s, so a broken hop is
-        // reported by the proxy before the client stops waiting.
-        Timeouts { connect: Duration::from_secs(2), answer: Duration::from_secs(3) }
-    }
-}
 
 /// The stages of [`Observation::Failed`]: where the client's side stopped.
 pub mod stage {
