@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, stderr, TempDir, BIN};
+use common::{code, need_root, stderr, stubs_of_pid, TempDir, BIN};
 
 /// Every test that starts a run holds this shared; the tests about stale
 /// runs hold it alone, because any run that starts meanwhile sweeps stale
@@ -21,10 +21,6 @@ fn shared_runs() -> std::sync::RwLockReadGuard<'static, ()> {
 
 fn exclusive_runs() -> std::sync::RwLockWriteGuard<'static, ()> {
     RUNS.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn need_root() {
-    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test (these tests build network namespaces)");
 }
 
 fn sidecheck(args: &[&str]) -> Output {
@@ -58,19 +54,6 @@ fn prefix_of_pid(pid: u32) -> String {
             n.strip_suffix(".lock").or(n.strip_suffix(".kept")).filter(|p| !p.starts_with('.')).map(str::to_string)
         })
         .unwrap_or_else(|| panic!("no lock file or keep marker of process {pid} in /run/sidecheck"))
-}
-
-/// Pids of stub processes started by the sidecheck process `pid`.
-fn stubs_of_pid(pid: u32) -> Vec<u32> {
-    let marker = format!("/run/sidecheck/sidecheck-{pid}-");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker))
-        })
-        .collect()
 }
 
 fn assert_nothing_left(pid: u32, what: &str) {

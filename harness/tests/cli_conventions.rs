@@ -11,14 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, stderr, stdout, TempDir, BIN};
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test builds network namespaces and needs root: run cargo test as root (see the README's note for users without root)"
-    );
-}
+use common::{code, need_root, stderr, stdout, TempDir, BIN};
 
 /// sidecheck with `args`, `env` set and the variables the tests are about
 /// removed, so the caller's environment (say, a CI's GITHUB_ACTIONS) cannot

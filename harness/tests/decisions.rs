@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, text, TempDir, BIN};
+use common::{code, need_root, text, TempDir, BIN};
 
 fn sidecheck(args: &[&str]) -> Output {
-    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test (these tests build network namespaces)");
+    need_root();
     Command::new(BIN).args(args).output().expect("running sidecheck")
 }
 

@@ -18,9 +18,7 @@ use common::{code, data_trial, text, TempDir, BIN};
 const NFT_GOLDENS: &str = "third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata";
 
 fn sidecheck(args: &[&str]) -> Result<Output, Failed> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("run as root: sudo cargo test (these tests build network namespaces)".into());
-    }
+    common::require_root()?;
     Command::new(BIN).args(args).output().map_err(|e| format!("running sidecheck: {e}").into())
 }
 

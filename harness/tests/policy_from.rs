@@ -107,11 +107,7 @@ fn on_shared(
     f: impl FnOnce(&Path) -> Result<(), Failed> + Send + 'static,
 ) -> Trial {
     data_trial(args, name, needs, move |root| {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(
-                "run as root: these trials build network namespaces (cargo test runs them through ci/as-root)".into()
-            );
-        }
+        common::require_root()?;
         f(&root.join("third-party"))
     })
 }
@@ -448,9 +444,7 @@ fn reference_trials() -> Vec<Trial> {
         .into_iter()
         .map(|mesh| {
             Trial::test(format!("reference::{mesh}::new-fields"), move || {
-                if !nix::unistd::geteuid().is_root() {
-                    return Err("run as root: sudo cargo test (these trials build network namespaces)".into());
-                }
+                common::require_root()?;
                 let dir = TempDir::new(&format!("ref-{mesh}"));
                 let file = dir.0.join("policy.yaml");
                 let yaml = "inbound_ports: '*'\ninbound_exclude: ['6000-6010']\ninbound_sources_exclude: [198.51.100.0/24]\noutbound_ranges_include: '*'\noutbound_ranges_exclude: [192.0.2.0/24]\noutbound_ports_exclude: ['5555:5557']\noutbound_uids_exclude: [456]\nipv6: true\n";

@@ -110,11 +110,22 @@ pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
         .collect()
 }
 
+/// What a test that builds network namespaces says when not run as root.
+pub const NOT_ROOT: &str = "run as root: these tests build network namespaces (cargo test runs them through \
+    ci/as-root, which uses sudo; see the README's note for users without root)";
+
+/// For a #[test]: fails (panics) saying how to run it, unless root.
 pub fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "run as root: these tests build network namespaces (cargo test runs them through ci/as-root)"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "{NOT_ROOT}");
+}
+
+/// For a libtest-mimic trial: the same, as its failure.
+pub fn require_root() -> Result<(), Failed> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(NOT_ROOT.into())
+    }
 }
 
 pub fn code(out: &Output) -> i32 {
@@ -165,7 +176,7 @@ impl Drop for TempDir {
 }
 
 /// Pids of stub processes started by the sidecheck process `pid`.
-fn stubs_of_pid(pid: u32) -> Vec<u32> {
+pub fn stubs_of_pid(pid: u32) -> Vec<u32> {
     let marker = format!("/run/sidecheck/sidecheck-{pid}-");
     std::fs::read_dir("/proc")
         .unwrap()
