@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod expect;
+
 use libtest_mimic::{Arguments, Failed, Trial};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
