@@ -239,6 +239,14 @@ pub fn findings() -> Result<BTreeMap<String, BTreeMap<String, String>>, String> 
     Ok(map)
 }
 
+/// The default profile: the one scenarios' `expect.path` describes, whose
+/// rules are the built-in reference rules (Istio's).
+pub fn default_profile() -> Profile {
+    let mut all: Vec<Profile> = Profile::builtin_names().into_iter().map(profile).filter(|p| p.expect_path).collect();
+    assert_eq!(all.len(), 1, "exactly one built-in profile has expect_path: true");
+    all.remove(0)
+}
+
 /// Every built-in profile with a rule set of its own (every mesh but the
 /// default, whose rules are the built-in reference rules), by name.
 pub fn meshes() -> Vec<Profile> {
