@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, need_root, stderr, stdout, TempDir, BIN};
+use common::{code, expect, need_root, stderr, stdout, TempDir, BIN};
+use harness::base::net::Family;
 
 /// sidecheck with `args`, `env` set and the variables the tests are about
 /// removed, so the caller's environment (say, a CI's GITHUB_ACTIONS) cannot
@@ -53,11 +54,11 @@ fn list_names_the_builtin_trials_and_profiles_without_root() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v = json(&out);
     let trials = names(&v, "trials", None);
-    // Seven built-in scenarios in both families.
-    assert_eq!(trials.len(), 14, "{trials:?}");
+    // Every built-in scenario in both families.
+    assert_eq!(trials.len(), expect::trial_count(&Family::BOTH), "{trials:?}");
     assert!(trials.contains(&"istio::type2-local-to-remote::nft::ipv4".to_string()), "{trials:?}");
     assert!(trials.contains(&"istio::type6-agent-to-istiod::nft::ipv6".to_string()), "{trials:?}");
-    for p in ["istio", "linkerd", "kuma", "consul"] {
+    for p in harness::model::profile::Profile::builtin_names() {
         assert!(names(&v, "profiles", None).contains(&p.to_string()), "{v}");
     }
     // The backend part of a name follows the rules given, as in `run`.
@@ -93,8 +94,9 @@ fn list_shows_a_policys_probes() {
 #[test]
 fn bad_filters_are_exit_2_before_anything_runs() {
     // No root needed: selection comes before the topology.
+    let none = format!("no trial matches --test 'no-such-trial' (of {} trials)", expect::trial_count(&Family::BOTH));
     for (args, want) in [
-        (&["run", "--test", "no-such-trial"][..], "no trial matches --test 'no-such-trial' (of 14 trials)"),
+        (&["run", "--test", "no-such-trial"][..], none.as_str()),
         (&["run", "--skip", "."][..], "no trial matches --skip '.'"),
         (&["run", "--test", "type2", "--skip", "type2"][..], "no trial matches --test 'type2' --skip 'type2'"),
         (&["list", "--test", "no-such-trial"][..], "no trial matches"),

@@ -258,3 +258,25 @@ pub fn title(name: &str) -> String {
     let mut c = name.chars();
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
+
+/// What `sidecheck diff builtin B` must find for the rule set `name`
+/// (diffs.yaml).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffExpect {
+    /// Connections whose ports differ.
+    pub ports_differ: BTreeSet<String>,
+    /// Connections whose ports are the same but whose deciding rule is not.
+    #[serde(default)]
+    pub rule_differs: BTreeSet<String>,
+}
+
+pub fn diff_expect(name: &str) -> Result<DiffExpect, String> {
+    let file = testdata().join("diffs.yaml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut map: BTreeMap<String, DiffExpect> =
+        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let d = map.remove(name).ok_or_else(|| format!("{}: no `{name}`", file.display()))?;
+    check_trials(&file, name, d.ports_differ.iter().chain(&d.rule_differs))?;
+    Ok(d)
+}
