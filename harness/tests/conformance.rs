@@ -200,7 +200,7 @@ fn path_trials(scenarios: &[Scenario], path_breakages: &[Breakage], no_proxy_ret
                 let strict = session.run_with(&for_gid, true);
                 let backend = session.config().backend.name();
                 let want: Vec<(String, &str)> =
-                    b.path_fails.iter().map(|(t, says)| (full(t, &backend), says.as_str())).collect();
+                    b.path_fails.iter().map(|(t, says)| (full(t, backend), says.as_str())).collect();
                 let failed: Vec<&str> =
                     strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
                 let want_names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
