@@ -328,7 +328,7 @@ fn bad_input_exits_2_before_anything_is_built() {
         (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
         (
             vec!["--profile".into(), "nope".into()],
-            "no built-in profile `nope`: use one of consul, istio, kuma, kuma-legacy, linkerd, osm, osm-podip".into(),
+            format!("no built-in profile `nope`: use one of {}", expect::profile_files().join(", ")),
         ),
         (vec!["--profile".into(), mesh.display().to_string()], "profile mymesh".into()),
         (

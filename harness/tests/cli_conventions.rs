@@ -68,11 +68,7 @@ fn list_names_the_builtin_trials_and_profiles_without_root() {
     assert!(human.contains("  istio::type5-envoy-to-admin::nft::ipv4\n"), "{human}");
     assert!(!human.contains("type2"), "{human}");
     // Every profile file the repository has, sorted: adding a mesh is a data file only.
-    let mut profiles: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/profiles"))
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
-        .collect();
-    profiles.sort();
+    let profiles = expect::profile_files();
     assert!(human.contains(&format!("profiles (--profile): {}\n", profiles.join(", "))), "{human}");
 }
 

@@ -155,6 +155,19 @@ pub fn breakage(profile: &str, name: &str) -> Breakage {
         .unwrap_or_else(|| panic!("no breakage {name} of {profile} in {}", testdata().join("breakages").display()))
 }
 
+/// The profile files scenarios/profiles/ holds, by name, sorted: what the
+/// binary must have built in.
+pub fn profile_files() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
 /// A built-in profile; the suites' data names only those.
 pub fn profile(name: &str) -> Profile {
     Profile::builtin(name).unwrap_or_else(|e| panic!("built-in profile {name}: {e}"))
