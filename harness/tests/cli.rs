@@ -9,7 +9,10 @@ use std::process::{Command, Output};
 
 mod common;
 use common::expect::{self, trial_count};
-use common::{code, need_root, stderr, stubs_of_pid, TempDir, BIN};
+use common::{
+    assert_nothing_left, code, namespaces_of_pid, need_root, run_checked_pid as run_checked, run_files_of_pid, stderr,
+    stubs_of_pid, TempDir, BIN,
+};
 use harness::base::net::Family;
 
 /// Every test that starts a run holds this shared; the tests about stale
@@ -30,24 +33,6 @@ fn sidecheck(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("running sidecheck")
 }
 
-/// Namespaces of sidecheck runs whose pid is this test's child: each test
-/// checks that its own runs left none.
-fn namespaces_of_pid(pid: u32) -> Vec<String> {
-    harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"))
-}
-
-/// Entries of /run/sidecheck of the runs of process `pid` (run names are
-/// `sidecheck-<pid>-<n>`, n random per process).
-fn run_files_of_pid(pid: u32) -> Vec<String> {
-    let (a, b) = (format!("sidecheck-{pid}-"), format!(".sidecheck-{pid}-"));
-    std::fs::read_dir("/run/sidecheck")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.starts_with(&a) || n.starts_with(&b))
-        .collect()
-}
-
 /// The run name of the (one) run of process `pid`, from its lock file or
 /// keep marker.
 fn prefix_of_pid(pid: u32) -> String {
@@ -57,28 +42,6 @@ fn prefix_of_pid(pid: u32) -> String {
             n.strip_suffix(".lock").or(n.strip_suffix(".kept")).filter(|p| !p.starts_with('.')).map(str::to_string)
         })
         .unwrap_or_else(|| panic!("no lock file or keep marker of process {pid} in /run/sidecheck"))
-}
-
-fn assert_nothing_left(pid: u32, what: &str) {
-    let left = namespaces_of_pid(pid);
-    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
-    let files = run_files_of_pid(pid);
-    assert!(files.is_empty(), "{what} left its run directory or lock file: {files:?}");
-    let stubs = stubs_of_pid(pid);
-    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
-}
-
-fn run_checked(args: &[&str]) -> (Output, u32) {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_nothing_left(pid, &format!("sidecheck {args:?}"));
-    (out, pid)
 }
 
 /// Poll (bounded) until `cond` holds.

@@ -190,8 +190,38 @@ pub fn stubs_of_pid(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Run `sidecheck args`, then check the run left no namespace, run file or stub.
-pub fn run_checked(args: &[&str]) -> Output {
+/// Namespaces of sidecheck runs whose pid is this test's child: each test
+/// checks that its own runs left none.
+pub fn namespaces_of_pid(pid: u32) -> Vec<String> {
+    harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"))
+}
+
+/// Entries of /run/sidecheck of the runs of process `pid` (run names are
+/// `sidecheck-<pid>-<n>`, n random per process).
+pub fn run_files_of_pid(pid: u32) -> Vec<String> {
+    let (a, b) = (format!("sidecheck-{pid}-"), format!(".sidecheck-{pid}-"));
+    std::fs::read_dir("/run/sidecheck")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&a) || n.starts_with(&b))
+        .collect()
+}
+
+/// Assert the sidecheck process `pid` left no namespace, run file, lock or
+/// keep marker, or stub behind.
+pub fn assert_nothing_left(pid: u32, what: &str) {
+    let left = namespaces_of_pid(pid);
+    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
+    let files = run_files_of_pid(pid);
+    assert!(files.is_empty(), "{what} left its run directory or lock file: {files:?}");
+    let stubs = stubs_of_pid(pid);
+    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
+}
+
+/// Run `sidecheck args`, then check the run left no namespace, run file or
+/// stub; with the run's pid.
+pub fn run_checked_pid(args: &[&str]) -> (Output, u32) {
     let child = Command::new(BIN)
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -200,12 +230,11 @@ pub fn run_checked(args: &[&str]) -> Output {
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let what = format!("sidecheck {args:?}");
-    let left = harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"));
-    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");
-    let stubs = stubs_of_pid(pid);
-    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
-    out
+    assert_nothing_left(pid, &format!("sidecheck {args:?}"));
+    (out, pid)
+}
+
+/// [`run_checked_pid`] without the pid.
+pub fn run_checked(args: &[&str]) -> Output {
+    run_checked_pid(args).0
 }
