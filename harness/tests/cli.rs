@@ -2,12 +2,18 @@
 //! failed, 2 could not run), the JSON contract, messages for bad input, and
 //! that nothing is left behind either way. Needs root, like the suite.
 
+use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, stderr, TempDir, BIN};
+use common::expect::{self, trial_count};
+use common::{
+    assert_nothing_left, code, namespaces_of_pid, need_root, run_checked_pid as run_checked, run_files_of_pid, stderr,
+    stubs_of_pid, TempDir, BIN,
+};
+use harness::base::net::Family;
 
 /// Every test that starts a run holds this shared; the tests about stale
 /// runs hold it alone, because any run that starts meanwhile sweeps stale
@@ -23,30 +29,8 @@ fn exclusive_runs() -> std::sync::RwLockWriteGuard<'static, ()> {
     RUNS.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn need_root() {
-    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test (these tests build network namespaces)");
-}
-
 fn sidecheck(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("running sidecheck")
-}
-
-/// Namespaces of sidecheck runs whose pid is this test's child: each test
-/// checks that its own runs left none.
-fn namespaces_of_pid(pid: u32) -> Vec<String> {
-    harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"))
-}
-
-/// Entries of /run/sidecheck of the runs of process `pid` (run names are
-/// `sidecheck-<pid>-<n>`, n random per process).
-fn run_files_of_pid(pid: u32) -> Vec<String> {
-    let (a, b) = (format!("sidecheck-{pid}-"), format!(".sidecheck-{pid}-"));
-    std::fs::read_dir("/run/sidecheck")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.starts_with(&a) || n.starts_with(&b))
-        .collect()
 }
 
 /// The run name of the (one) run of process `pid`, from its lock file or
@@ -58,41 +42,6 @@ fn prefix_of_pid(pid: u32) -> String {
             n.strip_suffix(".lock").or(n.strip_suffix(".kept")).filter(|p| !p.starts_with('.')).map(str::to_string)
         })
         .unwrap_or_else(|| panic!("no lock file or keep marker of process {pid} in /run/sidecheck"))
-}
-
-/// Pids of stub processes started by the sidecheck process `pid`.
-fn stubs_of_pid(pid: u32) -> Vec<u32> {
-    let marker = format!("/run/sidecheck/sidecheck-{pid}-");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with(&marker))
-        })
-        .collect()
-}
-
-fn assert_nothing_left(pid: u32, what: &str) {
-    let left = namespaces_of_pid(pid);
-    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
-    let files = run_files_of_pid(pid);
-    assert!(files.is_empty(), "{what} left its run directory or lock file: {files:?}");
-    let stubs = stubs_of_pid(pid);
-    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
-}
-
-fn run_checked(args: &[&str]) -> (Output, u32) {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_nothing_left(pid, &format!("sidecheck {args:?}"));
-    (out, pid)
 }
 
 /// Poll (bounded) until `cond` holds.
@@ -214,9 +163,10 @@ fn default_run_passes_and_keeps_the_json_contract() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let trials = v["trials"].as_array().unwrap();
-    // Seven scenarios, each in both families of the dual-stack topology.
-    assert_eq!(trials.len(), 14);
-    assert_eq!(v["passed"], 14);
+    // Every scenario, each in both families of the dual-stack topology.
+    let n = trial_count(&Family::BOTH);
+    assert_eq!(trials.len(), n);
+    assert_eq!(v["passed"], n);
     assert_eq!(v["failed"], 0);
     assert_eq!(v["families"], serde_json::json!(["ipv4", "ipv6"]));
     for t in trials {
@@ -243,8 +193,9 @@ fn human_output_has_a_row_per_flow_and_a_closing_line() {
     let (out, _) = run_checked(&["run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("istio::") && l.trim_end().ends_with("pass")).count(), 14, "{text}");
-    assert_eq!(text.lines().last(), Some("14 passed, 0 failed"), "{text}");
+    let n = trial_count(&Family::BOTH);
+    assert_eq!(text.lines().filter(|l| l.contains("istio::") && l.trim_end().ends_with("pass")).count(), n, "{text}");
+    assert_eq!(text.lines().last(), Some(format!("{n} passed, 0 failed").as_str()), "{text}");
 }
 
 #[test]
@@ -254,14 +205,9 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     let dir = TempDir::new("broken");
     let good = harness::rules::istio::IstioCapture::default_for(harness::rules::istio::Shape::Current).to_restore();
     // No uid/gid 1337 RETURN: the proxy's own upstream connections loop.
-    let broken: String = good
-        .lines()
-        .filter(|l| {
-            !l.ends_with("-m owner --uid-owner 1337 -j RETURN") && !l.ends_with("-m owner --gid-owner 1337 -j RETURN")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(good.lines().count() - 2, broken.lines().count());
+    let b = expect::breakage(&expect::default_profile().name, "no-proxy-return");
+    let broken = b.broken_rules();
+    assert_eq!(good.lines().count() - b.remove.len(), broken.lines().count());
     let file = dir.write("broken.rules", &broken);
     let (out, _) = run_checked(&["run", "--rules", file.to_str().unwrap(), "--format", "json"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
@@ -276,14 +222,8 @@ fn broken_rules_fail_exactly_the_affected_flows_with_exit_1() {
     failed.sort();
     // An IPv4 restore file alone: an IPv4 run.
     assert_eq!(v["families"], serde_json::json!(["ipv4"]));
-    assert_eq!(
-        failed,
-        [
-            "istio::type2-local-to-remote::nft::ipv4",
-            "istio::type6-agent-as-app-uid::nft::ipv4",
-            "istio::type6-agent-to-istiod::nft::ipv4"
-        ]
-    );
+    let want: Vec<String> = b.fails.iter().map(|t| expect::full(t, "nft")).collect();
+    assert_eq!(failed, want, "{}", b.file.display());
     let t2 = v["trials"]
         .as_array()
         .unwrap()
@@ -351,7 +291,7 @@ fn bad_input_exits_2_before_anything_is_built() {
         (vec!["--format".into(), "yaml".into()], "invalid value 'yaml'".into()),
         (
             vec!["--profile".into(), "nope".into()],
-            "no built-in profile `nope`: use one of consul, istio, kuma, kuma-legacy, linkerd, osm, osm-podip".into(),
+            format!("no built-in profile `nope`: use one of {}", expect::profile_files().join(", ")),
         ),
         (vec!["--profile".into(), mesh.display().to_string()], "profile mymesh".into()),
         (
@@ -531,7 +471,7 @@ fn the_built_in_rules_give_the_same_result_from_every_source() {
     let (reference, _) = run_checked(&["run", "--format", "json"]);
     assert_eq!(code(&reference), 0);
     let reference = json_ports(&reference);
-    assert_eq!(reference.len(), 14);
+    assert_eq!(reference.len(), trial_count(&Family::BOTH));
     let generator = format!("{generator} && {BIN} rules --form restore6 | ip6tables-nft-restore");
     for args in [
         vec!["--rules", restore.to_str().unwrap(), "--rules6", restore6.to_str().unwrap()],
@@ -655,7 +595,7 @@ fn topology_settings_that_cannot_work_exit_2_and_leave_nothing() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["families"], serde_json::json!(["ipv6"]));
-    assert_eq!(v["passed"], 7);
+    assert_eq!(v["passed"], trial_count(&[Family::Ipv6]));
 }
 
 #[test]
@@ -698,9 +638,10 @@ fn reports_in_every_format_from_one_failing_run() {
     need_root();
     let _runs = shared_runs();
     let dir = TempDir::new("reports");
-    let good = harness::rules::istio::IstioCapture::default_for(harness::rules::istio::Shape::Current).to_restore();
-    let broken =
-        dir.write("broken.rules", &good.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN\n", ""));
+    // 15090 no longer excluded: the scrape detours through 15006.
+    let b = expect::breakage(&expect::default_profile().name, "stats-port-captured");
+    let broken = dir.write("broken.rules", &b.broken_rules());
+    let (ipv4, failed) = (trial_count(&[Family::Ipv4]), b.fails.len());
     let (junit, md) = (dir.0.join("r.xml"), dir.0.join("r.md"));
     let (out, _) = run_checked(&[
         "run",
@@ -716,7 +657,7 @@ fn reports_in_every_format_from_one_failing_run() {
     assert_eq!(code(&out), 1);
     // stdout keeps the JSON contract.
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(6), Some(1)));
+    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some((ipv4 - failed) as u64), Some(failed as u64)));
     // JUnit: valid against the schema reporters read, the failure explained.
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/schema/junit.xsd");
     let lint = Command::new("xmllint")
@@ -725,14 +666,17 @@ fn reports_in_every_format_from_one_failing_run() {
         .expect("xmllint (apt-get install libxml2-utils, or ci/setup)");
     assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stderr));
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert_eq!(xml.matches("<testcase ").count(), 7);
-    assert_eq!(xml.matches("<failure ").count(), 1);
-    assert!(xml.contains("name=\"type3-prometheus-scrape::nft::ipv4\""), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), ipv4);
+    assert_eq!(xml.matches("<failure ").count(), failed);
+    for t in &b.fails {
+        let (stem, family) = t.split_once("::").unwrap();
+        assert!(xml.contains(&format!("name=\"{stem}::nft::{family}\"")), "{xml}");
+    }
     // Markdown: a table row per trial, a diagram per trial, the failing one
     // with its expected path beside it.
     let md = std::fs::read_to_string(&md).unwrap();
-    assert_eq!(md.matches("```mermaid").count(), 7, "{md}");
-    assert!(md.contains("## sidecheck: 6 passed, 1 failed (FAILED)"), "{md}");
+    assert_eq!(md.matches("```mermaid").count(), ipv4, "{md}");
+    assert!(md.contains(&format!("## sidecheck: {} passed, {failed} failed (FAILED)", ipv4 - failed)), "{md}");
     assert!(md.contains("subgraph e[\"expected\"]"), "{md}");
     assert!(md.contains("class o1 diff"), "{md}");
 }
@@ -741,25 +685,37 @@ fn reports_in_every_format_from_one_failing_run() {
 fn each_mesh_profile_passes_with_its_rules_and_not_with_istios() {
     need_root();
     let _runs = shared_runs();
-    for (mesh, title) in [("linkerd", "Linkerd"), ("kuma", "Kuma"), ("consul", "Consul")] {
-        let (out, _) = run_checked(&["run", "--profile", mesh, "--assert", "paths", "--format", "summary"]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(code(&out), 0, "{mesh}: {text}{}", stderr(&out));
-        assert!(text.contains(&format!("profile {mesh}, backend nft")), "{text}");
-        assert!(
-            text.trim_end()
-                .ends_with(&format!("conforms to the {title} sidecar capture contract: 7/7 flows, IPv4+IPv6, nft")),
-            "{text}"
-        );
-    }
-    // Istio's rules are not Linkerd's contract: wrong ports, wrong uid.
+    let findings = expect::findings().unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new("meshes");
     let istio = dir.write("istio.rules", &String::from_utf8(sidecheck(&["rules"]).stdout).unwrap());
-    let (out, _) =
-        run_checked(&["run", "--profile", "linkerd", "--rules", istio.to_str().unwrap(), "--format", "summary"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
-    assert!(text.contains("does not conform to the Linkerd sidecar capture contract"), "{text}");
+    for p in expect::meshes() {
+        let (mesh, title) = (p.name.as_str(), expect::title(&p.name));
+        let families = p.rules().unwrap().families();
+        let flows = expect::scenarios().iter().filter(|s| !s.families(&families).is_empty()).count();
+        // A flow the mesh's own rules fail by design (findings.yaml) fails here too.
+        let by_design: BTreeSet<&str> = findings
+            .get(mesh)
+            .map(|f| f.keys().map(|t| t.split_once("::").map_or(t.as_str(), |(stem, _)| stem)).collect())
+            .unwrap_or_default();
+        let (out, _) = run_checked(&["run", "--profile", mesh, "--assert", "paths", "--format", "summary"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (want_code, verdict) = if by_design.is_empty() { (0, "conforms to") } else { (1, "does not conform to") };
+        assert_eq!(code(&out), want_code, "{mesh}: {text}{}", stderr(&out));
+        assert!(text.contains(&format!("profile {mesh}, backend nft")), "{text}");
+        let fams = families.iter().map(|f| f.name().replace("ipv", "IPv")).collect::<Vec<_>>().join("+");
+        let ok = flows - by_design.len();
+        assert!(
+            text.trim_end()
+                .ends_with(&format!("{verdict} the {title} sidecar capture contract: {ok}/{flows} flows, {fams}, nft")),
+            "{text}"
+        );
+        // Istio's rules are not this mesh's contract: wrong ports, wrong uid.
+        let (out, _) =
+            run_checked(&["run", "--profile", mesh, "--rules", istio.to_str().unwrap(), "--format", "summary"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(code(&out), 1, "{mesh}, Istio's rules: {text}{}", stderr(&out));
+        assert!(text.contains(&format!("does not conform to the {title} sidecar capture contract")), "{text}");
+    }
 }
 
 #[test]
@@ -799,9 +755,24 @@ fn reports_show_the_rules_as_installed_and_a_one_screen_summary() {
     let (out, _) = run_checked(&["run", "--generator", &generator, "--allow-empty-rules", "--format", "summary"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ipv4 pass  ipv6 FAIL"), "{text}");
+    // With no IPv6 rules nothing is captured there: exactly the flows whose
+    // expectation passes no capture listener conform in both families.
+    let (profile, topo) = (expect::default_profile(), harness::model::topology::TopologyConfig::default());
+    let capture = [profile.proxy.outbound, profile.proxy.inbound];
+    let scenarios = expect::scenarios();
+    let uncaptured = scenarios
+        .iter()
+        .filter(|s| {
+            let case = s.case(&profile, &topo, Family::Ipv6, "generator").unwrap();
+            !case.expected.ports.iter().any(|p| capture.contains(p))
+        })
+        .count();
+    let title = expect::title(&profile.name);
+    let flows = scenarios.len();
     assert!(
-        text.trim_end()
-            .ends_with("does not conform to the Istio sidecar capture contract: 3/7 flows, IPv4+IPv6, generator"),
+        text.trim_end().ends_with(&format!(
+            "does not conform to the {title} sidecar capture contract: {uncaptured}/{flows} flows, IPv4+IPv6, generator"
+        )),
         "{text}"
     );
 }

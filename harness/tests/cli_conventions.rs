@@ -11,14 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{code, stderr, stdout, TempDir, BIN};
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test builds network namespaces and needs root: run cargo test as root (see the README's note for users without root)"
-    );
-}
+use common::{code, expect, need_root, stderr, stdout, TempDir, BIN};
+use harness::base::net::Family;
 
 /// sidecheck with `args`, `env` set and the variables the tests are about
 /// removed, so the caller's environment (say, a CI's GITHUB_ACTIONS) cannot
@@ -60,11 +54,11 @@ fn list_names_the_builtin_trials_and_profiles_without_root() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v = json(&out);
     let trials = names(&v, "trials", None);
-    // Seven built-in scenarios in both families.
-    assert_eq!(trials.len(), 14, "{trials:?}");
+    // Every built-in scenario in both families.
+    assert_eq!(trials.len(), expect::trial_count(&Family::BOTH), "{trials:?}");
     assert!(trials.contains(&"istio::type2-local-to-remote::nft::ipv4".to_string()), "{trials:?}");
     assert!(trials.contains(&"istio::type6-agent-to-istiod::nft::ipv6".to_string()), "{trials:?}");
-    for p in ["istio", "linkerd", "kuma", "consul"] {
+    for p in harness::model::profile::Profile::builtin_names() {
         assert!(names(&v, "profiles", None).contains(&p.to_string()), "{v}");
     }
     // The backend part of a name follows the rules given, as in `run`.
@@ -74,11 +68,7 @@ fn list_names_the_builtin_trials_and_profiles_without_root() {
     assert!(human.contains("  istio::type5-envoy-to-admin::nft::ipv4\n"), "{human}");
     assert!(!human.contains("type2"), "{human}");
     // Every profile file the repository has, sorted: adding a mesh is a data file only.
-    let mut profiles: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/profiles"))
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
-        .collect();
-    profiles.sort();
+    let profiles = expect::profile_files();
     assert!(human.contains(&format!("profiles (--profile): {}\n", profiles.join(", "))), "{human}");
 }
 
@@ -100,8 +90,9 @@ fn list_shows_a_policys_probes() {
 #[test]
 fn bad_filters_are_exit_2_before_anything_runs() {
     // No root needed: selection comes before the topology.
+    let none = format!("no trial matches --test 'no-such-trial' (of {} trials)", expect::trial_count(&Family::BOTH));
     for (args, want) in [
-        (&["run", "--test", "no-such-trial"][..], "no trial matches --test 'no-such-trial' (of 14 trials)"),
+        (&["run", "--test", "no-such-trial"][..], none.as_str()),
         (&["run", "--skip", "."][..], "no trial matches --skip '.'"),
         (&["run", "--test", "type2", "--skip", "type2"][..], "no trial matches --test 'type2' --skip 'type2'"),
         (&["list", "--test", "no-such-trial"][..], "no trial matches"),
@@ -244,7 +235,8 @@ fn github_annotations_point_at_the_line_of_the_deciding_rule() {
         assert!(errors[0].contains("%0Aexpected 15001 -> remote-app:9090"), "{}", errors[0]);
         assert!(errors[0].contains("decided by "), "{}", errors[0]);
         // The table comes first, for people reading the log.
-        let end = text.find("\n6 passed, 1 failed\n").unwrap_or_else(|| panic!("{form}: {text}"));
+        let closing = format!("\n{} passed, 1 failed\n", expect::trial_count(&[Family::Ipv4]) - 1);
+        let end = text.find(&closing).unwrap_or_else(|| panic!("{form}: {text}"));
         assert!(end < text.find("::error").unwrap(), "{text}");
     }
 }

@@ -4,24 +4,29 @@
 //!   rules (current shape, iptables-nft); `istio-classic::` the classic
 //!   nine-rule shape; `istio-legacy::` the current shape through
 //!   iptables-legacy. One topology per rule set, shared by its trials.
-//! - `broken::<name>`: a deliberately broken rule set; the trial passes only
-//!   if exactly the flows that breakage affects fail. A harness that passes
-//!   broken rules is the worst bug it can have.
+//! - `<profile>::<scenario>`: every other built-in profile's own rule set
+//!   under that profile; a trial testdata/findings.yaml lists must FAIL.
+//! - `broken::<name>`: a deliberately broken rule set (testdata/breakages/);
+//!   the trial passes only if exactly the flows that breakage affects fail.
+//!   A harness that passes broken rules is the worst bug it can have.
 //! - `hermetic::<name>`: a run leaves the host as it found it.
 //!
+//! The flows and meshes are whatever scenarios/ holds (tests/common/expect.rs).
 //! Needs root ("run as root: sudo cargo test" otherwise); `cargo test` runs it
 //! through ci/as-root, which uses sudo when needed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use harness::model::profile::Profile;
 use harness::model::scenario::{self, Scenario};
 use harness::rules::istio::{IstioCapture, Shape};
 use harness::rules::source::{Backend, RuleSource};
 use harness::verdict::Outcome;
 use harness::{sandbox::registry, Session, SessionConfig};
 use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+use common::expect::{self, full, profile, short, Breakage};
 
 /// A session started by the first trial that needs it, and closed after all
 /// trials ran (so its namespaces are gone before the process exits).
@@ -58,7 +63,14 @@ fn builtin(shape: Shape, backend: Backend) -> SessionConfig {
 }
 
 /// One trial per scenario and family: `<prefix>::<scenario>::<backend>::<family>`.
-fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -> Vec<Trial> {
+/// A trial in `findings` (`<scenario>::<family>` -> why) passes only when
+/// its flow FAILs: the rules' own design (findings.yaml).
+fn scenario_trials(
+    prefix: &str,
+    shared: &Arc<Shared>,
+    scenarios: &[Scenario],
+    findings: &BTreeMap<String, String>,
+) -> Vec<Trial> {
     let backend = shared.config.backend.name();
     scenarios
         .iter()
@@ -66,302 +78,98 @@ fn scenario_trials(prefix: &str, shared: &Arc<Shared>, scenarios: &[Scenario]) -
         .map(|(s, family)| {
             let name =
                 format!("{}::{backend}::{}", s.name.replacen("istio::", &format!("{prefix}::"), 1), family.name());
+            let finding = findings.get(&short(&name)).cloned();
             let shared = shared.clone();
             Trial::test(name, move || {
                 let session = shared.get()?;
                 let assert = session.config().assert_paths;
                 let result = session.run_cases(&[(s, family)], assert).remove(0);
-                match result.outcome {
-                    Outcome::Pass => Ok(()),
-                    Outcome::Fail => Err(result.message.into()),
-                    Outcome::Error => Err(format!("ERROR (the harness, not the rules): {}", result.message).into()),
+                match (result.outcome, finding) {
+                    (Outcome::Pass, None) => Ok(()),
+                    // By design means the connection goes elsewhere, not
+                    // that only its path (or a missing expect.path) differs.
+                    (Outcome::Fail, Some(why)) if result.message.starts_with("ports as expected") => Err(format!(
+                        "findings.yaml says these rules fail it ({why}), but only its path differs: {}",
+                        result.message
+                    )
+                    .into()),
+                    (Outcome::Fail, Some(_)) => Ok(()),
+                    (Outcome::Fail, None) => Err(result.message.into()),
+                    (Outcome::Pass, Some(why)) => {
+                        Err(format!("passed, but findings.yaml says these rules fail it: {why}").into())
+                    }
+                    (Outcome::Error, _) => {
+                        Err(format!("ERROR (the harness, not the rules): {}", result.message).into())
+                    }
                 }
             })
         })
         .collect()
 }
 
-/// `istio::type2-local-to-remote::nft::ipv4` -> `type2-local-to-remote::ipv4`.
-fn short(name: &str) -> String {
-    let parts: Vec<&str> = name.split("::").collect();
-    match parts.as_slice() {
-        [_, stem, _, family] => format!("{stem}::{family}"),
-        _ => name.to_string(),
-    }
-}
-
-/// A way to break a rule set, and the trials it must fail.
-struct Breakage {
-    /// Whose rules: `istio` (the built-in current rules) or a built-in
-    /// profile's own rule set.
-    profile: &'static str,
-    name: &'static str,
-    why: &'static str,
-    /// Rules to remove (the text after `-A `, exactly)...
-    remove: &'static [&'static str],
-    /// ...or a substring to replace.
-    replace: Option<(&'static str, &'static str)>,
-    fails: &'static [&'static str],
-}
-
-const BREAKAGES: &[Breakage] = &[
-    Breakage {
-        profile: "istio",
-        name: "no-proxy-return",
-        why: "without the uid/gid 1337 RETURN rules the proxy's own upstream is captured again",
-        remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN", "ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"],
-        replace: None,
-        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
-    },
-    Breakage {
-        profile: "istio",
-        name: "wrong-outbound-port",
-        why: "outbound capture redirects to 15002, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 15001", "--to-ports 15002")),
-        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
-    },
-    Breakage {
-        profile: "istio",
-        name: "wrong-inbound-port",
-        why: "inbound capture redirects to 15007, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 15006", "--to-ports 15007")),
-        fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
-    },
-    Breakage {
-        profile: "istio",
-        name: "no-prerouting-jump",
-        why: "inbound traffic from other pods is never captured (the lo path of flow 4 still is)",
-        remove: &["PREROUTING -p tcp -j ISTIO_INBOUND"],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4"],
-    },
-    Breakage {
-        profile: "istio",
-        name: "stats-port-captured",
-        why: "15090 is no longer excluded, so the scrape detours through 15006",
-        remove: &["ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN"],
-        replace: None,
-        fails: &["type3-prometheus-scrape::ipv4"],
-    },
-    Breakage {
-        profile: "istio",
-        name: "no-passthrough-return",
-        why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
-        remove: &["ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4", "type4-local-to-local-via-service::ipv4"],
-    },
-    // The same breakages of the other meshes' rule sets (IPv4). A flow a
-    // breakage cannot touch in that mesh is not listed: Linkerd and Consul
-    // send the proxy's call to its own pod straight to the app, Kuma
-    // captures the stats port inbound and has no excluded port to lose.
-    Breakage {
-        profile: "linkerd",
-        name: "no-proxy-return",
-        why: "without the uid 2102 RETURN the proxy's upstream is captured again (its calls on lo still pass: -o lo RETURNs)",
-        remove: &["PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -j RETURN"],
-        replace: None,
-        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
-    },
-    Breakage {
-        profile: "linkerd",
-        name: "wrong-outbound-port",
-        why: "outbound capture redirects to 4141, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 4140", "--to-ports 4141")),
-        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
-    },
-    Breakage {
-        profile: "linkerd",
-        name: "wrong-inbound-port",
-        why: "inbound capture redirects to 4144, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 4143", "--to-ports 4144")),
-        fails: &["type1-remote-to-local::ipv4"],
-    },
-    Breakage {
-        profile: "linkerd",
-        name: "no-prerouting-jump",
-        why: "inbound traffic from other pods is never captured",
-        remove: &["PREROUTING -j PROXY_INIT_REDIRECT"],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4"],
-    },
-    Breakage {
-        profile: "linkerd",
-        name: "stats-port-captured",
-        why: "4191 is no longer ignored inbound, so the scrape detours through 4143",
-        remove: &[],
-        replace: Some(("--dports 4190,4191,4567,4568", "--dports 4190,4567,4568")),
-        fails: &["type3-prometheus-scrape::ipv4"],
-    },
-    Breakage {
-        profile: "kuma",
-        name: "no-proxy-return",
-        why: "without the uid 5678 RETURN Envoy's upstream is captured again (its calls to localhost still pass)",
-        remove: &[
-            r#"KUMA_MESH_OUTBOUND -m comment --comment "kuma/mesh/transparent/proxy/the proxy's own connections: not captured" -m owner --uid-owner 5678 -j RETURN"#,
-        ],
-        replace: None,
-        fails: &["type2-local-to-remote::ipv4", "type6-agent-as-app-uid::ipv4", "type6-agent-to-istiod::ipv4"],
-    },
-    Breakage {
-        profile: "kuma",
-        name: "wrong-outbound-port",
-        why: "outbound capture redirects to 15002, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 15001", "--to-ports 15002")),
-        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
-    },
-    Breakage {
-        profile: "kuma",
-        name: "wrong-inbound-port",
-        why: "inbound capture redirects to 15007, where nothing listens (Kuma captures the stats port too)",
-        remove: &[],
-        replace: Some(("--to-ports 15006", "--to-ports 15007")),
-        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4", "type4-local-to-local-via-service::ipv4"],
-    },
-    Breakage {
-        profile: "kuma",
-        name: "no-prerouting-jump",
-        why: "inbound traffic from other pods is never captured: the scrape no longer passes 15006 either",
-        remove: &[
-            r#"PREROUTING -p tcp -m comment --comment "kuma/mesh/transparent/proxy/inbound TCP to the mesh inbound chain" -j KUMA_MESH_INBOUND"#,
-        ],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4"],
-    },
-    Breakage {
-        profile: "kuma",
-        name: "no-passthrough-return",
-        why: "Envoy's inbound passthrough from 127.0.0.6 is redirected back to 15006",
-        remove: &[
-            r#"KUMA_MESH_OUTBOUND -s 127.0.0.6/32 -o lo -m comment --comment "kuma/mesh/transparent/proxy/inbound passthrough source on lo: never again" -j RETURN"#,
-        ],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4", "type3-prometheus-scrape::ipv4", "type4-local-to-local-via-service::ipv4"],
-    },
-    Breakage {
-        profile: "consul",
-        name: "no-proxy-return",
-        why: "without the uid 5995 RETURN every Envoy upstream but localhost is captured again (its inbound upstream goes to 127.0.0.1, which -d 127.0.0.1 RETURNs)",
-        remove: &["CONSUL_PROXY_OUTPUT -m owner --uid-owner 5995 -j RETURN"],
-        replace: None,
-        fails: &[
-            "type2-local-to-remote::ipv4",
-            "type4-local-to-local-via-service::ipv4",
-            "type6-agent-as-app-uid::ipv4",
-            "type6-agent-to-istiod::ipv4",
-        ],
-    },
-    Breakage {
-        profile: "consul",
-        name: "wrong-outbound-port",
-        why: "outbound capture redirects to 15002, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 15001", "--to-ports 15002")),
-        fails: &["type2-local-to-remote::ipv4", "type4-local-to-local-via-service::ipv4", "type6-agent-as-app-uid::ipv4"],
-    },
-    Breakage {
-        profile: "consul",
-        name: "wrong-inbound-port",
-        why: "inbound capture redirects to 20001, where nothing listens",
-        remove: &[],
-        replace: Some(("--to-ports 20000", "--to-ports 20001")),
-        fails: &["type1-remote-to-local::ipv4"],
-    },
-    Breakage {
-        profile: "consul",
-        name: "no-prerouting-jump",
-        why: "inbound traffic from other pods is never captured",
-        remove: &["PREROUTING -p tcp -j CONSUL_PROXY_INBOUND"],
-        replace: None,
-        fails: &["type1-remote-to-local::ipv4"],
-    },
-    Breakage {
-        profile: "consul",
-        name: "stats-port-captured",
-        why: "20200 is no longer excluded, so the scrape detours through 20000",
-        remove: &["CONSUL_PROXY_INBOUND -p tcp -m tcp --dport 20200 -j RETURN"],
-        replace: None,
-        fails: &["type3-prometheus-scrape::ipv4"],
-    },
-];
-
-fn profile(name: &str) -> Profile {
-    Profile::builtin(name).unwrap_or_else(|e| panic!("built-in profile {name}: {e}"))
-}
-
-fn break_rules(b: &Breakage) -> String {
-    let text = match b.profile {
-        "istio" => IstioCapture::default_for(Shape::Current).to_restore(),
-        p => profile(p).rule_texts.0.unwrap_or_else(|| panic!("profile {p} has no IPv4 rules")),
-    };
-    let mut out = String::new();
-    let mut removed = 0;
-    for line in text.lines() {
-        if line.strip_prefix("-A ").is_some_and(|l| b.remove.contains(&l)) {
-            removed += 1;
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    assert_eq!(removed, b.remove.len(), "{}: a rule to remove is not in the built-in rules", b.name);
-    if let Some((from, to)) = b.replace {
-        assert!(out.contains(from), "{}: `{from}` is not in the built-in rules", b.name);
-        out = out.replace(from, to);
-    }
-    out
-}
-
-fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
-    BREAKAGES
+/// `broken::<name>`: each breakage (testdata/breakages/) fails exactly the
+/// trials it lists. A harness that passes broken rules is the worst bug it
+/// can have.
+fn broken_trials(scenarios: &[Scenario], breakages: &[Breakage]) -> Vec<Trial> {
+    breakages
         .iter()
         .map(|b| {
-            let scenarios = scenarios.to_vec();
-            let name = match b.profile {
-                "istio" => format!("broken::{}", b.name),
-                p => format!("broken::{p}::{}", b.name),
-            };
-            Trial::test(name, move || {
-                let session = if b.profile == "istio" {
-                    // Istio's through a file: the --rules path end to end.
-                    let file =
-                        std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.rules", std::process::id(), b.name));
-                    std::fs::write(&file, break_rules(b)).map_err(|e| format!("writing {}: {e}", file.display()))?;
-                    let config = SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() };
-                    let session = Session::start(config);
-                    let _ = std::fs::remove_file(&file);
+            let (scenarios, b) = (scenarios.to_vec(), b.clone());
+            Trial::test(b.trial("broken"), move || {
+                let (v4, v6) = b.rule_set();
+                let session = if profile(&b.profile).rules().is_none() {
+                    // The built-in rules through files: the --rules path end to end.
+                    let path = |f: &str| {
+                        std::env::temp_dir().join(format!("sidecheck-broken-{}-{}.{f}", std::process::id(), b.name))
+                    };
+                    let (f4, f6) = (path("rules"), path("rules6"));
+                    let write = |file: &std::path::Path, text: Option<String>| -> Result<_, Failed> {
+                        let Some(text) = text else { return Ok(None) };
+                        std::fs::write(file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+                        Ok(Some(file.to_path_buf()))
+                    };
+                    let rules = RuleSource::RestoreFiles { v4: write(&f4, v4)?, v6: write(&f6, v6)? };
+                    let session = Session::start(SessionConfig { rules, ..SessionConfig::default() });
+                    let _ = (std::fs::remove_file(&f4), std::fs::remove_file(&f6));
                     session
                 } else {
                     let rules = RuleSource::Text {
                         label: format!("{}-broken", b.profile),
                         what: format!("the {} profile's rules, broken: {}", b.profile, b.name),
-                        v4: Some(break_rules(b)),
-                        v6: None,
+                        v4,
+                        v6,
                     };
-                    Session::start(SessionConfig { rules, profile: profile(b.profile), ..SessionConfig::default() })
+                    Session::start(SessionConfig { rules, profile: profile(&b.profile), ..SessionConfig::default() })
                 };
                 let results = session.map_err(|e| e.to_string())?.run(&scenarios);
+                // Every flow in every family the broken rules are for ran.
+                let want_trials = scenarios.iter().map(|s| s.families(&b.families()).len()).sum::<usize>();
+                if results.len() != want_trials {
+                    return Err(format!(
+                        "expected {want_trials} trials ({} scenarios in {:?}), got {}",
+                        scenarios.len(),
+                        b.families(),
+                        results.len()
+                    )
+                    .into());
+                }
                 // An ERROR is no verdict: it must not count as failing, nor pass unseen.
                 if let Some(e) = results.iter().find(|r| r.outcome == Outcome::Error) {
                     return Err(format!("{} could not be tested (ERROR): {}", e.name, e.message).into());
                 }
                 let failed: BTreeSet<String> =
                     results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
-                let want: BTreeSet<String> = b.fails.iter().map(|s| s.to_string()).collect();
-                if failed == want {
+                if failed == b.fails {
                     return Ok(());
                 }
                 let details: Vec<String> =
                     results.iter().map(|r| format!("  {:?} {}: {}", r.outcome, r.name, r.message)).collect();
                 Err(format!(
-                    "{} ({}): expected exactly {want:?} to fail, but {failed:?} failed\n{}",
+                    "{} ({}, {}): expected exactly {:?} to fail, but {failed:?} failed\n{}",
                     b.name,
                     b.why,
+                    b.file.display(),
+                    b.fails,
                     details.join("\n")
                 )
                 .into())
@@ -371,79 +179,59 @@ fn broken_trials(scenarios: &[Scenario]) -> Vec<Trial> {
 }
 
 /// Trials about rule paths rather than ports.
-fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
+fn path_trials(scenarios: &[Scenario], path_breakages: &[Breakage], no_proxy_return: Breakage) -> Vec<Trial> {
     let for_gid = scenarios.to_vec();
     let for_snapshot = scenarios.to_vec();
     let for_swap = scenarios.to_vec();
-    vec![
-        // Without the uid RETURN, the gid RETURN (rule 6 after the removal)
-        // lets the proxy's traffic through: every port is right, the path is not.
-        Trial::test("paths::gid-rule-does-the-uid-rules-work", move || {
-            let b = Breakage {
-                profile: "istio",
-                name: "gid-rule-does-the-uid-rules-work",
-                why: "",
-                remove: &["ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"],
-                replace: None,
-                fails: &[],
-            };
-            let file = std::env::temp_dir().join(format!("sidecheck-paths-{}.rules", std::process::id()));
-            std::fs::write(&file, break_rules(&b)).map_err(|e| e.to_string())?;
-            let session =
-                Session::start(SessionConfig { rules: RuleSource::restore(file.clone()), ..SessionConfig::default() });
-            let _ = std::fs::remove_file(&file);
-            let session = session?;
-            let loose = session.run_with(&for_gid, false);
-            if let Some(r) = loose.iter().find(|r| r.outcome == Outcome::Fail) {
-                return Err(
-                    format!("without --assert paths every trial must pass, but {}: {}", r.name, r.message).into()
-                );
-            }
-            let strict = session.run_with(&for_gid, true);
-            // The gid RETURN now decides where the uid RETURN did (4 -> 6),
-            // and the catch-all jump moved up one (9 -> 8).
-            let want: Vec<(&str, &str)> = vec![
-                (
-                    "istio::type2-local-to-remote::nft::ipv4",
-                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
-                ),
-                (
-                    "istio::type4-local-to-local-via-service::nft::ipv4",
-                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
-                ),
-                (
-                    "istio::type5-envoy-to-admin::nft::ipv4",
-                    "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`",
-                ),
-                (
-                    "istio::type6-agent-as-app-uid::nft::ipv4",
-                    "expected `ISTIO_OUTPUT RULE 9`, observed `ISTIO_OUTPUT RULE 8`",
-                ),
-                (
-                    "istio::type6-agent-to-istiod::nft::ipv4",
-                    "expected `ISTIO_OUTPUT RULE 4`, observed `ISTIO_OUTPUT RULE 6`",
-                ),
-            ];
-            let failed: Vec<&str> =
-                strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
-            let want_names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
-            if failed != want_names {
-                return Err(
-                    format!("with --assert paths expected exactly {want_names:?} to fail, got {failed:?}").into()
-                );
-            }
-            for (name, says) in want {
-                let r = strict.iter().find(|r| r.name == name).unwrap();
-                if !r.message.contains("ports as expected") || !r.message.contains(says) {
-                    return Err(format!(
-                        "{name}: the message should say the ports were right and `{says}`:\n{}",
-                        r.message
-                    )
-                    .into());
+    // A rule set every port survives but the path does not: without
+    // --assert paths every trial passes; with it exactly the listed ones
+    // fail, each saying the ports were right and what differs.
+    let mut trials: Vec<Trial> = path_breakages
+        .iter()
+        .map(|b| {
+            let (for_gid, b) = (for_gid.clone(), b.clone());
+            Trial::test(b.trial("paths"), move || {
+                let file = std::env::temp_dir().join(format!("sidecheck-paths-{}.rules", std::process::id()));
+                std::fs::write(&file, b.broken_rules()).map_err(|e| e.to_string())?;
+                let session = Session::start(SessionConfig {
+                    rules: RuleSource::restore(file.clone()),
+                    ..SessionConfig::default()
+                });
+                let _ = std::fs::remove_file(&file);
+                let session = session?;
+                let loose = session.run_with(&for_gid, false);
+                if let Some(r) = loose.iter().find(|r| r.outcome == Outcome::Fail) {
+                    return Err(
+                        format!("without --assert paths every trial must pass, but {}: {}", r.name, r.message).into()
+                    );
                 }
-            }
-            Ok(())
-        }),
+                let strict = session.run_with(&for_gid, true);
+                let backend = session.config().backend.name();
+                let want: Vec<(String, &str)> =
+                    b.path_fails.iter().map(|(t, says)| (full(t, backend), says.as_str())).collect();
+                let failed: Vec<&str> =
+                    strict.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| r.name.as_str()).collect();
+                let want_names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+                if failed != want_names {
+                    return Err(
+                        format!("with --assert paths expected exactly {want_names:?} to fail, got {failed:?}").into()
+                    );
+                }
+                for (name, says) in want {
+                    let r = strict.iter().find(|r| r.name == name).unwrap();
+                    if !r.message.contains("ports as expected") || !r.message.contains(says) {
+                        return Err(format!(
+                            "{name}: the message should say the ports were right and `{says}`:\n{}",
+                            r.message
+                        )
+                        .into());
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    trials.extend([
         // Tracing must not add rules to, or renumber, the tables under test.
         Trial::test("paths::tracing-leaves-the-rules-untouched", move || {
             for backend in harness::netfilter::all().iter().map(|f| f.backend()) {
@@ -472,7 +260,7 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
                 v6: None,
             };
             let good = IstioCapture::default_for(Shape::Current).to_restore();
-            let broken = &BREAKAGES[0];
+            let broken = &no_proxy_return;
             let config = SessionConfig { rules: text("good", good.clone()), ..SessionConfig::default() };
             let mut session = Session::start(config)?;
             let fails = |results: &[harness::verdict::TrialResult]| -> BTreeSet<String> {
@@ -482,8 +270,8 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             if !fails(&session.run(&for_swap)).is_empty() {
                 return Err("the built-in rules fail before any swap".into());
             }
-            session.swap_rules(text("broken", break_rules(broken)), Backend::Nft)?;
-            let want: BTreeSet<String> = broken.fails.iter().map(|s| s.to_string()).collect();
+            session.swap_rules(text("broken", broken.broken_rules()), Backend::Nft)?;
+            let want = broken.fails.clone();
             let got = fails(&session.run(&for_swap));
             if got != want {
                 return Err(
@@ -543,7 +331,8 @@ fn path_trials(scenarios: &[Scenario]) -> Vec<Trial> {
             }
             Ok(())
         }),
-    ]
+    ]);
+    trials
 }
 
 /// The run prefix named in an error ("... in namespace sidecheck-1-2-local-pod ...").
@@ -647,50 +436,6 @@ fn fault_trials() -> Vec<Trial> {
     ]
 }
 
-/// IPv4 right, IPv6 missing the proxy's uid/gid RETURN: only IPv6 trials fail.
-fn family_trials(scenarios: &[Scenario]) -> Vec<Trial> {
-    let scenarios = scenarios.to_vec();
-    vec![Trial::test("broken::ipv6-only-no-proxy-return", move || {
-        let c = IstioCapture::default_for(Shape::Current);
-        let v6: String = c
-            .to_restore_for(harness::base::net::Family::Ipv6)
-            .lines()
-            .filter(|l| {
-                !l.ends_with("-m owner --uid-owner 1337 -j RETURN")
-                    && !l.ends_with("-m owner --gid-owner 1337 -j RETURN")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let dir = std::env::temp_dir();
-        let (f4, f6) = (
-            dir.join(format!("sidecheck-v4-{}.rules", std::process::id())),
-            dir.join(format!("sidecheck-v6-{}.rules", std::process::id())),
-        );
-        std::fs::write(&f4, c.to_restore()).map_err(|e| e.to_string())?;
-        std::fs::write(&f6, v6).map_err(|e| e.to_string())?;
-        let session = Session::start(SessionConfig {
-            rules: RuleSource::RestoreFiles { v4: Some(f4.clone()), v6: Some(f6.clone()) },
-            ..SessionConfig::default()
-        });
-        let _ = (std::fs::remove_file(&f4), std::fs::remove_file(&f6));
-        let results = session?.run(&scenarios);
-        if results.len() != 14 {
-            return Err(format!("expected 14 trials (7 scenarios x 2 families), got {}", results.len()).into());
-        }
-        let failed: BTreeSet<String> =
-            results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| short(&r.name)).collect();
-        let want: BTreeSet<String> =
-            ["type2-local-to-remote::ipv6", "type6-agent-as-app-uid::ipv6", "type6-agent-to-istiod::ipv6"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        if failed != want {
-            return Err(format!("expected exactly {want:?} to fail, got {failed:?}").into());
-        }
-        Ok(())
-    })]
-}
-
 /// The root namespace as the invariant sees it.
 fn host_snapshot() -> Result<String, Failed> {
     let mut snap = String::new();
@@ -760,35 +505,51 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // What must fail, from the data beside the tests.
+    let ((breakages, path_breakages), findings) = match expect::breakages().and_then(|b| Ok((b, expect::findings()?))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("conformance: the expectations do not load: {e}");
+            std::process::exit(2);
+        }
+    };
     let current = Shared::new(builtin(Shape::Current, Backend::Nft));
     let classic = Shared::new(builtin(Shape::Classic, Backend::Nft));
     let legacy = Shared::new(builtin(Shape::Current, Backend::Legacy));
     let classic_legacy = Shared::new(builtin(Shape::Classic, Backend::Legacy));
     let native = Shared::new(builtin(Shape::Current, Backend::NftNative));
-    // Each other mesh's own rule set under its profile, paths asserted.
-    let meshes: Vec<(&str, Arc<Shared>)> = ["linkerd", "kuma", "kuma-legacy", "consul", "osm"]
+    // Each other mesh's own rule set under its profile, paths asserted:
+    // every built-in profile that has one.
+    let meshes: Vec<(String, Arc<Shared>)> = expect::meshes()
         .into_iter()
-        .map(|name| {
-            let p = profile(name);
-            let rules = p.rules().unwrap_or_else(|| panic!("profile {name} has no rule set"));
+        .map(|p| {
+            let rules = p.rules().expect("meshes() have rule sets");
             // Trials in the families the rule set is for (OSM's is IPv4 only).
             let mut topology = harness::model::topology::TopologyConfig::default();
             topology.families.retain(|f| rules.families().contains(f));
+            let name = p.name.clone();
             let config = SessionConfig { rules, profile: p, topology, assert_paths: true, ..SessionConfig::default() };
             (name, Shared::new(config))
         })
         .collect();
-    let mut trials = scenario_trials("istio", &current, &scenarios);
-    trials.extend(scenario_trials("istio-classic", &classic, &scenarios));
-    trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios));
-    trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios));
-    trials.extend(scenario_trials("istio", &native, &scenarios));
+    let none = BTreeMap::new();
+    let mut trials = scenario_trials("istio", &current, &scenarios, &none);
+    trials.extend(scenario_trials("istio-classic", &classic, &scenarios, &none));
+    trials.extend(scenario_trials("istio-legacy", &legacy, &scenarios, &none));
+    trials.extend(scenario_trials("istio-classic-legacy", &classic_legacy, &scenarios, &none));
+    trials.extend(scenario_trials("istio", &native, &scenarios, &none));
     for (name, shared) in &meshes {
-        trials.extend(scenario_trials(name, shared, &scenarios));
+        trials.extend(scenario_trials(name, shared, &scenarios, findings.get(name).unwrap_or(&none)));
     }
-    trials.extend(broken_trials(&scenarios));
-    trials.extend(path_trials(&scenarios));
-    trials.extend(family_trials(&scenarios));
+    let Some(no_proxy_return) =
+        breakages.iter().find(|b| profile(&b.profile).expect_path && b.name == "no-proxy-return")
+    else {
+        eprintln!("conformance: testdata/breakages/istio.yaml has no no-proxy-return (the rule-swap trial uses it)");
+        std::process::exit(2);
+    };
+    let no_proxy_return = no_proxy_return.clone();
+    trials.extend(broken_trials(&scenarios, &breakages));
+    trials.extend(path_trials(&scenarios, &path_breakages, no_proxy_return));
     trials.extend(hermetic_trials(&scenarios));
     trials.extend(fault_trials());
     let many = scenarios.clone();

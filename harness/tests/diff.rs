@@ -13,14 +13,13 @@ use std::process::{Command, Output};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
-use common::{code, data_trial, text, TempDir, BIN};
+use common::{code, data_trial, expect, text, TempDir, BIN};
+use harness::base::net::Family;
 
 const NFT_GOLDENS: &str = "third-party/istio/raw/tools/istio-nftables/pkg/capture/testdata";
 
 fn sidecheck(args: &[&str]) -> Result<Output, Failed> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("run as root: sudo cargo test (these tests build network namespaces)".into());
-    }
+    common::require_root()?;
     Command::new(BIN).args(args).output().map_err(|e| format!("running sidecheck: {e}").into())
 }
 
@@ -87,24 +86,22 @@ fn cli_trials() -> Vec<Trial> {
             let nft = dir.file("r.nft", &rules(&["--form", "nft"])?);
             same(&["builtin", &format!("nft:{nft}")])
         }),
-        // From reading the rules: without `--uid-owner 1337 -j RETURN` and
-        // `--gid-owner 1337 -j RETURN`, every connection the proxy (or the
-        // agent, uid 1337) opens to another pod falls to the catch-all and
-        // loops (flow 2 and both flow 6 probes); its call to 127.0.0.1 keeps
-        // its ports but is let through by `-d 127.0.0.1/32 -j RETURN`
-        // (flow 5). Inbound (1, 3) and the lo redirect of flow 4 never reach
-        // those rules.
+        // From reading the rules (testdata/diffs.yaml): without the proxy's
+        // uid and gid RETURNs, exactly the listed connections change.
         Trial::test("diff::without-the-proxy-returns-lists-exactly-the-connections-that-change", || {
             let dir = TempDir::new("noret");
             let b = without_proxy_returns(&dir)?;
-            let fams = |stems: &[&str]| -> BTreeSet<String> {
-                stems.iter().flat_map(|s| ["ipv4", "ipv6"].map(|f| format!("istio::{s}::{f}"))).collect()
+            let expect = expect::diff_expect("without-proxy-returns")?;
+            // `type2-local-to-remote::ipv4` -> `istio::type2-local-to-remote::ipv4`, as diff names it.
+            let names = |trials: &BTreeSet<String>| -> BTreeSet<String> {
+                trials.iter().map(|t| format!("istio::{t}")).collect()
             };
-            let ports = ["type2-local-to-remote", "type6-agent-as-app-uid", "type6-agent-to-istiod"];
+            let ports = names(&expect.ports_differ);
             let (c, v) = diff_json(&["builtin", &b])?;
-            let want = fams(&[&ports[..], &["type5-envoy-to-admin"]].concat());
+            let want: BTreeSet<String> = ports.union(&names(&expect.rule_differs)).cloned().collect();
             ensure(c == 1 && differing(&v) == want, || format!("exit {c}, {:?} differ, want {want:?}", differing(&v)))?;
-            ensure(v["compared"].as_array().map(Vec::len) == Some(14), || format!("compared {}", v["compared"]))?;
+            let n = expect::trial_count(&Family::BOTH);
+            ensure(v["compared"].as_array().map(Vec::len) == Some(n), || format!("compared {}", v["compared"]))?;
             let d5 =
                 v["differences"].as_array().unwrap().iter().find(|d| d["name"] == "istio::type5-envoy-to-admin::ipv4");
             let d5 = d5.ok_or("no flow 5 difference")?;
@@ -116,13 +113,12 @@ fn cli_trials() -> Vec<Trial> {
                 || format!("flow 5: {d5:#}"),
             )?;
             let (c, v) = diff_json(&["builtin", &b, "--assert", "ports"])?;
-            ensure(c == 1 && differing(&v) == fams(&ports), || {
-                format!("--assert ports: exit {c}, {:?}", differing(&v))
-            })?;
+            ensure(c == 1 && differing(&v) == ports, || format!("--assert ports: exit {c}, {:?}", differing(&v)))?;
             // Human output: only the differing connections, both rules side by side.
             let out = sidecheck(&["diff", "builtin", &b])?;
             let human = text(&out);
-            ensure(code(&out) == 1 && human.contains("8 of 14 connections differ"), || human.clone())?;
+            let d = want.len();
+            ensure(code(&out) == 1 && human.contains(&format!("{d} of {n} connections differ")), || human.clone())?;
             ensure(!human.contains("type1-remote-to-local") && !human.contains("type3-prometheus"), || human.clone())?;
             let side_by_side = human.lines().any(|l| {
                 l.contains("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
@@ -142,9 +138,11 @@ fn cli_trials() -> Vec<Trial> {
             ])?;
             ensure(code(&out) == 1, || text(&out))?;
             let md = std::fs::read_to_string(md)?;
-            ensure(md.matches("```mermaid\nflowchart LR").count() == 16, || md.clone())?;
+            // A pair (one diagram per side) per difference.
+            ensure(md.matches("```mermaid\nflowchart LR").count() == 2 * d, || md.clone())?;
             let xml = std::fs::read_to_string(xml)?;
-            ensure(xml.contains("tests=\"14\" failures=\"8\"") && xml.matches("<failure").count() == 8, || xml.clone())
+            let totals = format!("tests=\"{n}\" failures=\"{d}\"");
+            ensure(xml.contains(&totals) && xml.matches("<failure").count() == d, || xml.clone())
         }),
         Trial::test("diff::bad-input-is-exit-2-with-what-to-do", || {
             let dir = TempDir::new("bad");

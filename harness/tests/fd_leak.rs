@@ -3,6 +3,8 @@
 //! holds what it held before. A test binary of its own, so no other test's
 //! descriptors come and go meanwhile. Needs root.
 
+mod common;
+use common::need_root;
 use harness::rules::source::Backend;
 use harness::{model::scenario, Session, SessionConfig};
 
@@ -19,7 +21,7 @@ fn threads() -> usize {
 
 #[test]
 fn sessions_leak_no_descriptors_threads_or_children() {
-    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test");
+    need_root();
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let scenarios = scenario::builtin().unwrap();
     let cycle = |backend| {
@@ -46,7 +48,7 @@ fn sessions_leak_no_descriptors_threads_or_children() {
 
 #[test]
 fn children_inherit_no_descriptor_of_a_live_session() {
-    assert!(nix::unistd::geteuid().is_root(), "run as root: sudo cargo test");
+    need_root();
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     // A descriptor without close-on-exec would live on in every stub and
     // rule installer (found once: a pipe that then never saw EOF).

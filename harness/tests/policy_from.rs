@@ -68,23 +68,35 @@ fn run_json(args: &[&str]) -> Result<Vec<Trialled>, Failed> {
 
 /// What a run must show: exactly these trials fail, and these probes
 /// expect these ports (so the policy said what the configuration says).
-struct Expect<'a> {
-    fail: &'a [&'a str],
-    ports: &'a [(&'a str, &'a [u16])],
+/// What a policy run must show (testdata/policy-from.yaml).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    fail: Vec<String>,
+    ports: std::collections::BTreeMap<String, Vec<u16>>,
     /// Fewest trials: a policy that lost its exclusions probes fewer boundaries.
     at_least: usize,
 }
 
+/// The expectation of trial `name`, from the data beside the tests.
+fn expected(name: &str) -> Result<Expect, Failed> {
+    let file = common::expect::testdata().join("policy-from.yaml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut all: std::collections::BTreeMap<String, Expect> =
+        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    all.remove(name).ok_or_else(|| format!("{}: no expectation for `{name}`", file.display()).into())
+}
+
 fn check(trials: &[Trialled], want: &Expect) -> Result<(), Failed> {
     let failed: Vec<&str> = trials.iter().filter(|t| !t.passed).map(|t| t.name.as_str()).collect();
-    let mut want_fail: Vec<&str> = want.fail.to_vec();
+    let mut want_fail: Vec<&str> = want.fail.iter().map(String::as_str).collect();
     want_fail.sort();
     let mut got = failed.clone();
     got.sort();
     if got != want_fail {
         return Err(format!("failing trials: expected {want_fail:?}, got {got:?}").into());
     }
-    for (name, ports) in want.ports {
+    for (name, ports) in &want.ports {
         let t = trials
             .iter()
             .find(|t| t.name == *name)
@@ -107,11 +119,7 @@ fn on_shared(
     f: impl FnOnce(&Path) -> Result<(), Failed> + Send + 'static,
 ) -> Trial {
     data_trial(args, name, needs, move |root| {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(
-                "run as root: these trials build network namespaces (cargo test runs them through ci/as-root)".into()
-            );
-        }
+        common::require_root()?;
         f(&root.join("third-party"))
     })
 }
@@ -166,20 +174,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     &[ISTIO_INJECTOR],
                     &["--rules".into(), s(t.join("istio/raw/cni/pkg/plugin/testdata/basic.txt.golden"))],
                 )?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &["policy::proxy-gid-1337-to-own-pod::nft::ipv4"],
-                        ports: &[
-                            ("policy::inbound-8080::nft::ipv4", &[15006, 8080]),
-                            ("policy::inbound-15090::nft::ipv4", &[15090]),
-                            ("policy::inbound-tunnel-15008::nft::ipv4", &[15008]),
-                            ("policy::outbound-15020::nft::ipv4", &[15020]),
-                            ("policy::proxy-uid-1337-to-own-pod::nft::ipv4", &[15006, 8080]),
-                        ],
-                        at_least: 15,
-                    },
-                )
+                check(&trials, &expected("istio::injector-command-line::cni-basic")?)
             },
         ),
         // The injector's arguments: 4190,4191,4567,4568 RETURN inbound, 4567,4568
@@ -195,22 +190,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     LINKERD_INJECTOR,
                     &["--script".into(), s(t.join("linkerd/gen-injector-default-nft.sh"))],
                 )?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-8080::script::ipv4", &[4143, 8080]),
-                            ("policy::inbound-4190::script::ipv6", &[4190]),
-                            ("policy::inbound-4569-beside-4568::script::ipv4", &[4143, 4569]),
-                            ("policy::outbound-4567::script::ipv4", &[4567]),
-                            ("policy::outbound-9090::script::ipv6", &[4140, 9090]),
-                            ("policy::proxy-uid-2102-to-own-pod::script::ipv4", &[8080]),
-                            ("policy::app-to-own-pod::script::ipv4", &[8080]),
-                        ],
-                        at_least: 38,
-                    },
-                )
+                check(&trials, &expected("linkerd::injector-defaults::gen-injector-default-nft")?)
             },
         ),
         // The same rules with IPv4's outbound ignore rule left out (half the
@@ -233,17 +213,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                 let broken = dir.0.join("broken.sh");
                 std::fs::write(&broken, kept.join("\n") + "\n").map_err(|e| e.to_string())?;
                 let trials = run_policy("linkerd-b", LINKERD_INJECTOR, &["--script".into(), s(broken)])?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[
-                            "policy::outbound-4567::script::ipv4",
-                            "policy::outbound-4568-beside-4567::script::ipv4",
-                        ],
-                        ports: &[("policy::outbound-4567::script::ipv4", &[4567])],
-                        at_least: 38,
-                    },
-                )
+                check(&trials, &expected("linkerd::broken-fixture::no-ipv4-outbound-ignore")?)
             },
         ),
         // root_test.go's configuration: ports 1234/2345 and uid and gid 33, which
@@ -258,19 +228,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     &["proxy-init -p 1234 -o 2345 -u 33 -g 33 --iptables-mode nft --simulate"],
                     &["--script".into(), s(t.join("linkerd/gen-roottest-uid33-nft.sh"))],
                 )?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-8080::script::ipv6", &[1234, 8080]),
-                            ("policy::outbound-9090::script::ipv4", &[2345, 9090]),
-                            ("policy::proxy-gid-33-out::script::ipv4", &[9090]),
-                            ("policy::proxy-uid-33-to-own-pod::script::ipv6", &[8080]),
-                        ],
-                        at_least: 20,
-                    },
-                )
+                check(&trials, &expected("linkerd::root-test-uid33::gen-roottest-uid33-nft")?)
             },
         ),
         // `--policy from-command`: the generator command itself. A stand-in
@@ -291,17 +249,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                 std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
                 let cmd = format!("{} {}", bin.display(), LINKERD_INJECTOR[1..].join(" "));
                 let trials = run_json(&["--policy", "from-command", "--generator", &cmd])?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-4191-beside-4190::generator::ipv4", &[4191]),
-                            ("policy::outbound-4568-beside-4567::generator::ipv6", &[4568]),
-                        ],
-                        at_least: 38,
-                    },
-                )
+                check(&trials, &expected("linkerd::policy-from-command::generator")?)
             },
         ),
         // The distro containers' default run: uid 5678, inbound 15006 in both
@@ -323,18 +271,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                         s(t.join("kuma/default.v6.rules")),
                     ],
                 )?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-8080::nft::ipv6", &[15006, 8080]),
-                            ("policy::proxy-uid-5678-to-own-pod::nft::ipv4", &[15006, 8080]),
-                            ("policy::app-to-own-pod::nft::ipv6", &[8080]),
-                        ],
-                        at_least: 16,
-                    },
-                )
+                check(&trials, &expected("kuma::default::debian-12")?)
             },
         ),
         // The dry-run test's overrides (uid 0, ports 12345/12346, inbound 1000,1001
@@ -349,20 +286,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                 &["kumactl install transparent-proxy --dry-run --ip-family-mode ipv4 --kuma-dp-user root --redirect-outbound-port 12345 --redirect-inbound-port 12346 --exclude-outbound-ports 2000,2001 --exclude-inbound-ports 1000,1001"],
                 &["--rules".into(), s(t.join("kuma/kumactl-dryrun-overrides-uid0.v4.rules"))],
             )?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-8080::nft::ipv4", &[12346, 8080]),
-                            ("policy::inbound-1001-beside-1000::nft::ipv4", &[1001]),
-                            ("policy::outbound-2000::nft::ipv4", &[2000]),
-                            ("policy::outbound-2002-beside-2001::nft::ipv4", &[12345, 2002]),
-                            ("policy::proxy-uid-0-to-own-pod::nft::ipv4", &[12346, 8080]),
-                        ],
-                        at_least: 17,
-                    },
-                )
+                check(&trials, &expected("kuma::dry-run-overrides::uid0")?)
             },
         ),
         // sdk/nftables' "no proxy outbound port provided" (uid 123, inbound
@@ -374,21 +298,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                 &["consul", "connect", "redirect-traffic", "-proxy-uid", "123", "-proxy-inbound-port", "20000"],
                 &["--nft".into(), s(t.join("consul/nft-default-uid123.nft"))],
             )?;
-            check(
-                &trials,
-                &Expect {
-                    fail: &[],
-                    ports: &[
-                        ("policy::inbound-8080::nft-native::ipv6", &[20000, 8080]),
-                        ("policy::app-to-own-pod::nft-native::ipv4", &[15001, 8080]),
-                        ("policy::app-to-own-pod::nft-native::ipv6", &[15001, 8080]),
-                        ("policy::app-to-lo-127.0.0.2::nft-native::ipv4", &[15001, 8080]),
-                        ("policy::app-to-localhost::nft-native::ipv4", &[8080]),
-                        ("policy::proxy-uid-123-to-own-pod::nft-native::ipv4", &[8080]),
-                    ],
-                    at_least: 16,
-                },
-            )
+            check(&trials, &expected("consul::default::nft-uid123")?)
         }),
         // "exclude inbound ports is set": outbound 21000, 22000 and 22500 not
         // captured inbound. 21000 is also the consul profile's readiness port
@@ -422,18 +332,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     return Err(format!("the built-in profile should be refused: {}", text(&clash.stderr)).into());
                 }
                 let trials = run_policy("consul-x", &[cmd], &["--nft".into(), nft, "--profile".into(), s(profile)])?;
-                check(
-                    &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-22000::nft-native::ipv4", &[22000]),
-                            ("policy::inbound-22501-beside-22500::nft-native::ipv6", &[20000, 22501]),
-                            ("policy::outbound-9090::nft-native::ipv4", &[21000, 9090]),
-                        ],
-                        at_least: 20,
-                    },
-                )
+                check(&trials, &expected("consul::exclude-inbound::nft-uid123")?)
             },
         ),
     ]
@@ -448,9 +347,7 @@ fn reference_trials() -> Vec<Trial> {
         .into_iter()
         .map(|mesh| {
             Trial::test(format!("reference::{mesh}::new-fields"), move || {
-                if !nix::unistd::geteuid().is_root() {
-                    return Err("run as root: sudo cargo test (these trials build network namespaces)".into());
-                }
+                common::require_root()?;
                 let dir = TempDir::new(&format!("ref-{mesh}"));
                 let file = dir.0.join("policy.yaml");
                 let yaml = "inbound_ports: '*'\ninbound_exclude: ['6000-6010']\ninbound_sources_exclude: [198.51.100.0/24]\noutbound_ranges_include: '*'\noutbound_ranges_exclude: [192.0.2.0/24]\noutbound_ports_exclude: ['5555:5557']\noutbound_uids_exclude: [456]\nipv6: true\n";
@@ -458,16 +355,7 @@ fn reference_trials() -> Vec<Trial> {
                 let trials = run_json(&["--policy", &file.display().to_string(), "--profile", mesh])?;
                 check(
                     &trials,
-                    &Expect {
-                        fail: &[],
-                        ports: &[
-                            ("policy::inbound-6010::nft::ipv4", &[6010]),
-                            ("policy::outbound-5557::nft::ipv6", &[5557]),
-                            ("policy::excluded-uid-456-out::nft::ipv4", &[9090]),
-                            ("policy::range-192.0.2.0/24-first-192.0.2.1::nft::ipv4", &[9090]),
-                        ],
-                        at_least: 36,
-                    },
+                    &expected("reference::new-fields")?,
                 )
             })
         })

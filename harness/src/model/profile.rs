@@ -262,6 +262,11 @@ pub struct Profile {
     pub app_bind: AppBind,
     #[serde(default)]
     pub rules: Option<RuleFiles>,
+    /// Scenarios' `expect.path` describes this profile's rules (Istio's: the
+    /// built-in reference rules); under any other profile only
+    /// `expect.paths.<label>` names a path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expect_path: bool,
     pub facts: Vec<Fact>,
     /// Where it was loaded from, for messages.
     #[serde(skip)]
@@ -465,14 +470,23 @@ mod tests {
     #[test]
     fn every_builtin_profile_loads_with_rules_and_sources() {
         let names = Profile::builtin_names();
-        for want in ["istio", "linkerd", "kuma", "kuma-legacy", "consul", "osm", "osm-podip"] {
-            assert!(names.contains(&want), "{want} missing from {names:?}");
-        }
+        // Every profile file in scenarios/profiles/ is built in.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/profiles");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
+            .collect();
+        on_disk.sort_unstable();
+        assert!(on_disk.contains(&"istio".to_string()), "{on_disk:?}");
+        assert_eq!(names, on_disk, "built-in profiles vs {}", dir.display());
+        // One profile is the one `expect.path` describes: the default.
+        assert_eq!(names.iter().filter(|n| Profile::builtin(n).unwrap().expect_path).count(), 1, "{names:?}");
         for n in names {
             let p = Profile::builtin(n).unwrap();
             assert_eq!(p.name, n);
-            // Istio's rule set is the built-in reference generator.
-            assert_eq!(p.rules().is_some(), n != "istio", "{n}: rule set");
+            // The default's rule set is the built-in reference generator.
+            assert_eq!(p.rules().is_some(), !p.expect_path, "{n}: rule set");
             assert!(p.facts.iter().all(|f| !f.source.trim().is_empty()), "{n}: a fact without a source");
         }
     }

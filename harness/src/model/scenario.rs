@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::base::net::Family;
 use crate::model::profile::{PortRef, Profile, UidRef};
@@ -15,12 +15,18 @@ use crate::{Error, Result};
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_scenarios.rs"));
 }
+mod expected;
+mod filter;
+
+pub use expected::{Expected, DROPPED, RESET};
+pub use filter::{case_name, select, Filter};
 
 /// A scenario file as written.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// Which of the six flows (DESIGN.md's table) this checks.
+    /// Which flow this checks: DESIGN.md's table numbers the first six; a
+    /// new kind of connection takes the next number.
     pub flow: u8,
     pub description: String,
     /// `ipv4` or `ipv6`; absent: the scenario runs in every family the
@@ -177,18 +183,21 @@ impl Scenario {
         if spec.source.host == Host::Node {
             return Err(invalid("source.host: the node only bridges pods; connect from a pod".into()));
         }
-        if !(1..=6).contains(&spec.flow) {
-            return Err(invalid(format!("flow {} is not one of the six flows (1-6)", spec.flow)));
+        // Which flows exist is the scenario set's business: any number but 0.
+        if spec.flow == 0 {
+            return Err(invalid(
+                "flow 0: flows are numbered from 1 (DESIGN.md's table; a new flow takes the next number)".into(),
+            ));
         }
         Ok(Scenario { name, file, spec })
     }
 
     /// The path expected under the rule set labelled `label`, in `family`:
-    /// `paths["label@ipv6"]`, else `paths["label"]`, else (under the Istio
-    /// profile, whose rules `path` describes) `path`.
-    pub fn expected_path(&self, label: &str, family: Family, profile: &str) -> Option<&str> {
+    /// `paths["label@ipv6"]`, else `paths["label"]`, else (under a profile
+    /// whose rules `path` describes: `expect_path: true`, Istio's) `path`.
+    pub fn expected_path(&self, label: &str, family: Family, profile: &Profile) -> Option<&str> {
         let p = &self.spec.expect.paths;
-        let fallback = (profile == "istio").then_some(self.spec.expect.path.as_ref()).flatten();
+        let fallback = profile.expect_path.then_some(self.spec.expect.path.as_ref()).flatten();
         p.get(&format!("{label}@{}", family.name())).or(p.get(label)).or(fallback).map(String::as_str)
     }
 
@@ -208,7 +217,7 @@ impl Scenario {
         let expected = Expected {
             ports: ports.iter().map(|p| profile.resolve(*p, family)).collect(),
             server: profile.server_name(server),
-            path: self.expected_path(label, family, &profile.name).map(str::to_string),
+            path: self.expected_path(label, family, profile).map(str::to_string),
             note: over.map(|o| format!("{}: {}", profile.name, o.why)),
         };
         Ok(Case { uid, gid, target, protocol: self.spec.destination.protocol, expected })
@@ -308,75 +317,6 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
     Ok(list)
 }
 
-/// A trial's name as runs and reports give it: the scenario, the backend,
-/// the family (`istio::type2-app-to-remote::nft::ipv4`).
-pub fn case_name(scenario: &str, backend: &str, family: Family) -> String {
-    format!("{scenario}::{backend}::{}", family.name())
-}
-
-/// `--test` / `--skip` on trial names, as libtest and nextest have them: a
-/// trial is kept when it matches any `--test` (or none was given) and no
-/// `--skip`. Patterns are unanchored regular expressions.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    test: Vec<regex::Regex>,
-    skip: Vec<regex::Regex>,
-}
-
-impl Filter {
-    pub fn new(test: &[String], skip: &[String]) -> Result<Filter> {
-        let compile = |flag: &str, list: &[String]| {
-            list.iter()
-                .map(|p| {
-                    regex::Regex::new(p).map_err(|e| {
-                        Error::config(format!("{flag} `{p}` is not a regular expression: {e}\nfix the pattern (trial names contain `::`, which needs no escaping)"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
-        };
-        Ok(Filter { test: compile("--test", test)?, skip: compile("--skip", skip)? })
-    }
-
-    /// No pattern given: every trial runs.
-    pub fn is_empty(&self) -> bool {
-        self.test.is_empty() && self.skip.is_empty()
-    }
-
-    pub fn keeps(&self, name: &str) -> bool {
-        (self.test.is_empty() || self.test.iter().any(|r| r.is_match(name)))
-            && !self.skip.iter().any(|r| r.is_match(name))
-    }
-
-    /// The patterns as given, for messages: `--test a --skip b`.
-    pub fn describe(&self) -> String {
-        let test = self.test.iter().map(|r| format!("--test '{}'", r.as_str()));
-        let skip = self.skip.iter().map(|r| format!("--skip '{}'", r.as_str()));
-        test.chain(skip).collect::<Vec<_>>().join(" ")
-    }
-}
-
-/// The (scenario, family) cases a run has, in order, named with `backend`,
-/// those the filter drops left out. A filter that leaves nothing is an error:
-/// a run of no trial would pass without testing anything.
-pub fn select(
-    scenarios: &[Scenario],
-    families: &[Family],
-    backend: &str,
-    filter: &Filter,
-) -> Result<Vec<(Scenario, Family)>> {
-    let all: Vec<(Scenario, Family)> =
-        scenarios.iter().flat_map(|s| s.families(families).into_iter().map(move |f| (s.clone(), f))).collect();
-    let total = all.len();
-    let kept: Vec<_> = all.into_iter().filter(|(s, f)| filter.keeps(&case_name(&s.name, backend, *f))).collect();
-    if kept.is_empty() && !filter.is_empty() {
-        return Err(Error::config(format!(
-            "no trial matches {} (of {total} trials): `sidecheck list` with the same options shows their names",
-            filter.describe()
-        )));
-    }
-    Ok(kept)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +340,10 @@ expect:
         let names: Vec<_> = list.iter().map(|s| s.name.as_str()).collect();
         assert!(names.len() >= 7, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("istio::")), "{names:?}");
-        for flow in 1..=6 {
+        // DESIGN.md's six flows at least, numbered without a gap.
+        let last = list.iter().map(|s| s.spec.flow).max().unwrap();
+        assert!(last >= 6, "{names:?}");
+        for flow in 1..=last {
             assert!(list.iter().any(|s| s.spec.flow == flow), "flow {flow} missing");
         }
         assert_eq!(list.iter().filter(|s| s.spec.flow == 6).count(), 2);
@@ -441,6 +384,14 @@ expect:
         assert_eq!(kuma.expected.ports, vec![15006, 5670]);
         // Istio's path says nothing about another mesh's rules.
         assert_eq!(kuma.expected.path, None);
+        // Which profile `path` is for is the profile's say, not its name's.
+        let renamed = Profile { name: "other".into(), ..Profile::istio() };
+        assert_eq!(
+            s.case(&renamed, &topo, Family::Ipv4, "x").unwrap().expected.path.as_deref(),
+            Some("PREROUTING -> X")
+        );
+        let not_default = Profile { expect_path: false, ..Profile::istio() };
+        assert_eq!(s.case(&not_default, &topo, Family::Ipv4, "x").unwrap().expected.path, None);
         let e = parse(&text.replace("port: stats", "port: stat")).unwrap_err().to_string();
         assert!(e.contains("`stat` is not a port role"), "{e}");
         let proxy = parse(&text.replace("uid: 65534", "uid: proxy")).unwrap();
@@ -477,6 +428,13 @@ expect:
         assert!(e.starts_with("x.yaml:"), "{e}");
         let e = parse("").unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn any_flow_number_but_0_is_a_flow() {
+        assert_eq!(parse(&GOOD.replace("flow: 2", "flow: 7")).unwrap().spec.flow, 7);
+        let e = parse(&GOOD.replace("flow: 2", "flow: 0")).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml: ") && e.contains("flow 0: flows are numbered from 1"), "{e}");
     }
 
     #[test]
@@ -522,55 +480,4 @@ expect:
         assert!(e.contains("missing"), "{e}");
         std::fs::remove_dir_all(&base).unwrap();
     }
-
-    #[test]
-    fn filter_keeps_any_test_match_and_drops_any_skip_match() {
-        let s = parse(GOOD).unwrap();
-        let names = |f: &Filter| -> Vec<String> {
-            select(std::slice::from_ref(&s), &Family::BOTH, "nft", f)
-                .unwrap()
-                .iter()
-                .map(|(s, f)| case_name(&s.name, "nft", *f))
-                .collect()
-        };
-        let all = names(&Filter::default());
-        assert_eq!(all, ["t::x::nft::ipv4", "t::x::nft::ipv6"]);
-        let f = |t: &[&str], k: &[&str]| {
-            Filter::new(
-                &t.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                &k.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            )
-            .unwrap()
-        };
-        assert_eq!(names(&f(&["ipv6$"], &[])), ["t::x::nft::ipv6"]);
-        // Any --test keeps; any --skip drops, also what a --test kept.
-        assert_eq!(names(&f(&["ipv6$", "ipv4$"], &[])), all);
-        assert_eq!(names(&f(&["x::"], &["ipv4"])), ["t::x::nft::ipv6"]);
-        assert_eq!(names(&f(&[], &["ipv4", "nothing"])), ["t::x::nft::ipv6"]);
-        // Unanchored, as libtest's substring filters.
-        assert_eq!(names(&f(&["nft"], &[])), all);
-        let e = select(std::slice::from_ref(&s), &Family::BOTH, "nft", &f(&["ipv5"], &[])).unwrap_err().to_string();
-        assert!(e.starts_with("no trial matches --test 'ipv5' (of 2 trials)") && e.contains("sidecheck list"), "{e}");
-        let e = Filter::new(&["a(".into()], &[]).unwrap_err().to_string();
-        assert!(e.starts_with("--test `a(` is not a regular expression"), "{e}");
-        let e = Filter::new(&[], &["[".into()]).unwrap_err().to_string();
-        assert!(e.starts_with("--skip `[` is not a regular expression"), "{e}");
-    }
 }
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Expected {
-    pub ports: Vec<u16>,
-    pub server: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Why the run's mesh profile expects something other than the
-    /// scenario's default (`expect.profiles.<name>.why`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// Outcome names of an INVALID-segment probe (`Protocol::TcpInvalid`).
-pub const RESET: &str = "reset";
-
-pub const DROPPED: &str = "dropped";

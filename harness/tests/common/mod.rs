@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod expect;
+
 use libtest_mimic::{Arguments, Failed, Trial};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidecheck");
@@ -110,11 +112,22 @@ pub fn data_trials(args: &Arguments, tests: Vec<DataTest>) -> Vec<Trial> {
         .collect()
 }
 
+/// What a test that builds network namespaces says when not run as root.
+pub const NOT_ROOT: &str = "run as root: these tests build network namespaces (cargo test runs them through \
+    ci/as-root, which uses sudo; see the README's note for users without root)";
+
+/// For a #[test]: fails (panics) saying how to run it, unless root.
 pub fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "run as root: these tests build network namespaces (cargo test runs them through ci/as-root)"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "{NOT_ROOT}");
+}
+
+/// For a libtest-mimic trial: the same, as its failure.
+pub fn require_root() -> Result<(), Failed> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(NOT_ROOT.into())
+    }
 }
 
 pub fn code(out: &Output) -> i32 {
@@ -165,7 +178,7 @@ impl Drop for TempDir {
 }
 
 /// Pids of stub processes started by the sidecheck process `pid`.
-fn stubs_of_pid(pid: u32) -> Vec<u32> {
+pub fn stubs_of_pid(pid: u32) -> Vec<u32> {
     let marker = format!("/run/sidecheck/sidecheck-{pid}-");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -177,8 +190,38 @@ fn stubs_of_pid(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Run `sidecheck args`, then check the run left no namespace, run file or stub.
-pub fn run_checked(args: &[&str]) -> Output {
+/// Namespaces of sidecheck runs whose pid is this test's child: each test
+/// checks that its own runs left none.
+pub fn namespaces_of_pid(pid: u32) -> Vec<String> {
+    harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"))
+}
+
+/// Entries of /run/sidecheck of the runs of process `pid` (run names are
+/// `sidecheck-<pid>-<n>`, n random per process).
+pub fn run_files_of_pid(pid: u32) -> Vec<String> {
+    let (a, b) = (format!("sidecheck-{pid}-"), format!(".sidecheck-{pid}-"));
+    std::fs::read_dir("/run/sidecheck")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&a) || n.starts_with(&b))
+        .collect()
+}
+
+/// Assert the sidecheck process `pid` left no namespace, run file, lock or
+/// keep marker, or stub behind.
+pub fn assert_nothing_left(pid: u32, what: &str) {
+    let left = namespaces_of_pid(pid);
+    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
+    let files = run_files_of_pid(pid);
+    assert!(files.is_empty(), "{what} left its run directory or lock file: {files:?}");
+    let stubs = stubs_of_pid(pid);
+    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
+}
+
+/// Run `sidecheck args`, then check the run left no namespace, run file or
+/// stub; with the run's pid.
+pub fn run_checked_pid(args: &[&str]) -> (Output, u32) {
     let child = Command::new(BIN)
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -187,12 +230,11 @@ pub fn run_checked(args: &[&str]) -> Output {
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let what = format!("sidecheck {args:?}");
-    let left = harness::sandbox::registry::namespaces_of(&format!("sidecheck-{pid}"));
-    assert!(left.is_empty(), "{what} left namespaces behind: {left:?}");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0")).exists(), "{what} left its run directory");
-    assert!(!Path::new(&format!("/run/sidecheck/sidecheck-{pid}-0.lock")).exists(), "{what} left its lock file");
-    let stubs = stubs_of_pid(pid);
-    assert!(stubs.is_empty(), "{what} left stub processes: {stubs:?}");
-    out
+    assert_nothing_left(pid, &format!("sidecheck {args:?}"));
+    (out, pid)
+}
+
+/// [`run_checked_pid`] without the pid.
+pub fn run_checked(args: &[&str]) -> Output {
+    run_checked_pid(args).0
 }
