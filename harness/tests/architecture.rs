@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "report",
     "session",
     "diff",
+    "run",
 ];
 
 /// Longest a source file may be (code and its unit tests together).

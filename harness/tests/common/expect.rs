@@ -266,10 +266,19 @@ pub fn meshes() -> Vec<Profile> {
     Profile::builtin_names().into_iter().map(profile).filter(|p| p.rules().is_some()).collect()
 }
 
-/// A profile's name as the summary's verdict line writes it: `Kuma-legacy`.
+/// A mesh's name as the summary's verdict line writes it: the `display:`
+/// its profile file gives (`OSM`), read from the file itself, else the name
+/// capitalised (`Kuma`).
 pub fn title(name: &str) -> String {
-    let mut c = name.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/profiles/{name}.yaml"));
+    let display = std::fs::read_to_string(&file).ok().and_then(|text| {
+        let v: serde_norway::Value = serde_norway::from_str(&text).ok()?;
+        v.get("display")?.as_str().map(str::to_string)
+    });
+    display.unwrap_or_else(|| {
+        let mut c = name.chars();
+        c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    })
 }
 
 /// What `sidecheck diff builtin B` must find for the rule set `name`
