@@ -2,8 +2,8 @@
 //! layers of `harness/src` in the order data flows through a run, and a
 //! module may import only from its own layer or the layers before it. This
 //! test reads every source file, finds each `crate::` path, and fails on an
-//! import from a later layer, on any cycle between files, and on a file
-//! longer than the size budget. No root needed.
+//! import from a later layer, on any cycle between files, on a file longer
+//! than the size budget, and on a file the map does not name. No root needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -199,6 +199,25 @@ fn no_source_file_is_over_the_budget() {
     let long: Vec<String> =
         lines.iter().filter(|(_, n)| **n > MAX_LINES).map(|(m, n)| format!("{} ({n} lines)", name(m))).collect();
     assert!(long.is_empty(), "files over {MAX_LINES} lines (split them by concern): {long:?}");
+}
+
+#[test]
+fn every_file_is_on_the_map() {
+    // docs/architecture.md names each file with its concern: a file it does
+    // not name is a concern a newcomer cannot find.
+    let map = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md"))
+        .expect("read docs/architecture.md");
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    let missing: Vec<String> = all
+        .iter()
+        .map(|f| f.strip_prefix(src()).unwrap().to_string_lossy().into_owned())
+        .filter(|rel| rel != "lib.rs" && rel != "error.rs" && !map.contains(&format!("`{rel}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files docs/architecture.md does not name (add a row to their layer's table): {missing:?}"
+    );
 }
 
 #[test]
