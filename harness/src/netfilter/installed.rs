@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::base::net::Family;
 use crate::base::text::shown;
 use crate::netfilter;
+use crate::rules::source::Frontend;
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
 
@@ -129,6 +130,7 @@ fn nft_families(listing: &str, skip: &str) -> (bool, bool) {
 pub fn verify(
     pod: &Namespace,
     source: &str,
+    frontend: Frontend,
     families: &[Family],
     allow_empty: bool,
     output: &str,
@@ -137,10 +139,13 @@ pub fn verify(
     if allow_empty {
         return Ok(());
     }
-    // Every listing a rule could be in, from the tools this machine has (a
-    // run without tracing needs no nft, so its absence is no error here).
-    let snap =
-        netfilter::snapshot::read_back(pod, netfilter::all(), netfilter::snapshot::Unreadable::Skipped, timeout)?;
+    // Every listing a rule of this source could be in: its own front end's
+    // when the harness installed it (a restore file cannot land elsewhere),
+    // every front end's for a script or generator; from the tools this
+    // machine has (a run without tracing needs no nft, so its absence is no
+    // error here).
+    let fronts = netfilter::front_ends(frontend);
+    let snap = netfilter::snapshot::read_back(pod, fronts, netfilter::snapshot::Unreadable::Skipped, timeout)?;
     let have = families_with_rules(&snap, crate::netfilter::trace::trace_table());
     let missing: Vec<&str> = families.iter().filter(|f| !have.contains(f)).map(|f| label(*f)).collect();
     if missing.is_empty() {
@@ -152,8 +157,9 @@ pub fn verify(
         format!("its output:\n{}", shown(output))
     };
     Err(Error::config(format!(
-        "{source} installed no rules for {} (read back with iptables-save, ip6tables-save of both backends and nft list ruleset in namespace {}): nothing of it would be tested; {said}\nCheck the rule source; to test an empty rule set on purpose, pass --allow-empty-rules",
+        "{source} installed no rules for {} (read back from {} in namespace {}): nothing of it would be tested; {said}\nCheck the rule source; to test an empty rule set on purpose, pass --allow-empty-rules",
         missing.join(" and "),
+        fronts.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "),
         pod.name()
     )))
 }

@@ -108,6 +108,7 @@ impl Session {
             crate::netfilter::installed::verify(
                 pod,
                 &config.rules.describe(),
+                config.rules.frontend(config.backend),
                 &config.topology.families,
                 config.allow_empty_rules,
                 &said,

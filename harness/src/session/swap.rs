@@ -45,6 +45,7 @@ impl Session {
             crate::netfilter::installed::verify(
                 pod,
                 &rules.describe(),
+                rules.frontend(backend),
                 &self.config.topology.families,
                 self.config.allow_empty_rules,
                 &said,
