@@ -2,7 +2,7 @@
 //! topology (started with the policy's reference rules, restricted to the
 //! list's family), one JSON line each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::base::net::Family;
 use crate::plan::each::Each;
@@ -34,7 +34,7 @@ pub fn each(mut plan: Plan, list: &Path) -> Result<String> {
 
 /// One rule set's line: its exit as `run` would give it, the failed and
 /// ERROR trials; or, when it could not be swapped in, the error (exit 2).
-fn line(path: &PathBuf, ran: Result<Vec<TrialResult>>) -> serde_json::Value {
+fn line(path: &Path, ran: Result<Vec<TrialResult>>) -> serde_json::Value {
     let trials = match ran {
         Err(e) => return serde_json::json!({"rules": path, "exit": 2, "failed": [], "error": format!("{e:#}")}),
         Ok(trials) => trials,
@@ -63,7 +63,7 @@ mod tests {
     use crate::report::presets::trial;
 
     fn shown(ran: Result<Vec<TrialResult>>) -> String {
-        line(&PathBuf::from("m/1.rules"), ran).to_string()
+        line(Path::new("m/1.rules"), ran).to_string()
     }
 
     #[test]
