@@ -4,7 +4,7 @@
 //! The layers, in the order data flows through a run (docs/architecture.md
 //! has the map; a module imports only from layers listed before its own):
 //! [`base`], [`rules`], [`model`], [`policy`], [`plan`], [`sandbox`], [`netfilter`],
-//! [`probe`], [`verdict`], [`report`], [`session`], [`diff`].
+//! [`probe`], [`verdict`], [`report`], [`session`], [`diff`], [`run`].
 
 pub mod base;
 pub mod diff;
@@ -16,6 +16,7 @@ pub mod policy;
 pub mod probe;
 pub mod report;
 pub mod rules;
+pub mod run;
 pub mod sandbox;
 pub mod session;
 pub mod verdict;

@@ -7,7 +7,8 @@ use harness::plan::diff::DiffPlan;
 use harness::plan::trace::TracePlan;
 use harness::plan::Plan;
 use harness::policy::Policy;
-use harness::{sandbox::registry, Session};
+use harness::run::trace::Traced;
+use harness::sandbox::registry;
 
 use crate::args::{
     Assert, DiffArgs, Format, ListArgs, ListFormat, PolicyArgs, RulesForm, RulesPrintArgs, TraceArgs, TraceFormat,
@@ -101,15 +102,9 @@ pub fn list(args: ListArgs) -> anyhow::Result<bool> {
 }
 
 pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
-    let TracePlan { config, from, uid, gid, to } =
-        TracePlan::build(&args.rules.input(), &args.from, &args.to, &mut crate::note)?;
-    Session::preflight(&config, &[])?;
-    harness::require_root("sidecheck trace")?;
-    let session = Session::start(config.clone()).context("setting up the test topology")?;
-    let done = session.probe_one(from, uid, gid, to);
-    let index = session.tracer().map(|t| t.index().clone()).unwrap_or_default();
-    drop(session);
-    let observed = harness::verdict::observe(&done.observation);
+    let plan = TracePlan::build(&args.rules.input(), &args.from, &args.to, &mut crate::note)?;
+    let Traced { observed, path, index } = harness::run::trace::execute(&plan)?;
+    let TracePlan { config, from, uid, gid, to } = plan;
     let reached = observed.server.is_some();
     match args.format {
         TraceFormat::Json => {
@@ -119,7 +114,7 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
                 "rules": config.rules.describe(),
                 "backend": config.backend.name(),
                 "observed": observed,
-                "path": done.path,
+                "path": path,
             });
             emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
         }
@@ -129,7 +124,7 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<bool> {
             to,
             &config.rules.describe(),
             &observed,
-            done.path.as_ref(),
+            path.as_ref(),
             &index,
         ))?,
     }
@@ -155,20 +150,8 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<bool> {
             && !matches!(args.format, Format::Summary | Format::Github),
         "`summary` and `github` are formats of `run`; diff writes human, json, markdown or junit"
     );
-    let DiffPlan { a, b, base, scenarios } = DiffPlan::build(&args.input())?;
-    Session::preflight(&a, &scenarios).with_context(|| format!("checking A ({})", a.rules.describe()))?;
-    Session::preflight(&b, &scenarios).with_context(|| format!("checking B ({})", b.rules.describe()))?;
-    harness::require_root("sidecheck diff")?;
-    let probes = harness::diff::probes(&scenarios, &base);
-    let (sa, sb) = harness::diff::run_pair(a, b, &scenarios);
-    let sa = sa.with_context(|| format!("setting up A `{}`", args.a))?;
-    let sb = sb.with_context(|| format!("setting up B `{}`", args.b))?;
-    for (side, run) in [("A", &sa), ("B", &sb)] {
-        if let Some(e) = run.harness_error() {
-            anyhow::bail!("side {side} ({}) could not be tested, so there is nothing to compare: {e}", run.describe);
-        }
-    }
-    let report = harness::diff::compare(&sa, &sb, &probes, args.assert == Assert::Paths);
+    let plan = DiffPlan::build(&args.input())?;
+    let report = harness::run::diff::execute(plan, &args.a, &args.b, args.assert == Assert::Paths)?;
     let render = |f: Format| match f {
         Format::Json => report.to_json() + "\n",
         Format::Junit => report.to_junit(),
