@@ -379,12 +379,16 @@ fn range_edges(prefix: &str, ranges: &[PortRange]) -> Vec<(String, u16)> {
     dedup(v)
 }
 
-/// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`), once each.
+/// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`; for 65535 the one
+/// before), once each.
 fn with_neighbours(prefix: &str, ports: &[u16]) -> Vec<(String, u16)> {
     let mut v = Vec::new();
     for p in ports {
         v.push((format!("{prefix}-{p}"), *p));
-        v.push((format!("{prefix}-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+        // 65535 has no port after it (wrapping gave a probe to port 0, which
+        // no connection can use): its neighbour is the one before.
+        let beside = p.checked_add(1).unwrap_or(p - 1);
+        v.push((format!("{prefix}-{beside}-beside-{p}"), beside));
     }
     dedup(v)
 }
