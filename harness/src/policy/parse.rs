@@ -81,8 +81,6 @@ impl Policy {
             );
             return Err(located(file, text, &["mode"], m));
         }
-        // Here too, not only in `check_profile`, so the clash has its line.
-        p.served_ports_clash(file, text, profile)?;
         Ok(p)
     }
 
@@ -90,11 +88,19 @@ impl Policy {
     /// serves the profile's admin, stats and health ports beside the
     /// policy's capture listeners, and one port cannot be both.
     pub fn check_profile(&self, file: &str, profile: &crate::model::profile::Profile) -> Result<()> {
-        self.served_ports_clash(file, "", profile)
-    }
-
-    fn served_ports_clash(&self, file: &str, text: &str, profile: &crate::model::profile::Profile) -> Result<()> {
         let x = &profile.proxy;
+        let listeners = [
+            ("outbound_port", Some(self.outbound_port)),
+            ("inbound_port", Some(self.inbound_port)),
+            ("inbound_port_ipv6", self.inbound_port_ipv6),
+        ];
+        // The stand-in, not the policy: a generator may well be asked for a
+        // low port (the flag tests are), but the stand-in cannot serve it.
+        for (field, port) in listeners {
+            if let Some(port) = port.filter(|p| *p < 1024) {
+                return Err(Error::ScenarioInvalid { file: file.into(), message: format!("{field} {port}: the stand-in proxy runs as the proxy uid, which cannot listen below 1024 in the pod; give 1024-65535") });
+            }
+        }
         for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
             for (field, port) in [
                 ("outbound_port", Some(self.outbound_port)),
@@ -102,7 +108,7 @@ impl Policy {
                 ("inbound_port_ipv6", self.inbound_port_ipv6),
             ] {
                 if port == Some(served) {
-                    return Err(located(file, text, &[field], format!(
+                    return Err(located(file, "", &[field], format!(
                             "{field} {served} is also the {} profile's {role} port ({}): the stand-in proxy cannot listen there for both; run it with a profile file (--profile FILE) that moves the {role} port",
                             profile.name, profile.file
                         )));
@@ -184,11 +190,6 @@ fn check_values(p: &Policy, file: &str, text: &str) -> Result<()> {
                 key,
                 "port 0: no listener can be there and no REDIRECT can send to it; give 1-65535",
             ));
-        }
-    }
-    for (key, port) in listeners {
-        if let Some(port) = port.filter(|p| *p < 1024) {
-            return Err(at(file, text, key, format!("port {port}: the stand-in proxy runs as the proxy uid, which cannot listen below 1024 in the pod; give 1024-65535")));
         }
     }
     // The tunnel port is the proxy's own HBONE listener, never captured:
@@ -321,10 +322,7 @@ pub(crate) mod tests {
         .to_string();
         assert!(e.contains("only Istio's generators write TPROXY"), "{e}");
         let consul = crate::model::profile::Profile::builtin("consul").unwrap();
-        let clash = Policy::parse_for("p.yaml", "outbound_port: 21000", &consul).unwrap_err().to_string();
-        assert!(clash.starts_with("p.yaml:1: outbound_port 21000 is also the consul profile's health port"), "{clash}");
-        let mut clash = under("consul", "");
-        clash.outbound_port = 21000;
+        let clash = under("consul", "outbound_port: 21000");
         let e = clash.check_profile("p.yaml", &consul).unwrap_err().to_string();
         assert!(e.contains("outbound_port 21000 is also the consul profile's health port"), "{e}");
         assert!(under("consul", "").check_profile("p.yaml", &consul).is_ok());
