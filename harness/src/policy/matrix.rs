@@ -433,6 +433,10 @@ mod tests {
         assert_eq!(find("range-10.0.0.0/8-first-10.0.0.1").expected, [15001, 9090]);
         assert_eq!(find("range-10.0.0.0/8-below-9.255.255.255").expected, [9090]);
         assert!(m.iter().all(|x| x.family == Family::Ipv4), "no IPv6 probes without ipv6: true");
+        // 65535 has no port after it: no probe to port 0, one to 65534.
+        let top = policy("inbound_ports: [65535]").matrix(&topo, 1000);
+        assert!(top.iter().all(|x| x.port != 0), "{:?}", top.iter().map(|x| &x.label).collect::<Vec<_>>());
+        assert!(top.iter().any(|x| x.label == "inbound-65534-beside-65535"));
     }
 
     #[test]
