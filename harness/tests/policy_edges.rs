@@ -80,6 +80,11 @@ fn coverage_problems(fields: &[String], data: &BTreeMap<String, Vec<Edge>>) -> V
                 for e in exp.iter().filter_map(|e| e.as_ref().err()) {
                     bad.push(format!("{f}: {e}"));
                 }
+                for says in exp.iter().filter_map(|e| if let Ok(Expect::Refused(t)) = e { Some(t) } else { None }) {
+                    if !says.contains(f.as_str()) {
+                        bad.push(format!("{f}: `refused: {says}` does not name the field"));
+                    }
+                }
                 if !exp.iter().any(|e| e == &Ok(Expect::Agrees)) {
                     bad.push(format!("{f}: no value that agrees"));
                 }
@@ -190,6 +195,17 @@ fn trials() -> Vec<Trial> {
         let bad = coverage_problems(&schema_fields(&planted), &load());
         if !bad.iter().any(|b| b.contains("`brand_new` has no edge values")) {
             return Err(format!("a new schema field went unnoticed: {bad:?}").into());
+        }
+        let mut data = load();
+        data.get_mut("ipv6").expect("ipv6 has edges").push(Edge {
+            value: serde_norway::Value::Null,
+            expect: "refused: invalid type".into(),
+            with: Default::default(),
+            why: None,
+            unlocated: None,
+        });
+        if !coverage_problems(&fields, &data).iter().any(|b| b.contains("does not name the field")) {
+            return Err("a refusal whose text does not name its field went unnoticed".into());
         }
         if expectation("refused").is_ok() || expectation("agree").is_ok() || expectation("refused: ").is_ok() {
             return Err("a malformed expectation was taken".into());

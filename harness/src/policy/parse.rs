@@ -151,11 +151,12 @@ impl Policy {
     /// Groups named in the policy that this machine lacks: rules naming
     /// them cannot be installed, and the oracle could not place a probe.
     pub fn check_groups(&self, file: &str) -> Result<()> {
-        for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude) {
+        let include = self.owner_groups_include.iter().map(|g| ("owner_groups_include", g));
+        for (field, g) in include.chain(self.owner_groups_exclude.iter().map(|g| ("owner_groups_exclude", g))) {
             if g.gid().is_none() {
                 return Err(Error::ScenarioInvalid {
                     file: file.into(),
-                    message: format!("owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
+                    message: format!("{field}: owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
                 });
             }
         }
