@@ -379,12 +379,16 @@ fn range_edges(prefix: &str, ranges: &[PortRange]) -> Vec<(String, u16)> {
     dedup(v)
 }
 
-/// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`), once each.
+/// Each port and the one after it (`outbound-5555`, `outbound-5556-beside-5555`; for 65535 the one
+/// before), once each.
 fn with_neighbours(prefix: &str, ports: &[u16]) -> Vec<(String, u16)> {
     let mut v = Vec::new();
     for p in ports {
         v.push((format!("{prefix}-{p}"), *p));
-        v.push((format!("{prefix}-{}-beside-{p}", p.wrapping_add(1)), p.wrapping_add(1)));
+        // 65535 has no port after it (wrapping gave a probe to port 0, which
+        // no connection can use): its neighbour is the one before.
+        let beside = p.checked_add(1).unwrap_or(p - 1);
+        v.push((format!("{prefix}-{beside}-beside-{p}"), beside));
     }
     dedup(v)
 }
@@ -429,6 +433,10 @@ mod tests {
         assert_eq!(find("range-10.0.0.0/8-first-10.0.0.1").expected, [15001, 9090]);
         assert_eq!(find("range-10.0.0.0/8-below-9.255.255.255").expected, [9090]);
         assert!(m.iter().all(|x| x.family == Family::Ipv4), "no IPv6 probes without ipv6: true");
+        // 65535 has no port after it: no probe to port 0, one to 65534.
+        let top = policy("inbound_ports: [65535]").matrix(&topo, 1000);
+        assert!(top.iter().all(|x| x.port != 0), "{:?}", top.iter().map(|x| &x.label).collect::<Vec<_>>());
+        assert!(top.iter().any(|x| x.label == "inbound-65534-beside-65535"));
     }
 
     #[test]

@@ -312,7 +312,8 @@ pub(crate) mod tests {
         let named = policy("owner_groups_include: [no-such-group-here, 202]");
         let e = named.check_groups("p.yaml").unwrap_err().to_string();
         assert!(
-            e.starts_with("p.yaml: owner group `no-such-group-here` does not exist") && e.contains("groupadd"),
+            e.starts_with("p.yaml: owner_groups_include: owner group `no-such-group-here` does not exist")
+                && e.contains("groupadd"),
             "{e}"
         );
         assert!(policy("owner_groups_exclude: [root, 5]").check_groups("p.yaml").is_ok(), "root is on every machine");

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use crate::model::validate::at;
-use crate::policy::schema::{Mesh, Mode, Policy, Select};
+use crate::base::cidr::Cidr;
+use crate::model::validate::{at, line_of};
+use crate::policy::schema::{GroupRef, Mesh, Mode, Policy, Select};
 use crate::{Error, Result};
 
 impl Policy {
@@ -74,10 +75,11 @@ impl Policy {
             p = serde_norway::from_value(v).map_err(|e| invalid(e.to_string()))?;
         }
         if p.mode == Mode::Tproxy && p.mesh != Mesh::Istio {
-            return Err(invalid(format!(
+            let m = format!(
                 "mode: TPROXY under mesh {}: only Istio's generators write TPROXY rules the oracle knows",
                 p.mesh.name()
-            )));
+            );
+            return Err(located(file, text, &["mode"], m));
         }
         Ok(p)
     }
@@ -87,6 +89,18 @@ impl Policy {
     /// policy's capture listeners, and one port cannot be both.
     pub fn check_profile(&self, file: &str, profile: &crate::model::profile::Profile) -> Result<()> {
         let x = &profile.proxy;
+        let listeners = [
+            ("outbound_port", Some(self.outbound_port)),
+            ("inbound_port", Some(self.inbound_port)),
+            ("inbound_port_ipv6", self.inbound_port_ipv6),
+        ];
+        // The stand-in, not the policy: a generator may well be asked for a
+        // low port (the flag tests are), but the stand-in cannot serve it.
+        for (field, port) in listeners {
+            if let Some(port) = port.filter(|p| *p < 1024) {
+                return Err(Error::ScenarioInvalid { file: file.into(), message: format!("{field} {port}: the stand-in proxy runs as the proxy uid, which cannot listen below 1024 in the pod; give 1024-65535") });
+            }
+        }
         for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
             for (field, port) in [
                 ("outbound_port", Some(self.outbound_port)),
@@ -94,13 +108,10 @@ impl Policy {
                 ("inbound_port_ipv6", self.inbound_port_ipv6),
             ] {
                 if port == Some(served) {
-                    return Err(Error::ScenarioInvalid {
-                        file: file.into(),
-                        message: format!(
+                    return Err(located(file, "", &[field], format!(
                             "{field} {served} is also the {} profile's {role} port ({}): the stand-in proxy cannot listen there for both; run it with a profile file (--profile FILE) that moves the {role} port",
                             profile.name, profile.file
-                        ),
-                    });
+                        )));
                 }
             }
         }
@@ -109,17 +120,24 @@ impl Policy {
 
     fn parse_text(file: &str, text: &str) -> Result<Policy> {
         let p: Policy = crate::base::yaml::parse(file, text)?;
-        let invalid = |message: String| Error::ScenarioInvalid { file: file.into(), message };
         if p.proxy_uids.is_empty() && p.proxy_gids.is_empty() {
-            return Err(invalid(
-                "proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again".into(),
+            return Err(located(
+                file,
+                text,
+                &["proxy_uids", "proxy_gids"],
+                "proxy_uids and proxy_gids are both empty: the proxy's own traffic would be captured again",
             ));
         }
         if p.mode == Mode::Tproxy && p.proxy_gids.is_empty() {
-            return Err(invalid("mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart".into()));
+            return Err(located(file, text, &["proxy_gids", "mode"], "mode: TPROXY with no proxy_gids: under TPROXY the proxy runs as root with the proxy gid (Istio's injector: runAsUser 0, runAsGroup 1337), so only a gid tells its traffic apart"));
         }
-        if p.outbound_port == p.inbound_port || Some(p.outbound_port) == p.inbound_port_ipv6 {
-            return Err(invalid(format!("outbound_port and inbound_port are both {}", p.outbound_port)));
+        if p.outbound_port == p.inbound_port {
+            let m = format!("outbound_port and inbound_port are both {}", p.outbound_port);
+            return Err(located(file, text, &["outbound_port", "inbound_port"], m));
+        }
+        if Some(p.outbound_port) == p.inbound_port_ipv6 {
+            let m = format!("outbound_port and inbound_port_ipv6 are both {}", p.outbound_port);
+            return Err(located(file, text, &["outbound_port", "inbound_port_ipv6"], m));
         }
         check_values(&p, file, text)?;
         Ok(p)
@@ -133,11 +151,12 @@ impl Policy {
     /// Groups named in the policy that this machine lacks: rules naming
     /// them cannot be installed, and the oracle could not place a probe.
     pub fn check_groups(&self, file: &str) -> Result<()> {
-        for g in self.owner_groups_include.iter().chain(&self.owner_groups_exclude) {
+        let include = self.owner_groups_include.iter().map(|g| ("owner_groups_include", g));
+        for (field, g) in include.chain(self.owner_groups_exclude.iter().map(|g| ("owner_groups_exclude", g))) {
             if g.gid().is_none() {
                 return Err(Error::ScenarioInvalid {
                     file: file.into(),
-                    message: format!("owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
+                    message: format!("{field}: owner group `{g}` does not exist on this machine: owner matches resolve names when the rules are installed, so no rules for this policy can be installed here. Create it (groupadd {g}) or give its gid"),
                 });
             }
         }
@@ -145,14 +164,26 @@ impl Policy {
     }
 }
 
+/// An error at the last line of `keys` found in `text` (the field that made
+/// the combination wrong), the message as given: it names the fields.
+fn located(file: &str, text: &str, keys: &[&str], message: impl std::fmt::Display) -> Error {
+    let line = keys.iter().filter_map(|k| line_of(text, k)).max();
+    let file = match line {
+        Some(n) => format!("{file}:{n}"),
+        None => file.to_string(),
+    };
+    Error::ScenarioInvalid { file, message: message.to_string() }
+}
+
 /// Policy values the reference rules and the oracle cannot agree on, so
 /// that a run would FAIL its own reference: refused with the reason.
 fn check_values(p: &Policy, file: &str, text: &str) -> Result<()> {
-    for (key, port) in [
+    let listeners = [
         ("outbound_port", Some(p.outbound_port)),
         ("inbound_port", Some(p.inbound_port)),
-        ("tunnel_port", p.tunnel_port),
-    ] {
+        ("inbound_port_ipv6", p.inbound_port_ipv6),
+    ];
+    for (key, port) in listeners.iter().copied().chain([("tunnel_port", p.tunnel_port)]) {
         if port == Some(0) {
             return Err(at(
                 file,
@@ -160,6 +191,70 @@ fn check_values(p: &Policy, file: &str, text: &str) -> Result<()> {
                 key,
                 "port 0: no listener can be there and no REDIRECT can send to it; give 1-65535",
             ));
+        }
+    }
+    // The tunnel port is the proxy's own HBONE listener, never captured:
+    // on a capture listener's port, connections to the tunnel would reach
+    // that listener and pass for tunnelled ones.
+    if let Some(t) = p.tunnel_port {
+        if let Some((key, _)) = listeners.iter().find(|(_, port)| *port == Some(t)) {
+            return Err(located(file, text, &[key, "tunnel_port"], format!("tunnel_port and {key} are both {t}: the tunnel port is never captured, so it cannot be a capture listener's port")));
+        }
+    }
+    let ids = [
+        ("proxy_uids", "uid", &p.proxy_uids[..]),
+        ("outbound_uids_exclude", "uid", &p.outbound_uids_exclude[..]),
+        ("proxy_gids", "gid", &p.proxy_gids[..]),
+    ];
+    let groups = |l: &[GroupRef]| {
+        l.iter().filter_map(|g| if let GroupRef::Id(n) = g { Some(*n) } else { None }).collect::<Vec<u32>>()
+    };
+    let (inc, exc) = (groups(&p.owner_groups_include), groups(&p.owner_groups_exclude));
+    for (key, kind, list) in
+        ids.into_iter().chain([("owner_groups_include", "gid", &inc[..]), ("owner_groups_exclude", "gid", &exc[..])])
+    {
+        if list.contains(&u32::MAX) {
+            return Err(at(file, text, key, format!("{kind} {} is ({kind}_t)-1, which the kernel reads as \"leave unchanged\" and iptables refuses: use one below it", u32::MAX)));
+        }
+    }
+    if p.mode == Mode::Tproxy {
+        if p.tproxy_mark == 0 {
+            return Err(at(file, text, "tproxy_mark", "0 is the mark of every unmarked packet: the TPROXY routing rule (`fwmark 0`) would route all of them to the TPROXY table; give 1-4294967295"));
+        }
+        if [0, 253, 254, 255].contains(&p.tproxy_table) {
+            return Err(at(file, text, "tproxy_table", format!("{} is a table the kernel reserves (0 unspec, 253 default, 254 main, 255 local): the TPROXY `local default` route cannot go there; give another", p.tproxy_table)));
+        }
+    }
+    for (key, list) in
+        [("exclude_interfaces", &p.exclude_interfaces), ("kube_virt_interfaces", &p.kube_virt_interfaces)]
+    {
+        if let Some(bad) = list
+            .iter()
+            .find(|i| i.as_str() == "lo" || i.is_empty() || i.len() > 15 || i.contains(['/', ' ', '\t', '\n']))
+        {
+            return Err(at(file, text, key, format!("`{bad}`: the topology gives the pod this interface with a host behind it, so it must be a Linux name of 1 to 15 characters without `/` or spaces, and not lo")));
+        }
+    }
+    let mut ranges: Vec<(&str, &Cidr)> = Vec::new();
+    ranges.extend(p.inbound_sources_exclude.iter().map(|c| ("inbound_sources_exclude", c)));
+    if let Select::Only(l) = &p.outbound_ranges_include {
+        ranges.extend(l.iter().map(|c| ("outbound_ranges_include", c)));
+    }
+    ranges.extend(p.outbound_ranges_exclude.iter().map(|c| ("outbound_ranges_exclude", c)));
+    for (key, c) in ranges {
+        if let std::net::IpAddr::V6(a) = c.addr {
+            if a.to_ipv4_mapped().is_some() && c.len >= 96 {
+                return Err(at(file, text, key, format!("{}/{} is an IPv4 range written as IPv4-mapped IPv6: no IPv6 packet carries such an address (an IPv6 socket connecting there sends IPv4); write the IPv4 range", a, c.len)));
+            }
+        }
+    }
+    let h = p.host_loopback_cidr;
+    if !(h.addr.is_ipv4() && h.len >= 8 && Cidr::parse("127.0.0.0/8").is_some_and(|l| l.contains(h.addr))) {
+        return Err(at(file, text, "host_loopback_cidr", format!("{}/{} is not inside 127.0.0.0/8: it is the IPv4 host loopback range (istio-iptables checks the same); give 127.0.0.0/8 or a part of it", h.addr, h.len)));
+    }
+    for ip in &p.dns_servers {
+        if let Err(e) = crate::model::validate::destination(*ip) {
+            return Err(at(file, text, "dns_servers", e));
         }
     }
     let listed: &[u16] = match &p.inbound_ports {
