@@ -89,18 +89,6 @@ impl Policy {
     /// policy's capture listeners, and one port cannot be both.
     pub fn check_profile(&self, file: &str, profile: &crate::model::profile::Profile) -> Result<()> {
         let x = &profile.proxy;
-        let listeners = [
-            ("outbound_port", Some(self.outbound_port)),
-            ("inbound_port", Some(self.inbound_port)),
-            ("inbound_port_ipv6", self.inbound_port_ipv6),
-        ];
-        // The stand-in, not the policy: a generator may well be asked for a
-        // low port (the flag tests are), but the stand-in cannot serve it.
-        for (field, port) in listeners {
-            if let Some(port) = port.filter(|p| *p < 1024) {
-                return Err(Error::ScenarioInvalid { file: file.into(), message: format!("{field} {port}: the stand-in proxy runs as the proxy uid, which cannot listen below 1024 in the pod; give 1024-65535") });
-            }
-        }
         for (role, served) in [("admin", x.admin), ("stats", x.stats), ("health", x.health)] {
             for (field, port) in [
                 ("outbound_port", Some(self.outbound_port)),

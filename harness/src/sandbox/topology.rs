@@ -204,6 +204,10 @@ impl Topology {
                 ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
             }
         }
+        // The proxy runs unprivileged as its uid; a policy may give it a
+        // listener below 1024, which Istio allows the same way (the pod's
+        // net.ipv4.ip_unprivileged_port_start=0, both families).
+        self.ns(Host::LocalPod).sysctl("net.ipv4.ip_unprivileged_port_start", "0")?;
         let node_ns = self.ns(Host::Node);
         let node = self.netlink(Host::Node).await?;
         set_up(&node, node_ns, LO_INDEX, "setting lo up").await?;
