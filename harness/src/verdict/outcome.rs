@@ -80,6 +80,18 @@ pub fn settle(r: &mut TrialResult, obs: &Observation, trace_complete: bool, heal
         r.message = format!("the harness could not test this: {cause}\n  (what was seen: {})", r.message);
         return;
     }
+    // The ports and the server were as expected and only the rule path
+    // differs, but the trace cannot be trusted for this leg: the difference
+    // may be the trace's (a connection of the run with the same addresses
+    // and ports, lost events), not the rules'.
+    if !trace_complete && path_only(r) {
+        r.outcome = Outcome::Error;
+        r.message = format!(
+            "the harness could not test this: only the rule path differs, and the trace is incomplete (the kernel dropped trace events, or two connections of the run shared a leg's addresses and ports), so the path cannot be told\n  (what was seen: {})",
+            r.message
+        );
+        return;
+    }
     // Full accept queues during a timeout are evidence, not an excuse:
     // admission control keeps the harness's own connections far below the
     // listeners' backlog, and a redirect loop in the rules under test (each
@@ -95,6 +107,12 @@ pub fn settle(r: &mut TrialResult, obs: &Observation, trace_complete: bool, heal
             );
         }
     }
+}
+
+/// A failure in the rule path alone: the connection passed the expected
+/// ports and reached the expected server.
+fn path_only(r: &TrialResult) -> bool {
+    r.observed.ports == r.expected.ports && r.observed.server.as_deref() == Some(r.expected.server.as_str())
 }
 
 /// The failure text of an observation that ended in a timeout.
@@ -239,6 +257,42 @@ mod tests {
     fn lost_trace_events_make_a_failure_an_error_but_not_a_pass() {
         let obs = failed("connect", "10.244.0.20:9090: Connection refused (os error 111)");
         assert!(harness_cause(&obs, false, &Health::default()).unwrap().contains("dropped trace events"));
+    }
+
+    /// Reached local-app:8080 through the inbound listener 15006.
+    fn reached() -> Observation {
+        let mut probe = Probe::new(1);
+        probe.hops.push(sidecheck_wire::Hop {
+            role: "inbound".into(),
+            port: 15006,
+            original_dst: "10.244.0.10:8080".parse().unwrap(),
+            upstream: Some(("127.0.0.6:40000".parse().unwrap(), "10.244.0.10:8080".parse().unwrap())),
+        });
+        let end = sidecheck_wire::End::Server {
+            name: "local-app".into(),
+            port: 8080,
+            peer: "127.0.0.6:40000".parse().unwrap(),
+        };
+        Observation::Answered(Answer { probe, end })
+    }
+
+    #[test]
+    fn a_path_only_failure_on_an_incomplete_trace_is_the_harness() {
+        let h = Health::default();
+        // Ports and server as expected, the path differs, the trace cannot be trusted.
+        let mut r = failing(&reached());
+        settle(&mut r, &reached(), false, &h);
+        assert_eq!(r.outcome, Outcome::Error, "{}", r.message);
+        assert!(r.message.contains("only the rule path differs, and the trace is incomplete"), "{}", r.message);
+        // The same on a complete trace: the rules' path, a FAIL.
+        let mut r = failing(&reached());
+        settle(&mut r, &reached(), true, &h);
+        assert_eq!(r.outcome, Outcome::Fail, "{}", r.message);
+        // Other ports come from the proxy's own hops, not the trace: a FAIL either way.
+        let mut r = failing(&reached());
+        r.expected.ports = vec![15001, 15006, 8080];
+        settle(&mut r, &reached(), false, &h);
+        assert_eq!(r.outcome, Outcome::Fail, "{}", r.message);
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub fn assemble(
     for (i, leg) in legs.into_iter().enumerate() {
         let (events, ambiguous) = p.take_leg(leg.src, leg.dst, leg.reached.unwrap_or(0));
         complete &= !ambiguous && p.losses() == losses_before;
+        // A leg that reached a listener or server sent a SYN, and every SYN
+        // passes the hooks the trace table marks: none of its events claimed
+        // means they went missing (seen under load), not that no rule ran.
+        complete &= !(events.is_empty() && leg.reached.is_some());
         let redirected = leg.reached.is_some_and(|p| p != leg.dst.port());
         // Legs after the first are fake-envoy's, in the local pod.
         let elements = leg_elements(&events, index, redirected, i > 0 || client_local);
@@ -254,5 +258,12 @@ mod tests {
         p.push(TraceEvent { isn: 7, ..event(40002, "OUTPUT", Step::Rule(1)) });
         p.push(TraceEvent { isn: 8, ..event(40002, "OUTPUT", Step::Rule(1)) });
         assert!(!assemble(&mut p, &index(), vec![leg(40002)], true, before).complete);
+        // A leg that reached its server with none of its events here: they
+        // went missing, the path cannot be told.
+        let before = p.losses();
+        assert!(!assemble(&mut p, &index(), vec![leg(40003)], true, before).complete);
+        // A leg that reached nothing may have sent nothing traceable.
+        let none = Leg { reached: None, ..leg(40004) };
+        assert!(assemble(&mut p, &index(), vec![none], true, before).complete);
     }
 }
