@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::model::profile::Profile;
 use crate::model::topology::{Dns, TopologyConfig, Tproxy};
 use crate::rules::istio::{IstioCapture, Shape};
-use crate::rules::source::{self, Backend, RuleSource};
+use crate::rules::source::{Backend, RuleSource};
 
 /// Everything a session is built from.
 #[derive(Clone, Debug)]
@@ -45,11 +45,9 @@ impl SessionConfig {
     /// How trial names and reports call the backend (`nft`, `legacy`,
     /// `nft-native`, `script`, `generator`): known before anything runs.
     pub fn backend_name(&self) -> String {
-        match self.rules.frontend(self.backend) {
-            source::Frontend::IptablesNft => "nft".into(),
-            source::Frontend::IptablesLegacy => "legacy".into(),
-            source::Frontend::Nft => "nft-native".into(),
-            source::Frontend::Any => match self.rules {
+        match self.rules.frontend(self.backend).backend() {
+            Some(backend) => backend.name().into(),
+            None => match self.rules {
                 RuleSource::Script(_) => "script".into(),
                 _ => "generator".into(),
             },

@@ -74,6 +74,18 @@ pub enum Frontend {
     Any,
 }
 
+impl Frontend {
+    /// The `--backend` that installs into this front end; None for `Any`.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            Frontend::IptablesNft => Some(Backend::Nft),
+            Frontend::IptablesLegacy => Some(Backend::Legacy),
+            Frontend::Nft => Some(Backend::NftNative),
+            Frontend::Any => None,
+        }
+    }
+}
+
 impl RuleSource {
     /// An IPv4 restore file alone.
     pub fn restore(path: impl Into<PathBuf>) -> RuleSource {
