@@ -567,3 +567,57 @@ fn runs_in_separate_pid_namespaces_do_not_collide() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 }
+
+/// Two connections of a run with one tuple cannot be told apart in the
+/// trace (both legs become ERRORs). The local pod must not let a loopback
+/// connect reuse a tuple in TIME_WAIT, as Linux's default
+/// (net.ipv4.tcp_tw_reuse=2) does a second after it closed: seen in
+/// 10,010-probe runs under load as flow 5's legs with doubled or no events.
+#[test]
+fn a_loopback_tuple_in_time_wait_is_not_reused_in_the_local_pod() {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    need_root();
+    let session =
+        harness::Session::start(harness::SessionConfig::default()).expect("a session with the built-in rules");
+    let pod = session.topology().ns(harness::model::topology::Host::LocalPod);
+    // The probes' sockets take an ephemeral port (an explicitly bound one
+    // may always reuse TIME_WAIT). A range of one port makes the kernel's
+    // choice the tuple in TIME_WAIT, or nothing (within the namespace's
+    // range, 32768-60999, or the kernel ignores it).
+    const PORT: u32 = 60998;
+    let connect = || -> std::io::Result<TcpStream> {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let s = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        // IP_LOCAL_PORT_RANGE (linux/in.h; libc has no name for it): high << 16 | low.
+        let range: u32 = (PORT << 16) | PORT;
+        // SAFETY: a valid socket fd, a pointer to a live u32 and its size.
+        let rc = unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IP, 51, (&raw const range).cast(), 4) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        connect(s.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 18999))?;
+        Ok(s.into())
+    };
+    let second = pod
+        .run(move || -> std::io::Result<std::io::Result<TcpStream>> {
+            let listener = TcpListener::bind("127.0.0.1:18999")?;
+            let first = connect()?;
+            assert_eq!(first.local_addr()?.port() as u32, PORT, "the one-port range was not applied");
+            // The client closes first, so its side holds TIME_WAIT.
+            let (mut accepted, _) = listener.accept()?;
+            drop(first);
+            accepted.read_to_end(&mut Vec::new())?;
+            drop(accepted);
+            // Past the kernel's reuse delay (net.ipv4.tcp_tw_reuse_delay, 1 s).
+            std::thread::sleep(Duration::from_millis(1300));
+            Ok(connect())
+        })
+        .expect("entering the local pod")
+        .expect("the first connection");
+    match second {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+        Err(e) => panic!("the second connect failed otherwise than EADDRNOTAVAIL: {e}"),
+        Ok(_) => panic!("the local pod reused 127.0.0.1:{PORT} -> 127.0.0.1:18999 while it was in TIME_WAIT"),
+    }
+}

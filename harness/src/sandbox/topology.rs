@@ -208,6 +208,12 @@ impl Topology {
         // listener below 1024, which Istio allows the same way (the pod's
         // net.ipv4.ip_unprivileged_port_start=0, both families).
         self.ns(Host::LocalPod).sysctl("net.ipv4.ip_unprivileged_port_start", "0")?;
+        // A leg is told from another by its addresses and ports. The default
+        // (2) lets a loopback connect reuse a TIME_WAIT tuple a second after
+        // it closed, which long runs then hit: two of the run's connections
+        // with one tuple, whose trace events cannot be told apart. Nothing
+        // under test reads this: the rules see the same packets.
+        self.ns(Host::LocalPod).sysctl("net.ipv4.tcp_tw_reuse", "0")?;
         let node_ns = self.ns(Host::Node);
         let node = self.netlink(Host::Node).await?;
         set_up(&node, node_ns, LO_INDEX, "setting lo up").await?;
