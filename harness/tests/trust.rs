@@ -217,7 +217,7 @@ fn user_tables_named_like_the_tracers_work_and_are_shown() {
 }
 
 #[test]
-fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
+fn a_trace_table_changed_or_removed_while_probing_makes_every_trial_an_error() {
     need_root();
     let session = harness::Session::start(harness::SessionConfig {
         topology: harness::model::topology::TopologyConfig {
@@ -230,14 +230,37 @@ fn a_trace_table_removed_while_probing_makes_every_trial_an_error() {
     let scenarios = harness::model::scenario::builtin().unwrap();
     let before = session.run(&scenarios);
     assert!(before.iter().all(|t| t.outcome == harness::verdict::Outcome::Pass), "{:?}", before[0].message);
-    // What a daemon left by a generator, or `flush ruleset`, does to it.
     let pod = session.topology().ns(harness::model::topology::Host::LocalPod).name().to_string();
     let table = harness::netfilter::trace::trace_table();
-    let ran =
-        Command::new("ip").args(["netns", "exec", &pod, "nft", "delete", "table", "inet", table]).output().unwrap();
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
-    let after = session.run(&scenarios);
-    for t in &after {
+    let nft = |args: &[&str]| {
+        let ran = Command::new("ip").args(["netns", "exec", &pod, "nft"]).args(args).output().unwrap();
+        assert!(ran.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&ran.stderr));
+        String::from_utf8(ran.stdout).unwrap()
+    };
+    // Its output chain's rule replaced in place (same handle, same count
+    // of rules): the table is read back over netlink, and a rule's
+    // expressions must count, not just how many rules there are.
+    let listed = nft(&["-a", "list", "chain", "inet", table, "output"]);
+    let handle = listed
+        .lines()
+        .find(|l| l.contains("nftrace set 1"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .unwrap_or_else(|| panic!("no rule handle in {listed}"))
+        .trim()
+        .to_string();
+    nft(&["replace", "rule", "inet", table, "output", "handle", &handle, "tcp", "dport", "4444", "accept"]);
+    for t in &session.run(&scenarios) {
+        assert_eq!(t.outcome, harness::verdict::Outcome::Error, "{}: {}", t.name, t.message);
+        assert!(
+            t.message.contains(&format!("trace table inet {table} in namespace {pod} was changed")),
+            "{}",
+            t.message
+        );
+        assert!(t.message.contains("tcp dport 4444 accept"), "the message shows the table as it is now: {}", t.message);
+    }
+    // What a daemon left by a generator, or `flush ruleset`, does to it.
+    nft(&["delete", "table", "inet", table]);
+    for t in &session.run(&scenarios) {
         assert_eq!(t.outcome, harness::verdict::Outcome::Error, "{}: {}", t.name, t.message);
         assert!(t.message.contains(&format!("trace table inet {table} was removed")), "{}", t.message);
     }

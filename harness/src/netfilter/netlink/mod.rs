@@ -1,10 +1,12 @@
-//! Just enough of netfilter's netlink protocol to read what the tracer needs:
+//! Just enough of netfilter's netlink protocol for what the tracer needs:
 //! nf_tables trace events (NFNLGRP_NFTRACE), nf_tables rule dumps (handle ->
-//! position), and NFLOG packets (iptables-legacy's `TRACE:` lines). Parsing is
-//! pure and bounded: a malformed message is an error, never a panic.
+//! position), NFLOG packets (iptables-legacy's `TRACE:` lines), and the
+//! batch that writes the tracer's own table. Parsing is pure and bounded: a
+//! malformed message is an error, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub mod batch;
 pub mod nflog;
 pub mod nftables;
 mod socket;
@@ -169,8 +171,7 @@ pub fn request(
     res_id: u16,
     attributes: &[(u16, &[u8])],
 ) -> Vec<u8> {
-    let mut body = vec![family, NFNETLINK_V0];
-    body.extend_from_slice(&res_id.to_be_bytes());
+    let mut body = Vec::new();
     for (ty, payload) in attributes {
         let len = NLA_HDRLEN + payload.len();
         body.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -178,13 +179,21 @@ pub fn request(
         body.extend_from_slice(payload);
         body.resize(align4(body.len()), 0);
     }
-    let mut out = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    out.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+    message(subsys, msg, flags, seq, family, res_id, &body)
+}
+
+/// One message: nlmsghdr + nfgenmsg + `attrs` (already encoded, aligned).
+pub fn message(subsys: u16, msg: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
     out.extend_from_slice(&msg_type(subsys, msg).to_ne_bytes());
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&[family, NFNETLINK_V0]);
+    out.extend_from_slice(&res_id.to_be_bytes());
+    out.extend_from_slice(attrs);
     out
 }
 

@@ -7,11 +7,16 @@ use super::{attr_be32, attr_be64, attr_str, attrs, find, msg_type, request, Malf
 use super::{NFNL_SUBSYS_NFTABLES, NFPROTO_UNSPEC, NLM_F_DUMP, NLM_F_REQUEST};
 
 // enum nf_tables_msg_types
+pub const NFT_MSG_NEWTABLE: u16 = 0;
+pub const NFT_MSG_GETTABLE: u16 = 1;
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
 pub const NFT_MSG_TRACE: u16 = 17;
+
+// enum nft_table_attributes
+pub const NFTA_TABLE_NAME: u16 = 1;
 
 // enum nft_rule_attributes
 pub const NFTA_RULE_TABLE: u16 = 1;

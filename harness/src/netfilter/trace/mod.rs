@@ -48,8 +48,8 @@ pub struct Tracer {
     /// The proxy's name in the profile (`envoy`): its listeners are
     /// `<name>-admin`, ... and paths call it `Envoy 15001 (Outbound)`.
     proxy: String,
-    /// The trace table as listed right after it was installed.
-    listed: String,
+    /// The trace table as the kernel held it right after it was installed.
+    held: Vec<u8>,
 }
 
 impl std::ops::Deref for Tracer {
@@ -66,7 +66,6 @@ impl Tracer {
     /// each rule beside its number). x_tables rule counts come from that
     /// text too, so under iptables-legacy it is read regardless.
     pub fn start(ns: &Namespace, frontend: Frontend, timeout: Duration, rule_texts: bool) -> Result<Tracer> {
-        let nft_tool = crate::base::tool::find_tool("nft", "nftables")?;
         let legacy = netfilter::traced_by(frontend, netfilter::TraceSource::Nflog);
         let (nft, nflog) = reader::open_sockets(ns, legacy)?;
         if legacy {
@@ -74,18 +73,18 @@ impl Tracer {
             ns.sysctl("net.netfilter.nf_log.2", "nfnetlink_log")?;
             ns.sysctl("net.netfilter.nf_log.10", "nfnetlink_log")?;
         }
-        table::install(ns, &nft_tool, timeout)?;
+        table::install(ns, timeout)?;
         let index = RuleIndex::read(ns, frontend, timeout, rule_texts)?;
         let reader = reader::Reader::spawn(frontend, nft, nflog, index)?;
-        let listed = table::list_trace_table(ns, timeout)?.unwrap_or_default();
-        Ok(Tracer { reader, proxy: "envoy".into(), listed })
+        let held = table::read(ns, timeout)?.unwrap_or_default();
+        Ok(Tracer { reader, proxy: "envoy".into(), held })
     }
 
     /// Whether the trace table is still as installed; else what happened
     /// to it (the rules under test, or something they left running, removed
     /// or changed it: every path from then on would be wrong).
     pub fn check(&self, ns: &Namespace, timeout: Duration) -> Option<String> {
-        table::check(ns, timeout, &self.listed)
+        table::check(ns, timeout, &self.held)
     }
 
     /// The rules under test as indexed at the start.
