@@ -53,6 +53,31 @@ fn a_generator_that_installs_nothing_is_exit_2_with_its_output() {
     let out = sidecheck(&["run", "--generator", "iptables-nft -t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("installed no rules for IPv6 ("), "{}", stderr(&out));
+    // nf_tables is read back over netlink: a table's family decides which
+    // families it holds rules for; a chain with no rules and an accept
+    // policy holds none; a drop policy alone counts; the tracer's own
+    // table never does (it is not there yet).
+    let ip6_chain =
+        "nft add table ip6 x; nft add chain ip6 x c '{ type nat hook output priority -100; policy accept; }'";
+    for (generator, missing) in [
+        (ip6_chain.to_string(), Some("IPv4 and IPv6")),
+        (format!("{ip6_chain}; nft add rule ip6 x c tcp dport 80 redirect to :15001"), Some("IPv4 (")),
+        (
+            "nft add table ip y; nft add chain ip y f '{ type filter hook input priority 0; policy drop; }'".into(),
+            Some("IPv6 ("),
+        ),
+        (ip6_chain.replace("ip6", "inet") + "; nft add rule inet x c tcp dport 80 redirect to :15001", None),
+    ] {
+        let out = sidecheck(&["run", "--generator", &generator]);
+        let err = stderr(&out);
+        match missing {
+            Some(families) => {
+                assert_eq!(code(&out), 2, "{generator}: {err}");
+                assert!(err.contains(&format!("installed no rules for {families}")), "{generator}: {err}");
+            }
+            None => assert!(!err.contains("installed no rules"), "{generator}: {err}"),
+        }
+    }
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub const NFTA_RULE_HANDLE: u16 = 3;
 pub const NFTA_CHAIN_TABLE: u16 = 1;
 pub const NFTA_CHAIN_NAME: u16 = 3;
 pub const NFTA_CHAIN_HOOK: u16 = 4;
+pub const NFTA_CHAIN_POLICY: u16 = 5;
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
 
 // enum nft_trace_attributes
@@ -147,6 +148,19 @@ pub fn base_chain(msg: &Msg<'_>) -> Result<Option<BaseChain>, Malformed> {
     })
 }
 
+/// A chain's table and policy (NF_ACCEPT, NF_DROP; base chains only
+/// have one): None for another message or a chain without a policy; an
+/// error for malformed attributes.
+pub fn chain_policy(msg: &Msg<'_>) -> Result<Option<(String, i32)>, Malformed> {
+    if msg.ty != msg_type(NFTABLES, NFT_MSG_NEWCHAIN) {
+        return Ok(None);
+    }
+    let a = attrs(msg.attrs)?;
+    let table = find(&a, NFTA_CHAIN_TABLE).map(attr_str);
+    let policy = find(&a, NFTA_CHAIN_POLICY).and_then(attr_be32);
+    Ok(table.zip(policy.map(|p| p as i32)))
+}
+
 /// Whether a message is an nf_tables trace event.
 pub fn is_trace(msg: &Msg<'_>) -> bool {
     msg.ty == msg_type(NFTABLES, NFT_MSG_TRACE)
@@ -246,6 +260,11 @@ mod tests {
         assert_eq!(base_chain(&one(&req)), Ok(Some(want)));
         let user = request(NFTABLES, NFT_MSG_NEWCHAIN, 0, 1, NFPROTO_INET, 0, &attrs[..3]);
         assert_eq!(base_chain(&one(&user)), Ok(None));
+        // 5 NFTA_CHAIN_POLICY: a base chain's, NF_DROP (0) here.
+        assert_eq!(chain_policy(&one(&user)), Ok(None), "a user chain has no policy");
+        let drop: [(u16, &[u8]); 2] = [(1, b"t\0"), (5, &0u32.to_be_bytes())];
+        let dropping = request(NFTABLES, NFT_MSG_NEWCHAIN, 0, 1, NFPROTO_INET, 0, &drop);
+        assert_eq!(chain_policy(&one(&dropping)), Ok(Some(("t".into(), NF_DROP))));
         assert_eq!(
             (0..=5).map(hook_name).collect::<Vec<_>>(),
             [Some("PREROUTING"), Some("INPUT"), Some("FORWARD"), Some("OUTPUT"), Some("POSTROUTING"), None]
