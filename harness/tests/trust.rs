@@ -45,10 +45,20 @@ fn a_generator_that_installs_nothing_is_exit_2_with_its_output() {
         assert!(err.contains("--allow-empty-rules"), "{err}");
     }
     // On purpose: the empty rule set is tested, and fails the capture flows.
-    let out = sidecheck(&["run", "--generator", "true", "--allow-empty-rules", "--family", "ipv4", "--format", "json"]);
+    let out = sidecheck(&["run", "--generator", "true", "--allow-empty-rules", "--format", "json"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["failed"].as_u64().unwrap() > 0, "{v}");
+    // Uncaptured, a call to a service VIP meets the node, which holds the
+    // VIPs and serves none: refused at once in both families, not a SYN
+    // left to time out.
+    let vip_calls: Vec<&serde_json::Value> =
+        v["trials"].as_array().unwrap().iter().filter(|t| t["flow"] == 4).collect();
+    assert_eq!(vip_calls.len(), 2, "{v}");
+    for t in vip_calls {
+        let end = t["observed"]["end"].as_str().unwrap();
+        assert!(end.contains("Connection refused"), "{}: {end}", t["name"]);
+    }
     // One family empty is enough to stop: rules for IPv4 only, both tested.
     let out = sidecheck(&["run", "--generator", "iptables-nft -t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001"]);
     assert_eq!(code(&out), 2);

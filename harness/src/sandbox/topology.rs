@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -80,6 +81,27 @@ async fn add_route(
         }
     };
     let route = route.gateway(gateway).map_err(|e| invalid(&e))?.build();
+    h.route().add(route).execute().await.map_err(netlink_err(doing, ns))
+}
+
+/// A `local` route for `addr`: the namespace takes it as its own without
+/// an interface holding it (so a SYN to it with no listener is answered
+/// with a reset at once).
+async fn add_local(h: &rtnetlink::Handle, ns: &Namespace, addr: IpAddr, doing: String) -> Result<()> {
+    let (net, len) = (addr, host_bits(addr));
+    // (As `ip route add local NET dev lo` sends it: IPv4's in scope host.)
+    let scope = match Family::of(net) {
+        Family::Ipv4 => RouteScope::Host,
+        Family::Ipv6 => RouteScope::Universe,
+    };
+    let route = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(net, len)
+        .map_err(|e| Error::Netlink { doing: doing.clone(), namespace: ns.name().to_string(), detail: e.to_string() })?
+        .kind(RouteType::Local)
+        .scope(scope)
+        .table_id(255) // RT_TABLE_LOCAL, where the kernel keeps local routes
+        .output_interface(LO_INDEX)
+        .build();
     h.route().add(route).execute().await.map_err(netlink_err(doing, ns))
 }
 
@@ -229,6 +251,22 @@ impl Topology {
             let at = self.config.address_of(Host::Node, f);
             let doing = format!("adding the node {}address to br0", v6(f));
             add_address(&node, node_ns, br0, at, self.pod_prefix(f), doing).await?;
+        }
+        // There is no kube-proxy: a service VIP means something only to the
+        // proxy. A connection to one that no rule captured reaches the node,
+        // which holds the VIPs as its own addresses and listens on none: the
+        // SYN is answered with a reset at once (ECONNREFUSED), as a call to
+        // a port nothing serves, instead of being dropped unseen, which cost
+        // every such probe its whole connect deadline (2 s). Addresses the
+        // topology puts elsewhere (a nameserver in the service range) stay
+        // where they are.
+        let placed: Vec<IpAddr> = self.config.remote_extra.iter().chain(&self.config.local_extra).copied().collect();
+        for s in &self.config.services {
+            let vips = [IpAddr::from(s.vip), IpAddr::from(s.vip6)];
+            for vip in vips.into_iter().filter(|v| self.config.has(Family::of(*v)) && !placed.contains(v)) {
+                let doing = format!("taking {}'s VIP {vip} as the node's own", s.name);
+                add_local(&node, node_ns, vip, doing).await?;
+            }
         }
 
         for pod in Host::PODS {
