@@ -151,6 +151,14 @@ impl Topology {
     /// Build the namespaces and links. Must run inside a tokio runtime (the
     /// netlink connections are tasks on it).
     pub async fn build(prefix: &str, config: TopologyConfig) -> Result<Topology> {
+        let topo = Topology::create(prefix, config)?;
+        topo.link().await?;
+        Ok(topo)
+    }
+
+    /// The namespaces alone, empty: what [`Topology::link`] wires. Rules
+    /// that name no interface by index can be installed meanwhile.
+    pub fn create(prefix: &str, config: TopologyConfig) -> Result<Topology> {
         config.validate()?;
         let mut namespaces = BTreeMap::new();
         let started = std::time::Instant::now();
@@ -158,7 +166,13 @@ impl Topology {
             namespaces.insert(host, Namespace::create(&format!("{prefix}-{}", host.name()))?);
         }
         crate::base::phases::record("namespaces", started.elapsed());
-        let topo = Topology { config, namespaces };
+        Ok(Topology { config, namespaces })
+    }
+
+    /// Links, addresses and routes in the namespaces [`Topology::create`]
+    /// made. Must run inside a tokio runtime.
+    pub async fn link(&self) -> Result<()> {
+        let topo = self;
         topo.wire().await?;
         if !topo.config.remote_extra.is_empty() {
             topo.wire_extra().await?;
@@ -172,7 +186,7 @@ impl Topology {
                 add_address(&pod, pod_ns, LO_INDEX, *ip, host_bits(*ip), format!("adding {ip} to lo")).await?;
             }
         }
-        Ok(topo)
+        Ok(())
     }
 
     /// A netlink connection whose socket lives in `host`'s namespace. The

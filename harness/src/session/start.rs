@@ -58,27 +58,34 @@ impl Session {
             .enable_all()
             .build()
             .map_err(Error::io("starting the async runtime"))?;
-        let topology = phases.time("links", || rt.block_on(Topology::build(run.prefix(), config.topology.clone())))?;
-
+        let topology = phases.time("links", || Topology::create(run.prefix(), config.topology.clone()))?;
         // The rules (and the tracer over them) and the stubs need nothing of
         // each other: no traffic flows before the probes. Installing the
         // rules is mostly waiting on restore processes, so the stubs start
-        // meanwhile.
-        let (installed, started) = std::thread::scope(|scope| {
-            let installing = scope.spawn(|| {
+        // meanwhile, and rules that need no link go in while the links are
+        // made too.
+        let early = rules_need_no_links(&config);
+        let begun = std::thread::scope(|scope| -> Result<_> {
+            let install = || {
                 let mut phases = Phases::silent();
                 let tracer = Self::install_rules(&config, &topology, &mut phases);
                 (phases, tracer)
-            });
+            };
+            // (An early install still running when linking fails is joined
+            // by the scope, and its result dropped.)
+            let early = early.then(|| scope.spawn(install));
+            phases.time("links", || rt.block_on(topology.link()))?;
+            let installing = early.unwrap_or_else(|| scope.spawn(install));
             let stubs_from = Instant::now();
             let started = Self::start_stubs(&config, &topology, &run, &rt);
             let stubs_took = stubs_from.elapsed();
             let installed = installing
                 .join()
                 .unwrap_or_else(|_| (Phases::silent(), Err(Error::config("the thread installing the rules panicked"))));
-            ((installed, stubs_took), started)
+            Ok((installed, stubs_took, started))
         });
-        let ((rule_phases, tracer), stubs_took) = installed;
+        let (installed, stubs_took, started) = begun?;
+        let (rule_phases, tracer) = installed;
         phases.absorb(&rule_phases);
         phases.add("stubs", stubs_took);
         let tracer = tracer?;
@@ -240,4 +247,40 @@ fn tproxy_routing(
         }
     }
     Ok(())
+}
+
+/// Whether the rules can go in before the pod's links exist: restore files
+/// name interfaces only by name (x_tables compares `-i eth0` as text, with
+/// or without such an interface) and bring no routing. An nft ruleset may
+/// name one by index (`iif eth0` is resolved when it is loaded, and refused
+/// before the interface exists); scripts and generators may read the pod's
+/// interfaces and set up routing; TPROXY's routing needs a wired `lo`.
+fn rules_need_no_links(config: &SessionConfig) -> bool {
+    config.tproxy.is_none()
+        && !matches!(config.rules, RuleSource::Script(_) | RuleSource::Generator(_))
+        && netfilter::front_end(config.rules.frontend(config.backend))
+            .is_some_and(|f| f.format() == netfilter::RuleFormat::Restore)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::source::Backend;
+
+    #[test]
+    fn only_restore_files_without_tproxy_go_in_before_the_links() {
+        let with = |rules: RuleSource, backend: Backend| SessionConfig { rules, backend, ..SessionConfig::default() };
+        assert!(rules_need_no_links(&SessionConfig::default()), "the built-in rules through iptables-nft");
+        assert!(rules_need_no_links(&with(
+            RuleSource::RestoreFiles { v4: Some("/r".into()), v6: None },
+            Backend::Legacy
+        )));
+        // The built-in rules as nft, an nft file, a script, a generator: after.
+        assert!(!rules_need_no_links(&with(SessionConfig::default().rules, Backend::NftNative)));
+        assert!(!rules_need_no_links(&with(RuleSource::NftFile("/r.nft".into()), Backend::Nft)));
+        assert!(!rules_need_no_links(&with(RuleSource::Script("/s.sh".into()), Backend::Nft)));
+        assert!(!rules_need_no_links(&with(RuleSource::Generator("true".into()), Backend::Nft)));
+        let tproxy = SessionConfig { tproxy: Some(Tproxy { mark: 1337, table: 133 }), ..SessionConfig::default() };
+        assert!(!rules_need_no_links(&tproxy), "TPROXY's routing needs the wired pod");
+    }
 }
