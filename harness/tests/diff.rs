@@ -211,8 +211,7 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     .filter(|n| n.starts_with("iptables-"))
                     .collect();
                 files.sort();
-                let mut problems = Vec::new();
-                let mut pairs = 0;
+                let mut pairs: Vec<(String, [String; 7])> = Vec::new();
                 for file in files {
                     let name = file.trim_end_matches(".yaml");
                     let variant = name.trim_start_matches("iptables-");
@@ -220,29 +219,49 @@ fn shared_trials(args: &Arguments) -> Vec<Trial> {
                     if !golden.exists() || !twin.exists() || NEEDS_GROUPS.contains(&variant) {
                         continue;
                     }
-                    let a = golden.display().to_string();
                     let policy = policies().join(&file);
                     let args = [
-                        "diff",
-                        &a,
-                        &format!("nft:{}", twin.display()),
-                        "--policy",
-                        policy.to_str().unwrap(),
-                        "--format",
-                        "json",
+                        "diff".to_string(),
+                        golden.display().to_string(),
+                        format!("nft:{}", twin.display()),
+                        "--policy".into(),
+                        policy.display().to_string(),
+                        "--format".into(),
+                        "json".into(),
                     ];
-                    let out = sidecheck(&args)?;
-                    pairs += 1;
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                    if code(&out) != 0 || !differing(&v).is_empty() {
-                        problems.push(format!(
-                            "{variant}: exit {}, differ: {:?}\n{}",
-                            code(&out),
-                            differing(&v),
-                            String::from_utf8_lossy(&out.stderr)
-                        ));
-                    }
+                    pairs.push((variant.to_string(), args));
                 }
+                // Each pair is its own `sidecheck diff`, mostly waiting on the
+                // kernel and on probes: twice as many at once as there are cores.
+                let width = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let problems = std::sync::Mutex::new(Vec::new());
+                std::thread::scope(|scope| {
+                    for _ in 0..width {
+                        scope.spawn(|| loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((variant, args)) = pairs.get(i) else { break };
+                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                            let problem = match sidecheck(&args) {
+                                Err(e) => Some(format!("{variant}: {:?}", e.message())),
+                                Ok(out) => {
+                                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                                    (code(&out) != 0 || !differing(&v).is_empty()).then(|| {
+                                        format!(
+                                            "{variant}: exit {}, differ: {:?}\n{}",
+                                            code(&out),
+                                            differing(&v),
+                                            String::from_utf8_lossy(&out.stderr)
+                                        )
+                                    })
+                                }
+                            };
+                            problems.lock().unwrap().extend(problem);
+                        });
+                    }
+                });
+                let (pairs, mut problems) = (pairs.len(), problems.into_inner().unwrap());
+                problems.sort();
                 ensure(pairs >= 22, || format!("only {pairs} pairs compared"))?;
                 ensure(problems.is_empty(), || problems.join("\n"))
             },
