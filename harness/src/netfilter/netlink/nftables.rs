@@ -81,7 +81,12 @@ pub fn hook_name(hooknum: u32) -> Option<&'static str> {
 /// A request to dump every object of one kind (`NFT_MSG_GETRULE`, ...) of
 /// every family.
 pub fn dump_request(get: u16, seq: u32) -> Vec<u8> {
-    request(NFTABLES, get, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_UNSPEC, 0, &[])
+    dump_request_of(get, seq, NFPROTO_UNSPEC)
+}
+
+/// The same, of one family's tables only (NFPROTO_*).
+pub fn dump_request_of(get: u16, seq: u32, family: u8) -> Vec<u8> {
+    request(NFTABLES, get, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0, &[])
 }
 
 const NFTABLES: u16 = NFNL_SUBSYS_NFTABLES;

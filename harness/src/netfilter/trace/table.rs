@@ -6,8 +6,7 @@ use std::time::Duration;
 use crate::netfilter;
 use crate::netfilter::netlink::batch::Batch;
 use crate::netfilter::netlink::{
-    attr_str, attrs, find, nftables, request, Msg, Socket, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    attr_str, attrs, find, nftables, request, Msg, Socket, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_ACK, NLM_F_REQUEST,
 };
 use crate::sandbox::ns::Namespace;
 use crate::{Error, Result};
@@ -111,34 +110,17 @@ pub(super) fn read(ns: &Namespace, timeout: Duration) -> Result<Option<Vec<u8>>>
         let ours = |m: &Msg<'_>, attr: u16| {
             attrs(m.attrs).ok().and_then(|a| find(&a, attr).map(attr_str)).is_some_and(|t| t == table)
         };
-        let chains = request(
-            NFNL_SUBSYS_NFTABLES,
-            nftables::NFT_MSG_GETCHAIN,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            2,
-            NFPROTO_INET,
-            0,
-            &[],
-        );
-        sock.transact(&chains, 2, |m| {
-            if ours(m, nftables::NFTA_CHAIN_TABLE) {
-                held.extend_from_slice(m.attrs)
-            }
-        })?;
-        let rules = request(
-            NFNL_SUBSYS_NFTABLES,
-            nftables::NFT_MSG_GETRULE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            3,
-            NFPROTO_INET,
-            0,
-            &[],
-        );
-        sock.transact(&rules, 3, |m| {
-            if ours(m, nftables::NFTA_RULE_TABLE) {
-                held.extend_from_slice(m.attrs)
-            }
-        })?;
+        // Every chain, then every rule, of family inet: ours are kept.
+        for (seq, get, table_attr) in [
+            (2, nftables::NFT_MSG_GETCHAIN, nftables::NFTA_CHAIN_TABLE),
+            (3, nftables::NFT_MSG_GETRULE, nftables::NFTA_RULE_TABLE),
+        ] {
+            sock.transact(&nftables::dump_request_of(get, seq, NFPROTO_INET), seq, |m| {
+                if ours(m, table_attr) {
+                    held.extend_from_slice(m.attrs)
+                }
+            })?;
+        }
         Ok(Some(held))
     })?;
     read.map_err(|e| {
