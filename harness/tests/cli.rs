@@ -65,12 +65,24 @@ fn stalling_scenarios(dir: &TempDir) -> PathBuf {
 
 /// Start `sidecheck run` on the stalling scenarios.
 fn spawn_stalling(scen: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(["run", "--scenarios", scen.to_str().unwrap()])
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--scenarios", scen.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(std::process::Stdio::piped());
+    // The signals' default actions, whatever this test inherited: a shell
+    // starts a background job with SIGINT ignored, and an ignored SIGINT
+    // that arrives before sidecheck blocks it is lost (the run then
+    // completes, exit 1), which says nothing about sidecheck.
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Start a run that stalls mid-probe; return it once its stubs are up.
