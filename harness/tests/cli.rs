@@ -837,3 +837,19 @@ fn each_rule_set_in_one_topology_is_judged_as_its_own_run() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("bad.txt:2: `nft`: write `rules PATH` or `rules6 PATH`"), "{}", stderr(&out));
 }
+
+/// Services may share a VIP (one entry per port), and those given no IPv6
+/// VIP share the default one: the node holds each address once. (The
+/// second service used to stop the run: "File exists".)
+#[test]
+fn services_sharing_a_vip_start_and_pass() {
+    need_root();
+    let _runs = shared_runs();
+    let dir = TempDir::new("shared-vip");
+    let file = dir.write(
+        "topology.yaml",
+        "services:\n  - { name: local-app, vip: 10.96.0.10, port: 8080, endpoint: local-pod }\n  - { name: other-app, vip: 10.96.0.11, port: 8080, endpoint: local-pod }\n  - { name: other-port, vip: 10.96.0.11, port: 9090, endpoint: local-pod }\n",
+    );
+    let out = sidecheck(&["run", "--topology", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -274,13 +274,19 @@ impl Topology {
         // every such probe its whole connect deadline (2 s). Addresses the
         // topology puts elsewhere (a nameserver in the service range) stay
         // where they are.
+        // (Each address once: services may share a VIP, one per port, and
+        // those given no IPv6 VIP share the default one.)
         let placed: Vec<IpAddr> = self.config.remote_extra.iter().chain(&self.config.local_extra).copied().collect();
+        let mut vips: BTreeMap<IpAddr, &str> = BTreeMap::new();
         for s in &self.config.services {
-            let vips = [IpAddr::from(s.vip), IpAddr::from(s.vip6)];
-            for vip in vips.into_iter().filter(|v| self.config.has(Family::of(*v)) && !placed.contains(v)) {
-                let doing = format!("taking {}'s VIP {vip} as the node's own", s.name);
-                add_local(&node, node_ns, vip, doing).await?;
+            for vip in [IpAddr::from(s.vip), IpAddr::from(s.vip6)] {
+                if self.config.has(Family::of(vip)) && !placed.contains(&vip) {
+                    vips.entry(vip).or_insert(&s.name);
+                }
             }
+        }
+        for (vip, name) in vips {
+            add_local(&node, node_ns, vip, format!("taking {name}'s VIP {vip} as the node's own")).await?;
         }
 
         for pod in Host::PODS {

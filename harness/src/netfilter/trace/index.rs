@@ -168,18 +168,22 @@ fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
         let sock = Socket::open(false)?;
         sock.set_receive_timeout(Duration::from_secs(5))?;
         let mut bad = false;
-        let mut counters: HashMap<(u8, String, String), u32> = HashMap::new();
-        let mut positions = HashMap::new();
+        // (Positions are counted afresh when an interrupted dump is sent again.)
+        type Counted = (HashMap<(u8, String, String), u32>, Positions);
+        let counted: std::cell::RefCell<Counted> = Default::default();
         let req = nftables::dump_request(nftables::NFT_MSG_GETRULE, 1);
-        sock.transact(&req, 1, |m| match nftables::rule(m) {
+        let mut count = |m: &nl::Msg<'_>| match nftables::rule(m) {
             Ok(Some(r)) => {
+                let (counters, positions) = &mut *counted.borrow_mut();
                 let n = counters.entry((r.family, r.table.clone(), r.chain.clone())).or_insert(0);
                 *n += 1;
                 positions.insert((r.family, r.table, r.chain, r.handle), *n);
             }
             Ok(None) => {}
             Err(_) => bad = true,
-        })?;
+        };
+        sock.transact_again(&req, 1, &mut count, || *counted.borrow_mut() = Default::default())?;
+        let (_, positions) = counted.into_inner();
         let mut hooks = HashMap::new();
         let req = nftables::dump_request(nftables::NFT_MSG_GETCHAIN, 2);
         sock.transact(&req, 2, |m| match nftables::base_chain(m) {

@@ -115,11 +115,16 @@ pub(super) fn read(ns: &Namespace, timeout: Duration) -> Result<Option<Vec<u8>>>
             (2, nftables::NFT_MSG_GETCHAIN, nftables::NFTA_CHAIN_TABLE),
             (3, nftables::NFT_MSG_GETRULE, nftables::NFTA_RULE_TABLE),
         ] {
-            sock.transact(&nftables::dump_request_of(get, seq, NFPROTO_INET), seq, |m| {
+            // (A dump sent again starts this part over.)
+            let part = std::cell::RefCell::new(Vec::new());
+            let mut keep = |m: &Msg<'_>| {
                 if ours(m, table_attr) {
-                    held.extend_from_slice(m.attrs)
+                    part.borrow_mut().extend_from_slice(m.attrs)
                 }
-            })?;
+            };
+            let req = nftables::dump_request_of(get, seq, NFPROTO_INET);
+            sock.transact_again(&req, seq, &mut keep, || part.borrow_mut().clear())?;
+            held.extend(part.into_inner());
         }
         Ok(Some(held))
     })?;
