@@ -88,9 +88,7 @@ pub fn families_with_rules(snap: &netfilter::Snapshot) -> Vec<Family> {
 fn nf_tables_families(ns: &Namespace, skip: &str, timeout: Duration) -> Result<(bool, bool)> {
     use crate::netfilter::netlink::{nftables, Socket, NFPROTO_IPV4, NFPROTO_IPV6};
     let sees = |family: u8| (family != NFPROTO_IPV6, family != NFPROTO_IPV4);
-    let read = ns.run(|| -> std::io::Result<(bool, bool)> {
-        let sock = Socket::open(false)?;
-        sock.set_receive_timeout(timeout)?;
+    let read = Socket::in_namespace(ns, timeout, |sock| -> std::io::Result<(bool, bool)> {
         let (mut v4, mut v6, mut bad) = (false, false, false);
         let mut mark = |family: u8| {
             let (a, b) = sees(family);

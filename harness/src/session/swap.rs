@@ -77,9 +77,7 @@ fn flush_conntrack(ns: &crate::sandbox::ns::Namespace) -> Result<()> {
     const NFNL_SUBSYS_CTNETLINK: u16 = 1;
     const IPCTNL_MSG_CT_DELETE: u16 = 2;
     let doing = format!("flushing conntrack in namespace {}", ns.name());
-    let acked = ns.run(|| -> std::io::Result<()> {
-        let sock = nl::Socket::open(false)?;
-        sock.set_receive_timeout(Duration::from_secs(5))?;
+    let acked = nl::Socket::in_namespace(ns, Duration::from_secs(5), |sock| -> std::io::Result<()> {
         let msg =
             nl::request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, nl::NLM_F_REQUEST | nl::NLM_F_ACK, 1, 0, 0, &[]);
         sock.send(&msg)?;

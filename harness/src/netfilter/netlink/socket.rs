@@ -28,6 +28,20 @@ impl Socket {
         Ok(Socket { sock })
     }
 
+    /// `f` with a blocking socket opened in `ns` (on a thread there), whose
+    /// replies time out after `timeout`. The outer error is entering `ns`.
+    pub fn in_namespace<T: Send>(
+        ns: &crate::sandbox::ns::Namespace,
+        timeout: Duration,
+        f: impl FnOnce(&Socket) -> io::Result<T> + Send,
+    ) -> crate::Result<io::Result<T>> {
+        ns.run(|| {
+            let sock = Socket::open(false)?;
+            sock.set_receive_timeout(timeout)?;
+            f(&sock)
+        })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }

@@ -164,9 +164,7 @@ impl RuleIndex {
 /// position, and the hook of every base chain.
 fn dump_nft(ns: &Namespace) -> Result<(Positions, Hooks)> {
     let doing = format!("listing nf_tables rules in namespace {}", ns.name());
-    ns.run(|| -> std::io::Result<_> {
-        let sock = Socket::open(false)?;
-        sock.set_receive_timeout(Duration::from_secs(5))?;
+    Socket::in_namespace(ns, Duration::from_secs(5), |sock| -> std::io::Result<_> {
         let mut bad = false;
         // (Positions are counted afresh when an interrupted dump is sent again.)
         type Counted = (HashMap<(u8, String, String), u32>, Positions);

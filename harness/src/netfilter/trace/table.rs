@@ -66,22 +66,9 @@ fn batch(table: &str) -> Batch {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// A NETLINK_NETFILTER socket in `ns`, for `f`.
-fn in_ns<T: Send>(
-    ns: &Namespace,
-    timeout: Duration,
-    f: impl FnOnce(&Socket) -> std::io::Result<T> + Send,
-) -> Result<std::io::Result<T>> {
-    ns.run(|| {
-        let sock = Socket::open(false)?;
-        sock.set_receive_timeout(timeout)?;
-        f(&sock)
-    })
-}
-
 /// Install the trace table in `ns`.
 pub(super) fn install(ns: &Namespace, timeout: Duration) -> Result<()> {
-    in_ns(ns, timeout, |sock| batch(trace_table()).commit(sock))?
+    Socket::in_namespace(ns, timeout, |sock| batch(trace_table()).commit(sock))?
         .map_err(|e| Error::config(format!("installing the trace table in namespace {} failed: {e}", ns.name())))
 }
 
@@ -90,7 +77,7 @@ pub(super) fn install(ns: &Namespace, timeout: Duration) -> Result<()> {
 /// exist. Handles and all are included: any change shows.
 pub(super) fn read(ns: &Namespace, timeout: Duration) -> Result<Option<Vec<u8>>> {
     let table = trace_table();
-    let read = in_ns(ns, timeout, |sock| -> std::io::Result<Option<Vec<u8>>> {
+    let read = Socket::in_namespace(ns, timeout, |sock| -> std::io::Result<Option<Vec<u8>>> {
         let mut held = Vec::new();
         let name = [(nftables::NFTA_TABLE_NAME, format!("{table}\0").into_bytes())];
         let name: Vec<(u16, &[u8])> = name.iter().map(|(t, v)| (*t, &v[..])).collect();
